@@ -1,0 +1,108 @@
+"""Database plumbing shared by every stage: connecting, migrations, TimescaleDB facts."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+
+import psycopg
+
+from sanitel.errors import SanitelError
+
+MIGRATION_LOCK_ID = 0x5A417E1  # advisory lock: one process migrates at a time
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: str
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()[:16]
+
+
+def load_migrations() -> list[Migration]:
+    folder = resources.files("schemas") / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            version, _, rest = entry.name.partition("_")
+            found.append(Migration(version, rest.removesuffix(".sql"), entry.read_text()))
+    return sorted(found, key=lambda m: m.version)
+
+
+def connect(url: str, **kwargs: object) -> psycopg.Connection:
+    """A connection, or a SanitelError that says which database could not be reached and why."""
+    try:
+        return psycopg.connect(url, connect_timeout=10, **kwargs)  # type: ignore[arg-type]
+    except psycopg.OperationalError as exc:
+        raise SanitelError(
+            f"cannot connect to the database at {_redact(url)}: {str(exc).strip().splitlines()[-1]}; "
+            "start it with 'sanitel stack up' or fix SANITEL_DATABASE_URL"
+        ) from None
+    except psycopg.ProgrammingError as exc:
+        raise SanitelError(f"malformed database URL {_redact(url)}: {exc}") from None
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+    return url
+
+
+def apply_migrations(url: str) -> list[str]:
+    """Apply every migration not yet applied, in order; returns the versions applied now.
+
+    Safe to run twice and from several processes at once (an advisory lock serialises them).
+    A migration whose file changed after it was applied is an error, not silently skipped.
+    """
+    applied_now: list[str] = []
+    with connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version text PRIMARY KEY, name text NOT NULL,"
+                " checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+            for m in load_migrations():
+                if m.version in done:
+                    if done[m.version] != m.checksum:
+                        raise SanitelError(
+                            f"migration {m.version}_{m.name}.sql changed after it was applied; "
+                            "add a new migration instead of editing an applied one"
+                        )
+                    continue
+                with conn.transaction():
+                    conn.execute(m.sql)  # type: ignore[arg-type]
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                        (m.version, m.name, m.checksum),
+                    )
+                applied_now.append(m.version)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
+    return applied_now
+
+
+def timescaledb_info(conn: psycopg.Connection) -> dict[str, str]:
+    """Installed TimescaleDB version and license edition (``apache`` here; ``timescale`` elsewhere)."""
+    version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
+    license_ = conn.execute("SELECT current_setting('timescaledb.license', true)").fetchone()
+    return {"version": version[0] if version else "not installed", "license": (license_ or ["?"])[0] or "?"}
+
+
+HYPERTABLES = (
+    "sweeper_telemetry",
+    "station_telemetry",
+    "bin_deposits",
+    "bin_status",
+    "camera_detections",
+    "cems_readings",
+)

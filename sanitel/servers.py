@@ -1,0 +1,328 @@
+"""The local stack's two servers — PostgreSQL with TimescaleDB, and Mosquitto — as managed processes.
+
+Used by ``sanitel stack up/down/status`` and by the test fixtures, which start their own on free ports
+so that fault tests can stop, kill and restart them. Servers bind to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sanitel.errors import SanitelError
+
+PG_SUPPORTED_MAJORS = (14, 15, 16, 17)  # what TimescaleDB 2.19 builds against
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, timeout: float, alive: callable | None = None) -> bool:  # type: ignore[valid-type]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if alive is not None and not alive():
+            return False
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _running_as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _hand_to_user(path: Path, user: str) -> None:
+    """Give a data folder to the service user (PostgreSQL refuses to run as root)."""
+    if not _running_as_root():
+        return
+    entry = pwd.getpwnam(user)
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+    for root, dirs, files in os.walk(path):
+        os.chown(root, entry.pw_uid, entry.pw_gid)
+        for name in dirs + files:
+            with contextlib.suppress(FileNotFoundError):
+                os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+
+
+def _check_writable(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise SanitelError(
+            f"data folder {path} is not writable ({exc.strerror}); set SANITEL_DATA_DIR to a folder you can "
+            "write, or fix its permissions"
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------
+# PostgreSQL + TimescaleDB
+# --------------------------------------------------------------------------------------------
+
+
+def find_pg_bindir() -> Path:
+    """The bin folder of the newest installed PostgreSQL server (Debian layout), checked for support."""
+    root = Path("/usr/lib/postgresql")
+    majors = sorted((int(p.name) for p in root.glob("*") if p.name.isdigit() and (p / "bin/postgres").exists()))
+    if not majors:
+        raise SanitelError("no PostgreSQL server is installed: run scripts/install.sh (installs Debian's postgresql)")
+    major = majors[-1]
+    if major not in PG_SUPPORTED_MAJORS:
+        raise SanitelError(
+            f"PostgreSQL {major} is not supported by TimescaleDB 2.19 (supported: "
+            f"{', '.join(map(str, PG_SUPPORTED_MAJORS))}); install postgresql-15 and re-run scripts/install.sh"
+        )
+    return root / str(major) / "bin"
+
+
+def timescaledb_installed(bindir: Path) -> bool:
+    pg_config = bindir / "pg_config"
+    cmd = str(pg_config) if pg_config.exists() else "pg_config"
+    sharedir = subprocess.run([cmd, "--sharedir"], capture_output=True, text=True, check=False).stdout.strip()
+    return bool(sharedir) and Path(sharedir, "extension", "timescaledb.control").exists()
+
+
+@dataclass
+class PostgresServer:
+    """A private PostgreSQL cluster with ``timescaledb`` preloaded, data in ``data_dir``."""
+
+    data_dir: Path
+    port: int
+    dbname: str = "sanitel"
+    fsync: bool = True
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).absolute()
+        self.bindir = find_pg_bindir()
+        self.log_file = self.data_dir.parent / f"{self.data_dir.name}.log"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{self.dbname}"
+
+    def _run(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        cmd = [str(self.bindir / args[0]), *args[1:]]
+        if _running_as_root():
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        if check and proc.returncode != 0:
+            raise SanitelError(f"{args[0]} failed: {(proc.stderr or proc.stdout).strip()[-800:]}")
+        return proc
+
+    def initialised(self) -> bool:
+        return (self.data_dir / "PG_VERSION").exists()
+
+    def init(self) -> None:
+        if self.initialised():
+            return
+        if not timescaledb_installed(self.bindir):
+            raise SanitelError("TimescaleDB is not installed for this PostgreSQL: run scripts/install.sh")
+        _check_writable(self.data_dir)
+        if any(self.data_dir.iterdir()):
+            raise SanitelError(f"{self.data_dir} is not empty and holds no PostgreSQL cluster; empty or move it")
+        self.data_dir.chmod(0o700)
+        _hand_to_user(self.data_dir, "postgres")
+        self.log_file.touch()
+        _hand_to_user(self.log_file, "postgres")
+        if _running_as_root():
+            probe = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-w", str(self.data_dir)], check=False)
+            if probe.returncode != 0:
+                raise SanitelError(
+                    f"the postgres user cannot write {self.data_dir} (a parent folder is not traversable); "
+                    "set SANITEL_DATA_DIR to a folder under /var/tmp or make the parents world-executable"
+                )
+        self._run("initdb", "-D", str(self.data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                  "--no-locale", "--no-sync")
+        conf = {
+            "listen_addresses": "'127.0.0.1'",
+            "unix_socket_directories": f"'{self.data_dir}'",
+            "shared_preload_libraries": "'timescaledb'",
+            "timescaledb.telemetry_level": "off",
+            "max_connections": "200",
+            "shared_buffers": "256MB",
+            "fsync": "on" if self.fsync else "off",
+            "synchronous_commit": "on",
+            "log_min_messages": "warning",
+            "max_wal_size": "2GB",
+        }
+        with open(self.data_dir / "postgresql.conf", "a") as fh:
+            fh.write("\n# sanitel local stack\n")
+            fh.writelines(f"{k} = {v}\n" for k, v in conf.items())
+
+    def running(self) -> bool:
+        return self.initialised() and self._run("pg_ctl", "-D", str(self.data_dir), "status", check=False).returncode == 0
+
+    def start(self, timeout: float = 60) -> None:
+        self.init()
+        if self.running():
+            return
+        if port_in_use(self.port):
+            raise SanitelError(
+                f"port {self.port} is already in use: set SANITEL_PG_PORT to a free port or stop what listens there"
+            )
+        self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file), "-o", f"-p {self.port}",
+                  "-w", "-t", str(int(timeout)), "start", check=False, timeout=timeout + 10)
+        if not self.running() or not _wait_for_port(self.port, timeout):
+            tail = self.log_file.read_text(errors="replace")[-1500:] if self.log_file.exists() else ""
+            raise SanitelError(f"PostgreSQL did not start on port {self.port}; its log says:\n{tail}")
+        self._ensure_database()
+
+    def _ensure_database(self) -> None:
+        out = self._run("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres",
+                        "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{self.dbname}'").stdout.strip()
+        if out != "1":
+            self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", self.dbname)
+
+    def stop(self, mode: str = "fast") -> None:
+        if self.running():
+            self._run("pg_ctl", "-D", str(self.data_dir), "-m", mode, "-w", "stop", check=False)
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster (fault tests): no clean shutdown, crash recovery on next start."""
+        pid_file = self.data_dir / "postmaster.pid"
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while self.running() and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+# --------------------------------------------------------------------------------------------
+# Mosquitto
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MosquittoServer:
+    """A private Mosquitto broker with persistence on, data in ``data_dir``."""
+
+    data_dir: Path
+    port: int
+    password_file: Path | None = None
+    acl_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).absolute()
+        self.conf_file = self.data_dir / "mosquitto.conf"
+        self.pid_file = self.data_dir / "mosquitto.pid"
+        self.log_file = self.data_dir / "mosquitto.log"
+        self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def write_config(self) -> None:
+        _check_writable(self.data_dir)
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "persistence true",
+            f"persistence_location {self.data_dir}/",
+            "autosave_interval 5",
+            # A collector that is down must find every message waiting: the default (1000) drops the rest.
+            "max_queued_messages 0",
+            "max_inflight_messages 0",
+            "persistent_client_expiration 14d",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+        ]
+        if self.password_file:
+            lines += ["allow_anonymous false", f"password_file {self.password_file}"]
+        else:
+            lines.append("allow_anonymous true")
+        if self.acl_file:
+            lines.append(f"acl_file {self.acl_file}")
+        if _running_as_root():
+            lines.append("user root")  # data under a folder root owns; nothing is exposed beyond 127.0.0.1
+        self.conf_file.write_text("\n".join(lines) + "\n")
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        # a pid can be reused: make sure it is our mosquitto
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        return pid if b"mosquitto" in cmdline and str(self.conf_file).encode() in cmdline else None
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def start(self, timeout: float = 20) -> None:
+        if self.running():
+            return
+        if not Path(self.binary).exists():
+            raise SanitelError("mosquitto is not installed: run scripts/install.sh")
+        if port_in_use(self.port):
+            raise SanitelError(
+                f"port {self.port} is already in use: set SANITEL_MQTT_PORT to a free port or stop what listens there"
+            )
+        self.write_config()
+        log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child process
+        proc = subprocess.Popen([self.binary, "-c", str(self.conf_file)], stdout=log, stderr=log,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        self.pid_file.write_text(str(proc.pid))
+        if not _wait_for_port(self.port, timeout, alive=lambda: proc.poll() is None):
+            tail = self.log_file.read_text(errors="replace")[-1500:]
+            raise SanitelError(f"Mosquitto did not start on port {self.port}; its log says:\n{tail}")
+
+    def _signal(self, sig: int, timeout: float) -> None:
+        pid = self.pid()
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.05)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        """Clean stop: Mosquitto writes its persistence file (queued messages survive a restart)."""
+        self._signal(signal.SIGTERM, timeout=15)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL, timeout=5)

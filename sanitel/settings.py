@@ -1,0 +1,150 @@
+"""Settings: environment variables (``SANITEL_*``) over an optional config file over defaults.
+
+The config file is YAML, named by ``SANITEL_CONFIG`` or ``./sanitel.yaml`` when present; its keys are
+the field names below (``sanitel.sample.yaml`` documents every one next to its default).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from sanitel.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SANITEL_", extra="forbid")
+
+    # --- where things run -----------------------------------------------------------------
+    data_dir: Path = Field(Path("var"), description="local stack data (PostgreSQL, Mosquitto, spool)")
+    database_url: str | None = Field(None, description="existing PostgreSQL+TimescaleDB; unset = local stack")
+    mqtt_url: str | None = Field(None, description="existing MQTT broker (mqtt:// or mqtts://); unset = local")
+    pg_port: int = Field(55432, ge=1, le=65535, description="port of the local stack's PostgreSQL")
+    mqtt_port: int = Field(11883, ge=1, le=65535, description="port of the local stack's Mosquitto")
+    city: str = Field("shenzhen", pattern=r"^[a-z0-9_-]+$", description="{city} segment of the topics")
+
+    # --- collector ------------------------------------------------------------------------
+    collector_client_id: str = Field("sanitel-collector-1", description="fixed MQTT client id (session)")
+    collector_share_group: str | None = Field(None, description="MQTT 5 shared-subscription group")
+    collector_batch_size: int = Field(5000, ge=1, le=100_000)
+    collector_flush_ms: int = Field(200, ge=1, le=60_000)
+    collector_queue_max: int = Field(20_000, ge=100, description="messages buffered before backpressure")
+    collector_metrics_port: int = Field(9108, ge=0, le=65535, description="0 = no metrics endpoint")
+    session_expiry_s: int = Field(7 * 24 * 3600, ge=0)
+    auto_register_devices: bool = Field(True, description="unknown device ids are registered on first sight")
+    max_payload_bytes: int = Field(256 * 1024, ge=1024)
+    max_future_skew_s: int = Field(300, ge=0, description="readings further ahead than this are rejected")
+    spool_dir: Path | None = Field(None, description="on-disk spool for database outages; default data_dir/spool")
+
+    # --- api ------------------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=1, le=65535)
+
+    # --- alerts ---------------------------------------------------------------------------
+    rules_dir: Path | None = Field(None, description="extra YAML rule files (defaults ship in alerts/rules)")
+    evaluator_interval_s: float = Field(5.0, gt=0)
+    evaluator_metrics_port: int = Field(9109, ge=0, le=65535)
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = urlsplit(v)
+        if parts.scheme not in ("postgresql", "postgres") or not (parts.hostname or "host=" in v):
+            raise ValueError(
+                f"{v!r} is not a PostgreSQL URL; use postgresql://user:password@host:port/dbname"
+            )
+        return v
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _check_mqtt_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = urlsplit(v)
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
+            raise ValueError(f"{v!r} is not an MQTT URL; use mqtt://user:password@host:1883 or mqtts://…:8883")
+        try:
+            parts.port  # noqa: B018 - raises on a malformed port
+        except ValueError as exc:
+            raise ValueError(f"{v!r} has a malformed port: {exc}") from None
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlFileSource(settings_cls))
+
+    # --- derived --------------------------------------------------------------------------
+    @property
+    def uses_local_database(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def uses_local_broker(self) -> bool:
+        return self.mqtt_url is None
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"postgresql://postgres@127.0.0.1:{self.pg_port}/sanitel"
+
+    @property
+    def effective_mqtt_url(self) -> str:
+        return self.mqtt_url or f"mqtt://127.0.0.1:{self.mqtt_port}"
+
+    @property
+    def effective_spool_dir(self) -> Path:
+        return self.spool_dir or self.data_dir / "spool"
+
+
+class _YamlFileSource(PydanticBaseSettingsSource):
+    """Reads ``SANITEL_CONFIG`` (or ./sanitel.yaml) — errors name the file."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        self.path = Path(os.environ.get("SANITEL_CONFIG", "sanitel.yaml"))
+        self.data: dict[str, Any] = {}
+        explicit = "SANITEL_CONFIG" in os.environ
+        if not self.path.exists():
+            if explicit:
+                raise ConfigError(f"{self.path}: config file named by SANITEL_CONFIG does not exist")
+            return
+        try:
+            loaded = yaml.safe_load(self.path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{self.path}: not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{self.path}: must be a mapping of setting: value")
+        self.data = loaded
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self.data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self.data)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from env and config file; a bad value raises ConfigError naming the key and the fix."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "?"
+            where = f"SANITEL_{key.upper()} / {key}"
+            problems.append(f"{where}: {err['msg']}")
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from None

@@ -1,0 +1,235 @@
+"""Typed readings, one schema per reading kind, with units in the names and physical ranges enforced.
+
+A message on ``sanitation/{city}/{kind}/{device_id}/{stream}`` carries one reading (a JSON object) or
+several (a JSON array). Every reading has ``ts`` — the device's time: RFC 3339 with an offset, or
+epoch milliseconds — and ``seq``, the device's sequence number where it has one. Unknown fields are
+kept (stored in ``extra``), never dropped. Ranges are physical limits, not alert thresholds.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+import msgspec
+from msgspec import Meta
+
+
+def _r(lo: float, hi: float, unit: str, doc: str = "") -> object:
+    return Annotated[float, Meta(ge=lo, le=hi, description=f"{doc} [{unit}]".strip())]
+
+
+Ts = Annotated[
+    str | int,
+    Meta(description="device time of the reading: RFC 3339 with offset, or epoch milliseconds"),
+]
+Seq = Annotated[int, Meta(ge=0, le=2**63 - 1, description="per-device sequence number (0 when absent)")]
+Ident = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")]
+Flag = Literal["N", "F", "M", "S", "D", "C", "T", "B"]
+
+WorkMode = Literal["idle", "transport", "sweep", "sweep_left", "sweep_right", "wander_hose", "unload", "charging"]
+ChargingState = Literal["not_charging", "charging", "charged", "fault"]
+WasteCategory = Literal["recyclable", "hazardous", "kitchen", "other"]
+Detection = Literal["mis_sorted", "bag_outside", "overflow", "scattered_waste", "littering", "smoke_fire"]
+CemsDataKind = Literal["rtd", "minute", "hour", "day"]
+
+
+class Reading(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Fields every reading has. ``device_id`` may be omitted on a device topic (the topic names it)."""
+
+    table: ClassVar[str]
+    kind: ClassVar[str]
+    stream: ClassVar[str]
+
+    ts: Ts
+    seq: Seq = 0
+    device_id: Ident | None = None
+
+
+class SweeperTelemetry(Reading):
+    """Electric street sweeper: GB/T 32960.3 vehicle data plus EN 15430-1 sweeper records."""
+
+    table: ClassVar[str] = "sweeper_telemetry"
+    kind: ClassVar[str] = "sweeper"
+    stream: ClassVar[str] = "telemetry"
+
+    lat: _r(-90, 90, "degrees", "WGS-84 latitude") | None = None  # type: ignore[valid-type]
+    lon: _r(-180, 180, "degrees", "WGS-84 longitude") | None = None  # type: ignore[valid-type]
+    speed_kmh: _r(0, 200, "km/h") | None = None  # type: ignore[valid-type]
+    heading_deg: _r(0, 360, "degrees") | None = None  # type: ignore[valid-type]
+    odometer_km: _r(0, 10_000_000, "km", "may wrap or reset") | None = None  # type: ignore[valid-type]
+    soc_pct: _r(0, 100, "%", "battery state of charge") | None = None  # type: ignore[valid-type]
+    pack_voltage_v: _r(0, 1500, "V") | None = None  # type: ignore[valid-type]
+    pack_current_a: _r(-1000, 1000, "A", "negative while charging") | None = None  # type: ignore[valid-type]
+    cell_voltage_max_v: _r(0, 15, "V") | None = None  # type: ignore[valid-type]
+    cell_voltage_min_v: _r(0, 15, "V") | None = None  # type: ignore[valid-type]
+    battery_temp_max_c: _r(-40, 210, "°C", "highest probe") | None = None  # type: ignore[valid-type]
+    battery_temp_min_c: _r(-40, 210, "°C", "lowest probe") | None = None  # type: ignore[valid-type]
+    insulation_kohm: _r(0, 60_000, "kΩ") | None = None  # type: ignore[valid-type]
+    motor_temp_c: _r(-40, 210, "°C") | None = None  # type: ignore[valid-type]
+    motor_rpm: _r(-20_000, 20_000, "rpm") | None = None  # type: ignore[valid-type]
+    charging_state: ChargingState | None = None
+    work_mode: WorkMode | None = None
+    fan_speed_rpm: _r(0, 20_000, "rpm", "suction fan") | None = None  # type: ignore[valid-type]
+    brush_on: bool | None = None
+    water_tank_pct: _r(0, 100, "%") | None = None  # type: ignore[valid-type]
+    hopper_fill_pct: _r(0, 100, "%") | None = None  # type: ignore[valid-type]
+    swept_distance_km: _r(0, 10_000_000, "km", "counter; may wrap or reset") | None = None  # type: ignore[valid-type]
+    work_hours_h: _r(0, 1_000_000, "h", "counter; may wrap or reset") | None = None  # type: ignore[valid-type]
+    alarm_level: Annotated[int, Meta(ge=0, le=3, description="GB/T 32960 alarm level 0-3")] | None = None
+    alarm_flags: Annotated[int, Meta(ge=0, le=2**32 - 1, description="GB/T 32960 32-bit general alarm flag")] | None = None
+
+
+class StationTelemetry(Reading):
+    """Garbage transfer station: compactor, hopper, weighbridge, boundary odour and noise, leachate."""
+
+    table: ClassVar[str] = "station_telemetry"
+    kind: ClassVar[str] = "transfer_station"
+    stream: ClassVar[str] = "telemetry"
+
+    compactor_running: bool | None = None
+    compactor_pressure_mpa: _r(0, 100, "MPa") | None = None  # type: ignore[valid-type]
+    hopper_level_pct: _r(0, 100, "%") | None = None  # type: ignore[valid-type]
+    h2s_mg_m3: _r(0, 1000, "mg/m³", "boundary H2S") | None = None  # type: ignore[valid-type]
+    nh3_mg_m3: _r(0, 1000, "mg/m³", "boundary NH3") | None = None  # type: ignore[valid-type]
+    odour_concentration: _r(0, 1_000_000, "dimensionless", "odour concentration") | None = None  # type: ignore[valid-type]
+    noise_dba: _r(0, 194, "dB(A)", "boundary noise") | None = None  # type: ignore[valid-type]
+    leachate_level_pct: _r(0, 100, "%") | None = None  # type: ignore[valid-type]
+    deodoriser_on: bool | None = None
+    truck_id: Annotated[str, Meta(max_length=32)] | None = None
+    weighbridge_in_t: _r(0, 100, "t", "gross weight in") | None = None  # type: ignore[valid-type]
+    weighbridge_out_t: _r(0, 100, "t", "tare weight out") | None = None  # type: ignore[valid-type]
+
+
+class BinDeposit(Reading):
+    """A household's deposit at an RFID bin / smart scale (GB/T 19095-2019 categories)."""
+
+    table: ClassVar[str] = "bin_deposits"
+    kind: ClassVar[str] = "bin"
+    stream: ClassVar[str] = "event"
+
+    household_id: Annotated[str, Meta(min_length=1, max_length=64, description="RFID card id")]
+    category: WasteCategory
+    weight_kg: _r(0, 500, "kg", "net weight")  # type: ignore[valid-type]
+    point_id: Ident | None = None
+
+
+class BinStatus(Reading):
+    """Bin status. Fill sensors are ultrasonic and noisy: readings slightly outside 0-100 % are accepted
+    and clamped on storage; only physically impossible values are rejected."""
+
+    table: ClassVar[str] = "bin_status"
+    kind: ClassVar[str] = "bin"
+    stream: ClassVar[str] = "status"
+
+    point_id: Ident | None = None
+    fill_level_pct: _r(-50, 200, "%", "raw ultrasonic fill level") | None = None  # type: ignore[valid-type]
+    lid_open: bool | None = None
+    temperature_c: _r(-40, 1000, "°C", "inside the bin (fire)") | None = None  # type: ignore[valid-type]
+    fire_alarm: bool | None = None
+    battery_pct: _r(0, 100, "%") | None = None  # type: ignore[valid-type]
+
+
+class CameraDetection(Reading):
+    """An AI camera's detection at a sorting point."""
+
+    table: ClassVar[str] = "camera_detections"
+    kind: ClassVar[str] = "camera"
+    stream: ClassVar[str] = "event"
+
+    detection: Detection
+    confidence: _r(0, 1, "fraction")  # type: ignore[valid-type]
+    point_id: Ident | None = None
+    object_count: Annotated[int, Meta(ge=0, le=10_000)] | None = None
+    image_ref: Annotated[str, Meta(max_length=512)] | None = None
+
+
+_C = _r(0, 100_000, "mg/m³")
+_Hg = _r(0, 100, "mg/m³")
+
+
+class CemsReading(Reading):
+    """Incinerator stack CEMS reading (one line). ``*_zs_mg_m3`` are values the analyser already normalised
+    to 11 % O2 dry; both measured and normalised are kept. ``*_flag`` is the HJ 212 data flag."""
+
+    table: ClassVar[str] = "cems_readings"
+    kind: ClassVar[str] = "cems"
+    stream: ClassVar[str] = "telemetry"
+
+    data_kind: CemsDataKind = "rtd"
+    plant_id: Ident | None = None
+    line_id: Ident | None = None
+    gas_is_dry: bool = True
+    dust_mg_m3: _C | None = None  # type: ignore[valid-type]
+    dust_zs_mg_m3: _C | None = None  # type: ignore[valid-type]
+    dust_flag: Flag | None = None
+    so2_mg_m3: _C | None = None  # type: ignore[valid-type]
+    so2_zs_mg_m3: _C | None = None  # type: ignore[valid-type]
+    so2_flag: Flag | None = None
+    nox_mg_m3: _C | None = None  # type: ignore[valid-type]
+    nox_zs_mg_m3: _C | None = None  # type: ignore[valid-type]
+    nox_flag: Flag | None = None
+    co_mg_m3: _C | None = None  # type: ignore[valid-type]
+    co_zs_mg_m3: _C | None = None  # type: ignore[valid-type]
+    co_flag: Flag | None = None
+    hcl_mg_m3: _C | None = None  # type: ignore[valid-type]
+    hcl_zs_mg_m3: _C | None = None  # type: ignore[valid-type]
+    hcl_flag: Flag | None = None
+    hf_mg_m3: _C | None = None  # type: ignore[valid-type]
+    hf_zs_mg_m3: _C | None = None  # type: ignore[valid-type]
+    hf_flag: Flag | None = None
+    toc_mg_m3: _C | None = None  # type: ignore[valid-type]
+    toc_zs_mg_m3: _C | None = None  # type: ignore[valid-type]
+    toc_flag: Flag | None = None
+    nh3_mg_m3: _C | None = None  # type: ignore[valid-type]
+    nh3_zs_mg_m3: _C | None = None  # type: ignore[valid-type]
+    nh3_flag: Flag | None = None
+    hg_mg_m3: _Hg | None = None  # type: ignore[valid-type]
+    hg_zs_mg_m3: _Hg | None = None  # type: ignore[valid-type]
+    hg_flag: Flag | None = None
+    o2_pct: _r(0, 21, "% vol", "flue-gas oxygen") | None = None  # type: ignore[valid-type]
+    o2_flag: Flag | None = None
+    h2o_pct: _r(0, 100, "% vol", "flue-gas moisture") | None = None  # type: ignore[valid-type]
+    h2o_flag: Flag | None = None
+    flue_temp_c: _r(-50, 1500, "°C") | None = None  # type: ignore[valid-type]
+    flue_pressure_kpa: _r(-200, 300, "kPa") | None = None  # type: ignore[valid-type]
+    flue_velocity_m_s: _r(0, 200, "m/s") | None = None  # type: ignore[valid-type]
+    flue_flow_m3_h: _r(0, 1e9, "m³/h") | None = None  # type: ignore[valid-type]
+    furnace_temp_c: _r(0, 2000, "°C", "furnace average temperature") | None = None  # type: ignore[valid-type]
+
+
+READING_TYPES: tuple[type[Reading], ...] = (
+    SweeperTelemetry, StationTelemetry, BinDeposit, BinStatus, CameraDetection, CemsReading,
+)
+# (kind, stream) → the reading type a device topic carries.
+BY_KIND_STREAM: dict[tuple[str, str], type[Reading]] = {(t.kind, t.stream): t for t in READING_TYPES}
+# In a gateway batch, `stream` may be omitted: each kind's default.
+DEFAULT_STREAM = {"sweeper": "telemetry", "transfer_station": "telemetry", "bin": "status",
+                  "camera": "event", "cems": "telemetry"}
+BY_TABLE: dict[str, type[Reading]] = {t.table: t for t in READING_TYPES}
+
+
+def value_fields(reading_type: type[Reading]) -> tuple[str, ...]:
+    """The type's own fields, in declaration order (the table's columns after device_id, ts, seq…)."""
+    common = {"ts", "seq", "device_id"}
+    return tuple(f for f in reading_type.__struct_fields__ if f not in common)
+
+
+def table_columns(reading_type: type[Reading]) -> tuple[str, ...]:
+    """Columns written for a reading, in COPY order."""
+    return ("device_id", "ts", "seq", "received_at", *value_fields(reading_type), "extra")
+
+
+class GatewayReading(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    """The envelope of one reading inside a gateway batch (the rest of the object is the reading)."""
+
+    kind: Literal["sweeper", "transfer_station", "bin", "camera", "cems"]
+    device_id: Ident
+    stream: Literal["telemetry", "event", "status"] | None = None
+
+
+class GatewayBatch(msgspec.Struct, kw_only=True):
+    """``sanitation/{city}/gateway/{gateway_id}/batch``: many devices' readings in one message.
+    Each item is a reading of its ``kind`` plus ``kind``, ``device_id`` and optional ``stream``."""
+
+    readings: Annotated[list[dict], Meta(min_length=1, max_length=10_000)]
+    gateway_id: Ident | None = None

@@ -1,0 +1,98 @@
+"""Test fixtures: a private Mosquitto and a private PostgreSQL+TimescaleDB per test session, on free
+ports with data in a temp dir. Factories start extra ones for fault tests, which stop, kill and
+restart them. Nothing here touches the machine's own services on 5432 / 1883."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from sanitel.db import apply_migrations
+from sanitel.servers import MosquittoServer, PostgresServer, free_port
+
+TEMPLATE_DB = "sanitel_template"
+
+
+@pytest.fixture(scope="session")
+def scratch_dir() -> Iterator[Path]:
+    # /tmp rather than pytest's tmp_path: the postgres user must be able to traverse the parents.
+    path = Path(tempfile.mkdtemp(prefix="sanitel-tests-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def make_postgres(scratch_dir: Path) -> Iterator[Callable[..., PostgresServer]]:
+    """Factory: a new, started PostgreSQL cluster with TimescaleDB and the migrations applied."""
+    started: list[PostgresServer] = []
+    counter = itertools.count()
+
+    def make(migrate: bool = True) -> PostgresServer:
+        server = PostgresServer(scratch_dir / f"pg{next(counter)}", free_port(), fsync=False)
+        server.start()
+        started.append(server)
+        if migrate:
+            apply_migrations(server.url)
+        return server
+
+    yield make
+    for server in started:
+        with contextlib.suppress(Exception):
+            server.stop(mode="immediate")
+
+
+@pytest.fixture(scope="session")
+def make_mosquitto(scratch_dir: Path) -> Iterator[Callable[..., MosquittoServer]]:
+    """Factory: a new, started Mosquitto broker with persistence on."""
+    started: list[MosquittoServer] = []
+    counter = itertools.count()
+
+    def make(**kwargs: object) -> MosquittoServer:
+        server = MosquittoServer(scratch_dir / f"mqtt{next(counter)}", free_port(), **kwargs)  # type: ignore[arg-type]
+        server.start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        with contextlib.suppress(Exception):
+            server.kill()
+
+
+@pytest.fixture(scope="session")
+def pg_server(make_postgres: Callable[..., PostgresServer]) -> PostgresServer:
+    """The session's shared database server, with a migrated template database for fresh_db."""
+    server = make_postgres(migrate=True)
+    with psycopg.connect(server.url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {TEMPLATE_DB} TEMPLATE {server.dbname}")
+        conn.execute(f"ALTER DATABASE {TEMPLATE_DB} WITH ALLOW_CONNECTIONS false IS_TEMPLATE true")
+    return server
+
+
+@pytest.fixture(scope="session")
+def mqtt_server(make_mosquitto: Callable[..., MosquittoServer]) -> MosquittoServer:
+    """The session's shared broker. Tests that stop or restart a broker make their own."""
+    return make_mosquitto()
+
+
+_db_counter = itertools.count()
+
+
+@pytest.fixture
+def fresh_db(pg_server: PostgresServer) -> Iterator[str]:
+    """URL of a new, migrated, empty database of its own (copied from the template: fast)."""
+    name = f"t{next(_db_counter)}_{free_port()}"
+    admin = pg_server.url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
+    yield pg_server.url.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
