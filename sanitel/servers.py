@@ -87,7 +87,7 @@ def _check_writable(path: Path) -> None:
 def find_pg_bindir() -> Path:
     """The bin folder of the newest installed PostgreSQL server (Debian layout), checked for support."""
     root = Path("/usr/lib/postgresql")
-    majors = sorted((int(p.name) for p in root.glob("*") if p.name.isdigit() and (p / "bin/postgres").exists()))
+    majors = sorted(int(p.name) for p in root.glob("*") if p.name.isdigit() and (p / "bin/postgres").exists())
     if not majors:
         raise SanitelError("no PostgreSQL server is installed: run scripts/install.sh (installs Debian's postgresql)")
     major = majors[-1]

@@ -37,6 +37,5 @@ CREATE TABLE IF NOT EXISTS device_last_seen (
     device_id      text PRIMARY KEY REFERENCES devices (device_id) ON DELETE CASCADE,
     last_ts        timestamptz NOT NULL,  -- newest device time seen
     last_seq       bigint,
-    last_received  timestamptz NOT NULL,  -- when we last heard from it (receive time)
-    readings       bigint NOT NULL DEFAULT 0
+    last_received  timestamptz NOT NULL   -- when we last heard from it (receive time)
 );

@@ -1,0 +1,1 @@
+"""MQTT collectors: connect, subscribe, receive, decode, validate, hand batches on, acknowledge."""

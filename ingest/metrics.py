@@ -1,0 +1,30 @@
+"""The collector's Prometheus metrics, on a registry of its own (several collectors may share a process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class CollectorMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.received = Counter("sanitel_messages_received", "MQTT messages received", ["kind"], registry=r)
+        self.accepted = Counter("sanitel_readings_accepted", "readings accepted (written or already there)",
+                                ["kind"], registry=r)
+        self.duplicates = Counter("sanitel_readings_duplicate", "readings already stored (redelivery)",
+                                  ["table"], registry=r)
+        self.rejected = Counter("sanitel_readings_rejected", "readings or messages dead-lettered",
+                                ["kind", "reason"], registry=r)
+        self.batch_size = Histogram("sanitel_batch_size", "messages per written batch",
+                                    buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 20000), registry=r)
+        self.write_latency = Histogram("sanitel_write_latency_seconds", "time to write and commit one batch",
+                                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r)
+        self.lag = Histogram("sanitel_lag_seconds", "device time to commit (sampled)",
+                             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600), registry=r)
+        self.spool_backlog_bytes = Gauge("sanitel_spool_backlog_bytes", "bytes waiting in the on-disk spool",
+                                         registry=r)
+        self.spooled = Counter("sanitel_messages_spooled", "messages written to the spool (database down)", registry=r)
+        self.queue_depth = Gauge("sanitel_queue_depth", "messages received and not yet written", registry=r)
+        self.broker_connected = Gauge("sanitel_broker_connected", "1 while connected to the broker", registry=r)
+        self.database_up = Gauge("sanitel_database_up", "1 while the database is reachable", registry=r)

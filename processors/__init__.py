@@ -1,0 +1,1 @@
+"""Stream processors: derived values, batched idempotent writes into TimescaleDB, rollups, last-seen."""
