@@ -40,7 +40,7 @@ def connect(url: str, **kwargs: object) -> psycopg.Connection:
         return psycopg.connect(url, connect_timeout=10, **kwargs)  # type: ignore[arg-type]
     except psycopg.OperationalError as exc:
         raise SanitelError(
-            f"cannot connect to the database at {_redact(url)}: {" ".join(str(exc).split())}; "
+            f"cannot connect to the database at {_redact(url)}: {' '.join(str(exc).split())}; "
             "start it with 'sanitel stack up' or fix SANITEL_DATABASE_URL"
         ) from None
     except psycopg.ProgrammingError as exc:

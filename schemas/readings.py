@@ -156,6 +156,7 @@ class CemsReading(Reading):
     stream: ClassVar[str] = "telemetry"
 
     data_kind: CemsDataKind = "rtd"
+    source: Literal["json", "hj212"] = "json"  # hj212: decoded from an HJ 212-2017 frame
     plant_id: Ident | None = None
     line_id: Ident | None = None
     gas_is_dry: bool = True
