@@ -91,6 +91,7 @@ class Collector:
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         self._broker = broker
         return client
@@ -109,10 +110,16 @@ class Collector:
             return
         topic = subscription(self.settings.city, self.settings.collector_share_group)
         client.subscribe(topic, qos=1)
-        self._connected.set()
         self.metrics.broker_connected.set(1)
         log.info("connected to %s:%s (session present: %s), subscribed to %s", self._broker.host,
                  self._broker.port, flags.session_present, topic)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int, reasons: list[mqtt.ReasonCode],
+                      properties: Properties | None) -> None:
+        if any(r.is_failure for r in reasons):
+            log.error("broker refused the subscription: %s", reasons)
+            return
+        self._connected.set()  # ready: on a fresh session nothing is routed to us before the SUBACK
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: mqtt.DisconnectFlags,
                        reason: mqtt.ReasonCode, properties: Properties | None) -> None:
@@ -131,6 +138,9 @@ class Collector:
     def start(self, wait_connected: float = 10.0) -> None:
         if self._serve_metrics:
             start_http_server(self.settings.collector_metrics_port, addr="127.0.0.1", registry=self.metrics.registry)
+        if not self.writer.ping():
+            log.warning("database not reachable at start; spooling until it is")
+            self._db_down_since = time.monotonic()
         self._replay_spool_if_possible()
         self._accepting.set()
         self._writer_thread.start()
@@ -146,7 +156,9 @@ class Collector:
         self._connected.wait(wait_connected)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop taking messages, flush what was taken, acknowledge it, disconnect."""
+        """Stop taking messages, flush what was taken, acknowledge it, disconnect. Safe to call twice."""
+        if self._stopped.is_set():
+            return
         self._accepting.clear()
         self._queue.put(_STOP)
         self._writer_thread.join(timeout)

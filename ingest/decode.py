@@ -21,7 +21,7 @@ from schemas.readings import (
     Reading,
     value_fields,
 )
-from schemas.topics import DeviceTopic, GatewayTopic, Hj212Topic, TopicError, parse_topic
+from schemas.topics import DEVICE_KINDS, DeviceTopic, GatewayTopic, Hj212Topic, TopicError, parse_topic
 
 REASONS = {
     "payload_too_large": "the message is larger than the limit",
@@ -156,6 +156,8 @@ def _decode_gateway_batch(topic: GatewayTopic, body: Any, received_at: datetime,
         kind = item.get("kind") if isinstance(item, dict) else None
         device = item.get("device_id") if isinstance(item, dict) else None
         try:
+            if isinstance(kind, str) and kind not in DEVICE_KINDS:
+                raise _Reject("unknown_kind", f"unknown device kind {kind!r}; expected one of {', '.join(DEVICE_KINDS)}")
             envelope = _convert(item, GatewayReading)
             stream = envelope.stream or DEFAULT_STREAM[envelope.kind]
             reading_type = BY_KIND_STREAM.get((envelope.kind, stream))

@@ -58,6 +58,7 @@ _KIND_OF_TABLE = {t.table: t.kind for t in READING_TYPES}
 _DEAD_LETTER_COLUMNS = ("received_at", "topic", "payload", "reason_code", "reason", "reading_index", "kind",
                         "device_id", "collector_id", "message_key")
 _LAG_SAMPLES_PER_BATCH = 200
+_TEXT_OID, _BPCHAR_OID = 25, 1042
 
 
 class ReadingWriter:
@@ -83,7 +84,8 @@ class ReadingWriter:
                 types = dict(conn.execute(
                     "SELECT attname, atttypid::int FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0",
                     (table,)).fetchall())
-                self._copy_types[table] = [types[c] for c in columns]
+                # bpchar has no binary dumper in psycopg; its wire format is text's
+                self._copy_types[table] = [_TEXT_OID if types[c] == _BPCHAR_OID else types[c] for c in columns]
             conn.commit()
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(str(exc).strip()) from None
@@ -119,7 +121,7 @@ class ReadingWriter:
             self._rollback()
             if len(messages) == 1:
                 return self._write_refused(messages[0], exc)
-            log.warning("batch refused (%s); isolating the offending message", exc.diag.message_primary)
+            log.warning("batch refused (%r); isolating the offending message", exc)
             result = WriteResult()
             for message in messages:
                 _merge(result, self.write([message]))

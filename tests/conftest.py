@@ -14,8 +14,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from ingest.collector import Collector
 from sanitel.db import apply_migrations
 from sanitel.servers import MosquittoServer, PostgresServer, free_port
+from sanitel.settings import load_settings
 
 TEMPLATE_DB = "sanitel_template"
 
@@ -96,3 +98,25 @@ def fresh_db(pg_server: PostgresServer) -> Iterator[str]:
     yield pg_server.url.rsplit("/", 1)[0] + f"/{name}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def make_collector(scratch_dir: Path) -> Iterator[Callable[..., Collector]]:
+    """Factory: a started in-process collector on the given database and broker; stopped at teardown."""
+    started: list[Collector] = []
+
+    def make(db_url: str, mqtt_url: str, **overrides: object) -> Collector:
+        data_dir = Path(tempfile.mkdtemp(prefix="collector-", dir=scratch_dir))
+        settings = load_settings(database_url=db_url, mqtt_url=mqtt_url, data_dir=data_dir,
+                                 collector_metrics_port=0, collector_flush_ms=50,
+                                 collector_client_id=f"test-collector-{next(_db_counter)}", **overrides)
+        collector = Collector(settings)
+        collector.start()
+        assert collector.wait_connected(10), "collector did not connect to the broker"
+        started.append(collector)
+        return collector
+
+    yield make
+    for collector in started:
+        with contextlib.suppress(Exception):
+            collector.stop()

@@ -1,0 +1,235 @@
+"""TCP listener for CEMS data acquisition units (DAUs) that speak HJ 212-2017 over TCP, not MQTT.
+
+Each frame (``##…\\r\\n``) a DAU sends is published, raw and unchanged, to
+``sanitation/{city}/cems/{mn}/hj212`` at QoS 1 — the topic DAUs with an MQTT gateway use — so TCP
+frames enter exactly the same pipeline as MQTT ones: the collector decodes them, stores them, and
+dead-letters bad ones with the reason (the collector is the single writer of dead letters).
+
+Delivery: the DAU is acknowledged only after the broker's PUBACK, so a frame the DAU sees
+acknowledged is held by the broker; a frame that could not be published gets no reply and the DAU
+retransmits it, as HJ 212 DAUs do after their reply timeout. Duplicates are harmless: the readings
+table is unique on (device, time, data kind, seq).
+
+Replies (what the standard provides):
+- a valid data frame whose Flag asks for an acknowledgement (bit A) → CN 9014 data reply, QN echoed;
+- a frame this listener finds bad → still published (so it is dead-lettered), then a CN 9011 request
+  reply with ``QnRtn`` naming the fault (9 CRC, 3 password, 4 MN, 8 CN, 7 QN, 100 other) when its
+  MN and QN can be read and its Flag asks for a reply or cannot be read. Frames with no readable MN
+  are published under the MN ``unknown``; frames without a readable MN or QN get no reply (a reply
+  must echo both for the DAU to match it).
+The listener checks framing, CRC, fields and codes; the password is checked by the collector
+against the device registry (a wrong password is dead-lettered there; this listener has no registry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import ssl
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import aiomqtt
+
+from schemas.hj212 import (
+    FLAG_ACK,
+    MAX_FRAME_BYTES,
+    Hj212Error,
+    encode_data_reply,
+    encode_request_reply,
+    frame_to_cems_readings,
+    parse_frame,
+    peek_header,
+    qn_rtn_for,
+)
+from schemas.topics import hj212_topic
+
+log = logging.getLogger("sanitel.hj212")
+
+DEFAULT_PORT = 9212
+UNKNOWN_MN = "unknown"  # topic segment for frames whose MN cannot be read
+
+
+@dataclass
+class ListenerStats:
+    connections: int = 0
+    frames: int = 0
+    bad_frames: int = 0
+    acks: int = 0
+    nacks: int = 0
+    publish_failures: int = 0
+
+
+class BrokerLink:
+    """One MQTT connection for all DAUs, reconnected with backoff. ``publish`` returns after PUBACK."""
+
+    def __init__(self, url: str, client_id: str | None = None) -> None:
+        parts = urlsplit(url)
+        self.tls = parts.scheme in ("mqtts", "ssl")
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or (8883 if self.tls else 1883)
+        self.username = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password else None
+        # unique per process: two listeners with one client id would knock each other off the broker
+        self.client_id = client_id or f"sanitel-hj212-{socket.gethostname()}-{os.getpid()}"
+        self._client: aiomqtt.Client | None = None
+        self._connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="hj212-broker-link")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def wait_connected(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def publish(self, topic: str, payload: bytes, timeout: float) -> None:
+        """QoS 1; returns once the broker has acknowledged. Raises on timeout or disconnect."""
+        if not await self.wait_connected(timeout) or self._client is None:
+            raise aiomqtt.MqttError(f"no broker connection to {self.host}:{self.port} within {timeout} s")
+        await self._client.publish(topic, payload, qos=1, timeout=timeout)
+
+    async def _run(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    self.host, self.port, username=self.username, password=self.password,
+                    identifier=self.client_id, keepalive=30,
+                    tls_context=ssl.create_default_context() if self.tls else None,
+                ) as client:
+                    self._client, backoff = client, 0.5
+                    self._connected.set()
+                    log.info("hj212 listener connected to broker %s:%s", self.host, self.port)
+                    async for _ in client.messages:  # no subscriptions: this only ends on disconnect
+                        pass
+            except aiomqtt.MqttError as exc:
+                log.warning("hj212 listener: broker %s:%s: %s; retrying in %.1f s", self.host, self.port, exc, backoff)
+            finally:
+                self._connected.clear()
+                self._client = None
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+
+class Hj212Listener:
+    """``await start()``, then DAUs connect to ``host:port``; ``await stop()`` to close."""
+
+    def __init__(self, mqtt_url: str, city: str, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+                 publish_timeout: float = 10.0, idle_timeout: float = 900.0, client_id: str | None = None) -> None:
+        self.city = city
+        self.host = host
+        self.port = port
+        self.publish_timeout = publish_timeout
+        self.idle_timeout = idle_timeout  # HJ 212 DAUs send at least every few minutes
+        self.broker = BrokerLink(mqtt_url, client_id)
+        self.stats = ListenerStats()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self.broker.start()
+        self._server = await asyncio.start_server(self._serve_dau, self.host, self.port,
+                                                  limit=MAX_FRAME_BYTES + 16)
+        self.port = self._server.sockets[0].getsockname()[1]  # the real port when 0 was asked for
+        log.info("hj212 listener on %s:%s for city %s", self.host, self.port, self.city)
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None, "start() first"
+        await self._server.serve_forever()
+
+    async def stop(self) -> None:
+        if self._server:
+            self._server.close()
+            await self._server.wait_closed()
+        await self.broker.stop()
+
+    async def _serve_dau(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        self.stats.connections += 1
+        try:
+            while (raw := await self._read_frame(reader, peer)) is not None:
+                reply = await self.handle_frame(raw)
+                if reply:
+                    writer.write(reply)
+                    await writer.drain()
+                if not raw.endswith(b"\r\n"):
+                    break  # truncated at EOF or oversized: the stream cannot be resynchronised
+        except (ConnectionError, TimeoutError) as exc:
+            log.info("hj212 DAU %s: connection closed: %s", peer, exc)
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _read_frame(self, reader: asyncio.StreamReader, peer: object) -> bytes | None:
+        """The next ``…\\r\\n``; at EOF a partial frame is returned as is (it is dead-lettered as
+        truncated); more than a frame's maximum size without CRLF is returned cut (bad_length)."""
+        try:
+            return await asyncio.wait_for(reader.readuntil(b"\r\n"), self.idle_timeout)
+        except asyncio.IncompleteReadError as exc:
+            return exc.partial or None
+        except asyncio.LimitOverrunError:
+            log.warning("hj212 DAU %s: %d bytes without CRLF; closing", peer, MAX_FRAME_BYTES)
+            return await reader.read(MAX_FRAME_BYTES)
+        except TimeoutError:
+            log.info("hj212 DAU %s: idle for %.0f s; closing", peer, self.idle_timeout)
+            return None
+
+    async def handle_frame(self, raw: bytes) -> bytes | None:
+        """Publish one frame; return the reply for the DAU (None: no reply)."""
+        self.stats.frames += 1
+        try:
+            frame = parse_frame(raw)
+            frame_to_cems_readings(frame)  # codes and values: a DAU misconfiguration is answered now
+        except Hj212Error as exc:
+            return await self._handle_bad(raw, exc)
+        if not await self._publish(frame.mn, raw):
+            return None
+        if frame.wants_ack:
+            self.stats.acks += 1
+            return encode_data_reply(frame)
+        return None
+
+    async def _handle_bad(self, raw: bytes, error: Hj212Error) -> bytes | None:
+        self.stats.bad_frames += 1
+        header = peek_header(raw)
+        mn = header.get("MN")
+        log.info("hj212 bad frame from MN %s: %s (%s)", mn or "?", error, error.code)
+        if not await self._publish(mn or UNKNOWN_MN, raw) or mn is None or "QN" not in header:
+            return None  # a reply the DAU cannot match to a frame (no MN or QN to echo) is noise
+        flag = header.get("Flag", "")
+        if flag.isdigit() and not int(flag) & FLAG_ACK:
+            return None
+        self.stats.nacks += 1
+        return encode_request_reply(header.get("QN"), mn, header.get("PW", ""), qn_rtn_for(error))
+
+    async def _publish(self, mn: str, raw: bytes) -> bool:
+        try:
+            await self.broker.publish(hj212_topic(self.city, mn), raw, self.publish_timeout)
+        except (aiomqtt.MqttError, TimeoutError) as exc:
+            self.stats.publish_failures += 1
+            log.warning("hj212 frame from MN %s not published (%s); no reply, the DAU will retransmit", mn, exc)
+            return False
+        return True
+
+
+async def run_listener(mqtt_url: str, city: str, host: str, port: int) -> None:
+    """Run until cancelled (the CLI's SIGINT/SIGTERM)."""
+    listener = Hj212Listener(mqtt_url, city, host=host, port=port)
+    await listener.start()
+    try:
+        await listener.serve_forever()
+    finally:
+        await listener.stop()

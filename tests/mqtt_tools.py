@@ -1,0 +1,57 @@
+"""Small helpers for tests that talk to a real broker and database."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import psycopg
+
+
+def publish(port: int, messages: Iterable[tuple[str, bytes]], *, client_id: str = "", timeout: float = 60) -> int:
+    """Publish at QoS 1 and wait for every PUBACK; returns how many were published."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        infos = [client.publish(topic, payload, qos=1) for topic, payload in messages]
+        deadline = time.monotonic() + timeout
+        for info in infos:
+            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+            assert info.is_published(), "broker did not acknowledge a publish in time"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return len(infos)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def count(db_url: str, sql: str, *params: object) -> int:
+    with psycopg.connect(db_url) as conn:
+        return int(conn.execute(sql, params).fetchone()[0])  # type: ignore[index]
+
+
+def start_collector_process(db_url: str, mqtt_url: str, data_dir: Path, *, client_id: str, metrics_port: int = 0,
+                            extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A real ``sanitel collector`` process, for tests that kill it or measure its memory."""
+    env = {**os.environ, "SANITEL_DATABASE_URL": db_url, "SANITEL_MQTT_URL": mqtt_url,
+           "SANITEL_DATA_DIR": str(data_dir), "SANITEL_COLLECTOR_CLIENT_ID": client_id,
+           "SANITEL_COLLECTOR_METRICS_PORT": str(metrics_port), **(extra_env or {})}
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = open(data_dir / f"{client_id}.log", "ab")  # noqa: SIM115 - the child owns it
+    return subprocess.Popen([sys.executable, "-m", "sanitel.cli", "collector"], env=env, stdout=log, stderr=log)

@@ -1,0 +1,193 @@
+"""The collector against the real private broker and database: every valid reading lands exactly once,
+bad input goes to dead letters with its raw bytes, and nothing stops the collector."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+import signal
+import time
+import urllib.request
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+
+from ingest.collector import Collector
+from sanitel.servers import MosquittoServer, free_port
+from tests.mqtt_tools import count, publish, start_collector_process, wait_for
+
+CITY = "shenzhen"
+
+
+def now_ms(offset_s: float = 0) -> int:
+    return int((time.time() + offset_s) * 1000)
+
+
+def topic(kind: str, device: str, stream: str = "telemetry") -> str:
+    return f"sanitation/{CITY}/{kind}/{device}/{stream}"
+
+
+def j(body: object) -> bytes:
+    return json.dumps(body).encode()
+
+
+def test_every_reading_kind_lands_with_device_time_receive_time_and_extra(
+        fresh_db: str, mqtt_server: MosquittoServer, make_collector: Callable[..., Collector]) -> None:
+    make_collector(fresh_db, mqtt_server.url)
+    ts = now_ms(-60)
+    messages = [
+        (topic("sweeper", "sw-1"), j({"ts": ts, "seq": 1, "soc_pct": 81.5, "work_mode": "sweep", "fw": "2.1"})),
+        (topic("transfer_station", "ts-1"), j({"ts": ts, "seq": 1, "h2s_mg_m3": 0.02, "noise_dba": 58})),
+        (topic("bin", "bin-1-k", "event"), j({"ts": ts, "household_id": "h-77", "category": "kitchen",
+                                              "weight_kg": 1.3})),
+        (topic("bin", "bin-1-k", "status"), j({"ts": ts, "fill_level_pct": 103.0})),
+        (topic("camera", "cam-1", "event"), j({"ts": ts, "detection": "mis_sorted", "confidence": 0.91})),
+        (topic("cems", "cems-p1-l1"), j({"ts": ts, "nox_mg_m3": 120.0, "nox_flag": "N", "o2_pct": 8.5})),
+    ]
+    publish(mqtt_server.port, messages)
+    tables = ["sweeper_telemetry", "station_telemetry", "bin_deposits", "bin_status", "camera_detections",
+              "cems_readings"]
+    assert wait_for(lambda: all(count(fresh_db, f"SELECT count(*) FROM {t}") == 1 for t in tables), 15)
+    with psycopg.connect(fresh_db) as conn:
+        ts_db, received, extra = conn.execute("SELECT ts, received_at, extra FROM sweeper_telemetry").fetchone()
+        fill, fill_extra = conn.execute("SELECT fill_level_pct, extra FROM bin_status").fetchone()
+        seen = dict(conn.execute("SELECT device_id, last_ts FROM device_last_seen").fetchall())
+        kinds = dict(conn.execute("SELECT device_id, kind FROM devices").fetchall())
+    assert ts_db == datetime.fromtimestamp(ts / 1000, UTC)
+    assert received > ts_db  # receive time is kept beside device time
+    assert extra == {"fw": "2.1"}
+    assert fill == 100.0 and fill_extra == {"raw_fill_level_pct": 103.0}  # clamped, raw kept
+    assert set(seen) == {"sw-1", "ts-1", "bin-1-k", "cam-1", "cems-p1-l1"}
+    assert kinds["cems-p1-l1"] == "cems" and kinds["bin-1-k"] == "bin"
+
+
+BAD_MESSAGES: list[tuple[str, bytes, str]] = [
+    (topic("sweeper", "sw-bad"), b"{not json", "invalid_json"),
+    (topic("sweeper", "sw-bad"), b"\xff\xfe\x00garbage", "not_utf8"),
+    (topic("sweeper", "sw-bad"), b'"a string"', "wrong_shape"),
+    (topic("sweeper", "sw-bad"), b'{"ts": 1763798400000, "soc_pct": "high"}', "wrong_type"),
+    (topic("sweeper", "sw-bad"), b'{"ts": 1763798400000, "soc_pct": NaN}', "invalid_json"),
+    (topic("sweeper", "sw-bad"), b'{"ts": 1763798400000, "soc_pct": 140}', "out_of_range"),
+    (topic("bin", "bin-bad", "event"),
+     b'{"ts": 1763798400000, "household_id": "h", "category": "other", "weight_kg": -2}', "out_of_range"),
+    (topic("cems", "cems-bad"), b'{"ts": 1763798400000, "o2_pct": 23}', "out_of_range"),
+    ("sanitation/shenzhen/spaceship/x-1/telemetry", b'{"ts": 1763798400000}', "unknown_kind"),
+    (topic("sweeper", "sw-bad"), b'{"ts": 1763798400000, "device_id": "sw-other"}', "device_mismatch"),
+    (topic("sweeper", "sw-bad"), j({"ts": now_ms(600)}), "ts_in_future"),
+    (topic("sweeper", "sw-bad"), b'{"ts": "1999-01-01T00:00:00Z"}', "ts_too_old"),
+    (topic("sweeper", "sw-bad"), j({"ts": now_ms(), "pad": "x" * (256 * 1024)}), "payload_too_large"),
+]
+
+
+def test_bad_input_goes_to_dead_letters_and_the_collector_keeps_going(
+        fresh_db: str, mqtt_server: MosquittoServer, make_collector: Callable[..., Collector]) -> None:
+    collector = make_collector(fresh_db, mqtt_server.url)
+    good = [(topic("sweeper", f"sw-{i}"), j({"ts": now_ms(-10), "seq": i, "soc_pct": 50})) for i in range(20)]
+    interleaved = [m for pair in zip(good, [(t, p) for t, p, _ in BAD_MESSAGES], strict=False) for m in pair]
+    interleaved += good[len(BAD_MESSAGES):]
+    publish(mqtt_server.port, interleaved)
+    assert wait_for(lambda: count(fresh_db, "SELECT count(*) FROM dead_letters") == len(BAD_MESSAGES), 15)
+    assert wait_for(lambda: count(fresh_db, "SELECT count(*) FROM sweeper_telemetry") == len(good), 15)
+    with psycopg.connect(fresh_db) as conn:
+        stored = conn.execute("SELECT topic, payload, reason_code, reason, received_at FROM dead_letters").fetchall()
+    by_payload = {bytes(p): (t, code, reason, at) for t, p, code, reason, at in stored}
+    for bad_topic, payload, code in BAD_MESSAGES:
+        t, stored_code, reason, at = by_payload[payload]  # raw bytes kept exactly
+        assert (t, stored_code) == (bad_topic, code)
+        assert reason and at is not None
+    rejected: Counter[str] = Counter()
+    for metric in collector.metrics.registry.collect():
+        if metric.name == "sanitel_readings_rejected":
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    rejected[sample.labels["reason"]] += int(sample.value)
+    assert sum(rejected.values()) == len(BAD_MESSAGES) and rejected["out_of_range"] == 3
+
+
+def test_a_batch_with_one_bad_reading_lands_the_good_ones_and_dead_letters_the_bad_with_its_index(
+        fresh_db: str, mqtt_server: MosquittoServer, make_collector: Callable[..., Collector]) -> None:
+    make_collector(fresh_db, mqtt_server.url)
+    ts = now_ms(-30)
+    batch = {"gateway_id": "gw-9", "readings": [
+        {"kind": "bin", "device_id": f"bin-{i}-k", "stream": "event", "ts": ts, "household_id": f"h{i}",
+         "category": "kitchen", "weight_kg": -1 if i == 3 else 1.0 + i} for i in range(6)]}
+    publish(mqtt_server.port, [("sanitation/shenzhen/gateway/gw-9/batch", j(batch))])
+    assert wait_for(lambda: count(fresh_db, "SELECT count(*) FROM dead_letters") == 1, 15)
+    assert count(fresh_db, "SELECT count(*) FROM bin_deposits") == 5
+    assert count(fresh_db, "SELECT reading_index FROM dead_letters WHERE device_id = 'bin-3-k'") == 3
+
+
+def test_redelivery_never_creates_a_second_row_or_dead_letter(
+        fresh_db: str, mqtt_server: MosquittoServer, make_collector: Callable[..., Collector]) -> None:
+    make_collector(fresh_db, mqtt_server.url)
+    reading = (topic("sweeper", "sw-dup"), j({"ts": now_ms(-5), "seq": 42, "soc_pct": 60}))
+    bad = (topic("sweeper", "sw-dup"), b"{broken")
+    publish(mqtt_server.port, [reading, bad, reading, bad, reading])
+    time.sleep(1.0)
+    publish(mqtt_server.port, [reading, bad])  # in a later batch, too
+    assert wait_for(lambda: count(fresh_db, "SELECT count(*) FROM dead_letters") >= 1, 10)
+    time.sleep(0.5)
+    assert count(fresh_db, "SELECT count(*) FROM sweeper_telemetry") == 1
+    assert count(fresh_db, "SELECT count(*) FROM dead_letters") == 1
+
+
+def test_unknown_device_is_dead_lettered_when_auto_registration_is_off(
+        fresh_db: str, mqtt_server: MosquittoServer, make_collector: Callable[..., Collector]) -> None:
+    with psycopg.connect(fresh_db) as conn:
+        conn.execute("INSERT INTO devices (device_id, kind) VALUES ('sw-known', 'sweeper')")
+    make_collector(fresh_db, mqtt_server.url, auto_register_devices=False)
+    publish(mqtt_server.port, [(topic("sweeper", "sw-known"), j({"ts": now_ms(-1), "soc_pct": 10})),
+                               (topic("sweeper", "sw-stranger"), j({"ts": now_ms(-1), "soc_pct": 10})),
+                               (topic("bin", "sw-known", "status"), j({"ts": now_ms(-1), "fill_level_pct": 10}))])
+    assert wait_for(lambda: count(fresh_db, "SELECT count(*) FROM dead_letters") == 2, 15)
+    assert count(fresh_db, "SELECT count(*) FROM sweeper_telemetry") == 1
+    with psycopg.connect(fresh_db) as conn:
+        reasons = dict(conn.execute("SELECT device_id, reason_code FROM dead_letters").fetchall())
+        assert conn.execute("SELECT count(*) FROM devices").fetchone()[0] == 1
+    assert reasons == {"sw-stranger": "unknown_device", "sw-known": "kind_mismatch"}
+
+
+def scrape(port: int) -> str:
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return ""
+
+
+def test_sigterm_flushes_acks_and_exits_zero_and_a_restart_takes_the_rest(
+        fresh_db: str, mqtt_server: MosquittoServer, scratch_dir: Path) -> None:
+    def run_collector() -> tuple[object, int]:
+        port = free_port()
+        # a flush interval and batch size never reached: only the stop can write what was taken
+        proc = start_collector_process(fresh_db, mqtt_server.url, scratch_dir / "sigterm", client_id="sigterm-test",
+                                       metrics_port=port, extra_env={"SANITEL_COLLECTOR_FLUSH_MS": "60000",
+                                                                     "SANITEL_COLLECTOR_BATCH_SIZE": "100000"})
+        assert wait_for(lambda: "sanitel_broker_connected 1.0" in scrape(port), 20)
+        return proc, port
+
+    proc, port = run_collector()
+    try:
+        publish(mqtt_server.port, [(topic("sweeper", "sw-t"), j({"ts": now_ms(-1), "seq": i})) for i in range(500)])
+        time.sleep(1.0)
+        assert count(fresh_db, "SELECT count(*) FROM sweeper_telemetry") == 0  # nothing flushed yet
+        assert "sanitel_write_latency_seconds_bucket" in scrape(port)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    flushed_on_stop = count(fresh_db, "SELECT count(*) FROM sweeper_telemetry")
+    assert flushed_on_stop > 0
+    # whatever was still with the broker was not acknowledged: the next run takes it, exactly once
+    proc, _ = run_collector()
+    try:
+        assert wait_for(lambda: count(fresh_db, "SELECT count(*) FROM sweeper_telemetry") == 500, 5) or \
+            flushed_on_stop == 500
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert count(fresh_db, "SELECT count(*) FROM sweeper_telemetry") == 500
