@@ -182,7 +182,12 @@ class Collector:
         stopping = False
         while not stopping:
             batch: list[_Received] = []
-            item = self._queue.get()
+            try:
+                # wake at least once a second: the spool must replay even when no traffic arrives
+                item = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                self._replay_spool_if_possible()
+                continue
             deadline = time.monotonic() + flush_s
             while True:
                 if item is _STOP:
@@ -205,8 +210,6 @@ class Collector:
                     continue
                 for received in batch:
                     self.client.ack(received.mid, received.qos)
-            elif self._db_down_since is not None:
-                self._replay_spool_if_possible()
 
     def _persist(self, batch: list[_Received]) -> None:
         raw: list[SpooledMessage] = [(r.topic, r.payload, r.received_at) for r in batch]
