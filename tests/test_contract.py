@@ -1,0 +1,39 @@
+"""The contract documents in docs/contract are generated from schemas/ and must not go stale."""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+import pytest
+
+from schemas.contract import OUT_DIR, asyncapi, rendered
+from schemas.readings import SweeperTelemetry
+
+
+def test_checked_in_contract_is_current() -> None:
+    for name, text in rendered().items():
+        path = OUT_DIR / name
+        assert path.exists(), f"{path} is missing: run 'python -m schemas.contract'"
+        assert path.read_text() == text, f"{path} is stale: run 'python -m schemas.contract' and commit"
+
+
+def test_json_schema_states_physical_ranges_and_units() -> None:
+    doc = json.loads((OUT_DIR / "sweeper_telemetry.schema.json").read_text())
+    sweeper = doc["$defs"]["SweeperTelemetry"]
+    soc = sweeper["properties"]["soc_pct"]["anyOf"][0]
+    assert soc["minimum"] == 0 and soc["maximum"] == 100 and "%" in soc["description"]
+    assert sweeper["required"] == ["ts"]
+
+
+def test_asyncapi_names_every_channel() -> None:
+    addresses = {c["address"] for c in asyncapi()["channels"].values()}
+    assert "sanitation/{city}/sweeper/{device_id}/telemetry" in addresses
+    assert "sanitation/{city}/gateway/{gateway_id}/batch" in addresses
+    assert "sanitation/{city}/cems/{mn}/hj212" in addresses
+
+
+@pytest.mark.parametrize("bad", [{"ts": 1, "soc_pct": 101}, {"soc_pct": 5}])
+def test_schema_and_validator_agree_on_rejections(bad: dict) -> None:
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert(bad, SweeperTelemetry)
