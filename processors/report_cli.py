@@ -1,0 +1,151 @@
+"""Commands of issue #7 (incinerator CEMS):
+
+    sanitel report emissions --plant P [--line L] --day YYYY-MM-DD [--format json|csv|png] [--out FILE]
+    sanitel report recompute --device D --from YYYY-MM-DD [--to YYYY-MM-DD]
+    sanitel cems-averages [--once] [--interval 60]     the scheduled averaging processor
+    sanitel hj212-listener [--host 127.0.0.1] [--port 9212]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+from sanitel.errors import SanitelError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    report = sub.add_parser("report", help="emission compliance reports (GB 18485-2014, EU 2010/75/EU)")
+    rsub = report.add_subparsers(dest="report_command", required=True, metavar="REPORT")
+    em = rsub.add_parser("emissions", help="a plant's (or line's) compliance for one local day")
+    em.add_argument("--plant", required=True, help="plant site id")
+    em.add_argument("--line", help="one line (line site id or CEMS device id)")
+    em.add_argument("--day", required=True, type=_day, help="local day, YYYY-MM-DD")
+    em.add_argument("--format", choices=("json", "csv", "png"), default="json")
+    em.add_argument("--out", type=Path, help="file to write (default: stdout; required for png)")
+    em.add_argument("--recompute", action="store_true", help="recompute the day's averages first")
+    em.set_defaults(func=run_report)
+    rc = rsub.add_parser("recompute", help="recompute a device's averages over local days (after a backfill)")
+    rc.add_argument("--device", required=True)
+    rc.add_argument("--from", dest="first", required=True, type=_day)
+    rc.add_argument("--to", dest="last", type=_day, help="last day, inclusive (default: --from)")
+    rc.set_defaults(func=run_recompute)
+
+    avg = sub.add_parser("cems-averages", help="the scheduled processor maintaining CEMS averages")
+    avg.add_argument("--once", action="store_true", help="one pass, then exit")
+    avg.add_argument("--interval", type=float, default=60.0, help="seconds between passes")
+    avg.set_defaults(func=run_averages)
+
+    tcp = sub.add_parser("hj212-listener", help="TCP listener for HJ 212-2017 data acquisition units")
+    tcp.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 to accept DAUs)")
+    tcp.add_argument("--port", type=int, default=9212)
+    tcp.set_defaults(func=run_hj212_listener)
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day YYYY-MM-DD") from None
+
+
+def _connect():  # type: ignore[no-untyped-def]
+    from sanitel.db import connect
+    from sanitel.settings import load_settings
+
+    return connect(load_settings().effective_database_url, autocommit=True)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from processors import compliance
+    from processors.cems_averages import local_day_bounds, recompute
+
+    if args.format == "png" and args.out is None:
+        raise SanitelError("--format png writes a binary file: give --out FILE")
+    with _connect() as conn:
+        if args.recompute:
+            for device_id in compliance.plant_devices(conn, args.plant, args.line):
+                start, end = local_day_bounds(args.day, compliance.plant_timezone(conn, args.plant))
+                recompute(conn, device_id, start, end)
+        report = compliance.build_report(conn, args.plant, args.day, args.line)
+        if not report["lines"]:
+            raise SanitelError(f"no CEMS averages for plant {args.plant!r}"
+                               f"{f' line {args.line!r}' if args.line else ''} on {args.day}; "
+                               "is 'sanitel cems-averages' running? (or add --recompute)")
+        if args.format == "png":
+            data: bytes | str = compliance.report_png(
+                report, compliance.half_hour_series(conn, args.plant, args.day, args.line))
+        elif args.format == "csv":
+            data = compliance.report_csv(report)
+        else:
+            data = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+    _emit(data, args.out)
+    return 0
+
+
+def _emit(data: bytes | str, out: Path | None) -> None:
+    if out is None:
+        sys.stdout.write(data if isinstance(data, str) else data.decode())
+    elif isinstance(data, bytes):
+        out.write_bytes(data)
+    else:
+        out.write_text(data, encoding="utf-8")
+
+
+def run_recompute(args: argparse.Namespace) -> int:
+    from processors.cems_averages import device_placement, local_day_bounds, recompute
+
+    last = args.last or args.first
+    if last < args.first:
+        raise SanitelError("--to is before --from")
+    with _connect() as conn:
+        tz = device_placement(conn, args.device).tz
+        start, _ = local_day_bounds(args.first, tz)
+        _, end = local_day_bounds(last, tz)
+        n = recompute(conn, args.device, start, end)
+    print(f"{n} averages written for {args.device}, {args.first} … {last}")
+    return 0
+
+
+def run_averages(args: argparse.Namespace) -> int:
+    from processors.cems_averages import run_scheduled
+    from sanitel.logs import setup_logging
+
+    setup_logging()
+    with _connect() as conn:
+        while True:
+            started = time.monotonic()
+            run_scheduled(conn)
+            if args.once:
+                return 0
+            time.sleep(max(0.0, args.interval - (time.monotonic() - started)))
+
+
+def run_hj212_listener(args: argparse.Namespace) -> int:
+    from ingest.hj212_tcp import run_listener
+    from sanitel.logs import setup_logging
+    from sanitel.settings import load_settings
+
+    settings = load_settings()
+    setup_logging()
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)  # type: ignore[union-attr]
+        with contextlib.suppress(asyncio.CancelledError):  # SIGTERM/SIGINT: a clean stop
+            await run_listener(settings.effective_mqtt_url, settings.city, args.host, args.port)
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        raise SanitelError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    return 0

@@ -1,0 +1,265 @@
+"""Averages and compliance against a real TimescaleDB: readings are put into ``cems_readings`` with
+SQL (as the collector would), the scheduled processor computes the averages, the report judges them.
+Every expected number is computed by hand in the test's comments."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+import psycopg
+import pytest
+from psycopg.types.json import Jsonb
+
+from processors import compliance
+from processors.cems_averages import local_day_bounds, recompute, run_scheduled
+
+TZ = "Asia/Shanghai"
+DAY = date(2024, 5, 1)
+PLANT, LINE, DEVICE = "lhk", "lhk-l1", "LHK-L1"
+DAY_START, DAY_END = local_day_bounds(DAY, TZ)
+
+
+def local(hh: int, mm: int = 0) -> datetime:
+    return datetime(DAY.year, DAY.month, DAY.day, hh, mm, tzinfo=ZoneInfo(TZ)).astimezone(UTC)
+
+
+def iso(hh: int, mm: int = 0) -> str:
+    return local(hh, mm).astimezone(ZoneInfo(TZ)).isoformat()
+
+
+@pytest.fixture
+def conn(fresh_db: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(fresh_db, autocommit=True) as c:
+        c.execute("INSERT INTO sites (site_id, kind, name) VALUES (%s, 'plant', 'Laohukeng')", (PLANT,))
+        c.execute("INSERT INTO sites (site_id, kind, name, parent_id) VALUES (%s, 'line', 'Line 1', %s)", (LINE, PLANT))
+        c.execute("INSERT INTO devices (device_id, kind, site_id) VALUES (%s, 'cems', %s)", (DEVICE, LINE))
+        yield c
+
+
+Shape = Callable[[datetime], dict[str, Any] | None]  # minute → column values (None: no reading)
+
+
+def insert_day(conn: psycopg.Connection, shape: Shape, received_at: datetime | None = None,
+               start: datetime = DAY_START, n: int = 1440) -> None:
+    """Minute rows (CN 2051-like) for one day; ``shape`` gives each minute's columns."""
+    received = received_at or datetime.now(UTC)
+    rows = [(t, vals) for i in range(n) if (vals := shape(t := start + timedelta(minutes=i))) is not None]
+    columns = sorted({k for _, v in rows for k in v})
+    with conn.cursor().copy(f"COPY cems_readings (device_id, ts, data_kind, received_at, {', '.join(columns)})"
+                            " FROM STDIN") as copy:
+        for t, vals in rows:
+            copy.write_row((DEVICE, t, "minute", received, *[vals.get(c) for c in columns]))
+
+
+def report(conn: psycopg.Connection, line: str | None = None) -> dict[str, Any]:
+    assert run_scheduled(conn) is not None
+    return compliance.build_report(conn, PLANT, DAY, line)
+
+
+def check(rep: dict[str, Any], key: str, pollutant: str = "nox") -> dict[str, Any]:
+    [line] = rep["lines"]
+    [found] = [c for c in line["checks"] if c["limit_key"] == key and c["pollutant"] == pollutant]
+    return found
+
+
+def daily(rep: dict[str, Any], standard: str, pollutant: str = "nox") -> dict[str, Any]:
+    [found] = [d for d in rep["lines"][0]["daily_averages"] if d["standard"] == standard and d["pollutant"] == pollutant]
+    return found
+
+
+def test_raw_readings_exceed_but_normalised_values_comply(conn: psycopg.Connection) -> None:
+    # NOx 260 mg/m³ measured at 8 % O2 all day: normalised 260 × 10/13 = 200
+    insert_day(conn, lambda t: {"nox_mg_m3": 260.0, "nox_flag": "N", "o2_pct": 8.0, "o2_flag": "N"})
+    rep = report(conn)
+    gb, eu = daily(rep, "gb"), daily(rep, "eu")
+    assert gb["measured_mg_m3"] == pytest.approx(260) and gb["measured_mg_m3"] > check(rep, "gb.24h")["limit_mg_m3"]
+    assert eu["measured_mg_m3"] == pytest.approx(260) and eu["measured_mg_m3"] > check(rep, "eu.daily")["limit_mg_m3"]
+    assert gb["normalised_mg_m3"] == pytest.approx(200, abs=1e-3)
+    # GB 24-h: 200 ≤ 250; EU daily: 200 − 20 % × 200 (the confidence interval) = 160 ≤ 200
+    c = check(rep, "gb.24h")
+    assert (c["limit_mg_m3"], c["worst"]["value_mg_m3"], c["compliant"]) == (250, pytest.approx(200, abs=1e-3), True)
+    c = check(rep, "eu.daily")
+    assert (c["confidence_interval_mg_m3"], c["worst"]["value_mg_m3"], c["compliant"]) == (
+        40, pytest.approx(160, abs=1e-3), True)
+    assert c["worst"]["at"] == iso(0)
+    assert check(rep, "eu.half_hour_b")["compliant"] is None  # 97 % of a year: not a daily verdict
+    assert check(rep, "eu.half_hour_b")["share_within_limit"] == 1.0
+    assert rep["compliant"] == {"gb": True, "eu": True} and rep["lines"][0]["invalid_periods"] == []
+
+
+def test_normalised_values_exceed_although_raw_readings_do_not(conn: psycopg.Connection) -> None:
+    # NOx 180 measured at 15 % O2: normalised 180 × 10/6 = 300; from 10:00 to 11:00 210 → 350.
+    insert_day(conn, lambda t: {"nox_mg_m3": 210.0 if local(10) <= t < local(11) else 180.0, "nox_flag": "N",
+                                "o2_pct": 15.0, "o2_flag": "N"})
+    rep = report(conn)
+    assert daily(rep, "gb")["measured_mg_m3"] < 200 < 250  # raw is below every daily limit
+    # GB 1-h limit 300: only 10:00–11:00 (350) is above; 300 itself is not an exceedance
+    c = check(rep, "gb.1h")
+    assert c["exceedances"] == [{"start": iso(10), "end": iso(11), "value_mg_m3": pytest.approx(350, abs=1e-3)}]
+    assert (c["worst"]["at"], c["compliant"]) == (iso(10), False)
+    # GB 24-h: (23 × 300 + 350) / 24 = 302.083 > 250
+    c = check(rep, "gb.24h")
+    assert (c["worst"]["value_mg_m3"], c["compliant"]) == (pytest.approx(302.083, abs=1e-3), False)
+    # EU daily: validated half-hours 300 − 40 = 260 (46 of them) and 350 − 40 = 310 (2):
+    # (46 × 260 + 2 × 310) / 48 = 262.083 > 200
+    c = check(rep, "eu.daily")
+    assert (c["worst"]["value_mg_m3"], c["compliant"]) == (pytest.approx(262.083, abs=1e-3), False)
+    assert daily(rep, "eu")["validated_mg_m3"] == pytest.approx(262.083, abs=1e-3)
+    # EU half-hourly A (400): worst validated 310 → complies
+    c = check(rep, "eu.half_hour_a")
+    assert (c["worst"]["value_mg_m3"], c["worst"]["at"], c["compliant"]) == (pytest.approx(310, abs=1e-3), iso(10), True)
+    assert rep["compliant"] == {"gb": False, "eu": False}
+
+
+def test_day_invalid_because_six_half_hours_were_discarded(conn: psycopg.Connection) -> None:
+    # 02:00–05:00 in calibration: 6 discarded half-hours > 5 → no valid EU daily average
+    insert_day(conn, lambda t: {"so2_mg_m3": 30.0, "so2_flag": "C" if local(2) <= t < local(5) else "N",
+                                "o2_pct": 11.0, "o2_flag": "N"})
+    rep = report(conn)
+    c = check(rep, "eu.daily", "so2")
+    assert c["compliant"] is None and c["n_valid"] == 0
+    assert c["note"] == "daily average invalid: 6 sub-periods discarded"
+    eu = daily(rep, "eu", "so2")
+    assert (eu["valid"], eu["discarded_sub_periods"], eu["validated_mg_m3"]) == (False, 6, None)
+    invalid = [p for p in rep["lines"][0]["invalid_periods"] if p["average"] == "30min"]
+    assert [p["start"] for p in invalid] == [iso(2), iso(2, 30), iso(3), iso(3, 30), iso(4), iso(4, 30)]
+    assert invalid[0]["discarded"] == {"flag_C": 30} and invalid[0]["status"] == "invalid"
+    # GB's 24-hour average stands on 21 valid hours (≥ 20): 30 ≤ 80
+    assert check(rep, "gb.24h", "so2")["compliant"] is True
+    assert rep["compliant"] == {"gb": True, "eu": None}
+
+
+def test_co_ten_minute_averages_are_judged_by_share(conn: psycopg.Connection) -> None:
+    # CO 20 at 11 % O2, but 160 from 09:00 to 09:10: validated 160 − 10 % × 50 = 155 > 150
+    insert_day(conn, lambda t: {"co_mg_m3": 160.0 if local(9) <= t < local(9, 10) else 20.0, "co_flag": "N",
+                                "o2_pct": 11.0, "o2_flag": "N"})
+    rep = report(conn)
+    c = check(rep, "eu.10min", "co")
+    assert c["exceedances"] == [{"start": iso(9), "end": iso(9, 10), "value_mg_m3": pytest.approx(155)}]
+    assert c["share_within_limit"] == pytest.approx(143 / 144, abs=1e-4) and c["compliant"] is True  # ≥ 95 %
+    # the 09:00 half-hour: (10 × 160 + 20 × 20) / 30 = 66.667, validated 61.667 ≤ 100
+    assert check(rep, "eu.half_hour_a", "co")["worst"]["value_mg_m3"] == pytest.approx(61.667, abs=1e-3)
+
+
+def test_plant_overrides_limits(conn: psycopg.Connection) -> None:
+    conn.execute("UPDATE sites SET params = %s WHERE site_id = %s",
+                 (Jsonb({"limits": {"nox_mg_m3": {"daily": 180}, "nox": {"eu": {"half_hour_a": 150}}}}), PLANT))
+    insert_day(conn, lambda t: {"nox_mg_m3": 260.0, "nox_flag": "N", "o2_pct": 8.0, "o2_flag": "N"})  # 200
+    rep = report(conn)
+    c = check(rep, "gb.24h")
+    assert (c["limit_mg_m3"], c["limit_source"], c["compliant"]) == (180, PLANT, False)  # 200 > 180
+    # EU: the confidence interval follows the plant's daily limit: 20 % × 180 = 36 → 200 − 36 = 164 ≤ 180
+    c = check(rep, "eu.daily")
+    assert (c["limit_mg_m3"], c["confidence_interval_mg_m3"], c["compliant"]) == (180, 36, True)
+    assert c["worst"]["value_mg_m3"] == pytest.approx(164, abs=1e-3)
+    c = check(rep, "eu.half_hour_a")
+    assert (c["limit_mg_m3"], c["compliant"], len(c["exceedances"])) == (150, False, 48)  # 164 > 150
+    assert check(rep, "gb.1h")["limit_source"] == "default"
+
+
+def test_bad_override_is_a_clear_error(conn: psycopg.Connection) -> None:
+    conn.execute("UPDATE sites SET params = %s WHERE site_id = %s",
+                 (Jsonb({"limits": {"nox": {"weekly": 1}}}), PLANT))
+    insert_day(conn, lambda t: {"nox_mg_m3": 100.0, "o2_pct": 11.0}, n=60)
+    with pytest.raises(compliance.ConfigError, match="unknown limit 'weekly'"):
+        report(conn)
+
+
+def test_late_data_recomputes_the_affected_day(conn: psycopg.Connection) -> None:
+    first = datetime(2024, 5, 2, tzinfo=UTC)
+    gap = (local(12), local(15))  # 6 half-hours the DAU could not deliver in time
+    insert_day(conn, lambda t: None if gap[0] <= t < gap[1] else {"hcl_mg_m3": 5.0, "o2_pct": 11.0}, received_at=first)
+    rep = report(conn)
+    assert daily(rep, "eu", "hcl")["valid"] is False
+    assert daily(rep, "eu", "hcl")["discarded"]["periods"] == {"missing": 6}
+    # the DAU backfills two of the hours a day later (minute data, received later): 2 missing left → valid
+    insert_day(conn, lambda t: {"hcl_mg_m3": 8.0, "o2_pct": 11.0}, received_at=first + timedelta(days=1),
+               start=local(12), n=120)
+    rep = report(conn)
+    eu = daily(rep, "eu", "hcl")
+    assert (eu["valid"], eu["discarded_sub_periods"]) == (True, 2)
+    # (42 × 5 + 4 × 8) / 46 = 5.261
+    assert eu["normalised_mg_m3"] == pytest.approx(242 / 46, abs=1e-3)
+    watermark = conn.execute("SELECT watermark FROM cems_average_watermarks").fetchone()[0]
+    assert watermark == first + timedelta(days=1)
+    # idempotent: recomputing changes nothing
+    before = conn.execute("SELECT count(*), sum(n_valid) FROM cems_averages").fetchone()
+    recompute(conn, DEVICE, DAY_START, DAY_END)
+    assert conn.execute("SELECT count(*), sum(n_valid) FROM cems_averages").fetchone() == before
+
+
+def test_renderings_csv_png_cli_and_api(conn: psycopg.Connection, fresh_db: str,
+                                        monkeypatch: pytest.MonkeyPatch, tmp_path: Any,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    insert_day(conn, lambda t: {"nox_mg_m3": 180.0 if local(10) <= t < local(11) else 150.0, "nox_flag": "N",
+                                "so2_mg_m3": 20.0, "o2_pct": 15.0, "o2_flag": "N"})
+    rep = report(conn)
+    frame = pd.read_csv(io.StringIO(compliance.report_csv(rep)))
+    assert list(frame.columns) == list(compliance.CSV_COLUMNS)
+    assert len(frame) == len(rep["lines"][0]["checks"])
+    row = frame[frame.average.eq("1h") & frame.pollutant.eq("nox")].iloc[0]
+    assert row.n_exceedances == 0 and row.worst_at == iso(10)  # 180 × 10/6 = 300: not above 300
+    png = compliance.report_png(rep, compliance.half_hour_series(conn, PLANT, DAY))
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
+
+    # the CLI
+    from sanitel.cli import main
+
+    monkeypatch.setenv("SANITEL_DATABASE_URL", fresh_db)
+    monkeypatch.setenv("SANITEL_CONFIG", str(tmp_path / "none.yaml"))
+    (tmp_path / "none.yaml").write_text("{}\n")
+    assert main(["report", "emissions", "--plant", PLANT, "--day", "2024-05-01"]) == 0
+    assert json.loads(capsys.readouterr().out)["lines"][0]["line_id"] == LINE
+    out = tmp_path / "day.png"
+    assert main(["report", "emissions", "--plant", PLANT, "--line", LINE, "--day", "2024-05-01",
+                 "--format", "png", "--out", str(out)]) == 0
+    assert out.read_bytes().startswith(b"\x89PNG")
+    assert main(["report", "emissions", "--plant", "nowhere", "--day", "2024-05-01"]) == 2
+    assert "no CEMS averages" in capsys.readouterr().err
+    assert main(["cems-averages", "--once"]) == 0
+    assert main(["report", "recompute", "--device", DEVICE, "--from", "2024-05-01"]) == 0
+    # NOx and SO2, no CO (no 10-minute averages): 2 × (48 half-hours + 24 hours + 2 daily) = 148
+    assert capsys.readouterr().out.startswith("148 averages written for LHK-L1")
+    assert main(["report", "emissions", "--plant", PLANT, "--day", "2024-05-01", "--format", "csv", "--recompute"]) == 0
+    assert capsys.readouterr().out.startswith("plant_id,day,line_id")
+
+    # the API router
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from api.errors import install_error_handlers
+    from api.routes import emissions
+
+    app = FastAPI()
+    install_error_handlers(app)
+    app.include_router(emissions.router)
+    client = TestClient(app)
+    r = client.get(f"/plants/{PLANT}/compliance", params={"day": "2024-05-01"})
+    # GB 24-h: 150 × 10/6 = 250 for 23 hours, 300 for one: 252.083 > 250
+    assert r.status_code == 200 and r.json()["compliant"]["gb"] is False
+    assert client.get(f"/plants/{PLANT}/compliance", params={"day": "2024-05-01", "format": "csv"}
+                      ).headers["content-type"].startswith("text/csv")
+    r = client.get(f"/plants/{PLANT}/compliance", params={"day": "2024-05-01", "format": "png", "line": LINE})
+    assert r.headers["content-type"] == "image/png" and r.content.startswith(b"\x89PNG")
+    r = client.get("/plants/nowhere/compliance", params={"day": "2024-05-01"})
+    assert r.status_code == 404 and "nowhere" in r.json()["error"]["message"]
+    assert client.get(f"/plants/{PLANT}/compliance", params={"day": "May 1"}).status_code == 422
+    r = client.get(f"/plants/{PLANT}/averages", params={"day": "2024-05-01", "period": "1d", "pollutant": "nox"})
+    assert {(i["standard"], i["status"]) for i in r.json()["items"]} == {("eu", "valid"), ("gb", "valid")}
+
+
+def test_migration_is_safe_to_run_twice(conn: psycopg.Connection) -> None:
+    from sanitel.db import load_migrations
+
+    [migration] = [m for m in load_migrations() if m.version == "0020"]
+    conn.execute(migration.sql)  # already applied by the fixture: a second run must be a no-op
+    conn.execute(migration.sql)
+    assert conn.execute("SELECT count(*) FROM timescaledb_information.hypertables"
+                        " WHERE hypertable_name = 'cems_averages'").fetchone() == (1,)
+    assert recompute(conn, DEVICE, DAY_START, DAY_START) == 0  # an empty range is nothing to do

@@ -1,0 +1,164 @@
+"""The HJ 212 TCP listener against a real private Mosquitto: frames a DAU sends over TCP arrive on
+``sanitation/{city}/cems/{mn}/hj212`` unchanged, and the DAU is answered only after the broker's PUBACK."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiomqtt
+import psycopg
+import pytest
+
+from ingest.hj212_tcp import Hj212Listener
+from sanitel.servers import MosquittoServer
+from schemas import hj212
+from tests.mqtt_tools import count, wait_for
+
+CITY = "testcity"
+CP = "DataTime=20240501080000;a21002-Rtd=52.1,a21002-ZsRtd=40.0,a21002-Flag=N;a19001-Rtd=8.0,a19001-Flag=N"
+
+
+def frame(qn: str, flag: int = 5, mn: str = "LHK-L1", cp: str = CP) -> bytes:
+    return hj212.encode_frame("31", "2011", mn, "123456", cp, qn=qn, flag=flag)
+
+
+def _host_port(server: MosquittoServer) -> tuple[str, int]:
+    return "127.0.0.1", server.port
+
+
+@asynccontextmanager
+async def running(server: MosquittoServer, publish_timeout: float = 5.0) -> AsyncIterator[Hj212Listener]:
+    listener = Hj212Listener(server.url, CITY, port=0, publish_timeout=publish_timeout)
+    await listener.start()
+    try:
+        yield listener
+    finally:
+        await listener.stop()
+
+
+@asynccontextmanager
+async def subscriber(server: MosquittoServer) -> AsyncIterator[aiomqtt.Client]:
+    host, port = _host_port(server)
+    async with aiomqtt.Client(host, port) as client:
+        await client.subscribe(f"sanitation/{CITY}/cems/+/hj212", qos=1)
+        yield client
+
+
+async def next_message(client: aiomqtt.Client, timeout: float = 5.0) -> aiomqtt.Message:
+    async with asyncio.timeout(timeout):
+        return await anext(aiter(client.messages))
+
+
+async def read_reply(reader: asyncio.StreamReader, timeout: float = 5.0) -> hj212.Hj212Frame:
+    return hj212.parse_frame(await asyncio.wait_for(reader.readuntil(b"\r\n"), timeout))
+
+
+async def test_valid_frames_are_published_unchanged_and_acknowledged(mqtt_server: MosquittoServer) -> None:
+    async with subscriber(mqtt_server) as sub, running(mqtt_server) as listener:
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        sent = frame("20240501080000001")
+        writer.write(sent)
+        await writer.drain()
+        ack = await read_reply(reader)
+        assert (ack.cn, ack.st, ack.qn, ack.mn, ack.flag) == ("9014", "91", "20240501080000001", "LHK-L1", 4)
+        msg = await next_message(sub)
+        assert (str(msg.topic), msg.payload, msg.qos) == (f"sanitation/{CITY}/cems/LHK-L1/hj212", sent, 1)
+        # Flag without bit A: published, not answered — the next reply belongs to the next frame
+        writer.write(frame("20240501080000002", flag=4) + frame("20240501080000003"))
+        await writer.drain()
+        assert (await read_reply(reader)).qn == "20240501080000003"
+        assert [(await next_message(sub)).payload for _ in range(2)] == [
+            frame("20240501080000002", flag=4), frame("20240501080000003")]
+        writer.close()
+        assert (listener.stats.frames, listener.stats.acks, listener.stats.bad_frames) == (3, 2, 0)
+
+
+@pytest.mark.parametrize(("raw", "qn_rtn"), [
+    (frame("20240501080000004").replace(b"\r\n", b"").rstrip(b"0123456789ABCDEF") + b"FFFF\r\n", 9),  # CRC
+    (frame("20240501080000004", cp=CP.replace("a21002", "a99999")), 100),  # unknown code
+    (frame("20240501080000004").replace(b"CN=2011", b"CN=2021").replace(b"##", b"#+", 1), None),  # header: no reply
+])
+async def test_bad_frames_are_published_for_dead_lettering_and_refused(
+        mqtt_server: MosquittoServer, raw: bytes, qn_rtn: int | None) -> None:
+    async with subscriber(mqtt_server) as sub, running(mqtt_server) as listener:
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        writer.write(raw + frame("20240501080000005"))
+        await writer.drain()
+        reply = await read_reply(reader)
+        if qn_rtn is not None:
+            assert (reply.cn, reply.qn, reply.mn, reply.cp.other) == (
+                "9011", "20240501080000004", "LHK-L1", {"QnRtn": str(qn_rtn)})
+            reply = await read_reply(reader)
+        assert (reply.cn, reply.qn) == ("9014", "20240501080000005")
+        bad = await next_message(sub)
+        assert bad.payload == raw and str(bad.topic) == f"sanitation/{CITY}/cems/LHK-L1/hj212"
+        writer.close()
+        assert listener.stats.bad_frames == 1
+
+
+async def test_garbage_and_a_frame_cut_by_the_connection_are_still_dead_lettered(mqtt_server: MosquittoServer) -> None:
+    async with subscriber(mqtt_server) as sub, running(mqtt_server) as listener:
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        writer.write(b"hello\r\n" + frame("20240501080000006")[:40])
+        writer.write_eof()
+        assert await reader.read() == b""  # no reply to either: no MN to address / no Flag to honour
+        first, second = await next_message(sub), await next_message(sub)
+        assert (str(first.topic), first.payload) == (f"sanitation/{CITY}/cems/unknown/hj212", b"hello\r\n")
+        assert second.payload == frame("20240501080000006")[:40]
+        with pytest.raises(hj212.Hj212Error) as err:
+            hj212.parse_frame(second.payload)  # what the collector will record as the reason
+        assert err.value.code == "truncated"
+
+
+async def test_no_acknowledgement_without_the_brokers_puback(make_mosquitto: Callable[..., MosquittoServer]) -> None:
+    broker = make_mosquitto()
+    async with running(broker, publish_timeout=1.5) as listener:
+        assert await listener.broker.wait_connected(10)
+        broker.stop()
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        writer.write(frame("20240501080000007"))
+        await writer.drain()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(reader.readuntil(b"\r\n"), 3)  # not held by the broker: no ack
+        assert listener.stats.publish_failures == 1
+        broker.start()
+        listener.publish_timeout = 15
+        async with subscriber(broker) as sub:
+            writer.write(frame("20240501080000007"))  # the DAU retransmits after its reply timeout
+            await writer.drain()
+            assert (await read_reply(reader, 20)).qn == "20240501080000007"
+            assert (await next_message(sub)).payload == frame("20240501080000007")
+        writer.close()
+
+
+async def test_tcp_frames_land_in_the_database_through_the_collector(
+        fresh_db: str, mqtt_server: MosquittoServer, make_collector: Callable[..., Any]) -> None:
+    """End to end: DAU → TCP listener → broker → collector → cems_readings / dead_letters."""
+    make_collector(fresh_db, mqtt_server.url, city=CITY)
+    now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    data_time = hj212.format_data_time(now)
+    good = frame("20240501080000008", mn="DAU-E2E", cp=CP.replace("20240501080000", data_time))
+    bad = good.replace(b"52.1", b"52.9")  # CRC no longer matches
+    async with running(mqtt_server) as listener:
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        writer.write(good + bad)
+        await writer.drain()
+        assert (await read_reply(reader)).cn == "9014"
+        assert (await read_reply(reader)).cp.other == {"QnRtn": "9"}
+        writer.close()
+
+    def landed() -> bool:
+        return (count(fresh_db, "SELECT count(*) FROM cems_readings") == 1
+                and count(fresh_db, "SELECT count(*) FROM dead_letters") == 1)
+
+    assert await asyncio.to_thread(wait_for, landed, 15)
+    with psycopg.connect(fresh_db) as conn:
+        row = conn.execute("SELECT device_id, ts, source, data_kind, nox_mg_m3, nox_zs_mg_m3, o2_pct"
+                           " FROM cems_readings").fetchone()
+        dead = conn.execute("SELECT topic, payload, reason_code FROM dead_letters").fetchone()
+    assert row == ("DAU-E2E", now, "hj212", "rtd", pytest.approx(52.1), pytest.approx(40.0), pytest.approx(8.0))
+    assert dead == (f"sanitation/{CITY}/cems/DAU-E2E/hj212", bad, "hj212_bad_crc")
