@@ -24,6 +24,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from prometheus_client import start_http_server
 
+from ingest.buffered_client import BufferedClient
 from ingest.decode import DecodeLimits, decode_message
 from ingest.metrics import CollectorMetrics
 from processors.spool import Spool, SpooledMessage
@@ -81,8 +82,8 @@ class Collector:
 
     # --- MQTT ------------------------------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.settings.collector_client_id,
-                             protocol=mqtt.MQTTv5, manual_ack=True)
+        client = BufferedClient(mqtt.CallbackAPIVersion.VERSION2, client_id=self.settings.collector_client_id,
+                                protocol=mqtt.MQTTv5, manual_ack=True)
         broker = BrokerAddress.from_url(self.settings.effective_mqtt_url)
         if broker.username:
             client.username_pw_set(broker.username, broker.password)

@@ -70,6 +70,7 @@ class ReadingWriter:
         self.auto_register = auto_register
         self._conn: psycopg.Connection | None = None
         self._device_kinds: dict[str, str] = {}
+        self._hj212_passwords: dict[str, str | None] = {}
         self._copy_types: dict[str, list[int]] = {}
 
     # --- connection ------------------------------------------------------------------------
@@ -139,7 +140,7 @@ class ReadingWriter:
                 dead.append(self._dead_letter(message, rejection))
                 result.rejected[(rejection.kind or "unknown", rejection.reason_code)] += 1
             for row in message.decoded.rows:
-                problem = _registry_problem(row, kinds.get(row.device_id))
+                problem = _registry_problem(row, kinds.get(row.device_id), self._hj212_passwords.get(row.device_id))
                 if problem is not None:
                     dead.append(self._dead_letter(message, problem))
                     result.rejected[(row.kind, problem.reason_code)] += 1
@@ -209,9 +210,12 @@ class ReadingWriter:
                     "SELECT d, k, true FROM unnest(%s::text[], %s::text[]) AS t (d, k) ON CONFLICT DO NOTHING",
                     (ids, [wanted[i] for i in ids]),
                 )
-            found = conn.execute("SELECT device_id, kind FROM devices WHERE device_id = ANY(%s)", (missing,)).fetchall()
+            found = conn.execute("SELECT device_id, kind, metadata->>'hj212_password' FROM devices "
+                                 "WHERE device_id = ANY(%s)", (missing,)).fetchall()
             conn.commit()
-            self._device_kinds.update(found)
+            for device_id, kind, password in found:
+                self._device_kinds[device_id] = kind
+                self._hj212_passwords[device_id] = password
         return {d: self._device_kinds[d] for d in wanted if d in self._device_kinds}
 
     def _dead_letter(self, message: Message, rejection: Rejection) -> tuple[Any, ...]:
@@ -237,13 +241,17 @@ class ReadingWriter:
                 self.close()
 
 
-def _registry_problem(row: Row, registered_kind: str | None) -> Rejection | None:
+def _registry_problem(row: Row, registered_kind: str | None, hj212_password: str | None) -> Rejection | None:
     if registered_kind is None:
         return Rejection("unknown_device", f"device {row.device_id!r} is not registered (auto-registration is off); "
                          "register it with 'sanitel devices register' or the API", row.index, row.kind, row.device_id)
     if registered_kind != row.kind:
         return Rejection("kind_mismatch", f"device {row.device_id!r} is registered as a {registered_kind}, "
                          f"not a {row.kind}", row.index, row.kind, row.device_id)
+    if row.via_hj212 and hj212_password is not None and row.hj212_pw != hj212_password:
+        shown = "absent" if row.hj212_pw is None else "wrong"
+        return Rejection("hj212_wrong_password", f"PW is {shown} for MN {row.device_id} (devices.metadata"
+                         ".hj212_password)", row.index, row.kind, row.device_id)
     return None
 
 

@@ -8,6 +8,7 @@ import contextlib
 import itertools
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -69,12 +70,30 @@ def make_mosquitto(scratch_dir: Path) -> Iterator[Callable[..., MosquittoServer]
             server.kill()
 
 
+def _copy_database(admin_url: str, source: str, target: str) -> None:
+    """CREATE DATABASE … TEMPLATE, ending other sessions on the source first: TimescaleDB's background
+    scheduler connects to every database and would make the copy fail with 'being accessed by other users'."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        for attempt in range(20):
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                         "AND pid <> pg_backend_pid()", (source,))
+            try:
+                conn.execute(f"CREATE DATABASE {target} TEMPLATE {source}")
+                return
+            except psycopg.errors.ObjectInUse:
+                if attempt == 19:
+                    raise
+                time.sleep(0.1)
+
+
 @pytest.fixture(scope="session")
 def pg_server(make_postgres: Callable[..., PostgresServer]) -> PostgresServer:
     """The session's shared database server, with a migrated template database for fresh_db."""
     server = make_postgres(migrate=True)
-    with psycopg.connect(server.url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {TEMPLATE_DB} TEMPLATE {server.dbname}")
+    admin = server.url.rsplit("/", 1)[0] + "/postgres"
+    _copy_database(admin, server.dbname, TEMPLATE_DB)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        # no connections to the template from now on, so copying it never races with the scheduler
         conn.execute(f"ALTER DATABASE {TEMPLATE_DB} WITH ALLOW_CONNECTIONS false IS_TEMPLATE true")
     return server
 
@@ -93,8 +112,7 @@ def fresh_db(pg_server: PostgresServer) -> Iterator[str]:
     """URL of a new, migrated, empty database of its own (copied from the template: fast)."""
     name = f"t{next(_db_counter)}_{free_port()}"
     admin = pg_server.url.rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
+    _copy_database(admin, TEMPLATE_DB, name)
     yield pg_server.url.rsplit("/", 1)[0] + f"/{name}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

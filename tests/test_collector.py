@@ -4,13 +4,14 @@ bad input goes to dead letters with its raw bytes, and nothing stops the collect
 from __future__ import annotations
 
 import json
-from collections import Counter
 import signal
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import psycopg
 
@@ -191,3 +192,27 @@ def test_sigterm_flushes_acks_and_exits_zero_and_a_restart_takes_the_rest(
         if proc.poll() is None:
             proc.kill()
     assert count(fresh_db, "SELECT count(*) FROM sweeper_telemetry") == 500
+
+
+def test_hj212_frames_land_and_a_wrong_password_is_dead_lettered(
+        fresh_db: str, mqtt_server: MosquittoServer, make_collector: Callable[..., Collector]) -> None:
+    from schemas.hj212 import encode_frame
+
+    with psycopg.connect(fresh_db) as conn:
+        conn.execute("INSERT INTO devices (device_id, kind, metadata) VALUES "
+                     "('MN4403001', 'cems', '{\"hj212_password\": \"123456\"}')")
+    make_collector(fresh_db, mqtt_server.url)
+    # HJ 212 DataTime is the plant's local time (Asia/Shanghai by default)
+    local_cn = (datetime.now(ZoneInfo("Asia/Shanghai")) - timedelta(minutes=2)).strftime("%Y%m%d%H%M%S")
+    cp = f"DataTime={local_cn};a21002-Rtd=120.5,a21002-ZsRtd=150.2,a21002-Flag=N;a19001-Rtd=8.1,a19001-Flag=N"
+    good = encode_frame("31", "2011", "MN4403001", "123456", cp)
+    wrong = encode_frame("31", "2011", "MN4403001", "000000", cp.replace("120.5", "121.5"))
+    hj_topic = "sanitation/shenzhen/cems/MN4403001/hj212"
+    publish(mqtt_server.port, [(hj_topic, good), (hj_topic, wrong)])
+    assert wait_for(lambda: count(fresh_db, "SELECT count(*) FROM dead_letters") == 1, 15)
+    assert wait_for(lambda: count(fresh_db, "SELECT count(*) FROM cems_readings") == 1, 5)
+    with psycopg.connect(fresh_db) as conn:
+        nox, zs, source = conn.execute("SELECT nox_mg_m3, nox_zs_mg_m3, source FROM cems_readings").fetchone()
+        code = conn.execute("SELECT reason_code FROM dead_letters").fetchone()[0]
+    assert (round(nox, 1), round(zs, 1), source) == (120.5, 150.2, "hj212")
+    assert code == "hj212_wrong_password"

@@ -1,0 +1,350 @@
+"""Ingest benchmark: prints figures; it asserts nothing (targets are checked by reading its output).
+
+It starts its own PostgreSQL+TimescaleDB (fsync on) and Mosquitto in a temp dir, a real `sanitel collector`
+process, and publishes from separate processes at QoS 1. Measured in one run on the same machine:
+
+  raw receive   paho subscriber + msgspec decode, no database (drain of a queued backlog)
+  raw COPY      binary COPY of the same rows into the hypertable, no MQTT
+  sustained     first publish → last row committed, publisher running flat out
+  paced         2,500 readings/s (reference city peak): p50/p99 publish→commit, collector RSS
+  drain         N queued while the collector is stopped, time to catch up; 1 and 2 collectors
+  breakdown     decode and write cost per reading (cProfile-free: timed stages)
+
+    .venv/bin/python bench/ingest/run.py [--n 100000] [--paced-seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+import paho.mqtt.client as mqtt
+import psutil
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from ingest.decode import decode_message  # noqa: E402
+from processors.writer import Message, ReadingWriter  # noqa: E402
+from sanitel.db import apply_migrations  # noqa: E402
+from sanitel.servers import MosquittoServer, PostgresServer, free_port  # noqa: E402
+from schemas.readings import SweeperTelemetry, table_columns  # noqa: E402
+
+DEVICES = 1500
+
+
+def payload(seq: int, pub_us: int) -> bytes:
+    return json.dumps({"ts": pub_us // 1000, "seq": seq, "soc_pct": 40 + seq % 60, "lat": 22.54, "lon": 114.05,
+                       "speed_kmh": 11.5, "work_mode": "sweep", "battery_temp_max_c": 31.0, "hopper_fill_pct": 42}).encode()
+
+
+def topic(seq: int) -> str:
+    return f"sanitation/shenzhen/sweeper/sw-{seq % DEVICES:04d}/telemetry"
+
+
+def publisher(port: int, start: int, n: int, rate: float | None, done: mp.Queue) -> None:
+    """Publish seq start..start+n at QoS 1 (optionally paced) and report when all PUBACKs arrived."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(2000)
+    client.max_queued_messages_set(0)
+    acked = threading.Event()
+    remaining = [n]
+    lock = threading.Lock()
+
+    def on_publish(c: mqtt.Client, u: object, mid: int, rc: object, props: object) -> None:
+        with lock:
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                acked.set()
+
+    client.on_publish = on_publish
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    t0 = time.perf_counter()
+    for i in range(n):
+        if rate:
+            target = t0 + i / rate
+            delay = target - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        seq = start + i
+        client.publish(topic(seq), payload(seq, time.time_ns() // 1000), qos=1)
+    acked.wait(600)
+    done.put((t0, time.perf_counter()))
+    client.disconnect()
+    client.loop_stop()
+
+
+def publish_procs(port: int, n: int, procs: int = 2, rate: float | None = None, start: int = 0) -> list[mp.Process]:
+    done: mp.Queue = mp.Queue()
+    per = n // procs
+    out = []
+    for k in range(procs):
+        p = mp.Process(target=publisher, args=(port, start + k * per, per if k < procs - 1 else n - per * k,
+                                               rate / procs if rate else None, done))
+        p.start()
+        out.append(p)
+    return out
+
+
+class CollectorProc:
+    def __init__(self, pg: PostgresServer, mq: MosquittoServer, data: Path, client_id: str, share: str | None = None):
+        env = {**os.environ, "SANITEL_DATABASE_URL": pg.url, "SANITEL_MQTT_URL": mq.url, "SANITEL_DATA_DIR": str(data),
+               "SANITEL_COLLECTOR_CLIENT_ID": client_id, "SANITEL_COLLECTOR_METRICS_PORT": "0"}
+        if share:
+            env["SANITEL_COLLECTOR_SHARE_GROUP"] = share
+        self.proc = subprocess.Popen([sys.executable, "-m", "sanitel.cli", "collector"], env=env, cwd=ROOT,
+                                     stderr=open(data / f"{client_id}.log", "ab"))  # noqa: SIM115
+        self.ps = psutil.Process(self.proc.pid)
+        self.peak_rss = 0
+        self._stop = threading.Event()
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak_rss = max(self.peak_rss, self.ps.memory_info().rss)
+            except psutil.Error:
+                return
+            time.sleep(0.05)
+
+    def cpu_s(self) -> float:
+        t = self.ps.cpu_times()
+        return t.user + t.system
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+
+
+def rows(url: str) -> int:
+    with psycopg.connect(url) as c:
+        return c.execute("SELECT count(*) FROM sweeper_telemetry").fetchone()[0]
+
+
+def wait_rows(url: str, n: int, timeout: float = 600, interval: float = 0.02) -> float:
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(url, autocommit=True) as c:
+        while time.monotonic() < deadline:
+            if c.execute("SELECT count(*) FROM sweeper_telemetry").fetchone()[0] >= n:
+                return time.perf_counter()
+            time.sleep(interval)
+    raise TimeoutError(f"{n} rows did not land in {timeout} s")
+
+
+def reset(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute("TRUNCATE sweeper_telemetry, device_last_seen, dead_letters")
+
+
+def wait_ready(pg: PostgresServer, client_id: str) -> None:
+    deadline = time.monotonic() + 30
+    with psycopg.connect(pg.url, autocommit=True) as c:
+        while time.monotonic() < deadline:
+            if c.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                         (f"sanitel {client_id}",)).fetchone()[0]:
+                time.sleep(1.0)  # connected to the database; give MQTT its SUBACK
+                return
+            time.sleep(0.1)
+    raise TimeoutError("collector did not start")
+
+
+# ---------------------------------------------------------------------------------------------
+def raw_receive(mq: MosquittoServer, n: int) -> float:
+    """paho + msgspec decode, auto-ack, no database: drain n queued messages (readings/s)."""
+    decoder = msgspec.json.Decoder()
+    got = [0]
+    first = [0.0]
+    finished = threading.Event()
+
+    def on_message(c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
+        decoder.decode(msg.payload)
+        if got[0] == 0:
+            first[0] = time.perf_counter()
+        got[0] += 1
+        if got[0] >= n:
+            finished.set()
+
+    def client() -> mqtt.Client:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="raw-receiver", protocol=mqtt.MQTTv5)
+        c.on_message = on_message
+        return c
+
+    c = client()
+    c.connect("127.0.0.1", mq.port, clean_start=False, properties=_session())
+    c.subscribe("sanitation/+/+/+/+", qos=1)
+    time.sleep(0.5)
+    c.disconnect()
+    for p in publish_procs(mq.port, n):
+        p.join()
+    c = client()
+    t0 = time.perf_counter()
+    c.connect("127.0.0.1", mq.port, clean_start=False, properties=_session())
+    c.loop_start()
+    finished.wait(300)
+    elapsed = time.perf_counter() - t0
+    c.disconnect()
+    c.loop_stop()
+    return got[0] / elapsed
+
+
+def _session() -> object:
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    p = Properties(PacketTypes.CONNECT)
+    p.SessionExpiryInterval = 3600
+    return p
+
+
+def raw_copy(url: str, n: int) -> float:
+    """Binary COPY of the same rows straight into the hypertable (readings/s)."""
+    reset(url)
+    now = datetime.now(UTC)
+    decoded = [decode_message(topic(i), payload(i, time.time_ns() // 1000), now).rows[0].values for i in range(n)]
+    cols = table_columns(SweeperTelemetry)
+    with psycopg.connect(url) as c:
+        types = dict(c.execute("SELECT attname, atttypid::int FROM pg_attribute WHERE attrelid = "
+                               "'sweeper_telemetry'::regclass AND attnum > 0").fetchall())
+        t0 = time.perf_counter()
+        with c.cursor() as cur, cur.copy(f"COPY sweeper_telemetry ({', '.join(cols)}) FROM STDIN (FORMAT BINARY)") as cp:
+            cp.set_types([types[x] for x in cols])
+            for row in decoded:
+                cp.write_row((*row[:-1], psycopg.types.json.Jsonb(row[-1])))
+        c.commit()
+        return n / (time.perf_counter() - t0)
+
+
+def breakdown(url: str, n: int) -> dict[str, float]:
+    """Per-reading cost of our two stages, on this core: decode+validate, and write (COPY+merge+commit)."""
+    reset(url)
+    now = datetime.now(UTC)
+    raw = [(topic(i), payload(i, time.time_ns() // 1000)) for i in range(n)]
+    t0 = time.perf_counter()
+    messages = [Message(t, p, now, decode_message(t, p, now)) for t, p in raw]
+    decode_us = (time.perf_counter() - t0) / n * 1e6
+    writer = ReadingWriter(url, collector_id="bench", auto_register=True)
+    t0 = time.perf_counter()
+    for i in range(0, n, 5000):
+        writer.write(messages[i:i + 5000])
+    write_us = (time.perf_counter() - t0) / n * 1e6
+    writer.close()
+    return {"decode_us": decode_us, "write_us": write_us}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--paced-seconds", type=int, default=20)
+    ap.add_argument("--rate", type=float, default=2500)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="sanitel-bench-"))
+    tmp.chmod(0o755)
+    pg = PostgresServer(tmp / "pg", free_port())
+    mq = MosquittoServer(tmp / "mqtt", free_port())
+    pg.start()
+    mq.start()
+    apply_migrations(pg.url)
+    print(f"machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; n = {args.n}")
+    results: dict[str, object] = {}
+    try:
+        results["raw_receive_per_s"] = raw_receive(mq, args.n)
+        print(f"raw receive (paho + msgspec decode, no DB):   {results['raw_receive_per_s']:>9,.0f} readings/s")
+        results["raw_copy_per_s"] = raw_copy(pg.url, args.n)
+        print(f"raw binary COPY (no MQTT):                    {results['raw_copy_per_s']:>9,.0f} readings/s")
+        stages = breakdown(pg.url, min(args.n, 50_000))
+        print(f"our stages per reading: decode+validate {stages['decode_us']:.1f} µs, "
+              f"write (COPY→stage, INSERT…ON CONFLICT, last-seen, commit) {stages['write_us']:.1f} µs")
+
+        # sustained, flat out
+        reset(pg.url)
+        col = CollectorProc(pg, mq, tmp, "bench-1")
+        wait_ready(pg, "bench-1")
+        cpu0 = col.cpu_s()
+        t_first = time.perf_counter()
+        procs = publish_procs(mq.port, args.n)
+        t_last = wait_rows(pg.url, args.n)
+        for p in procs:
+            p.join()
+        sustained = args.n / (t_last - t_first)
+        print(f"sustained end-to-end (first publish → last commit): {sustained:,.0f} readings/s "
+              f"= {sustained / results['raw_receive_per_s']:.0%} of raw receive, "
+              f"{sustained / results['raw_copy_per_s']:.0%} of raw COPY; collector CPU {col.cpu_s() - cpu0:.1f} s, "
+              f"peak RSS {col.peak_rss / 2**20:.0f} MiB")
+
+        # paced at the reference city's peak
+        reset(pg.url)
+        col.peak_rss = 0
+        n_paced = int(args.rate * args.paced_seconds)
+        latencies = paced_latencies(pg.url, mq, n_paced, args.rate, start=10_000_000)
+        lat_ms = sorted(latencies)
+        p50 = lat_ms[len(lat_ms) // 2]
+        p99 = lat_ms[int(len(lat_ms) * 0.99) - 1]
+        print(f"paced {args.rate:,.0f} readings/s for {args.paced_seconds} s: publish→commit p50 {p50:.0f} ms, "
+              f"p99 {p99:.0f} ms (poll granularity 20 ms); collector peak RSS {col.peak_rss / 2**20:.0f} MiB")
+        col.stop()
+
+        # backlog drain: one collector, then two on a shared subscription
+        for n_collectors in (1, 2):
+            reset(pg.url)
+            ids = [f"drain{n_collectors}-{k}" for k in range(n_collectors)]
+            share = "bench" if n_collectors > 1 else None
+            cols = [CollectorProc(pg, mq, tmp, i, share) for i in ids]
+            for i in ids:
+                wait_ready(pg, i)
+            for c in cols:
+                c.stop()
+            for p in publish_procs(mq.port, args.n, start=20_000_000):
+                p.join()
+            t0 = time.perf_counter()
+            cols = [CollectorProc(pg, mq, tmp, i, share) for i in ids]
+            t1 = wait_rows(pg.url, args.n)
+            rate = args.n / (t1 - t0)
+            print(f"backlog drain, {n_collectors} collector(s): {rate:,.0f} readings/s "
+                  f"(includes process start-up; {args.n:,} queued)")
+            for c in cols:
+                c.stop()
+    finally:
+        mq.stop()
+        pg.stop()
+    return 0
+
+
+def paced_latencies(url: str, mq: MosquittoServer, n: int, rate: float, start: int) -> list[float]:
+    """Poll newly committed rows every 20 ms; latency = first seen − publish time (the reading's ts, in ms)."""
+    procs = publish_procs(mq.port, n, procs=1, rate=rate, start=start)
+    latencies: list[float] = []
+    last = start - 1
+    deadline = time.monotonic() + n / rate + 60
+    with psycopg.connect(url, autocommit=True) as c:
+        while len(latencies) < n and time.monotonic() < deadline:
+            seen_us = time.time_ns() // 1000
+            got = c.execute("SELECT seq, (extract(epoch FROM ts) * 1e6)::bigint FROM sweeper_telemetry WHERE seq > %s "
+                            "ORDER BY seq", (last,)).fetchall()
+            for seq, pub_us in got:
+                latencies.append((seen_us - pub_us) / 1000)
+            if got:
+                last = got[-1][0]
+            time.sleep(0.02)
+    for p in procs:
+        p.join()
+    return latencies or [float("nan")]
+
+
+if __name__ == "__main__":
+    mp.set_start_method("fork")
+    sys.exit(main())
