@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     max_future_skew_s: int = Field(300, ge=0, description="readings further ahead than this are rejected")
     spool_dir: Path | None = Field(None, description="on-disk spool for database outages; default data_dir/spool")
 
+    # --- maintenance (rollups, retention, CEMS averages) ------------------------------------
+    maintain_interval_s: float = Field(60.0, gt=0, description="how often the scheduled processor runs")
+    raw_retention_days: int = Field(400, ge=1, description="readings older than this are dropped (whole chunks)")
+    rollup_retention_days: int = Field(3650, ge=1, description="rollups and CEMS averages kept this long")
+    dead_letter_retention_days: int = Field(90, ge=1)
+
     # --- api ------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)

@@ -75,10 +75,11 @@ def migrate(args: argparse.Namespace) -> int:
 
 def _service_commands(settings: Settings, args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     exe = [sys.executable, "-m", "sanitel.cli"]
-    wanted = [("collector", [*exe, "collector"]), ("evaluator", [*exe, "evaluator"]), ("api", [*exe, "api"])]
+    wanted = [("collector", [*exe, "collector"]), ("maintenance", [*exe, "maintain"]),
+              ("evaluator", [*exe, "evaluator"]), ("api", [*exe, "api"])]
     if not args.no_simulator:
         wanted.append(("simulator", [*exe, "simulate", "--scenario", args.scenario, "--speed", "1"]))
-    built = {"collector": "ingest.collector", "evaluator": "alerts.service", "api": "api.app",
+    built = {"collector": "ingest.collector", "maintenance": "processors.maintenance", "evaluator": "alerts.service", "api": "api.app",
              "simulator": "simulators.run"}
     services = []
     for name, cmd in wanted:

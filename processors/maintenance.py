@@ -1,0 +1,83 @@
+"""The scheduled processor: rollups, CEMS averages and retention, one instance at a time.
+
+Any number may run (one per collector host, say): a PostgreSQL advisory lock makes all but one skip a
+pass, so nothing is computed twice and nothing needs home-made coordination.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+
+from processors import cems_averages
+from processors.retention import apply_retention
+from processors.rollups import COMMIT_SLACK, ROLLUP_SOURCES, refresh
+from sanitel.settings import Settings
+
+log = logging.getLogger("sanitel.maintenance")
+MAINTENANCE_LOCK = 0x5A4D41  # advisory lock key
+RETENTION_EVERY = timedelta(hours=1)
+_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+@dataclass
+class PassResult:
+    ran: bool
+    rollup_buckets: dict[str, int] = field(default_factory=dict)
+    cems_watermark: datetime | None = None
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+def run_pass(conn: psycopg.Connection, settings: Settings, *, now: datetime | None = None,
+             retention: bool = True) -> PassResult:
+    """One pass; returns ran=False when another instance holds the lock. ``conn`` must be autocommit."""
+    if not conn.execute("SELECT pg_try_advisory_lock(%s)", (MAINTENANCE_LOCK,)).fetchone()[0]:  # type: ignore[index]
+        return PassResult(ran=False)
+    try:
+        now = now or datetime.now(UTC)
+        result = PassResult(ran=True)
+        until = now - COMMIT_SLACK
+        for source in ROLLUP_SOURCES:
+            name = f"rollup:{source}"
+            since = _watermark(conn, name)
+            with conn.transaction():
+                result.rollup_buckets[source] = refresh(conn, source, since, until)
+                _store_watermark(conn, name, until)
+        result.cems_watermark = cems_averages.run_scheduled(conn, now=now)
+        if retention and now - _watermark(conn, "retention") >= RETENTION_EVERY:
+            with conn.transaction():
+                result.dropped = apply_retention(
+                    conn, raw=timedelta(days=settings.raw_retention_days),
+                    rollups=timedelta(days=settings.rollup_retention_days),
+                    dead_letters=timedelta(days=settings.dead_letter_retention_days))
+                _store_watermark(conn, "retention", now)
+        return result
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (MAINTENANCE_LOCK,))
+
+
+def _watermark(conn: psycopg.Connection, name: str) -> datetime:
+    row = conn.execute("SELECT watermark FROM maintenance_watermarks WHERE name = %s", (name,)).fetchone()
+    return row[0] if row else _EPOCH
+
+
+def _store_watermark(conn: psycopg.Connection, name: str, value: datetime) -> None:
+    conn.execute("INSERT INTO maintenance_watermarks (name, watermark) VALUES (%s, %s) ON CONFLICT (name) "
+                 "DO UPDATE SET watermark = EXCLUDED.watermark, updated_at = now()", (name, value))
+
+
+def run_forever(settings: Settings, stop: threading.Event) -> None:
+    """Every ``maintain_interval_s`` until ``stop``; a failed pass is logged and retried next time."""
+    while not stop.is_set():
+        try:
+            with psycopg.connect(settings.effective_database_url, autocommit=True) as conn:
+                result = run_pass(conn, settings)
+            if result.ran:
+                log.info("maintenance pass: rollups %s, dropped %s", result.rollup_buckets, result.dropped)
+        except psycopg.Error as exc:
+            log.warning("maintenance pass failed (%s); retrying in %.0f s", exc, settings.maintain_interval_s)
+        stop.wait(settings.maintain_interval_s)

@@ -1,0 +1,25 @@
+"""Retention with ``drop_chunks`` (whole chunks, cheap) and plain deletes for ordinary tables."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import psycopg
+
+RAW_TABLES = ("sweeper_telemetry", "station_telemetry", "bin_deposits", "bin_status", "camera_detections",
+              "cems_readings")
+ROLLUP_TABLES = ("sweeper_telemetry_5m", "station_telemetry_5m", "cems_averages")
+
+
+def apply_retention(conn: psycopg.Connection, *, raw: timedelta, rollups: timedelta,
+                    dead_letters: timedelta) -> dict[str, int]:
+    """Drop chunks older than the limits; returns how many chunks (or dead letters) went, per table."""
+    dropped: dict[str, int] = {}
+    for tables, keep in ((RAW_TABLES, raw), (ROLLUP_TABLES, rollups)):
+        for table in tables:
+            rows = conn.execute("SELECT drop_chunks(%s::regclass, older_than => %s::interval)",
+                                (table, keep)).fetchall()
+            dropped[table] = len(rows)
+    cur = conn.execute("DELETE FROM dead_letters WHERE received_at < now() - %s::interval", (dead_letters,))
+    dropped["dead_letters"] = cur.rowcount
+    return dropped
