@@ -79,8 +79,8 @@ def _service_commands(settings: Settings, args: argparse.Namespace) -> list[tupl
               ("evaluator", [*exe, "evaluator"]), ("api", [*exe, "api"])]
     if not args.no_simulator:
         wanted.append(("simulator", [*exe, "simulate", "--scenario", args.scenario, "--speed", "1"]))
-    built = {"collector": "ingest.collector", "maintenance": "processors.maintenance", "evaluator": "alerts.service", "api": "api.app",
-             "simulator": "simulators.run"}
+    built = {"collector": "ingest.collector", "maintenance": "processors.maintenance", "evaluator": "alerts.service",
+             "api": "api.app", "simulator": "simulators.run"}
     services = []
     for name, cmd in wanted:
         if importlib.util.find_spec(built[name].split(".")[0]) and _module_exists(built[name]):
