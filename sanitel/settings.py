@@ -32,13 +32,13 @@ class Settings(BaseSettings):
     # --- collector ------------------------------------------------------------------------
     collector_client_id: str = Field("sanitel-collector-1", description="fixed MQTT client id (session)")
     collector_share_group: str | None = Field(None, description="MQTT 5 shared-subscription group")
-    collector_batch_size: int = Field(5000, ge=1, le=100_000)
-    collector_flush_ms: int = Field(200, ge=1, le=60_000)
+    collector_batch_size: int = Field(5000, ge=1, le=100_000, description="readings per write transaction, at most")
+    collector_flush_ms: int = Field(200, ge=1, le=60_000, description="a partial batch is written after this")
     collector_queue_max: int = Field(20_000, ge=100, description="messages buffered before backpressure")
     collector_metrics_port: int = Field(9108, ge=0, le=65535, description="0 = no metrics endpoint")
-    session_expiry_s: int = Field(7 * 24 * 3600, ge=0)
+    session_expiry_s: int = Field(7 * 24 * 3600, ge=0, description="broker keeps messages while the collector is away")
     auto_register_devices: bool = Field(True, description="unknown device ids are registered on first sight")
-    max_payload_bytes: int = Field(256 * 1024, ge=1024)
+    max_payload_bytes: int = Field(256 * 1024, ge=1024, description="larger messages are dead-lettered")
     max_future_skew_s: int = Field(300, ge=0, description="readings further ahead than this are rejected")
     spool_dir: Path | None = Field(None, description="on-disk spool for database outages; default data_dir/spool")
 
@@ -46,16 +46,16 @@ class Settings(BaseSettings):
     maintain_interval_s: float = Field(60.0, gt=0, description="how often the scheduled processor runs")
     raw_retention_days: int = Field(400, ge=1, description="readings older than this are dropped (whole chunks)")
     rollup_retention_days: int = Field(3650, ge=1, description="rollups and CEMS averages kept this long")
-    dead_letter_retention_days: int = Field(90, ge=1)
+    dead_letter_retention_days: int = Field(90, ge=1, description="rejected messages kept this long")
 
     # --- api ------------------------------------------------------------------------------
-    api_host: str = "127.0.0.1"
-    api_port: int = Field(8000, ge=1, le=65535)
+    api_host: str = Field("127.0.0.1", description="address the API listens on")
+    api_port: int = Field(8000, ge=1, le=65535, description="port of the API")
 
     # --- alerts ---------------------------------------------------------------------------
     rules_dir: Path | None = Field(None, description="extra YAML rule files (defaults ship in alerts/rules)")
-    evaluator_interval_s: float = Field(5.0, gt=0)
-    evaluator_metrics_port: int = Field(9109, ge=0, le=65535)
+    evaluator_interval_s: float = Field(5.0, gt=0, description="alert evaluation period")
+    evaluator_metrics_port: int = Field(9109, ge=0, le=65535, description="Prometheus port of the evaluator (0 = none)")
 
     @field_validator("database_url")
     @classmethod
@@ -153,4 +153,19 @@ def load_settings(**overrides: Any) -> Settings:
             key = ".".join(str(p) for p in err["loc"]) or "?"
             where = f"SANITEL_{key.upper()} / {key}"
             problems.append(f"{where}: {err['msg']}")
-        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from None
+        config = Path(os.environ.get("SANITEL_CONFIG", "sanitel.yaml"))
+        source = f"environment and {config}" if config.exists() else "environment"
+        raise ConfigError(f"invalid settings (from {source}):\n  " + "\n  ".join(problems)) from None
+
+
+def markdown_table() -> str:
+    """The README's configuration table (``python -m sanitel.settings``), generated so it never drifts."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, spec in Settings.model_fields.items():
+        default = "—" if spec.default is None else spec.default
+        lines.append(f"| `SANITEL_{name.upper()}` | `{default}` | {spec.description or ''} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())
