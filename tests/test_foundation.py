@@ -110,9 +110,9 @@ def test_malformed_urls_are_one_clear_message() -> None:
     from sanitel.errors import ConfigError
     from sanitel.settings import load_settings
 
-    with pytest.raises(ConfigError, match="SANITEL_DATABASE_URL.*not a PostgreSQL URL"):
+    with pytest.raises(ConfigError, match=r"SANITEL_DATABASE_URL.*not a PostgreSQL URL"):
         load_settings(database_url="mysql://x@y/z")
-    with pytest.raises(ConfigError, match="SANITEL_MQTT_URL.*malformed port"):
+    with pytest.raises(ConfigError, match=r"SANITEL_MQTT_URL.*malformed port"):
         load_settings(mqtt_url="mqtt://host:99999")
 
 
