@@ -131,3 +131,11 @@ def test_bin_fill_level_noise_is_accepted_for_clamping() -> None:
 def test_reading_within_the_future_tolerance_is_accepted() -> None:
     rows, _ = decode(SW, {"ts": (NOW + timedelta(minutes=4)).isoformat()})
     assert len(rows) == 1
+
+
+def test_every_reason_code_is_documented_for_gateway_developers() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "ingest.md").read_text()
+    missing = [code for code in REASONS if f"`{code}`" not in doc]
+    assert not missing, f"docs/ingest.md does not explain {missing}"
