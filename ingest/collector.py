@@ -132,8 +132,12 @@ class Collector:
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         if not self._accepting.is_set():
             return  # stopping: not acknowledged, so the broker keeps it for the next run
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:  # brokers should refuse such topics; if one comes, dead-letter it
+            topic = msg._topic.decode("utf-8", "replace")
         # blocks when full: backpressure to the broker instead of unbounded memory
-        self._queue.put(_Received(msg.topic, msg.payload, datetime.now(UTC), msg.mid, msg.qos))
+        self._queue.put(_Received(topic, msg.payload, datetime.now(UTC), msg.mid, msg.qos))
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self, wait_connected: float = 10.0) -> None:
@@ -209,8 +213,7 @@ class Collector:
                 except Exception:  # never let the writer thread die: the messages stay unacked
                     log.exception("unexpected error writing a batch of %d; it will be redelivered", len(batch))
                     continue
-                for received in batch:
-                    self.client.ack(received.mid, received.qos)
+                self.client.ack_many([r.mid for r in batch if r.qos == 1])
 
     def _persist(self, batch: list[_Received]) -> None:
         raw: list[SpooledMessage] = [(r.topic, r.payload, r.received_at) for r in batch]
