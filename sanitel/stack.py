@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from api.mqtt_auth import BrokerAuthFiles
 from sanitel.servers import MosquittoServer, PostgresServer
 from sanitel.settings import Settings
 
@@ -16,8 +17,12 @@ class LocalStack:
         data = self.settings.data_dir.absolute()
         self.postgres = PostgresServer(data / "postgres", self.settings.pg_port) if self.settings.uses_local_database \
             else None
-        self.mosquitto = MosquittoServer(data / "mosquitto", self.settings.mqtt_port) \
-            if self.settings.uses_local_broker else None
+        self.mosquitto = None
+        if self.settings.uses_local_broker:
+            # broker auth is on once `sanitel devices …` has written a password file (api/mqtt_auth.py)
+            auth = BrokerAuthFiles.for_data_dir(data)
+            files = {"password_file": auth.password_file, "acl_file": auth.acl_file} if auth.enabled else {}
+            self.mosquitto = MosquittoServer(data / "mosquitto", self.settings.mqtt_port, **files)
 
     def up(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,107 @@
+"""The FastAPI application: ``create_app(settings)`` wires routers, errors, metrics and the database pool."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, Depends, FastAPI
+from psycopg_pool import AsyncConnectionPool
+
+from api.auth import VerifiedCache
+from api.deps import ApiContext, require_role
+from api.errors import error_responses, install_error_handlers
+from api.mqtt_auth import BrokerAuthFiles
+from api.observability import ApiMetrics, RequestMetricsMiddleware
+from api.routes import alerts, deposits, devices, health, readings, reports, rules, silences, sites
+from api.stream import AlertBroadcaster
+from sanitel import __version__
+from sanitel.settings import Settings, load_settings
+
+log = logging.getLogger("sanitel.api")
+
+# Every connection: UTC (clients get offsets they can rely on) and a ceiling on any one query.
+_SESSION_OPTIONS = "-c TimeZone=UTC -c statement_timeout=15000"
+# How long a request waits for a pooled connection before it is answered 503: short, so that during a
+# database outage clients learn it quickly instead of piling up.
+POOL_TIMEOUT_S = 2.0
+
+DESCRIPTION = """
+Telemetry, alerts and reports for city sanitation fleets and facilities.
+
+**Auth.** Every endpoint except `/health` and `/metrics` needs an API key, sent as
+`Authorization: Bearer sntl_…` or `X-API-Key: sntl_…`. Keys are created with `sanitel keys create`.
+Roles: *viewer* reads; *supervisor* also acknowledges, assigns and silences alerts; *admin* also registers
+devices and changes rules. A missing or invalid key is 401, a key with too low a role 403.
+
+**Errors** always have the shape `{"error": {"code": "…", "message": "…", "field": "query.limit"}}`;
+`field` names the offending parameter when there is one.
+
+**Paging.** Lists return `{"items": […], "next_cursor": "…"}`; pass `cursor` to get the next page.
+Times are RFC 3339 with an offset; responses are in UTC.
+"""
+
+TAGS = [
+    {"name": "sites", "description": "Districts, estates, sorting points, stations, plants (a tree)."},
+    {"name": "devices", "description": "The device registry and MQTT credentials."},
+    {"name": "readings", "description": "Latest readings and history of any metric."},
+    {"name": "deposits", "description": "Household deposits at RFID bins, with totals by category."},
+    {"name": "alerts", "description": "Alerts: filter, acknowledge, assign, history, live stream."},
+    {"name": "silences", "description": "Mute notifications for matching alerts during a time window."},
+    {"name": "rules", "description": "Alert rules: what is in force, and rules managed through the API."},
+    {"name": "reports", "description": "Daily operations summaries."},
+    {"name": "operations", "description": "Health and Prometheus metrics."},
+]
+
+
+def _optional_router(module_name: str) -> APIRouter | None:
+    """Routers other issues build (e.g. CEMS compliance reports) join the app once their module exists."""
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module_name.startswith(exc.name):
+            return None
+        raise
+    return getattr(module, "router", None)
+
+
+def create_app(settings: Settings | None = None, *, broker_auth: BrokerAuthFiles | None = None,
+               pool_size: int = 16) -> FastAPI:
+    """The API. ``broker_auth`` defaults to the local stack's broker files; ``pool_size`` caps the database
+    connections this process uses."""
+    settings = settings or load_settings()
+    broker_auth = broker_auth or BrokerAuthFiles.for_data_dir(settings.data_dir)
+    metrics = ApiMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        url = settings.effective_database_url
+        pool = AsyncConnectionPool(url, min_size=min(2, pool_size), max_size=pool_size, open=False,
+                                   timeout=POOL_TIMEOUT_S, name="sanitel-api",
+                                   kwargs={"autocommit": True, "options": _SESSION_OPTIONS},
+                                   check=AsyncConnectionPool.check_connection)
+        # Not waiting: the API starts (and /health says why) even while the database is down.
+        await pool.open(wait=False)
+        broadcaster = AlertBroadcaster(url)
+        app.state.sanitel = ApiContext(settings, url, pool, VerifiedCache(), broker_auth, broadcaster, metrics)
+        try:
+            yield
+        finally:
+            await broadcaster.close()
+            await pool.close()
+
+    app = FastAPI(title="sanitel API", version=__version__, description=DESCRIPTION, openapi_tags=TAGS,
+                  lifespan=lifespan)
+    install_error_handlers(app)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    for module in (sites, devices, readings, deposits, alerts, silences, rules, reports, health):
+        app.include_router(module.router)
+    for name in ("api.routes.emissions",):
+        router = _optional_router(name)
+        if router is not None:
+            # at least a viewer key, whatever the module itself asks for
+            app.include_router(router, dependencies=[Depends(require_role("viewer"))],
+                               responses=error_responses(401, 403, 422))
+    return app

@@ -1,0 +1,96 @@
+"""Probes for /health that are not SQL: the broker (a real MQTT CONNECT) and the collector's spool."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import ssl
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+# MQTT 3.1.1 CONNACK return codes
+_CONNACK = {0: "accepted", 1: "unacceptable protocol version", 2: "client id rejected", 3: "server unavailable",
+            4: "bad user name or password", 5: "not authorised"}
+
+
+@dataclass(frozen=True)
+class BrokerProbe:
+    reachable: bool  # TCP connected and the broker answered CONNECT
+    accepted: bool  # CONNACK return code 0
+    detail: str
+
+
+def _utf8(text: str) -> bytes:
+    raw = text.encode()
+    return struct.pack("!H", len(raw)) + raw
+
+
+def _remaining_length(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def connect_packet(client_id: str, username: str | None, password: str | None, keepalive: int = 10) -> bytes:
+    """An MQTT 3.1.1 CONNECT with a clean session (the probe leaves nothing behind on the broker)."""
+    flags = 0x02 | (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
+    variable = _utf8("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive)
+    payload = _utf8(client_id)
+    if username is not None:
+        payload += _utf8(username)
+    if password is not None:
+        payload += _utf8(password)
+    body = variable + payload
+    return bytes([0x10]) + _remaining_length(len(body)) + body
+
+
+async def probe_broker(url: str, timeout: float = 3.0) -> BrokerProbe:
+    parts = urlsplit(url)
+    tls = parts.scheme in ("mqtts", "ssl")
+    host, port = parts.hostname or "127.0.0.1", parts.port or (8883 if tls else 1883)
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
+    writer = None
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=ssl.create_default_context() if tls else None), timeout)
+        writer.write(connect_packet(f"sanitel-health-{secrets.token_hex(4)}", username, password))
+        await writer.drain()
+        reply = await asyncio.wait_for(reader.readexactly(4), timeout)
+        if reply[0] != 0x20:
+            return BrokerProbe(True, False, f"unexpected reply to CONNECT (packet type {reply[0] >> 4})")
+        code = reply[3]
+        if code == 0:
+            writer.write(b"\xe0\x00")  # DISCONNECT
+            await writer.drain()
+        return BrokerProbe(True, code == 0, f"CONNACK {_CONNACK.get(code, f'code {code}')}")
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
+        return BrokerProbe(False, False, f"cannot reach {host}:{port}: {exc.__class__.__name__} {exc}".strip())
+    finally:
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+@dataclass(frozen=True)
+class SpoolBacklog:
+    files: int
+    bytes: int
+
+
+def spool_backlog(folder: Path) -> SpoolBacklog:
+    """Spool segments (``*.spool``) the collector has not replayed yet; an absent folder is an empty spool."""
+    files = total = 0
+    if folder.is_dir():
+        for path in folder.rglob("*.spool"):
+            with contextlib.suppress(FileNotFoundError):  # replayed and deleted while we looked
+                total += path.stat().st_size
+                files += 1
+    return SpoolBacklog(files, total)

@@ -1,0 +1,1 @@
+"""One router per resource. Routes validate, authorise and call a query function; no SQL here."""

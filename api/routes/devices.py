@@ -1,0 +1,99 @@
+"""Devices: list with filters and paging, detail, registration with MQTT credentials, credential rotation."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+from fastapi import APIRouter, Path, Query, status
+
+from api.credentials import rotate_device_password, sync_broker_files
+from api.deps import Admin, Context, Db, Viewer
+from api.errors import ApiError, error_responses, not_found
+from api.models import Device, DeviceKind, DeviceRegistration, MqttCredentials, Page, RegisteredDevice
+from api.mqtt_auth import hash_password, new_password
+from api.params import Cursor, Ident, Limit, decode_cursor, encode_cursor
+from api.queries import devices as queries
+from api.queries import sites as site_queries
+from schemas.topics import ROOT
+
+router = APIRouter(prefix="/devices", tags=["devices"], responses=error_responses(401, 403, 422))
+
+DeviceId = Annotated[Ident, Path(description="device id", examples=["SW-0001"])]
+
+
+@router.get("", response_model=Page[Device], summary="List devices")
+async def list_devices(
+    conn: Db, _: Viewer,
+    kind: DeviceKind | None = None,
+    site_id: Annotated[Ident | None, Query(description="devices at this site or below it")] = None,
+    online: Annotated[bool | None, Query(description="heard from within the inactivity timeout")] = None,
+    q: Annotated[str | None, Query(max_length=100, pattern=r"^[^\x00]*$",
+                                   description="device id prefix or name substring")] = None,
+    limit: Limit = 50, cursor: Cursor = None,
+) -> Page[Device]:
+    after = decode_cursor(cursor, str)[0] if cursor else None
+    rows = await queries.list_devices(conn, kind=kind, site_id=site_id, online=online, q=q, after=after, limit=limit)
+    items = [Device.model_validate(r) for r in rows]
+    return Page(items=items, next_cursor=encode_cursor(items[-1].device_id) if len(items) == limit else None)
+
+
+@router.get("/{device_id}", response_model=Device, summary="One device", responses=error_responses(404))
+async def get_device(device_id: DeviceId, conn: Db, _: Viewer) -> Device:
+    row = await queries.get_device(conn, device_id)
+    if row is None:
+        raise not_found("device", device_id)
+    return Device.model_validate(row)
+
+
+@router.post("", response_model=RegisteredDevice, status_code=status.HTTP_201_CREATED,
+             summary="Register a device and issue its MQTT credentials (admin)",
+             description="The password is in this response only. A device the collector auto-registered on "
+                         "first sight can be registered (claimed) once; registering it again is a conflict — "
+                         "rotate its credentials instead.",
+             responses=error_responses(409))
+async def register_device(body: DeviceRegistration, ctx: Context, conn: Db, _: Admin) -> RegisteredDevice:
+    if body.site_id is not None and not await site_queries.site_exists(conn, body.site_id):
+        raise ApiError(422, f"site {body.site_id!r} does not exist", field="body.site_id")
+    if await queries.username_taken_by_service(conn, body.device_id):
+        raise ApiError(409, f"{body.device_id!r} is the name of a broker service account; choose another id")
+    password = new_password()
+    password_hash = await anyio.to_thread.run_sync(hash_password, password)
+    async with conn.transaction():
+        created = await queries.register_device(
+            conn, device_id=body.device_id, kind=body.kind, site_id=body.site_id, name=body.name,
+            inactivity_timeout_s=body.inactivity_timeout_s, metadata=body.metadata, password_hash=password_hash)
+    if not created:
+        raise ApiError(409, f"device {body.device_id!r} is already registered; "
+                       f"POST /devices/{body.device_id}/credentials issues new credentials")
+    reloaded = await sync_broker_files(conn, ctx.broker_auth, ctx.settings.city)
+    device = Device.model_validate(await queries.get_device(conn, body.device_id))
+    return RegisteredDevice(device=device, credentials=_credentials(ctx, device, password, reloaded))
+
+
+@router.post("/{device_id}/credentials", response_model=MqttCredentials,
+             summary="Issue new MQTT credentials for a device (admin); the old password stops working",
+             responses=error_responses(404))
+async def rotate_credentials(device_id: DeviceId, ctx: Context, conn: Db, _: Admin) -> MqttCredentials:
+    password = await rotate_device_password(conn, device_id)
+    if password is None:
+        raise not_found("device", device_id)
+    reloaded = await sync_broker_files(conn, ctx.broker_auth, ctx.settings.city)
+    device = Device.model_validate(await queries.get_device(conn, device_id))
+    return _credentials(ctx, device, password, reloaded)
+
+
+def _credentials(ctx: Context, device: Device, password: str, reloaded: bool) -> MqttCredentials:
+    return MqttCredentials(username=device.device_id, password=password,
+                           broker_url=_without_userinfo(ctx.settings.effective_mqtt_url),
+                           topic_prefix=f"{ROOT}/{ctx.settings.city}/{device.kind}/{device.device_id}/",
+                           broker_reloaded=reloaded)
+
+
+def _without_userinfo(url: str) -> str:
+    # the API's own broker login must never leak into a device's credentials
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

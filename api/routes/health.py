@@ -1,0 +1,129 @@
+"""/health (database, broker, collector lag, spool backlog, dead letters) and /metrics (Prometheus).
+
+Both are open (no API key): load balancers and Prometheus scrape them. They reveal states, never data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from api.deps import ApiContext, Context
+from api.models import Check, CheckStatus, Health
+from api.probes import probe_broker, spool_backlog
+from api.queries import alerts as alert_queries
+from api.queries import health as queries
+
+router = APIRouter(tags=["operations"])
+
+LAG_DEGRADED_S = 300.0  # no message from any device for 5 minutes: the collector (or the fleet) is stuck
+_ORDER: dict[CheckStatus, int] = {"ok": 0, "unknown": 1, "degraded": 2, "down": 3}
+
+
+@router.get("/health", response_model=Health, summary="Health of the API and what it depends on",
+            responses={503: {"model": Health, "description": "the database is unreachable"}})
+async def health(ctx: Context) -> JSONResponse:
+    database, broker = await asyncio.gather(_database_checks(ctx), _broker_check(ctx))
+    checks = {"database": database.pop("database"), "broker": broker, **database, "spool": _spool_check(ctx)}
+    worst = max((c.status for c in checks.values()), key=_ORDER.__getitem__)
+    overall: CheckStatus = "down" if checks["database"].status == "down" else (
+        "ok" if worst in ("ok", "unknown") else "degraded")
+    body = Health(status=overall, time=datetime.now(UTC), checks=checks)
+    return JSONResponse(body.model_dump(mode="json"), status_code=503 if overall == "down" else 200)
+
+
+async def _database_checks(ctx: ApiContext) -> dict[str, Check]:
+    """Database, collector lag and dead letters: all need the database, so they share its fate."""
+    try:
+        async with ctx.pool.connection(timeout=1.5) as conn:
+            info = await queries.timescaledb_info(conn)
+            newest, now = await queries.last_received(conn)
+            dead = await queries.dead_letters_last_hour(conn)
+    except Exception as exc:  # any failure here is "database down", reported, never raised
+        ctx.metrics.database_up.set(0)
+        down = Check(status="down", detail=f"unreachable: {exc.__class__.__name__}")
+        unknown = Check(status="unknown", detail="database unreachable")
+        return {"database": down, "collector_lag": unknown, "dead_letters": unknown}
+    ctx.metrics.database_up.set(1)
+    ctx.metrics.dead_letters_last_hour.set(dead)
+    return {"database": Check(status="ok", detail="reachable",
+                              data={"timescaledb": info["version"], "license": info["license"]}),
+            "collector_lag": _lag_check(ctx, newest, now),
+            "dead_letters": Check(status="ok" if dead == 0 else "degraded", detail=f"{dead} in the last hour",
+                                  data={"last_hour": dead})}
+
+
+def _lag_check(ctx: ApiContext, newest: datetime | None, now: datetime) -> Check:
+    if newest is None:
+        return Check(status="unknown", detail="no device has reported yet")
+    lag = max(0.0, (now - newest).total_seconds())
+    ctx.metrics.collector_lag.set(lag)
+    status: CheckStatus = "ok" if lag <= LAG_DEGRADED_S else "degraded"
+    return Check(status=status, detail=f"last message received {lag:.1f} s ago", data={"lag_s": round(lag, 3)})
+
+
+async def _broker_check(ctx: ApiContext) -> Check:
+    url = ctx.settings.effective_mqtt_url
+    probe = await probe_broker(url)
+    shown = _redact(url)
+    if not probe.reachable:
+        return Check(status="down", detail=probe.detail, data={"url": shown})
+    # reachable but refusing our login (auth on, no service credentials in the URL) still means "up"
+    return Check(status="ok" if probe.accepted else "degraded", detail=probe.detail, data={"url": shown})
+
+
+def _spool_check(ctx: ApiContext) -> Check:
+    backlog = spool_backlog(ctx.settings.effective_spool_dir)
+    ctx.metrics.spool_backlog_bytes.set(backlog.bytes)
+    ctx.metrics.spool_backlog_files.set(backlog.files)
+    data: dict[str, Any] = {"files": backlog.files, "bytes": backlog.bytes,
+                            "folder": str(ctx.settings.effective_spool_dir)}
+    if backlog.bytes == 0:
+        return Check(status="ok", detail="empty", data=data)
+    return Check(status="degraded", detail=f"{backlog.bytes} bytes in {backlog.files} segment(s) waiting to be "
+                 "replayed (the database was or is unreachable)", data=data)
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {"example": "sanitel_alerts_open{state=\"firing\","
+                                                                          "severity=\"major\"} 3.0\n"}}}})
+async def metrics(ctx: Context) -> Response:
+    await _refresh_gauges(ctx)
+    body = await anyio.to_thread.run_sync(generate_latest, ctx.metrics.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+async def _refresh_gauges(ctx: ApiContext) -> None:
+    """Gauges that describe the system rather than this process are read at scrape time."""
+    m = ctx.metrics
+    m.stream_clients.set(len(ctx.alert_stream.subscribers))
+    _spool_check(ctx)
+    try:
+        async with ctx.pool.connection(timeout=1.5) as conn:
+            counts = await alert_queries.firing_counts(conn)
+            newest, now = await queries.last_received(conn)
+            m.dead_letters_last_hour.set(await queries.dead_letters_last_hour(conn))
+    except Exception:  # a scrape must still answer when the database is down; the gauge says so
+        m.database_up.set(0)
+        return
+    m.database_up.set(1)
+    m.alerts_open.clear()
+    for state, severity, n in counts:
+        m.alerts_open.labels(state, severity).set(n)
+    if newest is not None:
+        m.collector_lag.set(max(0.0, (now - newest).total_seconds()))
