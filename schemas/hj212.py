@@ -167,10 +167,18 @@ def crc_hj212(data: bytes) -> int:
     ``crc = (crc >> 8) ^ byte`` — then shifted 8 times with the 0xA001 polynomial."""
     crc = 0xFFFF
     for byte in data:
-        crc = (crc >> 8) ^ byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+        crc = _CRC_TABLE[(crc >> 8) ^ byte]
     return crc
+
+
+def _crc_shift8(value: int) -> int:
+    for _ in range(8):
+        value = (value >> 1) ^ 0xA001 if value & 1 else value >> 1
+    return value
+
+
+# After `(crc >> 8) ^ byte` the register holds less than 256, so the 8 shifts are a function of one byte.
+_CRC_TABLE = tuple(_crc_shift8(i) for i in range(256))
 
 
 def wrap_segment(data_segment: str) -> bytes:

@@ -1,0 +1,170 @@
+"""From a scenario to device models: ids, sites, districts and schedules.
+
+Device ids are stable and readable: ``sw-0001`` (sweeper), ``ts-0001`` (transfer station),
+``bin-00001-k`` (sorting point 00001, kitchen bin; ``r`` recyclable, ``h`` hazardous, ``o`` other),
+``cam-00001`` (its camera), ``gw-00001`` (its gateway), ``cems-p1-l1`` (plant p1, line 1).
+Sites: a district per sweeper, the station itself, an estate per four sorting points
+(``es-00001``), a line per CEMS (``p1-l1``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from simulators.clock import LocalTime
+from simulators.models.base import DeviceInfo, DeviceModel, IncidentSink, device_rng
+from simulators.models.cems import CemsLine, Window, random_calibration_time
+from simulators.models.routes import District
+from simulators.models.sorting_point import SortingPoint
+from simulators.models.station import TransferStation
+from simulators.models.sweeper import Sweeper
+from simulators.scenario import LineEvent, PlantSpec, Scenario
+
+POINTS_PER_ESTATE = 4
+
+
+@dataclass
+class Fleet:
+    models: list[DeviceModel]
+    local: LocalTime
+    kinds: dict[str, str] = field(default_factory=dict)            # device id → kind
+    owners: dict[str, DeviceModel] = field(default_factory=dict)   # device id → its model
+    points: dict[str, SortingPoint] = field(default_factory=dict)  # point id → model
+    gateway_devices: set[str] = field(default_factory=set)
+    protocols: dict[str, str] = field(default_factory=dict)        # CEMS device id → json / hj212
+
+    def add(self, model: DeviceModel) -> None:
+        self.models.append(model)
+        for info in model.devices():
+            self.kinds[info.device_id] = info.kind
+            self.owners[info.device_id] = model
+        if isinstance(model, SortingPoint):
+            self.points[model.point_id] = model
+            self.gateway_devices |= model.gateway_devices()
+        if isinstance(model, CemsLine):
+            self.protocols[model.device_id] = model.protocol
+
+    # --- lookups -------------------------------------------------------------------------------
+
+    def kind_of(self, device_id: str) -> str | None:
+        return self.kinds.get(device_id)
+
+    def protocol_of(self, device_id: str) -> str:
+        return self.protocols.get(device_id, "json")
+
+    def model_of(self, device_id: str) -> DeviceModel:
+        return self.owners[device_id]
+
+    def sweeper(self, device_id: str) -> Sweeper:
+        model = self.owners[device_id]
+        assert isinstance(model, Sweeper)
+        return model
+
+    def cems_line(self, device_id: str) -> CemsLine:
+        model = self.owners[device_id]
+        assert isinstance(model, CemsLine)
+        return model
+
+    def point_of(self, device_id: str) -> SortingPoint:
+        model = self.points.get(device_id) or self.owners[device_id]
+        assert isinstance(model, SortingPoint)
+        return model
+
+    def fault_candidates(self, kind: str, *, message_level: bool) -> list[str]:
+        """Devices of a kind a fault may target; message faults skip devices behind a gateway."""
+        return [d for d, k in self.kinds.items()
+                if k == kind and not (message_level and d in self.gateway_devices)]
+
+    def devices(self) -> Iterator[DeviceInfo]:
+        for model in self.models:
+            yield from model.devices()
+
+    def device_count(self) -> int:
+        return len(self.kinds)
+
+    def hj212_units(self) -> dict[str, tuple[str, str]]:
+        """CEMS device id → (MN, password) for units that send HJ 212 frames."""
+        return {m.device_id: (m.mn, m.password) for m in self.models
+                if isinstance(m, CemsLine) and m.protocol == "hj212"}
+
+    def max_interval(self) -> float:
+        return max((m.max_interval() for m in self.models), default=0.0)
+
+
+def build_fleet(scenario: Scenario, *, seed: int, city: str, start: float, incidents: IncidentSink) -> Fleet:
+    local = LocalTime(scenario.timezone)
+    fleet = Fleet([], local)
+    for model in _sweepers(scenario, seed, city, start, local, incidents):
+        fleet.add(model)
+    for model in _stations(scenario, seed, city, start, local):
+        fleet.add(model)
+    for model in _points(scenario, seed, city, start, local, incidents):
+        fleet.add(model)
+    for plant in scenario.plants:
+        for model in _lines(plant, seed, city, start, local, incidents):
+            fleet.add(model)
+    return fleet
+
+
+def _sweepers(scenario: Scenario, seed: int, city: str, start: float, local: LocalTime,
+              incidents: IncidentSink) -> Iterator[Sweeper]:
+    spec = scenario.sweepers
+    names = spec.districts or [d.id for d in scenario.districts]
+    by_id = {d.id: District(d.id, d.lat, d.lon, d.radius_km * 1000.0) for d in scenario.districts}
+    for n in range(1, spec.count + 1):
+        yield Sweeper(f"sw-{n:04d}", seed=seed, city=city, start=start, local=local,
+                      district=by_id[names[(n - 1) % len(names)]], shifts=spec.shifts, interval_s=spec.interval,
+                      parked_interval_s=spec.parked_interval, incidents=incidents)
+
+
+def _stations(scenario: Scenario, seed: int, city: str, start: float, local: LocalTime) -> Iterator[TransferStation]:
+    spec = scenario.stations
+    for n in range(1, spec.count + 1):
+        yield TransferStation(f"ts-{n:04d}", seed=seed, city=city, start=start, local=local,
+                              interval_s=spec.interval, trucks_per_day=spec.trucks_per_day)
+
+
+def _points(scenario: Scenario, seed: int, city: str, start: float, local: LocalTime,
+            incidents: IncidentSink) -> Iterator[SortingPoint]:
+    spec = scenario.sorting_points
+    lo, hi = spec.households
+    for n in range(1, spec.count + 1):
+        households = device_rng(seed, f"sp-{n:05d}", "layout").randint(lo, hi)
+        yield SortingPoint(
+            n, seed=seed, city=city, start=start, local=local, households=households,
+            categories=spec.categories, cameras=spec.cameras,
+            camera_detections_per_day=spec.camera_detections_per_day, status_interval_s=spec.status_interval,
+            collection_times_s=spec.collection_times, deposits_per_household_day=spec.deposits_per_household_day,
+            fire_rate_per_day=spec.fire_rate_per_day, fill_outlier_prob=spec.fill_outlier_prob,
+            gateway_interval_s=spec.gateway_interval, incidents=incidents,
+            site_id=f"es-{(n - 1) // POINTS_PER_ESTATE + 1:05d}",
+        )
+
+
+def _lines(plant: PlantSpec, seed: int, city: str, start: float, local: LocalTime,
+           incidents: IncidentSink) -> Iterator[CemsLine]:
+    for line in range(1, plant.lines + 1):
+        device_id = f"cems-{plant.id}-l{line}"
+        rng = device_rng(seed, device_id, "layout")
+        calibration = None
+        if plant.calibration is not None:
+            calibration = (random_calibration_time(rng, plant.calibration.at, line - 1), plant.calibration.duration)
+        yield CemsLine(
+            device_id, seed=seed, city=city, start=start, local=local, plant_id=plant.id,
+            line_id=f"{plant.id}-l{line}", interval_s=plant.interval, protocol=plant.protocol,
+            mn=device_id, password=plant.password, calibration_s=calibration,
+            maintenance=_windows(plant.maintenance, line, start, local),
+            outages=_windows(plant.outages, line, start, local),
+            excursions_per_day=plant.excursions_per_day, incidents=incidents,
+        )
+
+
+def _windows(events: list[LineEvent], line: int, start: float, local: LocalTime) -> list[Window]:
+    windows = []
+    for event in events:
+        if event.line != line:
+            continue
+        begin = start + event.after if event.after is not None else local.next_time_of_day(start, event.at or 0.0)
+        windows.append(Window(begin, begin + event.duration))
+    return windows
