@@ -2,7 +2,6 @@
 
     sanitel report emissions --plant P [--line L] --day YYYY-MM-DD [--format json|csv|png] [--out FILE]
     sanitel report recompute --device D --from YYYY-MM-DD [--to YYYY-MM-DD]
-    sanitel cems-averages [--once] [--interval 60]     the scheduled averaging processor
     sanitel hj212-listener [--host 127.0.0.1] [--port 9212]
 """
 
@@ -14,7 +13,6 @@ import contextlib
 import json
 import signal
 import sys
-import time
 from datetime import date
 from pathlib import Path
 
@@ -37,11 +35,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     rc.add_argument("--from", dest="first", required=True, type=_day)
     rc.add_argument("--to", dest="last", type=_day, help="last day, inclusive (default: --from)")
     rc.set_defaults(func=run_recompute)
-
-    avg = sub.add_parser("cems-averages", help="the scheduled processor maintaining CEMS averages")
-    avg.add_argument("--once", action="store_true", help="one pass, then exit")
-    avg.add_argument("--interval", type=float, default=60.0, help="seconds between passes")
-    avg.set_defaults(func=run_averages)
 
     tcp = sub.add_parser("hj212-listener", help="TCP listener for HJ 212-2017 data acquisition units")
     tcp.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 to accept DAUs)")
@@ -78,7 +71,7 @@ def run_report(args: argparse.Namespace) -> int:
         if not report["lines"]:
             raise SanitelError(f"no CEMS averages for plant {args.plant!r}"
                                f"{f' line {args.line!r}' if args.line else ''} on {args.day}; "
-                               "is 'sanitel cems-averages' running? (or add --recompute)")
+                               "is 'sanitel maintain' running? (or add --recompute)")
         if args.format == "png":
             data: bytes | str = compliance.report_png(
                 report, compliance.half_hour_series(conn, args.plant, args.day, args.line))
@@ -112,20 +105,6 @@ def run_recompute(args: argparse.Namespace) -> int:
         n = recompute(conn, args.device, start, end)
     print(f"{n} averages written for {args.device}, {args.first} … {last}")
     return 0
-
-
-def run_averages(args: argparse.Namespace) -> int:
-    from processors.cems_averages import run_scheduled
-    from sanitel.logs import setup_logging
-
-    setup_logging()
-    with _connect() as conn:
-        while True:
-            started = time.monotonic()
-            run_scheduled(conn)
-            if args.once:
-                return 0
-            time.sleep(max(0.0, args.interval - (time.monotonic() - started)))
 
 
 def run_hj212_listener(args: argparse.Namespace) -> int:
