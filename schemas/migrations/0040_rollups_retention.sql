@@ -1,16 +1,8 @@
 -- Rollups and retention are run by the project's own scheduled processor (processors/maintenance.py),
 -- so one tested code path serves every TimescaleDB edition (no continuous aggregates, no policies).
 
--- When a row was stored (its transaction's time). Late data — including a spool replay hours after the
--- readings were received — is found by this, not by device or receive time.
-ALTER TABLE sweeper_telemetry ADD COLUMN IF NOT EXISTS stored_at timestamptz NOT NULL DEFAULT now();
-ALTER TABLE station_telemetry ADD COLUMN IF NOT EXISTS stored_at timestamptz NOT NULL DEFAULT now();
-ALTER TABLE bin_deposits      ADD COLUMN IF NOT EXISTS stored_at timestamptz NOT NULL DEFAULT now();
-ALTER TABLE bin_status        ADD COLUMN IF NOT EXISTS stored_at timestamptz NOT NULL DEFAULT now();
-ALTER TABLE camera_detections ADD COLUMN IF NOT EXISTS stored_at timestamptz NOT NULL DEFAULT now();
-ALTER TABLE cems_readings     ADD COLUMN IF NOT EXISTS stored_at timestamptz NOT NULL DEFAULT now();
-CREATE INDEX IF NOT EXISTS sweeper_telemetry_stored_at ON sweeper_telemetry (stored_at);
-CREATE INDEX IF NOT EXISTS station_telemetry_stored_at ON station_telemetry (stored_at);
+-- Buckets to recompute are found by `stored_at` (when a row was committed; migration 0011 adds it and its
+-- BRIN indexes), so late data — including a spool replay hours after receipt — lands in its bucket.
 
 -- 5-minute rollups of the numeric telemetry that dashboards and the API chart. Column names are
 -- <reading column>_<avg|min|max>: the rollup processor derives its SQL from them.

@@ -1,0 +1,701 @@
+"""One evaluation pass, on device time.
+
+1. Take the rows stored since the last pass (``queries.safe_upto`` says which are surely committed).
+2. For each rule, the subjects those rows touch (and, for window rules, subjects with a condition
+   still active, so a window that closed without data can end it).
+3. Per subject, resume from its stored cursor when all new data is newer than what was evaluated;
+   otherwise — late or out-of-order data — re-evaluate from before the earliest new reading (its
+   window, or the start of the alert it may belong to) with a fresh cursor.
+4. Turn samples into episodes (``timeline``) and reconcile the episodes with the stored alerts
+   (``lifecycle``): an episode matches the alert whose time span it overlaps.
+5. Reminders; alerts of removed rules resolve; cursors and watermarks are saved — all in the same
+   transaction as the transitions, so a crash or restart neither loses nor repeats an alert.
+
+The caller holds the pass transaction; two evaluators are kept apart by a transaction-level advisory
+lock taken on the same connection that writes (``run_pass``): if that connection dies, its writes die
+with it, so a second evaluator taking over can never double-fire.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from alerts import queries
+from alerts.lifecycle import Alert, Candidate, Lifecycle, alerts_for, fingerprint, open_alerts
+from alerts.notify.outbox import load_webhooks
+from alerts.queries import Change, Request
+from alerts.rules import (
+    AVERAGES_TABLE,
+    DEVICE_TABLES,
+    EventCountRule,
+    Limits,
+    OfflineRule,
+    RateRule,
+    RuleModel,
+    RuleSet,
+    ThresholdRule,
+    WindowRule,
+    format_duration,
+    limits_for,
+    render_summary,
+)
+from alerts.silences import Silences
+from alerts.subjects import Registry, Subject, subject_key
+from alerts.timeline import Cursor, Episode, Policy, Sample, Status, advance, judge
+from schemas.readings import BY_TABLE
+
+log = logging.getLogger("sanitel.alerts")
+
+EVALUATOR_LOCK_ID = 0x5A41E7  # pg advisory lock: one evaluation pass at a time, across processes
+_TICK = timedelta(microseconds=1)
+_EPOCH_ORIGIN = datetime(2000, 1, 3)  # time_bucket's origin (a Monday), in local time
+
+
+@dataclass(frozen=True)
+class EvaluatorConfig:
+    lateness_horizon: timedelta = timedelta(days=2)  # older device times are not evaluated
+    close_grace: timedelta = timedelta(minutes=2)  # a window is closed this long after its end …
+    # … or as soon as a reading after its end arrived from its subject
+    settle: timedelta = timedelta(seconds=30)  # see queries.safe_upto
+    write_margin: timedelta = timedelta(seconds=5)  # longest a reading's write transaction takes to commit
+
+
+@dataclass
+class PassReport:
+    ran: bool  # False: another evaluator held the lock
+    now: datetime | None = None
+    transitions: list[tuple[int, str]] = field(default_factory=list)
+    subjects: int = 0
+    duration_s: float = 0.0
+
+
+@dataclass
+class _Pass:
+    conn: psycopg.Connection
+    now: datetime
+    upto: datetime
+    horizon: datetime
+    registry: Registry
+    lifecycle: Lifecycle
+    changes: dict[str, dict[str, Change]]
+    grace: timedelta
+    write_margin: timedelta
+    subjects: int = 0
+
+
+@dataclass
+class _Work:
+    """One subject to evaluate for one rule in this pass."""
+
+    subject: Subject
+    limits: Limits
+    tz: str
+    devices: set[str] = field(default_factory=set)
+    first_new: datetime | None = None
+    cursor: Cursor = field(default_factory=Cursor)
+    start: datetime | None = None  # device time evaluation reads from
+    covered_from: datetime | None = None  # open alerts starting here or later are fully re-judged
+    revisit: bool = False  # come back next pass even without new data (an open or not yet final window)
+
+    def saw(self, device_id: str, change: Change | None) -> None:
+        self.devices.add(device_id)
+        if change is not None and (self.first_new is None or change.first_ts < self.first_new):
+            self.first_new = change.first_ts
+
+
+class Evaluator:
+    """Evaluates a rule set against one database. Not thread-safe: one connection, one pass at a time."""
+
+    def __init__(self, conn: psycopg.Connection, ruleset: RuleSet, config: EvaluatorConfig | None = None) -> None:
+        self.conn = conn
+        self.ruleset = ruleset
+        self.config = config or EvaluatorConfig()
+
+    # --- the pass -----------------------------------------------------------------------------
+    def run_pass(self, now: datetime | None = None) -> PassReport:
+        """Evaluate everything that changed; returns what happened. ``now`` (wall clock) is for tests."""
+        started = time.monotonic()
+        with self.conn.transaction():
+            if not self.conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (EVALUATOR_LOCK_ID,)).fetchone()[0]:  # type: ignore[index]
+                return PassReport(ran=False)
+            upto = queries.safe_upto(self.conn, self.config.settle)
+            now = now or datetime.now(UTC)
+            ctx = self._context(now, upto)
+            for rule in self.ruleset.enabled():
+                self._evaluate(ctx, rule)
+            self._retire_removed_rules(ctx)
+            self._remind(ctx)
+            self._save_watermarks(ctx)
+        return PassReport(True, now, ctx.lifecycle.transitions, ctx.subjects, time.monotonic() - started)
+
+    def _context(self, now: datetime, upto: datetime) -> _Pass:
+        horizon = upto - self.config.lateness_horizon
+        marks = dict(self.conn.execute("SELECT source, stored_upto FROM alert_watermarks").fetchall())
+        changes = {}
+        for table in BY_TABLE:
+            changes[table] = queries.changes(self.conn, table, marks.get(table, horizon), upto, horizon)
+        if queries.table_exists(self.conn, AVERAGES_TABLE):
+            changes[AVERAGES_TABLE] = queries.averages_changes(
+                self.conn, marks.get(AVERAGES_TABLE, horizon), upto, horizon)
+        lifecycle = Lifecycle(self.conn, now=now, silences=Silences.load(self.conn, horizon),
+                              webhooks=load_webhooks(self.conn))
+        return _Pass(self.conn, now, upto, horizon, Registry.load(self.conn), lifecycle, changes,
+                     self.config.close_grace, self.config.write_margin)
+
+    def _save_watermarks(self, ctx: _Pass) -> None:
+        self.conn.cursor().executemany(
+            "INSERT INTO alert_watermarks (source, stored_upto) VALUES (%s, %s) ON CONFLICT (source)"
+            " DO UPDATE SET stored_upto = greatest(alert_watermarks.stored_upto, EXCLUDED.stored_upto),"
+            " updated_at = now()", [(source, ctx.upto) for source in ctx.changes])
+
+    def _evaluate(self, ctx: _Pass, rule: RuleModel) -> None:
+        try:
+            with self.conn.transaction():  # a savepoint: one broken rule never stops the others
+                if isinstance(rule, OfflineRule):
+                    _evaluate_offline(ctx, rule)
+                elif isinstance(rule, WindowRule) and rule.source == AVERAGES_TABLE:
+                    _evaluate_averages(ctx, rule)
+                elif isinstance(rule, WindowRule | EventCountRule):
+                    _evaluate_windows(ctx, rule)
+                else:
+                    _evaluate_readings(ctx, rule)
+        except psycopg.Error as exc:
+            if isinstance(exc, psycopg.OperationalError):
+                raise
+            log.error("rule %s could not be evaluated: %s", rule.id, exc)
+
+    # --- housekeeping -------------------------------------------------------------------------
+    def _retire_removed_rules(self, ctx: _Pass) -> None:
+        enabled = {r.id: r for r in self.ruleset.enabled()}
+        for alert in open_alerts(self.conn):
+            rule = enabled.get(alert.rule_id)
+            if rule is None:
+                ctx.lifecycle.resolve(alert, ctx.now, reason="rule removed or disabled")
+            elif not _still_applies(ctx.registry, rule, alert):
+                ctx.lifecycle.resolve(alert, ctx.now, reason="the rule no longer applies here (scope or site parameters)")
+
+    def _remind(self, ctx: _Pass) -> None:
+        for alert in open_alerts(self.conn):
+            rule = self.ruleset.rules.get(alert.rule_id)
+            if rule is not None and alert.state == "firing":
+                ctx.lifecycle.remind(alert, rule.reminder_every.total_seconds())
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared steps
+# ------------------------------------------------------------------------------------------------
+
+
+def _still_applies(registry: Registry, rule: RuleModel, alert: Alert) -> bool:
+    """Is the alert's subject still in the rule's scope, with the rule enabled for its site?"""
+    if alert.device_id is not None and alert.device_id in registry.devices and not registry.in_scope(rule, alert.device_id):
+        return False
+    if isinstance(rule, OfflineRule) or alert.subject is None:
+        return True
+    return limits_for(rule, registry.params(registry.subject(alert.subject, alert.kind))) is not None
+
+
+def _rule_hash(rule: RuleModel) -> str:
+    return hashlib.sha1(rule.model_dump_json().encode()).hexdigest()[:16]
+
+
+def _policy(rule: ThresholdRule | RateRule | WindowRule | EventCountRule) -> Policy:
+    return Policy(for_=rule.for_, for_samples=getattr(rule, "for_readings", 1), keep_firing_for=rule.keep_firing_for,
+                  higher_is_worse=rule.op in (">", ">=", "==", "!="))
+
+
+def _lookback(rule: ThresholdRule | RateRule | WindowRule | EventCountRule) -> timedelta:
+    # enough history before late data to see the episode it belongs to start
+    base = max(rule.for_, rule.keep_firing_for, timedelta(minutes=10))
+    return base + (getattr(rule, "width", None) or timedelta(0))
+
+
+def _load_cursors(ctx: _Pass, rule: RuleModel, works: dict[str, _Work]) -> None:
+    """Stored cursors of these subjects; one stored for another version of the rule is dropped."""
+    if not works:
+        return
+    digest = _rule_hash(rule)
+    for subject, state in ctx.conn.execute(
+            "SELECT subject, cursor FROM alert_eval_state WHERE rule_id = %s AND subject = ANY(%s)",
+            (rule.id, list(works))).fetchall():
+        if state.get("rule_hash") == digest:
+            works[subject].cursor = Cursor.from_json(state.get("cursor") or {})
+            works[subject].devices.update(state.get("devices") or ())
+
+
+def _save_cursors(ctx: _Pass, rule: RuleModel, works: Iterable[_Work]) -> None:
+    digest = _rule_hash(rule)
+    rows = []
+    for w in works:
+        if w.cursor.evaluated_upto is None and w.revisit and w.start is not None:
+            w.cursor.evaluated_upto = w.start - _TICK  # nothing final yet: come back for it
+        if w.cursor.evaluated_upto is not None:
+            rows.append((rule.id, w.subject.key, w.cursor.evaluated_upto, w.cursor.active or w.revisit,
+                         Jsonb({"rule_hash": digest, "cursor": w.cursor.to_json(), "devices": sorted(w.devices)})))
+    ctx.conn.cursor().executemany(
+        """INSERT INTO alert_eval_state (rule_id, subject, evaluated_upto, active, cursor) VALUES (%s, %s, %s, %s, %s)
+           ON CONFLICT (rule_id, subject) DO UPDATE SET evaluated_upto = EXCLUDED.evaluated_upto,
+               active = EXCLUDED.active, cursor = EXCLUDED.cursor, updated_at = now()""", rows)
+
+
+def _active_subjects(ctx: _Pass, rule: RuleModel) -> list[str]:
+    return [r[0] for r in ctx.conn.execute(
+        "SELECT subject FROM alert_eval_state WHERE rule_id = %s AND active", (rule.id,)).fetchall()]
+
+
+def _new_work(ctx: _Pass, rule: RuleModel, key: str, works: dict[str, _Work]) -> _Work | None:
+    """The work item of a subject, created on first sight; None when the rule does not apply there."""
+    if key in works:
+        return works[key]
+    subject = ctx.registry.subject(key, _source_kind(rule))
+    limits = limits_for(rule, ctx.registry.params(subject))
+    if limits is None:
+        return None
+    works[key] = _Work(subject, limits, ctx.registry.subject_timezone(subject))
+    return works[key]
+
+
+def _source_kind(rule: RuleModel) -> str | None:
+    source = getattr(rule, "source", None)
+    if source == AVERAGES_TABLE:
+        return "cems"
+    return BY_TABLE[source].kind if source in BY_TABLE else None
+
+
+def _plan_starts(ctx: _Pass, rule: RuleModel, works: dict[str, _Work], existing: dict[str, list[Alert]],
+                 floor: Callable[[datetime, str], datetime], after: Callable[[datetime, str], datetime]) -> None:
+    """Resume where each subject stopped, or re-evaluate from before its late data (fresh cursor)."""
+    for work in works.values():
+        cursor = work.cursor
+        fresh_data = work.first_new is None or (
+            cursor.evaluated_upto is not None and floor(work.first_new, work.tz) > cursor.evaluated_upto)
+        if cursor.evaluated_upto is not None and fresh_data:
+            work.start = after(cursor.evaluated_upto, work.tz)
+            work.covered_from = cursor.start if cursor.active else work.start
+            continue
+        anchor = floor(work.first_new, work.tz) if work.first_new is not None else ctx.horizon
+        if cursor.active and cursor.start is not None:
+            anchor = min(anchor, cursor.start)
+        for alert in existing.get(fingerprint(rule.id, work.subject.key), ()):
+            if alert.open:
+                anchor = min(anchor, alert.started_at)
+        work.start = max(floor(anchor - _lookback(rule), work.tz), ctx.horizon - _lookback(rule))
+        work.covered_from = work.start
+        work.cursor = Cursor()
+
+
+def _existing(ctx: _Pass, rule: RuleModel, works: dict[str, _Work]) -> dict[str, list[Alert]]:
+    return alerts_for(ctx.conn, [fingerprint(rule.id, k) for k in works], ctx.horizon - timedelta(days=1))
+
+
+def _labels(ctx: _Pass, rule: RuleModel, subject: Subject) -> dict[str, str]:
+    labels = ctx.registry.labels(subject)
+    labels.update(rule.labels)
+    labels["rule_id"] = rule.id
+    labels["severity"] = rule.severity
+    return labels
+
+
+def _candidate(ctx: _Pass, rule: RuleModel, work: _Work, episode: Episode) -> Candidate:
+    labels = _labels(ctx, rule, work.subject)
+    limits = work.limits
+    context = {**labels, **(limits.context if limits else {}), "value": episode.last_value, "peak": episode.peak,
+               "threshold": limits.threshold if limits else None, "clear": limits.clear if limits else None,
+               "subject": work.subject.key, "window": getattr(rule, "window", None),
+               "for": format_duration(getattr(rule, "for_", timedelta(0))), "standard": rule.standard}
+    return Candidate(rule, work.subject, fingerprint(rule.id, work.subject.key), labels, limits, episode,
+                     render_summary(rule, context))
+
+
+def _overlaps(alert: Alert, episode: Episode) -> bool:
+    far = datetime.max.replace(tzinfo=UTC)
+    episode_end = episode.resolved_at or far
+    if alert.resolved_by is not None:
+        # cleared by hand (at wall-clock time): it stands for the episode it was part of, no later one
+        return episode.start <= alert.started_at < episode_end
+    alert_end = alert.resolved_at if not alert.open and alert.resolved_at else far
+    return alert.started_at < episode_end and episode.start < alert_end
+
+
+def _match(alerts: Sequence[Alert], episode: Episode) -> Alert | None:
+    overlapping = [a for a in alerts if _overlaps(a, episode)]
+    return next((a for a in overlapping if a.open), overlapping[-1] if overlapping else None)
+
+
+def _reconcile(ctx: _Pass, rule: RuleModel, work: _Work, episodes: Sequence[Episode],
+               alerts: list[Alert]) -> None:
+    """Bring the stored alerts of one subject in line with its episodes."""
+    lc = ctx.lifecycle
+    explained: set[int] = set()
+    for episode in episodes:
+        alert = _match(alerts, episode)
+        candidate = _candidate(ctx, rule, work, episode)
+        if alert is None or (not alert.open and alert.resolved_by is None and _continues(alert, episode)):
+            if not episode.fired and not episode.open:
+                continue  # pending and over: nothing worth keeping
+            if alert is not None:  # resolved alerts are final: the rest of the episode is a new alert
+                episode = _after(episode, alert.resolved_at)  # type: ignore[arg-type]
+                candidate = _candidate(ctx, rule, work, episode)
+            if episode.open:  # the open slot is the new episode's (defensive: an open alert would have matched)
+                for stale in [a for a in alerts if a.open]:
+                    lc.resolve(stale, min(episode.start, ctx.now), reason="superseded by a new episode")
+            alert = lc.open(candidate)
+            alerts.append(alert)
+        elif alert.open:
+            if episode.fired and alert.state == "pending":
+                lc.fire(alert, candidate)
+            else:
+                lc.update(alert, candidate)
+        explained.add(alert.alert_id)
+        if alert.open and episode.resolved_at is not None:
+            lc.resolve(alert, episode.resolved_at)
+    latest = work.cursor.evaluated_upto or ctx.now
+    for alert in alerts:
+        if alert.open and alert.alert_id not in explained and work.covered_from is not None \
+                and alert.started_at >= work.covered_from:
+            lc.resolve(alert, latest, reason="re-evaluated: the condition no longer holds")
+
+
+def _continues(alert: Alert, episode: Episode) -> bool:
+    """Does the episode go on after the (automatically) resolved alert it overlaps? (late data)"""
+    assert alert.resolved_at is not None
+    return episode.fired and (episode.resolved_at is None or episode.resolved_at > alert.resolved_at) \
+        and (episode.fire_at or episode.start) > alert.resolved_at
+
+
+def _after(episode: Episode, at: datetime) -> Episode:
+    return Episode(max(episode.start, at), episode.fire_at, episode.ended_at, episode.resolved_at, episode.peak,
+                   episode.last_value)
+
+
+def _finish(ctx: _Pass, rule: RuleModel, works: dict[str, _Work], episodes: dict[str, list[Episode]],
+            existing: dict[str, list[Alert]]) -> None:
+    for key, work in works.items():
+        _reconcile(ctx, rule, work, episodes.get(key, []), existing.setdefault(fingerprint(rule.id, key), []))
+    _save_cursors(ctx, rule, works.values())
+    ctx.subjects += len(works)
+
+
+def _run(cursor: Cursor, samples: Sequence[Sample], policy: Policy) -> list[Episode]:
+    episodes = advance(cursor, samples, policy)
+    open_episode = cursor.episode()
+    return episodes + ([open_episode] if open_episode else [])
+
+
+# ------------------------------------------------------------------------------------------------
+# Readings: threshold and rate
+# ------------------------------------------------------------------------------------------------
+
+
+def _reading_floor(ts: datetime, tz: str) -> datetime:
+    return ts
+
+
+def _reading_after(ts: datetime, tz: str) -> datetime:
+    return ts + _TICK
+
+
+def _evaluate_readings(ctx: _Pass, rule: ThresholdRule | RateRule) -> None:
+    works: dict[str, _Work] = {}
+    for device_id, change in ctx.changes.get(rule.source, {}).items():
+        if ctx.registry.in_scope(rule, device_id):
+            work = _new_work(ctx, rule, subject_key("device", device_id), works)
+            if work is not None:
+                work.saw(device_id, change)
+    if not works:
+        return
+    _load_cursors(ctx, rule, works)
+    existing = _existing(ctx, rule, works)
+    _plan_starts(ctx, rule, works, existing, _reading_floor, _reading_after)
+    requests = [Request(w.subject.device_id, w.subject.key, w.tz, w.start)  # type: ignore[arg-type]
+                for w in works.values()]
+    policy = _policy(rule)
+    episodes: dict[str, list[Episode]] = {}
+    if isinstance(rule, RateRule):
+        rates = queries.rate_rows(ctx.conn, rule, requests, ctx.upto)
+        for key, work in works.items():
+            samples = [Sample(ts, ts, rate, judge(rate, rule.op, work.limits.threshold, work.limits.clear))
+                       for ts, rate in rates.get(work.subject.device_id, ())]  # type: ignore[arg-type]
+            episodes[key] = _run(work.cursor, samples, policy)
+    else:
+        readings = queries.reading_rows(ctx.conn, rule, requests, ctx.upto)
+        for key, work in works.items():
+            samples = [Sample(ts, ts, v, judge(v, rule.op, work.limits.threshold, work.limits.clear)
+                              if counted else Status.SKIP)
+                       for ts, v, counted in readings.get(work.subject.device_id, ())]  # type: ignore[arg-type]
+            episodes[key] = _run(work.cursor, samples, policy)
+    _finish(ctx, rule, works, episodes, existing)
+
+
+# ------------------------------------------------------------------------------------------------
+# Windows: aggregates over clock-aligned windows, event counts
+# ------------------------------------------------------------------------------------------------
+
+
+def bucket_floor(ts: datetime, width: timedelta, tz: str) -> datetime:
+    """The start of the clock-aligned window holding ``ts``, in the time zone's local time (the same
+    windows ``time_bucket(width, ts, tz)`` gives)."""
+    zone = ZoneInfo(tz)
+    local = ts.astimezone(zone).replace(tzinfo=None)
+    start = _EPOCH_ORIGIN + ((local - _EPOCH_ORIGIN) // width) * width
+    return start.replace(tzinfo=zone).astimezone(UTC)
+
+
+def bucket_next(start: datetime, width: timedelta, tz: str) -> datetime:
+    zone = ZoneInfo(tz)
+    local = start.astimezone(zone).replace(tzinfo=None) + width
+    return local.replace(tzinfo=zone).astimezone(UTC)
+
+
+def _window_subject(rule: WindowRule | EventCountRule, registry: Registry, device_id: str) -> str:
+    device = registry.devices[device_id]
+    if rule.per == "site" and device.site_id:
+        return subject_key("site", device.site_id)
+    if rule.per == "point":
+        return subject_key("point", device.site_id or device_id)  # rows with a point_id name their own
+    return subject_key("device", device_id)
+
+
+def _evaluate_windows(ctx: _Pass, rule: WindowRule | EventCountRule) -> None:
+    width = rule.width
+    works: dict[str, _Work] = {}
+    changed = ctx.changes.get(rule.source, {})
+    for device_id, change in changed.items():
+        if ctx.registry.in_scope(rule, device_id):
+            key = _window_subject(rule, ctx.registry, device_id)
+            work = _new_work(ctx, rule, key, works)
+            if work is not None:
+                work.saw(device_id, change)
+                _add_site_devices(ctx, rule, work)
+    for key in _active_subjects(ctx, rule):  # an active condition ends when a window closes clean
+        _new_work(ctx, rule, key, works)
+    if not works:
+        return
+    _load_cursors(ctx, rule, works)
+    existing = _existing(ctx, rule, works)
+    _plan_starts(ctx, rule, works, existing, lambda ts, tz: bucket_floor(ts, width, tz),
+                 lambda ts, tz: bucket_next(bucket_floor(ts, width, tz), width, tz))
+    requests = [Request(d, k, w.tz, w.start) for k, w in works.items() for d in sorted(w.devices)]  # type: ignore[arg-type]
+    rows = queries.window_rows(ctx.conn, rule, requests, ctx.upto)
+    policy = _policy(rule)
+    episodes: dict[str, list[Episode]] = {}
+    for key in set(rows) - set(works):  # point subjects named by the rows' point_id
+        work = _new_work(ctx, rule, key, works)
+        if work is not None:
+            work.start = min(r.bucket for r in rows[key])
+            work.covered_from = work.start
+    for key, work in works.items():
+        work.devices.update(d for r in rows.get(key, ()) for d in r.devices)  # read them next time too
+        samples, tentative = _window_samples(ctx, rule, work, rows.get(key, []))
+        episodes[key] = _run_with_tentative(work.cursor, samples, tentative, policy)
+        work.revisit = tentative is not None
+    _finish(ctx, rule, works, episodes, existing)
+
+
+def _add_site_devices(ctx: _Pass, rule: WindowRule | EventCountRule, work: _Work) -> None:
+    # a site's (or point's) window aggregates every device there, not only the one that sent data
+    if rule.per != "device" and work.subject.site_id:
+        work.devices.update(d for d in ctx.registry.devices_at(work.subject.site_id)
+                            if ctx.registry.in_scope(rule, d))
+
+
+def _window_samples(ctx: _Pass, rule: WindowRule | EventCountRule, work: _Work,
+                    rows: Sequence[queries.WindowRow]) -> tuple[list[Sample], Sample | None]:
+    """Samples of the closed windows (dense for counts: a window without events counted 0), and the
+    still-open window's sample when the rule may fire early."""
+    width, limits = rule.width, work.limits
+    latest = max((r.last_ts for r in rows), default=None)
+    closed_upto = max(ctx.now - ctx.grace, latest) if latest else ctx.now - ctx.grace
+    by_bucket = {r.bucket: r for r in rows}
+    counting = isinstance(rule, EventCountRule) or rule.aggregate == "count"
+    buckets = sorted(by_bucket)
+    if counting and (buckets or work.cursor.evaluated_upto is not None):
+        first = work.start if work.cursor.evaluated_upto is not None else buckets[0]
+        buckets = _dense(first, closed_upto, width, work.tz, buckets)
+    samples: list[Sample] = []
+    tentative = None
+    for bucket in buckets:
+        end = bucket_next(bucket, width, work.tz)
+        row = by_bucket.get(bucket)
+        value, status = _window_verdict(rule, limits, row)
+        if end <= closed_upto:
+            samples.append(Sample(bucket, end, value, status))
+        elif rule.early and status is Status.BREACH and row is not None:
+            tentative = Sample(bucket, row.last_ts, value, status)  # fires at the event that reached the limit
+    return samples, tentative
+
+
+def _dense(first: datetime, closed_upto: datetime, width: timedelta, tz: str,
+           have: Sequence[datetime]) -> list[datetime]:
+    out, bucket = [], bucket_floor(first, width, tz)
+    while bucket_next(bucket, width, tz) <= closed_upto and len(out) < 20_000:
+        out.append(bucket)
+        bucket = bucket_next(bucket, width, tz)
+    return sorted(set(out) | set(have))
+
+
+def _window_verdict(rule: WindowRule | EventCountRule, limits: Limits,
+                    row: queries.WindowRow | None) -> tuple[float | None, Status]:
+    if isinstance(rule, EventCountRule) or rule.aggregate == "count":
+        value = row.value if row is not None and row.value is not None else 0.0
+        return value, judge(value, rule.op, limits.threshold, limits.clear)
+    if row is None or row.value is None or row.n_valid == 0:
+        return None, Status.SKIP
+    if row.n_valid < rule.min_valid_fraction * (row.n_valid + row.n_discarded):
+        return row.value, Status.SKIP  # too many flagged readings: the window says nothing
+    return row.value, judge(_validated(rule, limits, row.value), rule.op, limits.threshold, limits.clear)
+
+
+def _validated(rule: WindowRule, limits: Limits, value: float) -> float:
+    """2010/75/EU: the average minus the 95 % confidence interval (a share of the emission limit)."""
+    if not rule.confidence_interval_pct:
+        return value
+    of = rule.confidence_interval_of if rule.confidence_interval_of is not None else limits.threshold
+    return value - rule.confidence_interval_pct / 100.0 * of
+
+
+def _run_with_tentative(cursor: Cursor, samples: Sequence[Sample], tentative: Sample | None,
+                        policy: Policy) -> list[Episode]:
+    """Closed windows move the stored cursor; an open window that already breaches moves a copy."""
+    episodes = advance(cursor, samples, policy)
+    probe = cursor
+    if tentative is not None:
+        probe = cursor.copy()
+        episodes += advance(probe, [tentative], policy)
+    open_episode = probe.episode()
+    return episodes + ([open_episode] if open_episode else [])
+
+
+# ------------------------------------------------------------------------------------------------
+# Emission averages (cems_averages, maintained by processors/cems_averages.py)
+# ------------------------------------------------------------------------------------------------
+
+
+def _evaluate_averages(ctx: _Pass, rule: WindowRule) -> None:
+    works: dict[str, _Work] = {}
+    for device_id, change in ctx.changes.get(AVERAGES_TABLE, {}).items():
+        if ctx.registry.in_scope(rule, device_id):
+            work = _new_work(ctx, rule, subject_key("device", device_id), works)
+            if work is not None:
+                work.saw(device_id, change)
+    for key in _active_subjects(ctx, rule):  # an active condition, or periods held back last time
+        _new_work(ctx, rule, key, works)
+    if not works:
+        return
+    _load_cursors(ctx, rule, works)
+    existing = _existing(ctx, rule, works)
+    _plan_starts(ctx, rule, works, existing, lambda ts, tz: bucket_floor(ts, rule.width, tz), _reading_after)
+    requests = [Request(w.subject.device_id, k, w.tz, w.start) for k, w in works.items()]  # type: ignore[arg-type]
+    rows = queries.averages_rows(ctx.conn, rule, requests, ctx.upto, ctx.write_margin)
+    policy = _policy(rule)
+    episodes: dict[str, list[Episode]] = {}
+    for key, work in works.items():
+        samples = []
+        for row in rows.get(work.subject.device_id, ()):  # type: ignore[arg-type]
+            if row.status == "in_progress" or not row.final:
+                # not over, or computed before the unit reported past its end (a backlog still arriving
+                # would make it look "missing"): neither it nor any later period is judged yet
+                work.revisit = True
+                break
+            value, status = _average_verdict(rule, work.limits, row)
+            samples.append(Sample(row.start, row.end, value, status))
+        episodes[key] = _run(work.cursor, samples, policy)
+    _finish(ctx, rule, works, episodes, existing)
+
+
+def _average_verdict(rule: WindowRule, limits: Limits, row: queries.AverageRow) -> tuple[float | None, Status]:
+    if rule.aggregate == "invalid":
+        # a discarded period is reported invalid — never as compliant
+        if row.status not in ("valid", "invalid"):
+            return None, Status.SKIP
+        value = 1.0 if row.status == "invalid" else 0.0
+        return value, judge(value, rule.op, limits.threshold, limits.clear)
+    if row.status != "valid" or row.value is None:
+        return row.value, Status.SKIP  # invalid, missing, not operating: no verdict either way
+    return row.value, judge(_validated(rule, limits, row.value), rule.op, limits.threshold, limits.clear)
+
+
+# ------------------------------------------------------------------------------------------------
+# Offline
+# ------------------------------------------------------------------------------------------------
+
+
+def _evaluate_offline(ctx: _Pass, rule: OfflineRule) -> None:
+    kinds = rule.kinds()
+    open_by_device = {a.device_id for a in open_alerts(ctx.conn, rule.id) if a.device_id}
+    changed_ids = {d for k in kinds for t in DEVICE_TABLES.get(k, ()) for d in ctx.changes.get(t, {})}
+    timeout_s = int(rule.timeout.total_seconds()) if rule.timeout else None
+    seen = {s.device_id: s for s in queries.last_seen(ctx.conn, kinds, ctx.now, timeout_s,
+                                                      sorted(open_by_device | changed_ids))
+            if ctx.registry.in_scope(rule, s.device_id)}
+    timeouts = {d: s.timeout_s for d, s in seen.items()}
+    episodes: dict[str, list[Episode]] = defaultdict(list)
+    for device_id, s in seen.items():  # silent now (receive time: our clock, not the device's)
+        reference = s.last_received or s.registered_at
+        if ctx.now - reference > timedelta(seconds=timeouts[device_id]):
+            start = reference + timedelta(seconds=timeouts[device_id])
+            episodes[device_id].append(Episode(start, start, None, None, None, None))
+    changed = _offline_changes(ctx, kinds, seen)
+    for device_id, gaps in _gaps(ctx, kinds, changed, timeouts).items():
+        for prev, nxt in gaps:  # silences in device time, seen when the data after them landed
+            start = prev + timedelta(seconds=timeouts[device_id])
+            episodes[device_id].append(Episode(start, start, nxt, nxt, None, None))
+    works: dict[str, _Work] = {}
+    for device_id in set(episodes) | (open_by_device & set(seen)):
+        subject = ctx.registry.subject(subject_key("device", device_id))
+        work = _Work(subject, Limits(timeouts[device_id], None, {"timeout_s": timeouts[device_id]}),
+                     ctx.registry.subject_timezone(subject))
+        last = seen[device_id].last_ts or ctx.now
+        work.cursor.evaluated_upto = last
+        work.covered_from = datetime.min.replace(tzinfo=UTC)  # every open offline alert is re-judged
+        works[subject.key] = work
+    existing = _existing(ctx, rule, works)
+    for key, work in works.items():
+        device_id = work.subject.device_id
+        found = sorted(episodes.get(device_id, []), key=lambda e: e.start)  # type: ignore[arg-type]
+        alerts = existing.setdefault(fingerprint(rule.id, key), [])
+        _reconcile(ctx, rule, work, _merge_overlapping(found), alerts)
+    ctx.subjects += len(works)
+
+
+def _offline_changes(ctx: _Pass, kinds: Sequence[str], seen: dict[str, queries.LastSeen]) -> dict[str, datetime]:
+    first: dict[str, datetime] = {}
+    for kind in kinds:
+        for table in DEVICE_TABLES.get(kind, ()):
+            for device_id, change in ctx.changes.get(table, {}).items():
+                if device_id in seen and (device_id not in first or change.first_ts < first[device_id]):
+                    first[device_id] = change.first_ts
+    return first
+
+
+def _gaps(ctx: _Pass, kinds: Sequence[str], first_new: dict[str, datetime],
+          timeouts: dict[str, int]) -> dict[str, list[tuple[datetime, datetime]]]:
+    tables = [t for k in kinds for t in DEVICE_TABLES.get(k, ())]
+    if not first_new or not tables:
+        return {}
+    previous = queries.previous_reading(ctx.conn, tables, first_new, ctx.horizon)
+    starts = {d: previous.get(d, ts) for d, ts in first_new.items()}
+    return queries.reading_gaps(ctx.conn, tables, starts, {d: timeouts[d] for d in starts}, ctx.upto)
+
+
+def _merge_overlapping(episodes: Sequence[Episode]) -> list[Episode]:
+    """A live silence and the same silence seen in device time are one episode."""
+    out: list[Episode] = []
+    for ep in episodes:
+        if out and (out[-1].resolved_at is None or ep.start < out[-1].resolved_at):
+            last = out[-1]
+            end = None if last.resolved_at is None or ep.resolved_at is None else max(last.resolved_at, ep.resolved_at)
+            out[-1] = Episode(last.start, last.fire_at, end, end, None, None)
+        else:
+            out.append(ep)
+    return out

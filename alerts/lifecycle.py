@@ -1,0 +1,331 @@
+"""Every state transition of an alert, in one place.
+
+    (new) ──► pending ──► firing ──► resolved
+       └──────────────────┘  │  ▲        ▲
+                              └──┘        └── clear (by hand, with who and why)
+         acknowledge · assign · remind · silenced — recorded, the state does not change
+
+One open alert per fingerprint (rule + subject) — the database's unique index on open fingerprints
+makes a double fire impossible even if two evaluators disagreed. Each transition writes an
+``alert_history`` row and a NOTIFY on ``sanitel_alerts`` (live streams; delivered on commit), and
+firing, resolved and reminders also write a notification to the outbox (``notify/outbox.py``) unless
+a silence mutes it. A resolve notice goes out only for an alert whose firing was announced.
+Reminders repeat every ``repeat_interval`` until the alert is acknowledged.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from alerts.notify.outbox import Webhook, enqueue, load_webhooks
+from alerts.rules import Limits, RuleModel
+from alerts.silences import Silences
+from alerts.subjects import Subject
+from alerts.timeline import Episode
+
+NOTIFY_CHANNEL = "sanitel_alerts"
+_NOTIFY_LIMIT = 7000  # PostgreSQL's NOTIFY payload limit is 8000 bytes
+
+
+@dataclass
+class Alert:
+    """One row of ``alerts``."""
+
+    alert_id: int
+    rule_id: str
+    fingerprint: str
+    subject: str | None
+    device_id: str | None
+    site_id: str | None
+    kind: str | None
+    severity: str
+    state: str
+    labels: dict[str, str]
+    summary: str
+    value: float | None
+    threshold: float | None
+    peak_value: float | None
+    started_at: datetime
+    fired_at: datetime | None
+    resolved_at: datetime | None
+    condition_ended_at: datetime | None
+    acknowledged_by: str | None
+    acknowledged_at: datetime | None
+    ack_comment: str | None
+    assignee: str | None
+    last_notified_at: datetime | None
+    resolved_by: str | None
+    silenced_by: int | None
+    reminders: int
+    annotations: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def open(self) -> bool:
+        return self.state != "resolved"
+
+    def payload(self, event: str) -> dict[str, Any]:
+        body: dict[str, Any] = {"event": event}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            body[f.name] = value.isoformat() if isinstance(value, datetime) else value
+        return body
+
+
+ALERT_COLUMNS = tuple(f.name for f in fields(Alert))
+_SELECT = "SELECT " + ", ".join(ALERT_COLUMNS) + " FROM alerts"
+
+
+def _alert(row: dict[str, Any]) -> Alert:
+    return Alert(**{k: row[k] for k in ALERT_COLUMNS})
+
+
+def get_alert(conn: psycopg.Connection, alert_id: int) -> Alert | None:
+    row = conn.cursor(row_factory=dict_row).execute(_SELECT + " WHERE alert_id = %s", (alert_id,)).fetchone()
+    return _alert(row) if row else None
+
+
+def alerts_for(conn: psycopg.Connection, fingerprints: list[str], since: datetime) -> dict[str, list[Alert]]:
+    """Per fingerprint: its open alert and the alerts resolved after ``since``, oldest first."""
+    out: dict[str, list[Alert]] = {}
+    if not fingerprints:
+        return out
+    rows = conn.cursor(row_factory=dict_row).execute(
+        _SELECT + " WHERE fingerprint = ANY(%s) AND (state <> 'resolved' OR resolved_at >= %s)"
+                  " ORDER BY fingerprint, started_at, alert_id", (fingerprints, since)).fetchall()
+    for row in rows:
+        out.setdefault(row["fingerprint"], []).append(_alert(row))
+    return out
+
+
+def open_alerts(conn: psycopg.Connection, rule_id: str | None = None) -> list[Alert]:
+    query, params = _SELECT + " WHERE state <> 'resolved'", ()
+    if rule_id is not None:
+        query, params = query + " AND rule_id = %s", (rule_id,)  # type: ignore[assignment]
+    return [_alert(r) for r in conn.cursor(row_factory=dict_row).execute(query, params).fetchall()]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What evaluation found for one subject: an episode of a rule's condition and how to describe it."""
+
+    rule: RuleModel
+    subject: Subject
+    fingerprint: str
+    labels: dict[str, str]
+    limits: Limits | None
+    episode: Episode
+    summary: str
+
+
+def fingerprint(rule_id: str, subject_key: str) -> str:
+    return f"{rule_id}|{subject_key}"
+
+
+class Lifecycle:
+    """Transitions within the caller's transaction. ``now`` is the wall-clock time of the pass."""
+
+    def __init__(self, conn: psycopg.Connection, *, now: datetime, silences: Silences | None = None,
+                 webhooks: list[Webhook] | None = None) -> None:
+        self.conn = conn
+        self.now = now
+        self.silences = silences or Silences()
+        self.webhooks = webhooks or []
+        self.transitions: list[tuple[int, str]] = []  # (alert_id, event) made in this pass
+
+    # --- engine-driven transitions ------------------------------------------------------------
+    def open(self, c: Candidate) -> Alert:
+        """A new alert for an episode: pending, or firing straight away when it already qualified — or,
+        for an episode already over (late data), stored resolved with both transitions in its history."""
+        ep = c.episode
+        state = "firing" if ep.fired else "pending"
+        over = ep.fired and ep.resolved_at is not None  # stored resolved: it never holds the open slot
+        row = self.conn.cursor(row_factory=dict_row).execute(
+            """INSERT INTO alerts (rule_id, fingerprint, subject, device_id, site_id, kind, severity, state, labels,
+                                   summary, value, threshold, peak_value, started_at, fired_at, resolved_at,
+                                   condition_ended_at, annotations, updated_at)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+               RETURNING """ + ", ".join(ALERT_COLUMNS),
+            (c.rule.id, c.fingerprint, c.subject.key, c.subject.device_id, c.subject.site_id, c.subject.kind,
+             c.rule.severity, "resolved" if over else state, Jsonb(c.labels), c.summary, ep.last_value,
+             c.limits.threshold if c.limits else None, ep.peak, ep.start, ep.fire_at,
+             max(ep.resolved_at, ep.start) if over else None, ep.ended_at,  # type: ignore[type-var]
+             Jsonb(_annotations(c)), self.now)).fetchone()
+        assert row is not None
+        alert = _alert(row)
+        history_id = self._history(alert, None, state, details={"device_time": _iso(ep.fire_at or ep.start)})
+        if state == "firing":
+            self._announce(alert, "firing", history_id)
+        if over:
+            history_id = self._history(alert, "firing", "resolved",
+                                       details={"device_time": _iso(ep.resolved_at), "reason": "condition cleared"})
+            self._announce(alert, "resolved", history_id)
+        return alert
+
+    def fire(self, alert: Alert, c: Candidate) -> None:
+        assert alert.state == "pending"
+        self._refresh(alert, c)
+        self._set(alert, state="firing", fired_at=c.episode.fire_at)
+        history_id = self._history(alert, "pending", "firing", details={"device_time": _iso(c.episode.fire_at)})
+        self._announce(alert, "firing", history_id)
+
+    def resolve(self, alert: Alert, at: datetime, *, actor: str | None = None, comment: str | None = None,
+                reason: str = "condition cleared") -> None:
+        """→ resolved at device time ``at`` (or by hand: ``actor``); a pending alert resolves silently."""
+        if not alert.open:
+            return
+        before = alert.state
+        self._set(alert, state="resolved", resolved_at=max(at, alert.started_at), resolved_by=actor)
+        history_id = self._history(alert, before, "resolved", actor=actor, comment=comment,
+                                   details={"device_time": _iso(at), "reason": reason})
+        if before == "firing":
+            self._announce(alert, "resolved", history_id)
+
+    def update(self, alert: Alert, c: Candidate) -> None:
+        """Refresh what the alert shows (value, peak, start after late data, keep-firing end); no history."""
+        self._refresh(alert, c)
+
+    def remind(self, alert: Alert, every_s: float) -> bool:
+        """Announce a firing, unacknowledged alert again when its last announcement is older than
+        ``every_s`` (or announce it for the first time when a silence held it back)."""
+        if alert.state != "firing" or alert.acknowledged_at is not None:
+            return False
+        if alert.last_notified_at is None:
+            if self.silences.muting(alert.labels, self.now):
+                return False
+            history_id = self._history(alert, "firing", "notified", details={"reason": "no longer silenced"})
+            return self._announce(alert, "firing", history_id)
+        if (self.now - alert.last_notified_at).total_seconds() < every_s:
+            return False
+        if self.silences.muting(alert.labels, self.now):
+            return False
+        self._set(alert, reminders=alert.reminders + 1)
+        history_id = self._history(alert, "firing", "reminded", details={"reminder": alert.reminders})
+        return self._announce(alert, "reminder", history_id)
+
+    # --- people-driven transitions (the API and the CLI call these) ---------------------------
+    def acknowledge(self, alert: Alert, actor: str, comment: str | None = None) -> None:
+        self._set(alert, acknowledged_by=actor, acknowledged_at=self.now, ack_comment=comment)
+        self._history(alert, alert.state, "acknowledged", actor=actor, comment=comment)
+
+    def assign(self, alert: Alert, assignee: str | None, actor: str) -> None:
+        self._set(alert, assignee=assignee)
+        self._history(alert, alert.state, "assigned", actor=actor, details={"assignee": assignee})
+
+    def clear(self, alert: Alert, actor: str, comment: str | None = None) -> None:
+        """Resolve by hand (ThingsBoard's clear). The episode it belonged to will not raise it again;
+        the next occurrence of the condition will."""
+        self.resolve(alert, max(self.now, alert.started_at), actor=actor, comment=comment, reason="cleared by hand")
+
+    # --- internals ----------------------------------------------------------------------------
+    def _refresh(self, alert: Alert, c: Candidate) -> None:
+        ep = c.episode
+        self._set(alert, value=ep.last_value if ep.last_value is not None else alert.value,
+                  peak_value=ep.peak if ep.peak is not None else alert.peak_value,
+                  started_at=min(alert.started_at, ep.start), condition_ended_at=ep.ended_at,
+                  summary=c.summary, labels=c.labels,
+                  threshold=c.limits.threshold if c.limits else alert.threshold)
+
+    def _set(self, alert: Alert, **changes: Any) -> None:
+        changes = {k: v for k, v in changes.items() if getattr(alert, k) != v}
+        if not changes:
+            return
+        for key, value in changes.items():
+            setattr(alert, key, value)
+        assignments = ", ".join(f"{k} = %s" for k in changes)
+        values = [Jsonb(v) if isinstance(v, dict) else v for v in changes.values()]
+        self.conn.execute(f"UPDATE alerts SET {assignments}, updated_at = %s WHERE alert_id = %s",
+                          (*values, self.now, alert.alert_id))
+
+    def _history(self, alert: Alert, from_state: str | None, to_state: str, *, actor: str | None = None,
+                 comment: str | None = None, details: dict[str, Any] | None = None) -> int:
+        row = self.conn.execute(
+            "INSERT INTO alert_history (alert_id, at, from_state, to_state, actor, comment, details)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            (alert.alert_id, self.now, from_state, to_state, actor, comment, Jsonb(details or {}))).fetchone()
+        assert row is not None
+        history_id = int(row[0])
+        self.conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, _notice(alert, to_state, actor, history_id)))
+        self.transitions.append((alert.alert_id, to_state))
+        return history_id
+
+    def _announce(self, alert: Alert, event: str, history_id: int) -> bool:
+        """Outbox a notification unless a silence mutes it; True when one was written."""
+        if event != "resolved":
+            silence = self.silences.muting(alert.labels, self.now, (alert.started_at, alert.resolved_at))
+            if silence is not None:
+                if alert.silenced_by != silence.silence_id:
+                    self._set(alert, silenced_by=silence.silence_id)
+                    self._history(alert, alert.state, "silenced", details={"silence_id": silence.silence_id})
+                return False
+        elif alert.last_notified_at is None:
+            return False  # its firing was never announced (silenced): no resolve notice either
+        enqueue(self.conn, alert.payload(event), history_id=history_id, webhooks=self.webhooks)
+        if event != "resolved":
+            self._set(alert, last_notified_at=self.now)
+        return True
+
+
+def _annotations(c: Candidate) -> dict[str, Any]:
+    out: dict[str, Any] = {"rule_kind": c.rule.kind}
+    if c.rule.standard:
+        out["standard"] = c.rule.standard
+    if c.rule.unverified:
+        out["unverified"] = True
+    if c.limits is not None:
+        out["clear"] = c.limits.clear
+        out.update({k: v for k, v in c.limits.context.items() if v is not None})
+    return out
+
+
+def _iso(ts: datetime | None) -> str | None:
+    return ts.isoformat() if ts else None
+
+
+def _notice(alert: Alert, event: str, actor: str | None, history_id: int) -> str:
+    """NOTIFY payload, the same shape the API sends: {"event", "actor", "history_id", "alert": {…}}."""
+    body = {"event": event, "actor": actor, "history_id": history_id, "alert": alert.payload(event)}
+    body["alert"].pop("event")
+    text = json.dumps(body, default=str)
+    if len(text) > _NOTIFY_LIMIT:  # large labels or summary: send what identifies the alert
+        keep = ("alert_id", "rule_id", "fingerprint", "device_id", "site_id", "kind", "severity", "state")
+        body["alert"] = {k: body["alert"][k] for k in keep}
+        text = json.dumps(body, default=str)
+    return text
+
+
+# --- module-level helpers for callers outside a pass (API, CLI) --------------------------------
+
+
+def acknowledge(conn: psycopg.Connection, alert_id: int, actor: str, comment: str | None = None,
+                now: datetime | None = None) -> Alert | None:
+    """Acknowledge an open alert (stops reminders); None when it is not open."""
+    return _by_hand(conn, alert_id, now, lambda lc, a: lc.acknowledge(a, actor, comment))
+
+
+def assign(conn: psycopg.Connection, alert_id: int, assignee: str | None, actor: str,
+           now: datetime | None = None) -> Alert | None:
+    return _by_hand(conn, alert_id, now, lambda lc, a: lc.assign(a, assignee, actor))
+
+
+def clear(conn: psycopg.Connection, alert_id: int, actor: str, comment: str | None = None,
+          now: datetime | None = None) -> Alert | None:
+    return _by_hand(conn, alert_id, now, lambda lc, a: lc.clear(a, actor, comment))
+
+
+def _by_hand(conn: psycopg.Connection, alert_id: int, now: datetime | None, action: Any) -> Alert | None:
+    with conn.transaction():
+        row = conn.cursor(row_factory=dict_row).execute(
+            _SELECT + " WHERE alert_id = %s AND state <> 'resolved' FOR UPDATE", (alert_id,)).fetchone()
+        if row is None:
+            return None
+        alert = _alert(row)
+        when = now or conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+        action(Lifecycle(conn, now=when, webhooks=load_webhooks(conn)), alert)
+        return alert

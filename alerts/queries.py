@@ -1,0 +1,417 @@
+"""SQL per rule kind, over the typed hypertables (migration 0002), ``cems_averages`` (0020),
+``devices`` and ``device_last_seen`` (0001). Every function takes per-device start times so one
+statement serves all the subjects of a rule in a pass.
+
+Which rows are new: each reading row has ``stored_at`` — the start of the transaction that wrote it
+(migration 0011). A row stored before the start of the oldest transaction still open is surely
+committed, so ``safe_upto()`` is that start, and a pass takes the rows stored in
+``[watermark, safe_upto)``: each row is seen exactly once, however the writer's transactions
+interleave, and rows replayed from the collector's spool count as new when they land.
+
+Which rows count: readings whose HJ 212 flag (``<pollutant>_flag``, the flag of a CEMS parameter kept in
+``extra.hj212``, or ``extra.flag`` on other kinds) is not in the rule's ``accept_flags`` are ignored
+— calibration, maintenance, fault and stopped readings never raise or clear an alert.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from alerts.rules import (
+    AVERAGE_PERIODS,
+    AVERAGES_TABLE,
+    EventCountRule,
+    RateRule,
+    ThresholdRule,
+    WhereCondition,
+    WindowRule,
+    _field_kind,
+)
+from schemas.hj212 import PARAMETER_CODES
+
+log = logging.getLogger("sanitel.alerts")
+
+MAX_TRANSACTION_HOLD = timedelta(minutes=5)  # an older open transaction is logged, not waited for
+_CEMS_PARAMETER_FLAGS = {column: (code, flag) for code, (column, flag) in PARAMETER_CODES.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# What is new
+# --------------------------------------------------------------------------------------------
+
+
+def safe_upto(conn: psycopg.Connection, fallback_settle: timedelta = timedelta(seconds=30)) -> datetime:
+    """Rows stored before this instant are committed: the start of the oldest other open transaction
+    in this database, or now. Call first in a transaction (pg_stat_activity is a per-transaction snapshot).
+    When other sessions' transactions are hidden (another role without pg_read_all_stats), fall back
+    to now − ``fallback_settle``."""
+    now, oldest, hidden = conn.execute(
+        """SELECT clock_timestamp(),
+                  min(xact_start) FILTER (WHERE xact_start IS NOT NULL),
+                  count(*) FILTER (WHERE state IS NULL)
+           FROM pg_stat_activity
+           WHERE pid <> pg_backend_pid() AND datname = current_database() AND backend_type = 'client backend'"""
+    ).fetchone()  # type: ignore[misc]
+    upto = now - fallback_settle if hidden else now
+    if oldest is not None and oldest < upto:
+        if now - oldest > MAX_TRANSACTION_HOLD:
+            log.warning("a transaction open since %s holds back alert evaluation; not waiting for it", oldest)
+            return max(oldest, now - MAX_TRANSACTION_HOLD)
+        return oldest
+    return upto
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """Device-time span of a device's rows stored in this pass's slice."""
+
+    first_ts: datetime
+    last_ts: datetime
+
+
+def changes(conn: psycopg.Connection, table: str, since: datetime, upto: datetime,
+            horizon: datetime) -> dict[str, Change]:
+    """Per device, the span of its rows stored in [since, upto) with device time after ``horizon``."""
+    rows = conn.execute(
+        sql.SQL("SELECT device_id, min(ts), max(ts) FROM {} WHERE stored_at >= %s AND stored_at < %s AND ts >= %s"
+                " GROUP BY device_id").format(sql.Identifier(table)), (since, upto, horizon)).fetchall()
+    return {d: Change(a, b) for d, a, b in rows}
+
+
+def averages_changes(conn: psycopg.Connection, since: datetime, upto: datetime,
+                     horizon: datetime) -> dict[str, Change]:
+    """Per device, the span of cems_averages periods (re)computed in [since, upto)."""
+    rows = conn.execute(
+        "SELECT device_id, min(period_start), max(period_start) FROM cems_averages"
+        " WHERE computed_at >= %s AND computed_at < %s AND period_start >= %s GROUP BY device_id",
+        (since, upto, horizon - timedelta(days=1))).fetchall()
+    return {d: Change(a, b) for d, a, b in rows}
+
+
+def table_exists(conn: psycopg.Connection, table: str) -> bool:
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]  # type: ignore[index]
+
+
+# --------------------------------------------------------------------------------------------
+# Expressions built from a rule (identifiers quoted, values as parameters: rules come from the API)
+# --------------------------------------------------------------------------------------------
+
+
+def _column(name: str) -> sql.Composable:
+    return sql.SQL("t.{}").format(sql.Identifier(name))
+
+
+def value_sql(rule: ThresholdRule | RateRule | WindowRule | EventCountRule) -> sql.Composable:
+    field = getattr(rule, "field", None)
+    if field is None:
+        return sql.SQL("1.0::float8")
+    column = _column(field)
+    if getattr(rule, "bit", None) is not None:
+        return sql.SQL("((({} >> {}) & 1)::float8)").format(column, sql.Literal(rule.bit))  # type: ignore[union-attr]
+    if _field_kind(rule.source, field) == "bool":
+        return sql.SQL("({}::int::float8)").format(column)
+    # through numeric: a real column's 0.05 stays 0.05, not 0.05000000074505806, in values and summaries
+    return sql.SQL("({}::numeric::float8)").format(column)
+
+
+# A line in start-up, shut-down or off (the data unit's extra.operating_state) is not burning waste:
+# its readings count as stopped (F), handled under separate rules (GB 18485-2014).
+_NOT_OPERATING = sql.SQL("CASE WHEN t.extra ->> 'operating_state' IN ('start_up', 'shut_down', 'off') THEN 'F' END")
+
+
+def flag_sql(source: str, field: str | None) -> sql.Composable:
+    """The HJ 212 data flag of a reading's value ('N' when the reading carries none)."""
+    if source == "cems_readings" and field is not None:
+        prefix = field.removesuffix("_zs_mg_m3").removesuffix("_mg_m3")
+        if prefix != field:
+            own: sql.Composable = sql.SQL("t.{}").format(sql.Identifier(f"{prefix}_flag"))
+        elif field in _CEMS_PARAMETER_FLAGS:
+            code, flag_column = _CEMS_PARAMETER_FLAGS[field]
+            own = (sql.SQL("t.{}").format(sql.Identifier(flag_column)) if flag_column
+                   else sql.SQL("(t.extra #>> {})").format(sql.Literal(f"{{hj212,{code},Flag}}")))
+        else:
+            own = sql.SQL("NULL")
+        return sql.SQL("coalesce({}, {}, 'N')").format(_NOT_OPERATING, own)
+    return sql.SQL("coalesce(t.extra ->> 'flag', 'N')")
+
+
+def counted_sql(rule: ThresholdRule | RateRule | WindowRule | EventCountRule) -> sql.Composable:
+    return sql.SQL("({} = ANY({}))").format(flag_sql(rule.source, getattr(rule, "field", None)),
+                                             sql.Literal(list(rule.accept_flags)))
+
+
+_WHERE_OPS = {"=": "=", "!=": "<>", ">": ">", ">=": ">=", "<": "<", "<=": "<="}
+
+
+def where_sql(rule: ThresholdRule | RateRule | WindowRule | EventCountRule) -> sql.Composable:
+    parts: list[sql.Composable] = []
+    for column, condition in rule.where.items():
+        if rule.source == AVERAGES_TABLE:
+            continue  # pollutant and standard are applied by averages_rows
+        col = _column(column)
+        if isinstance(condition, WhereCondition):
+            parts.append(sql.SQL("{} {} {}").format(col, sql.SQL(_WHERE_OPS[condition.op]),
+                                                    sql.Literal(condition.value)))
+        elif isinstance(condition, list):
+            parts.append(sql.SQL("{}::text = ANY({})").format(col, sql.Literal([str(v) for v in condition])))
+        else:
+            parts.append(sql.SQL("{} = {}").format(col, sql.Literal(condition)))
+    if getattr(rule, "local_hours", None):
+        parts.append(_local_hours_sql(rule.local_hours))  # type: ignore[arg-type]
+    return sql.SQL("").join(sql.SQL(" AND ") + p for p in parts)
+
+
+def _local_hours_sql(hours: str) -> sql.Composable:
+    start, end = hours.split("-")
+    local = sql.SQL("(t.ts AT TIME ZONE q.tz)::time")
+    if end == "24:00":
+        return sql.SQL("{} >= {}::time").format(local, sql.Literal(start))
+    if start <= end:
+        return sql.SQL("({} >= {}::time AND {} < {}::time)").format(local, sql.Literal(start), local,
+                                                                   sql.Literal(end))
+    return sql.SQL("({} >= {}::time OR {} < {}::time)").format(local, sql.Literal(start), local, sql.Literal(end))
+
+
+# --------------------------------------------------------------------------------------------
+# Samples per rule kind
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """Read one device's rows from ``start`` (device time, inclusive) for ``subject``."""
+
+    device_id: str
+    subject: str
+    tz: str
+    start: datetime
+
+
+def _unnest(requests: Sequence[Request]) -> dict[str, Any]:
+    return {"devices": [r.device_id for r in requests], "subjects": [r.subject for r in requests],
+            "tzs": [r.tz for r in requests], "starts": [r.start for r in requests]}
+
+
+_Q = sql.SQL("unnest(%(devices)s::text[], %(subjects)s::text[], %(tzs)s::text[], %(starts)s::timestamptz[])"
+             " AS q (device_id, subject, tz, start)")
+
+ReadingRow = tuple[datetime, float, bool]  # ts, value, counted
+
+
+def reading_rows(conn: psycopg.Connection, rule: ThresholdRule, requests: Sequence[Request],
+                 upto: datetime) -> dict[str, list[ReadingRow]]:
+    """Per device: (ts, value, counted) of its readings in time order."""
+    if not requests:
+        return {}
+    value = value_sql(rule)
+    query = sql.SQL(
+        """SELECT t.device_id, t.ts, {value}, {counted}
+           FROM {table} t JOIN {q} ON q.device_id = t.device_id
+           WHERE t.ts >= q.start AND t.stored_at < %(upto)s AND {value} IS NOT NULL {where}
+           ORDER BY t.device_id, t.ts"""
+    ).format(value=value, counted=counted_sql(rule), table=sql.Identifier(rule.source), q=_Q, where=where_sql(rule))
+    out: dict[str, list[ReadingRow]] = defaultdict(list)
+    for device_id, ts, v, counted in conn.execute(query, {**_unnest(requests), "upto": upto}):
+        out[device_id].append((ts, v, counted))
+    return out
+
+
+RateRow = tuple[datetime, float | None]  # ts, rate (None when the look-back is too short to judge)
+
+
+def rate_rows(conn: psycopg.Connection, rule: RateRule, requests: Sequence[Request],
+              upto: datetime) -> dict[str, list[RateRow]]:
+    """Per device: the rate of change at each counted reading, (v − v_first) / (ts − ts_first) over the
+    readings within ``over`` before it, in units of ``rate_per``. A span shorter than half of ``over``
+    gives None: two readings a second apart say nothing about a rate per minute."""
+    if not requests:
+        return {}
+    value = value_sql(rule)
+    query = sql.SQL(
+        """SELECT device_id, ts,
+                  CASE WHEN extract(epoch FROM ts - t0) >= %(min_span)s
+                       THEN (v - v0) / extract(epoch FROM ts - t0) * %(per)s END
+           FROM (SELECT t.device_id, t.ts, q.start, {value} AS v,
+                        first_value({value}) OVER w AS v0, first_value(t.ts) OVER w AS t0
+                 FROM {table} t JOIN {q} ON q.device_id = t.device_id
+                 WHERE t.ts >= q.start - %(over)s AND t.stored_at < %(upto)s AND {value} IS NOT NULL
+                   AND {counted} {where}
+                 WINDOW w AS (PARTITION BY t.device_id ORDER BY t.ts RANGE BETWEEN %(over)s PRECEDING AND CURRENT ROW)
+                ) x
+           WHERE ts >= start ORDER BY device_id, ts"""
+    ).format(value=value, counted=counted_sql(rule), table=sql.Identifier(rule.source), q=_Q, where=where_sql(rule))
+    params = {**_unnest(requests), "upto": upto, "over": rule.over,
+              "min_span": rule.over.total_seconds() / 2, "per": rule.rate_per.total_seconds()}
+    out: dict[str, list[RateRow]] = defaultdict(list)
+    for device_id, ts, rate in conn.execute(query, params):
+        out[device_id].append((ts, rate))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class WindowRow:
+    bucket: datetime
+    value: float | None
+    n_valid: int
+    n_discarded: int
+    last_ts: datetime
+    devices: tuple[str, ...]  # the devices whose readings are in it
+
+
+_AGGREGATES = {
+    "avg": "avg(v) FILTER (WHERE counted)",
+    "min": "min(v) FILTER (WHERE counted)",
+    "max": "max(v) FILTER (WHERE counted)",
+    "sum": "sum(v) FILTER (WHERE counted)",
+    "count": "count(*) FILTER (WHERE counted)::float8",
+    # equivalent continuous sound level: the energy mean of dB values, not their arithmetic mean
+    "leq": "10 * log(avg(power(10, v / 10.0)) FILTER (WHERE counted))",
+}
+
+
+def window_rows(conn: psycopg.Connection, rule: WindowRule | EventCountRule, requests: Sequence[Request],
+                upto: datetime) -> dict[str, list[WindowRow]]:
+    """Per subject: one row per clock-aligned window (in the subject's time zone) that has readings."""
+    if not requests:
+        return {}
+    aggregate = "count" if isinstance(rule, EventCountRule) else rule.aggregate
+    subject = (sql.SQL("coalesce('point:' || t.point_id, q.subject)") if rule.per == "point"
+               else sql.SQL("q.subject"))
+    query = sql.SQL(
+        """SELECT subject, bucket, {aggregate}, count(*) FILTER (WHERE counted),
+                  count(*) FILTER (WHERE NOT counted), max(ts), array_agg(DISTINCT device_id)
+           FROM (SELECT {subject} AS subject, time_bucket(%(width)s, t.ts, q.tz) AS bucket, t.ts, t.device_id,
+                        {value} AS v, {counted} AS counted
+                 FROM {table} t JOIN {q} ON q.device_id = t.device_id
+                 WHERE t.ts >= q.start AND t.stored_at < %(upto)s AND {value} IS NOT NULL {where}) x
+           GROUP BY subject, bucket ORDER BY subject, bucket"""
+    ).format(aggregate=sql.SQL(_AGGREGATES[aggregate]), subject=subject, value=value_sql(rule),
+             counted=counted_sql(rule), table=sql.Identifier(rule.source), q=_Q, where=where_sql(rule))
+    out: dict[str, list[WindowRow]] = defaultdict(list)
+    for subj, bucket, value, n_valid, n_discarded, last_ts, devices in conn.execute(
+            query, {**_unnest(requests), "upto": upto, "width": rule.width}):
+        out[subj].append(WindowRow(bucket, value, n_valid, n_discarded, last_ts, tuple(devices)))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class AverageRow:
+    start: datetime
+    end: datetime
+    value: float | None
+    status: str  # valid | invalid | missing | not_operating | in_progress
+    final: bool  # computed after the unit had reported past the period's end: its data was complete
+
+
+def averages_rows(conn: psycopg.Connection, rule: WindowRule, requests: Sequence[Request],
+                  upto: datetime, write_margin: timedelta) -> dict[str, list[AverageRow]]:
+    """Per device: the cems_averages periods of the rule's pollutant, standard and window. A period is
+    ``final`` when it was computed after the unit had reported past its end — ``write_margin`` after
+    that reading's transaction began, time enough for it to commit, so the processor saw it."""
+    if not requests:
+        return {}
+    field = rule.field or "avg_zs_mg_m3"
+    query = sql.SQL(
+        """SELECT a.device_id, a.period_start, a.period_end, a.{field}, a.status,
+                  EXISTS (SELECT 1 FROM cems_readings r WHERE r.device_id = a.device_id
+                          AND r.ts >= a.period_end AND r.stored_at <= a.computed_at - %(write_margin)s)
+           FROM cems_averages a JOIN unnest(%(devices)s::text[], %(starts)s::timestamptz[]) AS q (device_id, start)
+                ON q.device_id = a.device_id
+           WHERE a.pollutant = %(pollutant)s AND a.standard = %(standard)s AND a.period = %(period)s
+             AND a.period_start >= q.start AND a.computed_at < %(upto)s
+           ORDER BY a.device_id, a.period_start"""
+    ).format(field=sql.Identifier(field))
+    params = {"devices": [r.device_id for r in requests], "starts": [r.start for r in requests], "upto": upto,
+              "pollutant": str(rule.where["pollutant"]), "standard": str(rule.where["standard"]),
+              "period": AVERAGE_PERIODS[rule.window], "write_margin": write_margin}
+    out: dict[str, list[AverageRow]] = defaultdict(list)
+    for device_id, start, end, value, status, final in conn.execute(query, params):
+        out[device_id].append(AverageRow(start, end, value, status, final))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Offline
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LastSeen:
+    device_id: str
+    kind: str
+    timeout_s: int
+    last_ts: datetime | None
+    last_received: datetime | None
+    registered_at: datetime
+
+
+def last_seen(conn: psycopg.Connection, kinds: Sequence[str], now: datetime, timeout_s: int | None,
+              also: Sequence[str] = ()) -> list[LastSeen]:
+    """Devices of these kinds silent at ``now`` for longer than their timeout (or ``timeout_s``), by
+    receive time — plus the devices in ``also`` whatever their state."""
+    rows = conn.execute(
+        """SELECT d.device_id, d.kind, coalesce(%(timeout)s, d.inactivity_timeout_s), l.last_ts, l.last_received,
+                  d.registered_at
+           FROM devices d LEFT JOIN device_last_seen l ON l.device_id = d.device_id
+           WHERE d.kind = ANY(%(kinds)s)
+             AND (d.device_id = ANY(%(also)s)
+                  OR coalesce(l.last_received, d.registered_at)
+                     < %(now)s - coalesce(%(timeout)s, d.inactivity_timeout_s) * interval '1 second')""",
+        {"kinds": list(kinds), "now": now, "timeout": timeout_s, "also": list(also)}).fetchall()
+    return [LastSeen(*r) for r in rows]
+
+
+def previous_reading(conn: psycopg.Connection, tables: Sequence[str], before: dict[str, datetime],
+                     horizon: datetime) -> dict[str, datetime]:
+    """Per device, its newest reading before the given device time (after ``horizon``)."""
+    out: dict[str, datetime] = {}
+    if not before:
+        return out
+    devices, times = list(before), [before[d] for d in before]
+    for table in tables:
+        rows = conn.execute(
+            sql.SQL("SELECT q.device_id, (SELECT max(t.ts) FROM {} t WHERE t.device_id = q.device_id"
+                    " AND t.ts < q.before AND t.ts >= %s)"
+                    " FROM unnest(%s::text[], %s::timestamptz[]) AS q (device_id, before)").format(
+                sql.Identifier(table)), (horizon, devices, times)).fetchall()
+        for device_id, ts in rows:
+            if ts is not None and (device_id not in out or ts > out[device_id]):
+                out[device_id] = ts
+    return out
+
+
+def reading_gaps(conn: psycopg.Connection, tables: Sequence[str], starts: dict[str, datetime],
+                 timeouts_s: dict[str, int], upto: datetime) -> dict[str, list[tuple[datetime, datetime]]]:
+    """Per device, (previous, next) device times of consecutive readings from its start that lie further
+    apart than its timeout — a silence in device time, also when the readings arrived late (any flag:
+    a flagged reading still shows the device is alive)."""
+    if not starts:
+        return {}
+    devices = list(starts)
+    union = sql.SQL(" UNION ALL ").join(
+        sql.SQL("SELECT t.device_id, t.ts FROM {} t JOIN q ON q.device_id = t.device_id"
+                " WHERE t.ts >= q.start AND t.stored_at < %(upto)s").format(sql.Identifier(table))
+        for table in tables)
+    query = sql.SQL(
+        """WITH q AS (SELECT * FROM unnest(%(devices)s::text[], %(starts)s::timestamptz[], %(timeouts)s::int[])
+                      AS q (device_id, start, timeout_s))
+           SELECT g.device_id, g.prev, g.ts
+           FROM (SELECT device_id, ts, lag(ts) OVER (PARTITION BY device_id ORDER BY ts) AS prev
+                 FROM ({union}) u) g
+           JOIN q ON q.device_id = g.device_id
+           WHERE g.ts - g.prev > q.timeout_s * interval '1 second'
+           ORDER BY g.device_id, g.prev""").format(union=union)
+    params = {"devices": devices, "starts": [starts[d] for d in devices],
+              "timeouts": [timeouts_s[d] for d in devices], "upto": upto}
+    out: dict[str, list[tuple[datetime, datetime]]] = defaultdict(list)
+    for device_id, prev, ts in conn.execute(query, params):
+        out[device_id].append((prev, ts))
+    return out

@@ -1,0 +1,691 @@
+"""Alert rules are data: YAML packs shipped in ``alerts/rules/``, extra files in ``settings.rules_dir``,
+and rules stored in the ``alert_rules`` table (managed through the API; a stored rule with the id of a
+shipped one replaces it). Everything is validated on load; an error names the file, the rule, the key
+and the fix.
+
+Rule kinds (``kind:``):
+
+- ``threshold``   a reading against a limit, with ``for`` (duration) / ``for_readings`` (consecutive
+                  readings), a separate ``clear`` limit (hysteresis) and ``keep_firing_for``
+- ``window``      an aggregate (avg, min, max, sum, count, leq, invalid) over clock-aligned windows
+                  (10m, 30m, 1h, 1d in the site's local time) against a limit; also reads the
+                  ``cems_averages`` rollup for emission limits
+- ``rate``        change of a reading per unit of time over a look-back (``over``)
+- ``event_count`` events per window per device, site or sorting point
+- ``offline``     no data for longer than the device's inactivity timeout (or the rule's)
+
+Per-site parameters come from ``sites.params`` (merged down the site tree, the nearest site winning)
+and ``devices.metadata``: a limit may be a ``{param, values, default}`` lookup (e.g. the station's
+GB 14554 odour grade), ``limits: {<rule id>: <value> | {threshold, clear}}`` overrides a rule's limit
+for a site or device, and ``disabled_rules: [<id or glob>]`` switches rules off there.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import math
+import re
+import string
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from sanitel.errors import ConfigError
+from schemas.readings import BY_TABLE, value_fields
+from schemas.topics import DEVICE_KINDS, SEVERITIES
+
+# --------------------------------------------------------------------------------------------
+# Small value types
+# --------------------------------------------------------------------------------------------
+
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+WINDOWS: dict[str, timedelta] = {"10m": timedelta(minutes=10), "30m": timedelta(minutes=30),
+                                 "1h": timedelta(hours=1), "1d": timedelta(days=1)}
+# cems_averages.period for each window
+AVERAGE_PERIODS = {"10m": "10min", "30m": "30min", "1h": "1h", "1d": "1d"}
+AVERAGES_TABLE = "cems_averages"
+AVERAGES_FIELDS = ("avg_zs_mg_m3", "avg_meas_mg_m3")
+AVERAGES_WHERE = ("pollutant", "standard")
+REPEAT_BY_SEVERITY = {"critical": timedelta(minutes=30), "major": timedelta(hours=1),
+                      "minor": timedelta(hours=4), "warning": timedelta(hours=12)}
+DEVICE_TABLES: dict[str, tuple[str, ...]] = {
+    kind: tuple(t for t, rt in BY_TABLE.items() if rt.kind == kind) for kind in DEVICE_KINDS}
+
+
+def parse_duration(value: object) -> timedelta:
+    """``90`` (seconds), ``"90s"``, ``"5m"``, ``"1h30m"``, ``"1d"`` → timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a text like 90s, 5m, 1h30m, 1d")
+    if isinstance(value, int | float):
+        if value < 0 or not math.isfinite(value):
+            raise ValueError("a duration cannot be negative")
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        match = _DURATION.match(value.strip())
+        if match and any(match.groups()):
+            d, h, m, s = (int(g or 0) for g in match.groups())
+            return timedelta(days=d, hours=h, minutes=m, seconds=s)
+    raise ValueError(f"{value!r} is not a duration; write e.g. 90s, 5m, 1h30m or 1d")
+
+
+def format_duration(td: timedelta) -> str:
+    seconds = int(td.total_seconds())
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return "".join(parts) or "0s"
+
+
+def _limit_value(value: object) -> object:
+    # YAML true/false on a boolean reading: compared as 1/0
+    return float(value) if isinstance(value, bool) else value
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+RuleId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=120)]
+Severity = Literal["critical", "major", "minor", "warning"]
+Op = Literal[">", ">=", "<", "<=", "==", "!="]
+Flag = Literal["N", "F", "M", "S", "D", "C", "T", "B"]
+Per = Literal["device", "site", "point"]
+Aggregate = Literal["avg", "min", "max", "sum", "count", "leq", "invalid"]
+WhereOp = Literal["=", "!=", ">", ">=", "<", "<="]
+_LOCAL_HOURS = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Lookup(_Strict):
+    """A limit that depends on a site parameter: ``{param: odour_grade, values: {"1": 0.03, …}, default: "2"}``."""
+
+    param: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    values: dict[str, float] = Field(min_length=1)
+    default: Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int | float) else v)] | None = None
+
+    @field_validator("values", mode="before")
+    @classmethod
+    def _keys_as_text(cls, v: object) -> object:
+        # YAML reads `1: 0.03` with an integer key; site params may hold 1 or "1" alike
+        return {str(k): val for k, val in v.items()} if isinstance(v, dict) else v
+
+    @model_validator(mode="after")
+    def _default_is_a_key(self) -> Lookup:
+        if self.default is not None and str(self.default) not in self.values:
+            raise ValueError(f"[default] {self.default!r} is not one of the values' keys ({', '.join(self.values)})")
+        return self
+
+    def resolve(self, params: Mapping[str, Any]) -> float | None:
+        key = params.get(self.param, self.default)
+        if key is None:
+            return None
+        return self.values.get(str(key), self.values.get(str(self.default)) if self.default is not None else None)
+
+
+Limit = Annotated[float | Lookup, BeforeValidator(_limit_value)]
+
+
+class Scope(_Strict):
+    """Which subjects a rule applies to: device kinds, sites (a site or any ancestor), devices."""
+
+    kinds: list[Literal["sweeper", "transfer_station", "bin", "camera", "cems"]] = []
+    sites: list[str] = []
+    devices: list[str] = []
+
+
+class WhereCondition(_Strict):
+    op: WhereOp
+    value: float | str | bool
+
+
+def _where_value(value: object) -> object:
+    # {confidence: {">=": 0.6}} → WhereCondition(op=">=", value=0.6); scalars and lists mean equality
+    if isinstance(value, dict) and len(value) == 1:
+        ((op, v),) = value.items()
+        return {"op": op, "value": v}
+    return value
+
+
+WhereValue = Annotated[WhereCondition | list[str | float] | str | float | bool, BeforeValidator(_where_value)]
+
+
+# --------------------------------------------------------------------------------------------
+# Rule models
+# --------------------------------------------------------------------------------------------
+
+
+class RuleBase(_Strict):
+    id: RuleId
+    summary: str = Field(min_length=1, max_length=500)
+    description: str = ""
+    severity: Severity
+    labels: dict[str, str] = {}
+    scope: Scope = Scope()
+    enabled: bool = True
+    repeat_interval: Duration | None = None  # reminders until acknowledged; None = by severity
+    standard: str | None = None  # where the limit comes from (shown with the alert)
+    unverified: bool = False  # the limit comes from one secondary source: check it before relying on it
+
+    @property
+    def reminder_every(self) -> timedelta:
+        return self.repeat_interval or REPEAT_BY_SEVERITY[self.severity]
+
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(self.scope.kinds) or DEVICE_KINDS
+
+
+class _Condition(_Strict):
+    """A value against a limit: breach when ``value op threshold``; with ``clear``, an active condition
+    ends only when the value is back on the safe side of ``clear`` (hysteresis)."""
+
+    op: Op = ">"
+    threshold: Limit
+    clear: Limit | None = None
+    for_: Duration = Field(timedelta(0), alias="for")
+    keep_firing_for: Duration = timedelta(0)
+
+    @model_validator(mode="after")
+    def _clear_on_the_safe_side(self) -> _Condition:
+        if self.clear is None:
+            return self
+        if self.op in ("==", "!="):
+            raise ValueError("[clear] 'clear' (hysteresis) needs an ordering op (>, >=, <, <=), not " + self.op)
+        if isinstance(self.threshold, float) and isinstance(self.clear, float):
+            wrong = self.clear > self.threshold if self.op in (">", ">=") else self.clear < self.threshold
+            if wrong:
+                side = "at or below" if self.op in (">", ">=") else "at or above"
+                raise ValueError(f"[clear] clear {self.clear:g} must be {side} threshold {self.threshold:g} for op "
+                                 f"'{self.op}' (it is where the condition ends)")
+        return self
+
+
+class _Source(_Strict):
+    """Readings from one typed hypertable, optionally filtered."""
+
+    source: str
+    where: dict[str, WhereValue] = {}
+    local_hours: str | None = None  # "06:00-22:00" in the site's time zone; may wrap midnight
+    accept_flags: list[Flag] = ["N"]  # HJ 212 flags that count; others are ignored (standards.md §2)
+
+    @field_validator("local_hours")
+    @classmethod
+    def _hours(cls, v: str | None) -> str | None:
+        if v is not None and not _LOCAL_HOURS.match(v):
+            raise ValueError(f"{v!r} is not HH:MM-HH:MM (e.g. 06:00-22:00, or 22:00-06:00 across midnight)")
+        return v
+
+    @model_validator(mode="after")
+    def _known_source(self) -> _Source:
+        allowed = (*BY_TABLE, AVERAGES_TABLE)
+        if self.source not in allowed:
+            raise ValueError(f"[source] source {self.source!r} is not a reading table; use one of {', '.join(allowed)}")
+        columns = source_columns(self.source)
+        for column in self.where:
+            if column not in columns:
+                hint = _did_you_mean(column, columns)
+                raise ValueError(f"[where.{column}] {column!r} is not a column of {self.source}{hint}")
+        return self
+
+
+class ThresholdRule(RuleBase, _Condition, _Source):
+    kind: Literal["threshold"]
+    field: str
+    bit: int | None = Field(None, ge=0, le=31)  # test one bit of an integer flag word (GB/T 32960 alarms)
+    for_readings: int = Field(1, ge=1, le=1000)  # consecutive breaching readings needed (noisy sensors)
+
+    @model_validator(mode="after")
+    def _known_field(self) -> ThresholdRule:
+        _check_field(self.source, self.field)
+        return self
+
+
+class RateRule(RuleBase, _Condition, _Source):
+    kind: Literal["rate"]
+    field: str
+    over: Duration  # the change is measured between a reading and the oldest one within `over` before it
+    rate_per: Duration = timedelta(minutes=1)  # unit of the rate: threshold is per this much time
+
+    @model_validator(mode="after")
+    def _known_field(self) -> RateRule:
+        _check_field(self.source, self.field)
+        if self.over <= timedelta(0) or self.rate_per <= timedelta(0):
+            raise ValueError("[over] 'over' and 'rate_per' must be longer than 0s")
+        return self
+
+
+class WindowRule(RuleBase, _Condition, _Source):
+    kind: Literal["window"]
+    field: str | None = None  # None only for aggregate: count
+    aggregate: Aggregate = "avg"
+    window: Literal["10m", "30m", "1h", "1d"]
+    per: Per = "device"
+    min_valid_fraction: float = Field(0.0, ge=0.0, le=1.0)  # share of counted readings a window needs
+    early: bool = False  # fire before the window closes (only sound for count/max above, min below)
+    # 2010/75/EU Annex VI: averages are validated by subtracting the 95 % confidence interval, a share of
+    # the (daily) emission limit: value − pct/100 × (confidence_interval_of or the threshold)
+    confidence_interval_pct: float = Field(0.0, ge=0.0, le=100.0)
+    confidence_interval_of: float | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> WindowRule:
+        if self.source == AVERAGES_TABLE:
+            _check_averages_rule(self)
+        elif self.aggregate == "invalid":
+            raise ValueError("[aggregate] 'invalid' reads the status of cems_averages; use source: cems_averages")
+        elif self.aggregate == "count":
+            if self.field is not None:
+                _check_field(self.source, self.field)
+        elif self.field is None:
+            raise ValueError(f"[field] aggregate {self.aggregate!r} needs a 'field'")
+        else:
+            _check_field(self.source, self.field)
+        if self.early and not _monotonic(self.aggregate, self.op):
+            raise ValueError(f"[early] early: true is only sound when a partial window can only grow worse "
+                             f"(count/sum/max with > or >=, min with < or <=), not {self.aggregate} {self.op}")
+        return self
+
+    @property
+    def width(self) -> timedelta:
+        return WINDOWS[self.window]
+
+
+class EventCountRule(RuleBase, _Source):
+    """Events per clock-aligned window, e.g. mis-sorting detections per sorting point per hour."""
+
+    kind: Literal["event_count"]
+    window: Literal["10m", "30m", "1h", "1d"]
+    per: Per = "device"
+    op: Literal[">", ">="] = ">="
+    threshold: Limit
+    for_: Duration = Field(timedelta(0), alias="for")
+    keep_firing_for: Duration = timedelta(0)
+    early: bool = True  # a count can only grow: fire as soon as the window has enough
+
+    @property
+    def width(self) -> timedelta:
+        return WINDOWS[self.window]
+
+    @property
+    def clear(self) -> None:
+        return None
+
+
+class OfflineRule(RuleBase):
+    """No reading for longer than the device's ``inactivity_timeout_s`` (or ``timeout`` when given)."""
+
+    kind: Literal["offline"]
+    timeout: Duration | None = None
+
+    @model_validator(mode="after")
+    def _positive(self) -> OfflineRule:
+        if self.timeout is not None and self.timeout <= timedelta(0):
+            raise ValueError("[timeout] timeout must be longer than 0s")
+        return self
+
+
+Rule = Annotated[ThresholdRule | RateRule | WindowRule | EventCountRule | OfflineRule, Field(discriminator="kind")]
+RuleModel = ThresholdRule | RateRule | WindowRule | EventCountRule | OfflineRule
+RULE_KINDS = ("threshold", "window", "rate", "event_count", "offline")
+_RULE = TypeAdapter(Rule)
+
+
+def source_columns(source: str) -> tuple[str, ...]:
+    if source == AVERAGES_TABLE:
+        return (*AVERAGES_FIELDS, *AVERAGES_WHERE)
+    return value_fields(BY_TABLE[source])
+
+
+def _field_kind(source: str, name: str) -> str:
+    """numeric, bool or text — from the reading schema."""
+    for f in msgspec.inspect.type_info(BY_TABLE[source]).fields:  # type: ignore[union-attr]
+        if f.name == name:
+            types = f.type.types if isinstance(f.type, msgspec.inspect.UnionType) else (f.type,)
+            for t in types:
+                t = t.type if isinstance(t, msgspec.inspect.Metadata) else t
+                if isinstance(t, msgspec.inspect.BoolType):
+                    return "bool"
+                if isinstance(t, msgspec.inspect.FloatType | msgspec.inspect.IntType):
+                    return "numeric"
+            return "text"
+    return "text"
+
+
+def _check_field(source: str, name: str) -> None:
+    columns = source_columns(source)
+    if name not in columns:
+        raise ValueError(f"[field] {name!r} is not a reading of {source}{_did_you_mean(name, columns)}")
+    if _field_kind(source, name) == "text":
+        raise ValueError(f"[field] {name!r} of {source} is text; compare it in 'where', not as a value")
+
+
+def _check_averages_rule(rule: WindowRule) -> None:
+    if rule.aggregate not in ("avg", "invalid"):
+        raise ValueError("[aggregate] a cems_averages rule takes aggregate 'avg' (the stored average) or 'invalid' "
+                         "(the period was discarded)")
+    if rule.aggregate == "avg" and rule.field not in AVERAGES_FIELDS:
+        raise ValueError(f"[field] must be one of {', '.join(AVERAGES_FIELDS)} for source cems_averages")
+    missing = [k for k in AVERAGES_WHERE if k not in rule.where]
+    if missing:
+        raise ValueError(f"[where] a cems_averages rule needs where: {{{', '.join(f'{k}: …' for k in missing)}}}")
+    if rule.per != "device":
+        raise ValueError("[per] cems_averages rows are per device (stack line): per must be 'device'")
+
+
+def _monotonic(aggregate: str, op: str) -> bool:
+    return (aggregate in ("count", "sum", "max") and op in (">", ">=")) or (aggregate == "min" and op in ("<", "<="))
+
+
+def _did_you_mean(name: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(choices)}"
+
+
+# --------------------------------------------------------------------------------------------
+# Summaries
+# --------------------------------------------------------------------------------------------
+
+SUMMARY_FIELDS = frozenset({"value", "peak", "threshold", "clear", "device_id", "site_id", "subject", "window",
+                            "rule_id", "severity", "for", "standard", "kind", "device", "site", "point",
+                            "timeout_s", *("district", "estate", "urban_village", "sorting_point",
+                                           "transfer_station", "depot", "plant", "line")})
+
+
+class _Defaulting(dict):  # type: ignore[type-arg]
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def _summary_fields(rule: RuleModel) -> frozenset[str]:
+    params = {lim.param for lim in (getattr(rule, "threshold", None), getattr(rule, "clear", None))
+              if isinstance(lim, Lookup)}
+    return SUMMARY_FIELDS | params | set(rule.labels)
+
+
+def render_summary(rule: RuleModel, context: Mapping[str, Any]) -> str:
+    """The rule's summary with its placeholders filled; a value that cannot be formatted stays as is."""
+    values = _Defaulting({k: v for k, v in context.items() if v is not None})
+    try:
+        return string.Formatter().vformat(rule.summary, (), values)
+    except (ValueError, TypeError, KeyError):
+        return rule.summary
+
+
+def _check_summary(rule: RuleModel) -> None:
+    allowed = _summary_fields(rule)
+    try:
+        names = {name.split(".")[0].split("[")[0] for _, name, _, _ in string.Formatter().parse(rule.summary)
+                 if name}
+    except ValueError as exc:
+        raise ValueError(f"not a valid template ({exc}) — fix: write placeholders like {{value:.1f}}") from None
+    unknown = sorted(names - allowed)
+    if unknown:
+        raise ValueError(f"unknown placeholder {{{unknown[0]}}} — fix: use one of {', '.join(sorted(allowed))}")
+
+
+# --------------------------------------------------------------------------------------------
+# Per-site limits
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A rule's limits for one subject, after per-site parameters and overrides."""
+
+    threshold: float
+    clear: float | None
+    context: dict[str, Any] = field(default_factory=dict)  # the parameters used, for summaries
+
+
+def rule_disabled_for(rule_id: str, params: Mapping[str, Any]) -> bool:
+    return any(fnmatch.fnmatchcase(rule_id, str(p)) for p in params.get("disabled_rules") or ())
+
+
+def limits_for(rule: RuleModel, params: Mapping[str, Any]) -> Limits | None:
+    """The rule's threshold and clear limit for a subject with these (merged) parameters, or None when
+    the rule does not apply there (disabled, or a lookup parameter the site does not have)."""
+    if isinstance(rule, OfflineRule) or rule_disabled_for(rule.id, params):
+        return None
+    context = {lim.param: params.get(lim.param, lim.default)
+               for lim in (rule.threshold, rule.clear) if isinstance(lim, Lookup)}
+    threshold = _resolve(rule.threshold, params)
+    clear = _resolve(rule.clear, params) if rule.clear is not None else None
+    if threshold is None:
+        return None
+    override = (params.get("limits") or {}).get(rule.id)
+    if isinstance(override, int | float) and not isinstance(override, bool):
+        clear = _scaled_clear(threshold, clear, float(override))
+        threshold = float(override)
+    elif isinstance(override, Mapping):
+        new_threshold = float(override.get("threshold", threshold))
+        clear = (float(override["clear"]) if override.get("clear") is not None
+                 else _scaled_clear(threshold, clear, new_threshold))
+        threshold = new_threshold
+    return Limits(threshold, _clear_on_safe_side(rule.op, threshold, clear), context)
+
+
+def _resolve(limit: float | Lookup, params: Mapping[str, Any]) -> float | None:
+    return limit.resolve(params) if isinstance(limit, Lookup) else limit
+
+
+def _scaled_clear(old_threshold: float, old_clear: float | None, new_threshold: float) -> float | None:
+    # an overridden limit keeps the rule's hysteresis as a proportion (permit limits differ by site)
+    if old_clear is None:
+        return None
+    if old_threshold == 0:
+        return new_threshold
+    return new_threshold * old_clear / old_threshold
+
+
+def _clear_on_safe_side(op: str, threshold: float, clear: float | None) -> float | None:
+    if clear is None:
+        return None
+    return min(clear, threshold) if op in (">", ">=") else max(clear, threshold)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and validation
+# --------------------------------------------------------------------------------------------
+
+DEFAULT_RULES_PACKAGE = "alerts"
+
+
+def default_rule_files() -> list[Path]:
+    folder = resources.files(DEFAULT_RULES_PACKAGE) / "rules"
+    return sorted(Path(str(p)) for p in folder.iterdir() if p.name.endswith((".yaml", ".yml")))
+
+
+def validate_rule_dict(data: Any, *, origin: str = "rule") -> RuleModel:
+    """One rule mapping (from YAML or the API) → a validated rule, or ConfigError naming the key and the fix."""
+    rule_id = data.get("id", "?") if isinstance(data, dict) else "?"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: a rule must be a mapping of key: value, not {type(data).__name__}")
+    try:
+        rule = _RULE.validate_python(data)
+        _check_summary(rule)
+    except ValidationError as exc:
+        lines = [_describe(origin, rule_id, loc, err, data) for loc, err in _one_per_key(exc.errors())]
+        raise ConfigError("\n".join(dict.fromkeys(lines))) from None
+    except ValueError as exc:
+        raise ConfigError(f"{origin}: rule {rule_id!r}: key 'summary': {exc}") from None
+    return rule
+
+
+def _is_branch(part: str) -> bool:
+    # pydantic names the member of a union it tried: float, str, list[...], Lookup, function-after[...]
+    return part in ("float", "str", "bool", "int") or "[" in part or part[:1].isupper()
+
+
+def _one_per_key(errors: list[Any]) -> list[tuple[list[str], Any]]:
+    """Errors of a union (``threshold: 3`` or ``{param: …}``) come once per member tried: keep the member
+    the input was meant for (the one that got deeper), else the first."""
+    groups: dict[tuple[str, ...], list[tuple[list[str], Any]]] = {}
+    for err in errors:
+        raw = [str(p) for p in err["loc"]]
+        if raw and raw[0] in RULE_KINDS:
+            raw = raw[1:]  # the discriminator's tag
+        branch_at = next((i for i, p in enumerate(raw) if _is_branch(p)), len(raw))
+        clean = [p for p in raw if not _is_branch(p)]
+        groups.setdefault(tuple(clean[:branch_at]), []).append((clean, err))
+    kept: list[tuple[list[str], Any]] = []
+    for base, members in groups.items():
+        deeper = [m for m in members if len(m[0]) > len(base)]
+        checks = [m for m in members if m[1]["type"] == "value_error"]  # a member's own check failed
+        kept.extend(deeper or checks or members[:1])
+    return kept
+
+
+def _describe(origin: str, rule_id: str, loc: list[str], err: Any, data: Mapping[str, Any]) -> str:
+    message = err["msg"].removeprefix("Value error, ")
+    if message.startswith("[") and "] " in message:  # a model check naming its key: "[clear] …"
+        key, message = message[1:].split("] ", 1)
+        loc = [*loc, *key.split(".")]
+    key = ".".join(loc) or "(rule)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        known = _known_keys(data.get("kind"))
+        fix = f"remove it{_did_you_mean(loc[-1], known) if known else ''}"
+        message = "unknown key"
+    elif kind == "missing":
+        fix = f"add '{loc[-1] if loc else key}: …'"
+    elif kind in ("union_tag_invalid", "union_tag_not_found"):
+        key = "kind"
+        message = f"kind {data.get('kind')!r} is not a rule kind" if data.get("kind") else "no 'kind'"
+        fix = f"set kind to one of {', '.join(RULE_KINDS)}"
+    elif kind == "literal_error":
+        message = f"{err.get('input')!r} is not allowed"
+        fix = f"use {err.get('ctx', {}).get('expected', 'an allowed value')}"
+    else:
+        fix = _FIX_BY_KEY.get(loc[-1] if loc else "", "correct the value")
+    return f"{origin}: rule {rule_id!r}: key '{key}': {message} — fix: {fix}"
+
+
+_FIX_BY_KEY = {
+    "threshold": "give a number, or {param: <site parameter>, values: {<key>: <number>}, default: <key>}",
+    "clear": "give a number on the safe side of the threshold (or remove 'clear' for no hysteresis)",
+    "for": "write a duration like 90s, 5m, 1h",
+    "keep_firing_for": "write a duration like 90s, 5m, 1h",
+    "repeat_interval": "write a duration like 30m, 4h",
+    "timeout": "write a duration like 15m",
+    "over": "write a duration like 10m",
+    "severity": f"use one of {', '.join(SEVERITIES)}",
+    "id": "use lower-case letters, digits, '.', '_' or '-' (e.g. transfer_station.h2s)",
+}
+
+
+def _known_keys(kind: object) -> list[str]:
+    models = {"threshold": ThresholdRule, "rate": RateRule, "window": WindowRule, "event_count": EventCountRule,
+              "offline": OfflineRule}
+    model = models.get(str(kind))
+    if model is None:
+        return []
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+@dataclass
+class RuleSet:
+    """The rules in force: id → rule, and where each came from (file path or ``database``)."""
+
+    rules: dict[str, RuleModel] = field(default_factory=dict)
+    origins: dict[str, str] = field(default_factory=dict)
+
+    def enabled(self) -> list[RuleModel]:
+        return [r for r in self.rules.values() if r.enabled]
+
+    def add(self, rule: RuleModel, origin: str, *, replace: bool = False) -> None:
+        if rule.id in self.rules and not replace:
+            raise ConfigError(f"{origin}: rule {rule.id!r}: key 'id': already defined in {self.origins[rule.id]} "
+                              "— fix: give one of them another id")
+        self.rules[rule.id] = rule
+        self.origins[rule.id] = origin
+
+
+def load_rule_file(path: Path) -> list[RuleModel]:
+    """Rules of one YAML file: ``{pack: …, rules: [ … ]}`` or a bare list of rules."""
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    items = loaded.get("rules") if isinstance(loaded, dict) else loaded
+    if not isinstance(items, list):
+        raise ConfigError(f"{path}: expected 'rules: [ … ]' (a list of rules) at the top level")
+    problems: list[str] = []
+    rules: list[RuleModel] = []
+    for item in items:
+        try:
+            rules.append(validate_rule_dict(item, origin=str(path)))
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return rules
+
+
+def rule_files(rules_dir: Path | None) -> list[Path]:
+    files = default_rule_files()
+    if rules_dir is not None:
+        if not rules_dir.is_dir():
+            raise ConfigError(f"{rules_dir}: rules_dir is not a folder — fix: set SANITEL_RULES_DIR to a folder of "
+                              "*.yaml rule files, or unset it")
+        files += sorted([*rules_dir.glob("*.yaml"), *rules_dir.glob("*.yml")])
+    return files
+
+
+def load_files(paths: Iterable[Path]) -> RuleSet:
+    """Rules of these files; all problems of all files are reported together."""
+    ruleset = RuleSet()
+    problems: list[str] = []
+    for path in paths:
+        try:
+            for rule in load_rule_file(path):
+                ruleset.add(rule, str(path))
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError("invalid alert rules:\n" + "\n".join(problems))
+    return ruleset
+
+
+def load_database_rules(conn: Any, ruleset: RuleSet) -> list[str]:
+    """Add the ``alert_rules`` rows (replacing shipped rules of the same id); returns the problems of rows
+    that do not validate — those rows are skipped, so one bad API edit never stops the engine."""
+    problems: list[str] = []
+    for rule_id, definition, enabled in conn.execute(
+            "SELECT rule_id, definition, enabled FROM alert_rules ORDER BY rule_id").fetchall():
+        try:
+            rule = validate_rule_dict({**definition, "id": rule_id}, origin=f"alert_rules row {rule_id!r}")
+        except ConfigError as exc:
+            problems.append(str(exc))
+            continue
+        ruleset.add(rule.model_copy(update={"enabled": rule.enabled and enabled}), "database", replace=True)
+    return problems
+
+
+def load_rules(rules_dir: Path | None = None, conn: Any = None) -> tuple[RuleSet, list[str]]:
+    """Shipped packs + ``rules_dir`` + database rules. Files must all validate (ConfigError otherwise);
+    bad database rows are returned as problems and skipped."""
+    ruleset = load_files(rule_files(rules_dir))
+    problems = load_database_rules(conn, ruleset) if conn is not None else []
+    return ruleset, problems

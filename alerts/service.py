@@ -1,0 +1,181 @@
+"""The evaluator service: every ``evaluator_interval_s`` one pass (under a PostgreSQL advisory lock, so
+any number of evaluators can run and only one evaluates at a time), then the pass's notifications go
+to MQTT and the webhook workers are woken. Rules are reloaded when their files or the ``alert_rules``
+table change (a reload that does not validate keeps the rules in force and logs why).
+
+Metrics (Prometheus, on ``evaluator_metrics_port``): ``sanitel_alerts{state,severity}`` open alerts,
+``sanitel_alert_passes_total{result}``, ``sanitel_alert_pass_seconds``,
+``sanitel_alert_transitions_total{event}``, ``sanitel_alert_notifications_total{sink,outcome}``,
+``sanitel_alert_rules`` rules in force.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Sequence
+
+import psycopg
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from alerts.evaluator import Evaluator, EvaluatorConfig, PassReport
+from alerts.notify.mqtt import MqttSink, deliver_pending
+from alerts.notify.outbox import upsert_webhook
+from alerts.notify.webhook import RetryPolicy, WebhookDispatcher
+from alerts.rules import RuleSet, load_database_rules, load_files, rule_files
+from sanitel.errors import ConfigError, SanitelError
+from sanitel.settings import Settings
+from schemas.topics import SEVERITIES
+
+log = logging.getLogger("sanitel.alerts")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.alerts = Gauge("sanitel_alerts", "open alerts", ["state", "severity"], registry=self.registry)
+        self.passes = Counter("sanitel_alert_passes", "evaluation passes", ["result"], registry=self.registry)
+        self.pass_seconds = Histogram("sanitel_alert_pass_seconds", "evaluation pass duration",
+                                      registry=self.registry, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.transitions = Counter("sanitel_alert_transitions", "alert transitions", ["event"], registry=self.registry)
+        self.notifications = Counter("sanitel_alert_notifications", "notification deliveries",
+                                     ["sink", "outcome"], registry=self.registry)
+        self.rules = Gauge("sanitel_alert_rules", "alert rules in force", registry=self.registry)
+
+    def observe_alerts(self, conn: psycopg.Connection) -> None:
+        counts = {(s, v): n for s, v, n in conn.execute(
+            "SELECT state, severity, count(*) FROM alerts WHERE state <> 'resolved' GROUP BY 1, 2").fetchall()}
+        for state in ("pending", "firing"):
+            for severity in SEVERITIES:
+                self.alerts.labels(state, severity).set(counts.get((state, severity), 0))
+
+
+class EvaluatorService:
+    def __init__(self, settings: Settings, *, webhooks: Sequence[str] = (), metrics_port: int | None = None,
+                 config: EvaluatorConfig | None = None, retry: RetryPolicy | None = None,
+                 reload_every_s: float = 30.0, webhook_poll_s: float = 1.0) -> None:
+        self.settings = settings
+        self.url = settings.effective_database_url
+        self.interval_s = settings.evaluator_interval_s
+        self.config = config or EvaluatorConfig()
+        self.metrics = Metrics()
+        self.reload_every_s = reload_every_s
+        self._conn: psycopg.Connection | None = None
+        self._rules_version: str | None = None
+        self._rules_checked = 0.0
+        self.ruleset = self._load_rules_from_files()  # fail fast on bad files at start-up
+        self._register_webhooks(webhooks)
+        self.metrics_port = settings.evaluator_metrics_port if metrics_port is None else metrics_port
+        self.mqtt = MqttSink(settings.effective_mqtt_url, settings.city,
+                             client_id=f"sanitel-evaluator-{socket.gethostname()}-{os.getpid()}")
+        self.webhooks = WebhookDispatcher(self.url, policy=retry, poll_s=webhook_poll_s,
+                                          on_result=self._count_webhook)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Pass after pass until ``stop`` is set; then a clean exit (no pass is cut half way)."""
+        if self.metrics_port:
+            start_http_server(self.metrics_port, addr="127.0.0.1", registry=self.metrics.registry)
+        self.webhooks.start()
+        log.info("alert evaluator running: %d rules, every %.1fs", len(self.ruleset.enabled()), self.interval_s)
+        try:
+            while not stop.is_set():
+                started = time.monotonic()
+                self.run_once()
+                stop.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
+        finally:
+            self.close()
+
+    def run_once(self) -> PassReport | None:
+        """One pass and its MQTT deliveries; None when the database could not be reached."""
+        try:
+            conn = self._connection()
+            self._maybe_reload(conn)
+            with self.metrics.pass_seconds.time():
+                report = Evaluator(conn, self.ruleset, self.config).run_pass()
+            self.metrics.passes.labels("ran" if report.ran else "skipped").inc()
+            for _, event in report.transitions:
+                self.metrics.transitions.labels(event).inc()
+            if report.ran:
+                published, failed = deliver_pending(conn, self.mqtt)
+                self.metrics.notifications.labels("mqtt", "sent").inc(published)
+                self.metrics.notifications.labels("mqtt", "failed").inc(failed)
+                self.webhooks.wake()
+            self.metrics.observe_alerts(conn)
+            conn.commit()
+            return report
+        except psycopg.OperationalError as exc:
+            self.metrics.passes.labels("error").inc()
+            log.warning("alert evaluation skipped: database unreachable (%s)", str(exc).strip().splitlines()[-1])
+            self._drop_connection()
+            return None
+        except psycopg.Error:
+            # the pass rolled back as a whole; the next one tries again rather than the service dying
+            self.metrics.passes.labels("error").inc()
+            log.exception("alert evaluation pass failed")
+            self._drop_connection()
+            return None
+
+    def close(self) -> None:
+        self.webhooks.stop()
+        self.mqtt.close()
+        self._drop_connection()
+
+    # --- internals ---------------------------------------------------------------------------
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self.url, connect_timeout=5, application_name="sanitel evaluator")
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+            self._conn = None
+
+    def _load_rules_from_files(self) -> RuleSet:
+        return load_files(rule_files(self.settings.rules_dir))
+
+    def _maybe_reload(self, conn: psycopg.Connection) -> None:
+        if self._rules_version is not None and time.monotonic() - self._rules_checked < self.reload_every_s:
+            return
+        self._rules_checked = time.monotonic()
+        version = self._version(conn)
+        if version == self._rules_version:
+            return
+        try:
+            ruleset = self._load_rules_from_files()
+        except ConfigError as exc:
+            log.error("alert rules not reloaded, the rules in force stay: %s", exc)
+            self._rules_version = version
+            return
+        for problem in load_database_rules(conn, ruleset):
+            log.error("skipping a stored rule: %s", problem)
+        conn.commit()
+        self.ruleset, self._rules_version = ruleset, version
+        self.metrics.rules.set(len(ruleset.enabled()))
+
+    def _version(self, conn: psycopg.Connection) -> str:
+        files = [(str(p), p.stat().st_mtime_ns) for p in rule_files(self.settings.rules_dir)]
+        stored = conn.execute("SELECT count(*), max(updated_at) FROM alert_rules").fetchone()
+        conn.commit()
+        return hashlib.sha1(repr((files, stored)).encode()).hexdigest()
+
+    def _register_webhooks(self, urls: Sequence[str]) -> None:
+        if not urls:
+            return
+        try:
+            with psycopg.connect(self.url, connect_timeout=5) as conn:
+                for url in urls:
+                    upsert_webhook(conn, "cli-" + hashlib.sha1(url.encode()).hexdigest()[:8], url)
+        except psycopg.OperationalError as exc:
+            raise SanitelError(f"cannot register webhooks: the database is unreachable ({exc})") from None
+
+    def _count_webhook(self, webhook_id: str, delivered: int, failed: int) -> None:
+        self.metrics.notifications.labels("webhook", "sent").inc(delivered)
+        self.metrics.notifications.labels("webhook", "failed").inc(failed)

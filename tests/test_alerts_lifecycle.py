@@ -1,0 +1,175 @@
+"""Lifecycle: acknowledge, assign, clear by hand, dedup, silences, reminders — every transition in history."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from alerts import lifecycle
+from alerts.silences import Matcher, Silence, Silences, create_silence, expire_silence, parse_matchers
+from sanitel.errors import ConfigError
+from tests.test_alerts_support import add_device, add_site, alerts, at, history, insert, notifications, ruleset, run
+
+FIRE = {"id": "t.bin_fire", "kind": "threshold", "summary": "{device_id} fire", "severity": "critical",
+        "source": "bin_status", "field": "fire_alarm", "op": "==", "threshold": True, "repeat_interval": "10m"}
+
+
+@pytest.fixture
+def bins(fresh_db: str) -> str:
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        add_site(conn, "estate-1", "estate")
+        add_site(conn, "sp-1", "sorting_point", parent="estate-1")
+        add_device(conn, "bin-1", "bin", site="sp-1")
+        add_device(conn, "bin-2", "bin", site="sp-1")
+    return fresh_db
+
+
+def _fire(url: str, device: str, minutes: list[float], alarm: bool = True) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        insert(conn, "bin_status", device, [{"ts": at(m), "fire_alarm": alarm, "seq": int(m * 10)} for m in minutes])
+
+
+def test_acknowledge_assign_and_clear_are_recorded(bins: str) -> None:
+    _fire(bins, "bin-1", [0, 1])
+    run(bins, ruleset(FIRE))
+    (alert,) = alerts(bins)
+    with psycopg.connect(bins) as conn:
+        acked = lifecycle.acknowledge(conn, alert["alert_id"], "li.wei", "crew on the way")
+        assert acked is not None and acked.acknowledged_by == "li.wei" and acked.ack_comment == "crew on the way"
+        assert lifecycle.assign(conn, alert["alert_id"], "zhang.min", actor="li.wei") is not None
+        cleared = lifecycle.clear(conn, alert["alert_id"], "zhang.min", "extinguished")
+        assert cleared is not None and cleared.state == "resolved" and cleared.resolved_by == "zhang.min"
+        assert lifecycle.acknowledge(conn, alert["alert_id"], "x") is None  # resolved: nothing to acknowledge
+        rows = conn.execute("SELECT to_state, actor, comment FROM alert_history WHERE alert_id = %s ORDER BY id",
+                            (alert["alert_id"],)).fetchall()
+    assert rows == [("firing", None, None), ("acknowledged", "li.wei", "crew on the way"),
+                    ("assigned", "li.wei", None), ("resolved", "zhang.min", "extinguished")]
+    assert [n["event"] for n in notifications(bins)] == ["firing", "resolved"]  # a resolve notice too
+
+
+def test_cleared_by_hand_stays_cleared_for_that_episode(bins: str) -> None:
+    rules = ruleset(FIRE)
+    _fire(bins, "bin-1", [0, 1])
+    run(bins, rules)
+    with psycopg.connect(bins) as conn:
+        lifecycle.clear(conn, alerts(bins)[0]["alert_id"], "zhang.min")
+    _fire(bins, "bin-1", [2, 3])  # the alarm is still on: the same occurrence, not a new alert
+    run(bins, rules)
+    assert len(alerts(bins)) == 1
+    _fire(bins, "bin-1", [4], alarm=False)
+    _fire(bins, "bin-1", [5, 6])  # off, then on again: a new occurrence raises a new alert
+    run(bins, rules)
+    found = alerts(bins)
+    assert [a["state"] for a in found] == ["resolved", "firing"] and found[1]["started_at"] == at(5)
+
+
+def test_one_open_alert_per_rule_and_subject(bins: str) -> None:
+    _fire(bins, "bin-1", [0])
+    run(bins, ruleset(FIRE))
+    (alert,) = alerts(bins)
+    with psycopg.connect(bins) as conn, pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute("INSERT INTO alerts (rule_id, fingerprint, severity, state, started_at)"
+                     " VALUES ('t.bin_fire', %s, 'critical', 'firing', now())", (alert["fingerprint"],))
+
+
+def test_reminders_repeat_until_acknowledged(bins: str) -> None:
+    _fire(bins, "bin-1", [0])
+    rules = ruleset(FIRE)
+    now = datetime.now(UTC)
+    run(bins, rules, now=now)
+    run(bins, rules, now=now + timedelta(minutes=5))  # not yet
+    run(bins, rules, now=now + timedelta(minutes=11))  # reminder 1
+    run(bins, rules, now=now + timedelta(minutes=15))  # not yet (10 minutes after the last one)
+    run(bins, rules, now=now + timedelta(minutes=22))  # reminder 2
+    assert [n["event"] for n in notifications(bins)] == ["firing", "reminder", "reminder"]
+    (alert,) = alerts(bins)
+    assert alert["reminders"] == 2
+    with psycopg.connect(bins) as conn:
+        lifecycle.acknowledge(conn, alert["alert_id"], "li.wei", now=now + timedelta(minutes=23))
+    run(bins, rules, now=now + timedelta(minutes=40))
+    assert [n["event"] for n in notifications(bins)] == ["firing", "reminder", "reminder"]
+    assert history(bins, alert["alert_id"]) == ["firing", "reminded", "reminded", "acknowledged"]
+
+
+def test_silence_mutes_matching_alerts_and_they_notify_when_it_ends(bins: str) -> None:
+    now = datetime.now(UTC)
+    with psycopg.connect(bins, autocommit=True) as conn:
+        silence_id = create_silence(conn, [{"label": "estate", "op": "=", "value": "estate-1"},
+                                           {"label": "device_id", "op": "=~", "value": "bin-[12]"}],
+                                    now - timedelta(minutes=1), now + timedelta(hours=1), "li.wei", "maintenance")
+        add_device(conn, "bin-9", "bin")  # elsewhere: not silenced
+    _fire(bins, "bin-1", [0])
+    _fire(bins, "bin-9", [0])
+    rules = ruleset(FIRE)
+    run(bins, rules, now=now)
+    by_device = {a["device_id"]: a for a in alerts(bins)}
+    assert by_device["bin-1"]["state"] == "firing" and by_device["bin-1"]["silenced_by"] == silence_id
+    assert [n["payload"]["device_id"] for n in notifications(bins)] == ["bin-9"]
+    assert history(bins, by_device["bin-1"]["alert_id"]) == ["firing", "silenced"]
+    run(bins, rules, now=now + timedelta(minutes=5))  # still silenced: still nothing
+    assert len(notifications(bins)) == 1
+    with psycopg.connect(bins, autocommit=True) as conn:
+        assert expire_silence(conn, silence_id)
+    run(bins, rules, now=now + timedelta(minutes=6))  # silence over, still firing: announced now
+    assert [n["payload"]["device_id"] for n in notifications(bins)] == ["bin-9", "bin-1"]
+
+
+def test_late_data_from_a_maintenance_window_stays_quiet_unless_it_outlasts_it(bins: str) -> None:
+    # planned maintenance yesterday 00:00-01:00; its readings arrive today
+    with psycopg.connect(bins, autocommit=True) as conn:
+        create_silence(conn, [{"label": "site_id", "value": "sp-1"}], at(0), at(60), "li.wei")
+    _fire(bins, "bin-1", [10])
+    _fire(bins, "bin-1", [20], alarm=False)  # on and off inside the window: muted for good
+    _fire(bins, "bin-2", [30, 90])  # still on after the window: announced
+    run(bins, ruleset(FIRE))
+    by_device = {a["device_id"]: a for a in alerts(bins)}
+    assert by_device["bin-1"]["state"] == "resolved" and by_device["bin-1"]["silenced_by"] is not None
+    assert history(bins, by_device["bin-1"]["alert_id"]) == ["firing", "silenced", "resolved"]
+    assert [n["payload"]["device_id"] for n in notifications(bins)] == ["bin-2"]
+
+
+def test_silenced_alert_that_resolves_sends_no_resolve_notice(bins: str) -> None:
+    now = datetime.now(UTC)
+    with psycopg.connect(bins, autocommit=True) as conn:
+        create_silence(conn, [{"label": "device_id", "value": "bin-1"}], now - timedelta(hours=1),
+                       now + timedelta(hours=1), "li.wei")
+    _fire(bins, "bin-1", [0])
+    _fire(bins, "bin-1", [1], alarm=False)
+    run(bins, ruleset(FIRE), now=now)
+    assert alerts(bins)[0]["state"] == "resolved" and notifications(bins) == []
+
+
+@pytest.mark.parametrize(("matcher", "labels", "matches"), [
+    ({"label": "site_id", "value": "sp-1"}, {"site_id": "sp-1"}, True),
+    ({"label": "site_id", "op": "!=", "value": "sp-1"}, {"site_id": "sp-1"}, False),
+    ({"label": "rule_id", "op": "=~", "value": "cems_.*_daily"}, {"rule_id": "cems_nox_daily"}, True),
+    ({"label": "rule_id", "op": "=~", "value": "cems_nox"}, {"rule_id": "cems_nox_daily"}, False),  # whole value
+    ({"label": "severity", "op": "!~", "value": "critical|major"}, {"severity": "minor"}, True),
+    ({"label": "plant", "value": ""}, {"site_id": "x"}, True),  # a missing label matches as empty
+])
+def test_matchers(matcher: dict, labels: dict, matches: bool) -> None:
+    assert parse_matchers([matcher])[0].matches(labels) is matches
+
+
+def test_bad_matchers_are_refused_with_the_reason() -> None:
+    with pytest.raises(ConfigError, match="op '~' is not one of"):
+        parse_matchers([{"label": "a", "op": "~", "value": "x"}])
+    with pytest.raises(ConfigError, match="is not a regular expression"):
+        parse_matchers([{"label": "a", "op": "=~", "value": "("}])
+    with pytest.raises(ConfigError, match="non-empty list"):
+        parse_matchers([])
+
+
+def test_silence_window_is_half_open() -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    silence = Silence(1, (Matcher("a", "=", "x"),), start, start + timedelta(hours=1))
+    silences = Silences([silence])
+    assert silences.muting({"a": "x"}, start) is silence
+    assert silences.muting({"a": "x"}, start + timedelta(hours=1)) is None
+    assert silences.muting({"a": "y"}, start) is None
+    later = start + timedelta(days=1)  # judged a day later: only an episode inside the window is muted
+    assert silences.muting({"a": "x"}, later, (start, start + timedelta(minutes=30))) is silence
+    assert silences.muting({"a": "x"}, later, (start, start + timedelta(hours=2))) is None
+    assert silences.muting({"a": "x"}, later, (start, None)) is None

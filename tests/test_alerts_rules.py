@@ -1,0 +1,206 @@
+"""Rules as data: validation errors that name the file, the rule, the key and the fix; the shipped packs;
+per-site limits; the timeline's semantics (pure); the ``sanitel rules`` commands."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from alerts.evaluator import bucket_floor, bucket_next
+from alerts.rules import (
+    Lookup,
+    ThresholdRule,
+    WindowRule,
+    default_rule_files,
+    limits_for,
+    load_files,
+    parse_duration,
+    render_summary,
+    validate_rule_dict,
+)
+from alerts.timeline import Cursor, Policy, Sample, Status, advance, judge
+from sanitel.cli import main
+from sanitel.errors import ConfigError
+
+BASE = {"id": "x.low_soc", "kind": "threshold", "summary": "SOC {value}", "severity": "major",
+        "source": "sweeper_telemetry", "field": "soc_pct", "op": "<", "threshold": 20}
+
+
+def _error(rule: dict, origin: str = "packs/fleet.yaml") -> str:
+    with pytest.raises(ConfigError) as info:
+        validate_rule_dict(rule, origin=origin)
+    return str(info.value)
+
+
+@pytest.mark.parametrize(("change", "key", "words"), [
+    ({"kind": "treshold"}, "kind", "set kind to one of threshold, window, rate, event_count, offline"),
+    ({"severity": "urgent"}, "severity", "use 'critical', 'major', 'minor' or 'warning'"),
+    ({"field": "soc"}, "field", "did you mean 'soc_pct'"),
+    ({"field": "work_mode"}, "field", "is text; compare it in 'where'"),
+    ({"source": "sweepers"}, "source", "is not a reading table"),
+    ({"for": "five minutes"}, "for", "write a duration like 90s, 5m, 1h"),
+    ({"threshold": "low"}, "threshold", "give a number, or {param:"),
+    ({"clear": 15}, "clear", "clear 15 must be at or above threshold 20"),
+    ({"clearing": 25}, "clearing", "remove it (did you mean 'clear'?)"),
+    ({"summary": "SOC {soc}"}, "summary", "unknown placeholder {soc}"),
+    ({"where": {"speed": 0}}, "where.speed", "did you mean 'speed_kmh'"),
+    ({"id": "Low SOC!"}, "id", "use lower-case letters"),
+])
+def test_errors_name_file_rule_key_and_fix(change: dict, key: str, words: str) -> None:
+    message = _error({**BASE, **change})
+    assert message.startswith("packs/fleet.yaml: rule ")
+    assert f"key '{key}'" in message and words in message and "— fix: " in message
+
+
+def test_missing_key_says_to_add_it() -> None:
+    rule = dict(BASE)
+    del rule["threshold"]
+    assert "key 'threshold': Field required — fix: add 'threshold: …'" in _error(rule)
+
+
+def test_window_rule_checks() -> None:
+    window = {"id": "x.w", "kind": "window", "summary": "s", "severity": "minor", "source": "station_telemetry",
+              "field": "noise_dba", "window": "10m", "threshold": 60}
+    assert "'15m' is not allowed" in _error({**window, "window": "15m"})
+    assert "early: true is only sound" in _error({**window, "early": True})  # an average can go down again
+    assert "needs where: {pollutant: …, standard: …}" in _error(
+        {**window, "source": "cems_averages", "field": "avg_zs_mg_m3"})
+    assert "key 'local_hours'" in _error({**window, "local_hours": "6-22"})
+    lookup = {**window, "threshold": {"param": "noise_class", "values": {0: 50}, "default": 3}}
+    assert "key 'threshold.default'" in _error(lookup)
+
+
+def test_file_errors_are_reported_together_with_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "site.yaml"
+    bad.write_text("rules:\n  - {id: a.one, kind: threshold, summary: s, severity: hot, source: bin_status,"
+                   " field: fill_level_pct, threshold: 90}\n  - {id: a.two, kind: offline, summary: s}\n")
+    with pytest.raises(ConfigError) as info:
+        load_files([bad])
+    text = str(info.value)
+    assert f"{bad}: rule 'a.one': key 'severity'" in text and f"{bad}: rule 'a.two': key 'severity'" in text
+    not_yaml = tmp_path / "broken.yaml"
+    not_yaml.write_text("rules: [\n")
+    with pytest.raises(ConfigError, match=f"{not_yaml}: not valid YAML"):
+        load_files([not_yaml])
+
+
+def test_duplicate_ids_across_files(tmp_path: Path) -> None:
+    for name in ("a.yaml", "b.yaml"):
+        (tmp_path / name).write_text("rules:\n  - {id: dup, kind: offline, summary: s, severity: minor}\n")
+    with pytest.raises(ConfigError, match=r"b.yaml: rule 'dup': key 'id': already defined in .*a.yaml"):
+        load_files(sorted(tmp_path.glob("*.yaml")))
+
+
+def test_shipped_packs_validate_and_cover_the_issue() -> None:
+    ruleset = load_files(default_rule_files())
+    ids = set(ruleset.rules)
+    expected = {"sweeper_low_soc", "sweeper_battery_high_temp", "sweeper_insulation_alarm", "station_h2s",
+                "station_nh3", "station_noise_day", "station_noise_night", "bin_overflow", "bin_fire",
+                "camera_mis_sorting", "device_offline", "cems_furnace_below_850", "cems_co_10min",
+                "cems_nox_half_hourly", "cems_nox_half_hourly_b", "cems_nox_daily", "cems_nox_daily_invalid",
+                "cems_nox_gb_1h", "cems_nox_gb_24h"}
+    assert expected <= ids
+    kinds = {r.kind for r in ruleset.rules.values()}
+    assert kinds == {"threshold", "window", "rate", "event_count", "offline"}
+    # values from standards.md
+    rules = ruleset.rules
+    assert rules["cems_dust_gb_24h"].threshold == 20 and rules["cems_dust_gb_1h"].unverified  # type: ignore[union-attr]
+    assert rules["cems_so2_half_hourly"].threshold == 200 and rules["cems_so2_daily"].threshold == 50  # type: ignore[union-attr]
+    assert rules["cems_co_10min"].threshold == 150 and rules["cems_hf_half_hourly_b"].threshold == 2  # type: ignore[union-attr]
+    h2s = rules["station_h2s"]
+    assert isinstance(h2s, ThresholdRule) and isinstance(h2s.threshold, Lookup)
+    assert h2s.threshold.values == {"1": 0.03, "2": 0.06, "2-existing": 0.10, "3": 0.32, "3-existing": 0.60}
+    night = rules["station_noise_night"]
+    assert isinstance(night, WindowRule) and night.local_hours == "22:00-06:00"
+    assert isinstance(night.threshold, Lookup) and night.threshold.values["4"] == 55
+
+
+def test_limits_per_site_lookup_override_and_disable() -> None:
+    h2s = load_files(default_rule_files()).rules["station_h2s"]
+    assert limits_for(h2s, {}).threshold == 0.06  # type: ignore[union-attr]
+    grade1 = limits_for(h2s, {"odour_grade": 1})
+    assert grade1 is not None and grade1.threshold == 0.03 and grade1.clear == 0.025
+    assert grade1.context == {"odour_grade": 1}
+    permit = limits_for(h2s, {"limits": {"station_h2s": 0.04}})
+    assert permit is not None and permit.threshold == 0.04 and permit.clear == pytest.approx(0.04 * 0.05 / 0.06)
+    explicit = limits_for(h2s, {"limits": {"station_h2s": {"threshold": 0.05, "clear": 0.045}}})
+    assert explicit is not None and (explicit.threshold, explicit.clear) == (0.05, 0.045)
+    assert limits_for(h2s, {"disabled_rules": ["station_*"]}) is None
+
+
+def test_summary_rendering_tolerates_missing_values() -> None:
+    rule = validate_rule_dict({**BASE, "summary": "{device_id}: {value:.1f} < {threshold}"})
+    assert render_summary(rule, {"device_id": "sw-1", "value": 12.34, "threshold": 20}) == "sw-1: 12.3 < 20"
+    assert render_summary(rule, {"device_id": "sw-1", "value": None, "threshold": 20}) == rule.summary
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("5m", 300), ("1h30m", 5400), ("1d", 86400), (45, 45)])
+def test_durations(text: object, seconds: int) -> None:
+    assert parse_duration(text) == timedelta(seconds=seconds)
+
+
+# --- the timeline (pure) ---------------------------------------------------------------------------
+
+def _t(minutes: float) -> datetime:
+    return datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=minutes)
+
+
+def _samples(values: list[float], op: str = ">", threshold: float = 10, clear: float | None = None) -> list[Sample]:
+    return [Sample(_t(i), _t(i), v, judge(v, op, threshold, clear)) for i, v in enumerate(values)]
+
+
+def test_judge_with_hysteresis() -> None:
+    assert [judge(v, ">", 10, 8) for v in (11, 9, 8, 7)] == [Status.BREACH, Status.HOLD, Status.CLEAR, Status.CLEAR]
+    assert judge(None, ">", 10, None) is Status.SKIP
+
+
+def test_hysteresis_holds_through_the_dead_band() -> None:
+    cursor = Cursor()
+    ended = advance(cursor, _samples([5, 11, 9, 9, 11, 9, 7], clear=8), Policy(for_=timedelta(minutes=3)))
+    (episode,) = ended
+    assert (episode.start, episode.fire_at, episode.resolved_at, episode.peak) == (_t(1), _t(4), _t(6), 11)
+
+
+def test_skip_neither_extends_nor_ends() -> None:
+    cursor = Cursor()
+    samples = [*_samples([11, 11]), Sample(_t(2), _t(2), 99, Status.SKIP), Sample(_t(5), _t(5), 99, Status.SKIP)]
+    advance(cursor, samples, Policy(for_=timedelta(minutes=3)))
+    open_episode = cursor.episode()
+    assert open_episode is not None and open_episode.fire_at is None  # 1 minute of evidence, not 5
+
+
+def test_cursor_round_trips_through_json() -> None:
+    cursor = Cursor()
+    advance(cursor, _samples([11, 11, 11]), Policy(for_=timedelta(minutes=1)))
+    again = Cursor.from_json(cursor.to_json())
+    assert again == cursor and again.episode() == cursor.episode()
+
+
+def test_clock_aligned_buckets_in_local_time() -> None:
+    # 15:59 UTC is 23:59 in Shanghai: the day began at 16:00 UTC the day before
+    ts = datetime(2026, 1, 1, 15, 59, tzinfo=UTC)
+    day = bucket_floor(ts, timedelta(days=1), "Asia/Shanghai")
+    assert day == datetime(2025, 12, 31, 16, 0, tzinfo=UTC)
+    assert bucket_next(day, timedelta(days=1), "Asia/Shanghai") == datetime(2026, 1, 1, 16, 0, tzinfo=UTC)
+    assert bucket_floor(ts, timedelta(minutes=30), "Asia/Shanghai") == datetime(2026, 1, 1, 15, 30, tzinfo=UTC)
+    # Kathmandu is UTC+5:45: local hours start at :15 UTC
+    assert bucket_floor(ts, timedelta(hours=1), "Asia/Kathmandu") == datetime(2026, 1, 1, 15, 15, tzinfo=UTC)
+
+
+# --- the command line --------------------------------------------------------------------------------
+
+def test_rules_validate_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["rules", "validate"]) == 0
+    assert "ok: " in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules:\n  - {id: a, kind: window, summary: s, severity: minor}\n")
+    assert main(["rules", "validate", str(bad)]) == 2
+    assert f"{bad}: rule 'a': key 'source'" in capsys.readouterr().err
+
+
+def test_rules_list_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["rules", "list", "--kind", "rate"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["ID", "KIND", "SEVERITY"] and out[1].startswith("sweeper_battery_temp_rising")
