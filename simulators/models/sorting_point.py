@@ -47,7 +47,7 @@ CATEGORY_SHARE = {"kitchen": 0.45, "other": 0.35, "recyclable": 0.17, "hazardous
 # log-normal (mu, sigma) of a bag's net weight in kg
 BAG_WEIGHT = {"kitchen": (math.log(0.8), 0.5), "other": (math.log(0.9), 0.55),
               "recyclable": (math.log(0.6), 0.7), "hazardous": (math.log(0.12), 0.6)}
-FULL_PCT = 95.0          # ground truth: a bin this full should raise an overflow alert
+FULL_PCT = 90.0          # ground truth: a bin this full should raise an overflow alert (issue #5: ≥ 90 %)
 FIRE_ALARM_C = 60.0
 FIRE_STATUS_INTERVAL_S = 30.0
 
