@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import secrets
 import ssl
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+from sanitel.mqtt_wire import DISCONNECT, connect_packet
 
 # MQTT 3.1.1 CONNACK return codes
 _CONNACK = {0: "accepted", 1: "unacceptable protocol version", 2: "client id rejected", 3: "server unavailable",
@@ -23,33 +24,6 @@ class BrokerProbe:
     detail: str
 
 
-def _utf8(text: str) -> bytes:
-    raw = text.encode()
-    return struct.pack("!H", len(raw)) + raw
-
-
-def _remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def connect_packet(client_id: str, username: str | None, password: str | None, keepalive: int = 10) -> bytes:
-    """An MQTT 3.1.1 CONNECT with a clean session (the probe leaves nothing behind on the broker)."""
-    flags = 0x02 | (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
-    variable = _utf8("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive)
-    payload = _utf8(client_id)
-    if username is not None:
-        payload += _utf8(username)
-    if password is not None:
-        payload += _utf8(password)
-    body = variable + payload
-    return bytes([0x10]) + _remaining_length(len(body)) + body
-
-
 async def probe_broker(url: str, timeout: float = 3.0) -> BrokerProbe:
     parts = urlsplit(url)
     tls = parts.scheme in ("mqtts", "ssl")
@@ -60,14 +34,14 @@ async def probe_broker(url: str, timeout: float = 3.0) -> BrokerProbe:
     try:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(host, port, ssl=ssl.create_default_context() if tls else None), timeout)
-        writer.write(connect_packet(f"sanitel-health-{secrets.token_hex(4)}", username, password))
+        writer.write(connect_packet(f"sanitel-health-{secrets.token_hex(4)}", username, password, keepalive=10))
         await writer.drain()
         reply = await asyncio.wait_for(reader.readexactly(4), timeout)
         if reply[0] != 0x20:
             return BrokerProbe(True, False, f"unexpected reply to CONNECT (packet type {reply[0] >> 4})")
         code = reply[3]
         if code == 0:
-            writer.write(b"\xe0\x00")  # DISCONNECT
+            writer.write(DISCONNECT)
             await writer.drain()
         return BrokerProbe(True, code == 0, f"CONNACK {_CONNACK.get(code, f'code {code}')}")
     except (OSError, TimeoutError, asyncio.IncompleteReadError, ssl.SSLError) as exc:

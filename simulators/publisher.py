@@ -23,7 +23,6 @@ import os
 import select
 import socket
 import ssl
-import struct
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -34,6 +33,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import paho.mqtt.client as mqtt
 
 from sanitel.errors import SanitelError
+from sanitel.mqtt_wire import DISCONNECT, PINGREQ, connect_packet, remaining_length
 
 ENGINES = ("paho", "fast")
 CONNACK_REASONS = {
@@ -254,35 +254,6 @@ class PahoPublisher(Publisher):
 PUBLISH_QOS1 = 0x32
 PUBLISH_QOS1_DUP = 0x3A
 PUBACK, PINGRESP, CONNACK = 4, 13, 2
-PINGREQ = b"\xc0\x00"
-DISCONNECT = b"\xe0\x00"
-
-
-def _remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _utf8(text: str) -> bytes:
-    data = text.encode()
-    return struct.pack("!H", len(data)) + data
-
-
-def connect_packet(client_id: str, username: str | None, password: str | None, keepalive: int) -> bytes:
-    flags = 0x02  # clean session: a load generator keeps no state at the broker
-    payload = _utf8(client_id)
-    if username is not None:
-        flags |= 0x80
-        payload += _utf8(username)
-        if password is not None:
-            flags |= 0x40
-            payload += _utf8(password)
-    body = _utf8("MQTT") + bytes((4, flags)) + struct.pack("!H", keepalive) + payload
-    return b"\x10" + _remaining_length(len(body)) + body
 
 
 class FastPublisher(Publisher):
@@ -370,7 +341,7 @@ class FastPublisher(Publisher):
         self.next_mid = mid % 65535 + 1
         topic_bytes = topic.encode()
         rest = len(topic_bytes).to_bytes(2, "big") + topic_bytes + mid.to_bytes(2, "big") + payload
-        packet = b"\x32" + _remaining_length(len(rest)) + rest
+        packet = b"\x32" + remaining_length(len(rest)) + rest
         self.inflight[mid] = packet
         self.out += packet
         self.stats.sent += 1
