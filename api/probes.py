@@ -8,9 +8,9 @@ import secrets
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
-from sanitel.mqtt_wire import DISCONNECT, connect_packet
+from sanitel.errors import SanitelError
+from sanitel.mqtt_wire import DISCONNECT, BrokerTarget, connect_packet
 
 # MQTT 3.1.1 CONNACK return codes
 _CONNACK = {0: "accepted", 1: "unacceptable protocol version", 2: "client id rejected", 3: "server unavailable",
@@ -25,15 +25,15 @@ class BrokerProbe:
 
 
 async def probe_broker(url: str, timeout: float = 3.0) -> BrokerProbe:
-    parts = urlsplit(url)
-    tls = parts.scheme in ("mqtts", "ssl")
-    host, port = parts.hostname or "127.0.0.1", parts.port or (8883 if tls else 1883)
-    username = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password else None
+    try:
+        target = BrokerTarget.parse(url)
+    except SanitelError as exc:
+        return BrokerProbe(False, False, str(exc))
+    host, port, username, password = target.host, target.port, target.username, target.password
     writer = None
     try:
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, ssl=ssl.create_default_context() if tls else None), timeout)
+            asyncio.open_connection(host, port, ssl=target.ssl_context() if target.tls else None), timeout)
         writer.write(connect_packet(f"sanitel-health-{secrets.token_hex(4)}", username, password, keepalive=10))
         await writer.drain()
         reply = await asyncio.wait_for(reader.readexactly(4), timeout)

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import logging
 import queue
-import ssl
 import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -29,6 +27,7 @@ from ingest.decode import DecodeLimits, decode_message
 from ingest.metrics import CollectorMetrics
 from processors.spool import Spool, SpooledMessage
 from processors.writer import DatabaseUnavailable, Message, ReadingWriter, WriteResult
+from sanitel.mqtt_wire import BrokerTarget
 from sanitel.settings import Settings
 from schemas.topics import DEVICE_KINDS, subscription
 
@@ -44,23 +43,6 @@ class _Received:
     received_at: datetime
     mid: int
     qos: int
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    host: str
-    port: int
-    username: str | None
-    password: str | None
-    tls: bool
-
-    @classmethod
-    def from_url(cls, url: str) -> BrokerAddress:
-        parts = urlsplit(url)
-        tls = parts.scheme in ("mqtts", "ssl")
-        return cls(parts.hostname or "127.0.0.1", parts.port or (8883 if tls else 1883),
-                   unquote(parts.username) if parts.username else None,
-                   unquote(parts.password) if parts.password else None, tls)
 
 
 class Collector:
@@ -84,11 +66,11 @@ class Collector:
     def _make_client(self) -> mqtt.Client:
         client = BufferedClient(mqtt.CallbackAPIVersion.VERSION2, client_id=self.settings.collector_client_id,
                                 protocol=mqtt.MQTTv5, manual_ack=True)
-        broker = BrokerAddress.from_url(self.settings.effective_mqtt_url)
+        broker = BrokerTarget.parse(self.settings.effective_mqtt_url)
         if broker.username:
             client.username_pw_set(broker.username, broker.password)
         if broker.tls:
-            client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
+            client.tls_set_context(broker.ssl_context())
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

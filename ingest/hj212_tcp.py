@@ -28,12 +28,11 @@ import contextlib
 import logging
 import os
 import socket
-import ssl
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 
+from sanitel.mqtt_wire import BrokerTarget
 from schemas.hj212 import (
     FLAG_ACK,
     MAX_FRAME_BYTES,
@@ -67,12 +66,9 @@ class BrokerLink:
     """One MQTT connection for all DAUs, reconnected with backoff. ``publish`` returns after PUBACK."""
 
     def __init__(self, url: str, client_id: str | None = None) -> None:
-        parts = urlsplit(url)
-        self.tls = parts.scheme in ("mqtts", "ssl")
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or (8883 if self.tls else 1883)
-        self.username = unquote(parts.username) if parts.username else None
-        self.password = unquote(parts.password) if parts.password else None
+        self.target = BrokerTarget.parse(url)
+        self.host, self.port = self.target.host, self.target.port
+        self.username, self.password = self.target.username, self.target.password
         # unique per process: two listeners with one client id would knock each other off the broker
         self.client_id = client_id or f"sanitel-hj212-{socket.gethostname()}-{os.getpid()}"
         self._client: aiomqtt.Client | None = None
@@ -108,7 +104,7 @@ class BrokerLink:
                 async with aiomqtt.Client(
                     self.host, self.port, username=self.username, password=self.password,
                     identifier=self.client_id, keepalive=30,
-                    tls_context=ssl.create_default_context() if self.tls else None,
+                    tls_context=self.target.ssl_context() if self.target.tls else None,
                 ) as client:
                     self._client, backoff = client, 0.5
                     self._connected.set()

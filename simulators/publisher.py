@@ -28,12 +28,11 @@ import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 
 from sanitel.errors import SanitelError
-from sanitel.mqtt_wire import DISCONNECT, PINGREQ, connect_packet, remaining_length
+from sanitel.mqtt_wire import DISCONNECT, PINGREQ, BrokerTarget, connect_packet, remaining_length
 
 ENGINES = ("paho", "fast")
 CONNACK_REASONS = {
@@ -43,63 +42,6 @@ CONNACK_REASONS = {
     4: "bad user name or password",
     5: "not authorised",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerTarget:
-    host: str
-    port: int
-    username: str | None = None
-    password: str | None = None
-    tls: bool = False
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    insecure: bool = False
-    client_id: str | None = None
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerTarget:
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
-            raise SanitelError(f"{url!r} is not a broker URL; use mqtt://user:password@host:1883 or "
-                               "mqtts://user:password@host:8883")
-        try:
-            port = parts.port
-        except ValueError:
-            raise SanitelError(f"{url!r} has a malformed port; use e.g. mqtt://localhost:1883") from None
-        tls = parts.scheme in ("mqtts", "ssl")
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        unknown = set(query) - {"ca", "cert", "key", "insecure", "client_id"}
-        if unknown:
-            raise SanitelError(f"{url!r}: unknown option(s) {', '.join(sorted(unknown))}; "
-                               "use ca, cert, key, insecure, client_id")
-        return cls(
-            host=parts.hostname,
-            port=port or (8883 if tls else 1883),
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
-            tls=tls,
-            ca_file=query.get("ca"),
-            cert_file=query.get("cert"),
-            key_file=query.get("key"),
-            insecure=query.get("insecure", "0").lower() in ("1", "true", "yes"),
-            client_id=query.get("client_id"),
-        )
-
-    def redacted(self) -> str:
-        """The URL without the password, for logs and the progress line."""
-        auth = f"{self.username}:***@" if self.username else ""
-        return f"{'mqtts' if self.tls else 'mqtt'}://{auth}{self.host}:{self.port}"
-
-    def ssl_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=self.ca_file)
-        if self.cert_file:
-            context.load_cert_chain(self.cert_file, self.key_file)
-        if self.insecure:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        return context
 
 
 @dataclass
