@@ -15,7 +15,8 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from sanitel.errors import ConfigError
+from sanitel.errors import ConfigError, SanitelError
+from sanitel.mqtt_wire import BrokerTarget
 
 
 class Settings(BaseSettings):
@@ -72,15 +73,11 @@ class Settings(BaseSettings):
     @field_validator("mqtt_url")
     @classmethod
     def _check_mqtt_url(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        parts = urlsplit(v)
-        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
-            raise ValueError(f"{v!r} is not an MQTT URL; use mqtt://user:password@host:1883 or mqtts://…:8883")
-        try:
-            parts.port  # noqa: B018 - raises on a malformed port
-        except ValueError as exc:
-            raise ValueError(f"{v!r} has a malformed port: {exc}") from None
+        if v is not None:
+            try:
+                BrokerTarget.parse(v)
+            except SanitelError as exc:
+                raise ValueError(str(exc)) from None
         return v
 
     @classmethod
