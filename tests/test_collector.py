@@ -216,3 +216,31 @@ def test_hj212_frames_land_and_a_wrong_password_is_dead_lettered(
         code = conn.execute("SELECT reason_code FROM dead_letters").fetchone()[0]
     assert (round(nox, 1), round(zs, 1), source) == (120.5, 150.2, "hj212")
     assert code == "hj212_wrong_password"
+
+
+def test_mqtt5_properties_on_a_publish_are_skipped_and_the_payload_lands_intact(
+        fresh_db: str, mqtt_server: MosquittoServer, make_collector: Callable[..., Collector]) -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    make_collector(fresh_db, mqtt_server.url)
+    props = Properties(PacketTypes.PUBLISH)
+    props.ContentType = "application/json"
+    props.MessageExpiryInterval = 3600
+    props.UserProperty = [("gateway", "gw-7"), ("firmware", "x" * 300)]  # > 127 bytes: a 2-byte length
+    body = {"ts": now_ms(-1), "seq": 9, "soc_pct": 66.5, "note": "é" * 200}
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.connect("127.0.0.1", mqtt_server.port)
+    client.loop_start()
+    try:
+        client.publish(topic("sweeper", "sw-props"), j(body), qos=1, properties=props).wait_for_publish(10)
+        client.publish(topic("sweeper", "sw-props"), j({**body, "seq": 10}), qos=0).wait_for_publish(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    assert wait_for(lambda: count(fresh_db, "SELECT count(*) FROM sweeper_telemetry") == 2, 15)
+    with psycopg.connect(fresh_db) as conn:
+        soc, extra = conn.execute("SELECT soc_pct, extra FROM sweeper_telemetry WHERE seq = 9").fetchone()
+    assert soc == 66.5 and extra == {"note": "é" * 200}
+    assert count(fresh_db, "SELECT count(*) FROM dead_letters") == 0
