@@ -192,8 +192,9 @@ class Collector:
             if batch:
                 try:
                     self._persist(batch)
-                except Exception:  # never let the writer thread die: the messages stay unacked
-                    log.exception("unexpected error writing a batch of %d; it will be redelivered", len(batch))
+                except Exception:  # never let the writer thread die: the messages stay unacknowledged
+                    log.exception("unexpected error writing a batch of %d; left unacknowledged, the broker "
+                                  "redelivers it on the next connection", len(batch))
                     continue
                 self.client.ack_many([r.mid for r in batch if r.qos == 1])
 
