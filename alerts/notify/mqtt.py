@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import json
 import logging
-import ssl
 import threading
 from datetime import timedelta
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 import psycopg
 
+from sanitel.mqtt_wire import BrokerTarget
 from schemas.topics import alert_topic
 
 log = logging.getLogger("sanitel.alerts.mqtt")
@@ -28,21 +27,20 @@ class MqttSink:
 
     def __init__(self, url: str, city: str, client_id: str = "sanitel-evaluator", *,
                  publish_timeout_s: float = 5.0) -> None:
-        parts = urlsplit(url)
+        broker = BrokerTarget.parse(url)
         self.city = city
         self.publish_timeout_s = publish_timeout_s
         self._connected = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=mqtt.MQTTv311, clean_session=True)
-        if parts.username:
-            self.client.username_pw_set(unquote(parts.username), unquote(parts.password or "") or None)
-        if parts.scheme in ("mqtts", "ssl"):
-            self.client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
+        if broker.username:
+            self.client.username_pw_set(broker.username, broker.password)
+        if broker.tls:
+            self.client.tls_set_context(broker.ssl_context())
         self.client.reconnect_delay_set(1, 30)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
-        tls = parts.scheme in ("mqtts", "ssl")
-        self.client.connect_async(parts.hostname or "127.0.0.1", parts.port or (8883 if tls else 1883), keepalive=30)
+        self.client.connect_async(broker.host, broker.port, keepalive=30)
         self.client.loop_start()
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
