@@ -9,6 +9,7 @@ from importlib import resources
 import psycopg
 
 from sanitel.errors import SanitelError
+from sanitel.urls import redact_url
 
 MIGRATION_LOCK_ID = 0x5A417E1  # advisory lock: one process migrates at a time
 
@@ -40,20 +41,11 @@ def connect(url: str, **kwargs: object) -> psycopg.Connection:
         return psycopg.connect(url, connect_timeout=10, **kwargs)  # type: ignore[arg-type]
     except psycopg.OperationalError as exc:
         raise SanitelError(
-            f"cannot connect to the database at {_redact(url)}: {' '.join(str(exc).split())}; "
+            f"cannot connect to the database at {redact_url(url)}: {' '.join(str(exc).split())}; "
             "start it with 'sanitel stack up' or fix SANITEL_DATABASE_URL"
         ) from None
     except psycopg.ProgrammingError as exc:
-        raise SanitelError(f"malformed database URL {_redact(url)}: {exc}") from None
-
-
-def _redact(url: str) -> str:
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}" if ":" in creds else url
-    return url
+        raise SanitelError(f"malformed database URL {redact_url(url)}: {exc}") from None
 
 
 def apply_migrations(url: str) -> list[str]:

@@ -139,3 +139,11 @@ def test_config_file_errors_name_the_file_and_key(tmp_path: Path, monkeypatch: p
     bad.write_text("pg_prot: 1\n")
     with pytest.raises(ConfigError, match="pg_prot"):
         load_settings()
+
+
+def test_urls_shown_to_people_never_carry_the_password() -> None:
+    from sanitel.urls import redact_url
+
+    assert redact_url("postgresql://u:s3cret@db:5432/x?sslmode=require") == "postgresql://u:***@db:5432/x?sslmode=require"
+    assert redact_url("mqtts://dev:p%40ss@[::1]:8883") == "mqtts://dev:***@[::1]:8883"
+    assert redact_url("postgresql://postgres@127.0.0.1:55432/sanitel") == "postgresql://postgres@127.0.0.1:55432/sanitel"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 from fastapi import APIRouter, Response
@@ -20,6 +19,7 @@ from api.models import Check, CheckStatus, Health
 from api.probes import probe_broker, spool_backlog
 from api.queries import alerts as alert_queries
 from api.queries import health as queries
+from sanitel.urls import redact_url
 
 router = APIRouter(tags=["operations"])
 
@@ -72,7 +72,7 @@ def _lag_check(ctx: ApiContext, newest: datetime | None, now: datetime) -> Check
 async def _broker_check(ctx: ApiContext) -> Check:
     url = ctx.settings.effective_mqtt_url
     probe = await probe_broker(url)
-    shown = _redact(url)
+    shown = redact_url(url)
     if not probe.reachable:
         return Check(status="down", detail=probe.detail, data={"url": shown})
     # reachable but refusing our login (auth on, no service credentials in the URL) still means "up"
@@ -89,14 +89,6 @@ def _spool_check(ctx: ApiContext) -> Check:
         return Check(status="ok", detail="empty", data=data)
     return Check(status="degraded", detail=f"{backlog.bytes} bytes in {backlog.files} segment(s) waiting to be "
                  "replayed (the database was or is unreachable)", data=data)
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
