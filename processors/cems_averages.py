@@ -50,6 +50,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from processors.cems_normalise import O2_GUARD_PCT, O2_REF_PCT, NormalisationError, to_reference
+from processors.watermarks import read_watermark, store_watermark
 
 POLLUTANTS: tuple[str, ...] = ("dust", "so2", "nox", "co", "hcl", "hf", "toc", "nh3", "hg")
 DEFAULT_TZ = "Asia/Shanghai"
@@ -420,11 +421,8 @@ def run_scheduled(conn: psycopg.Connection, *, name: str = WATERMARK_NAME, rules
     if not conn.execute("SELECT pg_try_advisory_lock(%s, 0)", (_LOCK_NAMESPACE,)).fetchone()[0]:  # type: ignore[index]
         return None
     try:
-        row = conn.execute("SELECT watermark FROM cems_average_watermarks WHERE name = %s", (name,)).fetchone()
-        watermark = row[0] if row else datetime(2000, 1, 1, tzinfo=UTC)
-        new = recompute_since(conn, watermark, rules=rules, now=now)
-        conn.execute("INSERT INTO cems_average_watermarks (name, watermark) VALUES (%s, %s) ON CONFLICT (name)"
-                     " DO UPDATE SET watermark = EXCLUDED.watermark, updated_at = now()", (name, new))
+        new = recompute_since(conn, read_watermark(conn, name), rules=rules, now=now)
+        store_watermark(conn, name, new)
         if not conn.autocommit:
             conn.commit()
         return new

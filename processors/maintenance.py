@@ -16,12 +16,12 @@ import psycopg
 from processors import cems_averages
 from processors.retention import apply_retention
 from processors.rollups import COMMIT_SLACK, ROLLUP_SOURCES, refresh
+from processors.watermarks import read_watermark, store_watermark
 from sanitel.settings import Settings
 
 log = logging.getLogger("sanitel.maintenance")
 MAINTENANCE_LOCK = 0x5A4D41  # advisory lock key
 RETENTION_EVERY = timedelta(hours=1)
-_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -43,31 +43,21 @@ def run_pass(conn: psycopg.Connection, settings: Settings, *, now: datetime | No
         until = now - COMMIT_SLACK
         for source in ROLLUP_SOURCES:
             name = f"rollup:{source}"
-            since = _watermark(conn, name)
+            since = read_watermark(conn, name)
             with conn.transaction():
                 result.rollup_buckets[source] = refresh(conn, source, since, until)
-                _store_watermark(conn, name, until)
+                store_watermark(conn, name, until)
         result.cems_watermark = cems_averages.run_scheduled(conn, now=now)
-        if retention and now - _watermark(conn, "retention") >= RETENTION_EVERY:
+        if retention and now - read_watermark(conn, "retention") >= RETENTION_EVERY:
             with conn.transaction():
                 result.dropped = apply_retention(
                     conn, raw=timedelta(days=settings.raw_retention_days),
                     rollups=timedelta(days=settings.rollup_retention_days),
                     dead_letters=timedelta(days=settings.dead_letter_retention_days))
-                _store_watermark(conn, "retention", now)
+                store_watermark(conn, "retention", now)
         return result
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (MAINTENANCE_LOCK,))
-
-
-def _watermark(conn: psycopg.Connection, name: str) -> datetime:
-    row = conn.execute("SELECT watermark FROM maintenance_watermarks WHERE name = %s", (name,)).fetchone()
-    return row[0] if row else _EPOCH
-
-
-def _store_watermark(conn: psycopg.Connection, name: str, value: datetime) -> None:
-    conn.execute("INSERT INTO maintenance_watermarks (name, watermark) VALUES (%s, %s) ON CONFLICT (name) "
-                 "DO UPDATE SET watermark = EXCLUDED.watermark, updated_at = now()", (name, value))
 
 
 def run_forever(settings: Settings, stop: threading.Event) -> None:

@@ -186,7 +186,7 @@ def test_late_data_recomputes_the_affected_day(conn: psycopg.Connection) -> None
     assert (eu["valid"], eu["discarded_sub_periods"]) == (True, 2)
     # (42 × 5 + 4 × 8) / 46 = 5.261
     assert eu["normalised_mg_m3"] == pytest.approx(242 / 46, abs=1e-3)
-    watermark = conn.execute("SELECT watermark FROM cems_average_watermarks").fetchone()[0]
+    watermark = conn.execute("SELECT watermark FROM maintenance_watermarks WHERE name = 'cems_averages'").fetchone()[0]
     assert watermark == first + timedelta(days=1)
     # idempotent: recomputing changes nothing
     before = conn.execute("SELECT count(*), sum(n_valid) FROM cems_averages").fetchone()

@@ -41,9 +41,4 @@ CREATE INDEX IF NOT EXISTS cems_averages_plant_day ON cems_averages (plant_id, p
 -- recompute_since() finds the periods that received new rows by receive time (late data).
 CREATE INDEX IF NOT EXISTS cems_readings_received_at ON cems_readings (received_at);
 
--- The scheduled processor's watermark (one row per processor name).
-CREATE TABLE IF NOT EXISTS cems_average_watermarks (
-    name        text PRIMARY KEY,
-    watermark   timestamptz NOT NULL,
-    updated_at  timestamptz NOT NULL DEFAULT now()
-);
+-- Its watermark lives in maintenance_watermarks (migration 0040) with the scheduled processor's others.
