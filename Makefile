@@ -1,5 +1,5 @@
 # The two set-up commands of the README, plus a few conveniences.
-.PHONY: install run test lint bench-ingest
+.PHONY: install run test test-unit lint bench-ingest
 
 install:
 	bash scripts/install.sh
@@ -7,12 +7,15 @@ install:
 run: install
 	.venv/bin/sanitel run
 
-test: install
-	.venv/bin/ruff check .
+# lint first: a layering, type or style error fails before the slow tests start
+test: install lint
 	.venv/bin/pytest
 
+test-unit: install
+	.venv/bin/pytest tests/unit
+
 lint:
-	.venv/bin/ruff check .
+	bash scripts/lint.sh
 
 bench-ingest: install
 	.venv/bin/python bench/ingest/run.py

@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_evaluator(args: argparse.Namespace) -> int:
-    from alerts.service import EvaluatorService
+    from sanitel.alerts.service import EvaluatorService
+
     from sanitel.db import apply_migrations
     from sanitel.logs import setup_logging
     from sanitel.settings import load_settings
@@ -55,7 +56,8 @@ def run_evaluator(args: argparse.Namespace) -> int:
 
 
 def validate_rules(args: argparse.Namespace) -> int:
-    from alerts.rules import load_files, rule_files
+    from sanitel.alerts.rules import load_files, rule_files
+
     from sanitel.settings import load_settings
 
     files = args.files or rule_files(load_settings().rules_dir)
@@ -68,7 +70,8 @@ def validate_rules(args: argparse.Namespace) -> int:
 
 
 def list_rules(args: argparse.Namespace) -> int:
-    from alerts.rules import load_rules
+    from sanitel.alerts.rules import load_rules
+
     from sanitel.settings import load_settings
 
     settings = load_settings()
@@ -91,7 +94,7 @@ def list_rules(args: argparse.Namespace) -> int:
 
 
 def _what(rule: object) -> str:
-    from alerts.rules import EventCountRule, Lookup, OfflineRule, RateRule, WindowRule, format_duration
+    from sanitel.alerts.rules import EventCountRule, Lookup, OfflineRule, RateRule, WindowRule, format_duration
 
     if isinstance(rule, OfflineRule):
         return f"no data for {format_duration(rule.timeout) if rule.timeout else 'the device timeout'}"

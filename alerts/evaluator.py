@@ -29,12 +29,11 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 from psycopg.types.json import Jsonb
-
-from alerts import queries
-from alerts.lifecycle import Alert, Candidate, Lifecycle, alerts_for, fingerprint, open_alerts
-from alerts.notify.outbox import load_webhooks
-from alerts.queries import Change, Request
-from alerts.rules import (
+from sanitel.alerts import queries
+from sanitel.alerts.lifecycle import Alert, Candidate, Lifecycle, alerts_for, fingerprint, open_alerts
+from sanitel.alerts.notify.outbox import load_webhooks
+from sanitel.alerts.queries import Change, Request
+from sanitel.alerts.rules import (
     AVERAGES_TABLE,
     DEVICE_TABLES,
     EventCountRule,
@@ -49,10 +48,10 @@ from alerts.rules import (
     limits_for,
     render_summary,
 )
-from alerts.silences import Silences
-from alerts.subjects import Registry, Subject, subject_key
-from alerts.timeline import Cursor, Episode, Policy, Sample, Status, advance, judge
-from schemas.readings import BY_TABLE
+from sanitel.alerts.silences import Silences
+from sanitel.alerts.subjects import Registry, Subject, subject_key
+from sanitel.alerts.timeline import Cursor, Episode, Policy, Sample, Status, advance, judge
+from sanitel.schemas.readings import BY_TABLE
 
 log = logging.getLogger("sanitel.alerts")
 

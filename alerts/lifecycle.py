@@ -23,12 +23,11 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-
-from alerts.notify.outbox import Webhook, enqueue, load_webhooks
-from alerts.rules import Limits, RuleModel
-from alerts.silences import Silences
-from alerts.subjects import Subject
-from alerts.timeline import Episode
+from sanitel.alerts.notify.outbox import Webhook, enqueue, load_webhooks
+from sanitel.alerts.rules import Limits, RuleModel
+from sanitel.alerts.silences import Silences
+from sanitel.alerts.subjects import Subject
+from sanitel.alerts.timeline import Episode
 
 NOTIFY_CHANNEL = "sanitel_alerts"
 _NOTIFY_LIMIT = 7000  # PostgreSQL's NOTIFY payload limit is 8000 bytes

@@ -24,8 +24,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-
-from alerts.rules import (
+from sanitel.alerts.rules import (
     AVERAGE_PERIODS,
     AVERAGES_TABLE,
     EventCountRule,
@@ -35,7 +34,7 @@ from alerts.rules import (
     WindowRule,
     _field_kind,
 )
-from schemas.hj212 import PARAMETER_CODES
+from sanitel.schemas.hj212 import PARAMETER_CODES
 
 log = logging.getLogger("sanitel.alerts")
 

@@ -46,10 +46,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from sanitel.schemas.readings import BY_TABLE, value_fields
+from sanitel.schemas.topics import DEVICE_KINDS, SEVERITIES
 
 from sanitel.errors import ConfigError
-from schemas.readings import BY_TABLE, value_fields
-from schemas.topics import DEVICE_KINDS, SEVERITIES
 
 # --------------------------------------------------------------------------------------------
 # Small value types
@@ -507,7 +507,7 @@ def _clear_on_safe_side(op: str, threshold: float, clear: float | None) -> float
 # Loading and validation
 # --------------------------------------------------------------------------------------------
 
-DEFAULT_RULES_PACKAGE = "alerts"
+DEFAULT_RULES_PACKAGE = "sanitel.alerts"
 
 
 def default_rule_files() -> list[Path]:

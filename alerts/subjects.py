@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-
-from alerts.rules import RuleModel
+from sanitel.alerts.rules import RuleModel
 
 DEFAULT_TZ = "Asia/Shanghai"  # sites.timezone's default (migration 0001)
 

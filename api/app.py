@@ -9,14 +9,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI
 from psycopg_pool import AsyncConnectionPool
+from sanitel.api.auth import VerifiedCache
+from sanitel.api.deps import ApiContext, require_role
+from sanitel.api.errors import error_responses, install_error_handlers
+from sanitel.api.mqtt_auth import BrokerAuthFiles
+from sanitel.api.observability import ApiMetrics, RequestMetricsMiddleware
+from sanitel.api.routes import alerts, deposits, devices, health, readings, reports, rules, silences, sites
+from sanitel.api.stream import AlertBroadcaster
 
-from api.auth import VerifiedCache
-from api.deps import ApiContext, require_role
-from api.errors import error_responses, install_error_handlers
-from api.mqtt_auth import BrokerAuthFiles
-from api.observability import ApiMetrics, RequestMetricsMiddleware
-from api.routes import alerts, deposits, devices, health, readings, reports, rules, silences, sites
-from api.stream import AlertBroadcaster
 from sanitel import __version__
 from sanitel.settings import Settings, load_settings
 
@@ -98,7 +98,7 @@ def create_app(settings: Settings | None = None, *, broker_auth: BrokerAuthFiles
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     for module in (sites, devices, readings, deposits, alerts, silences, rules, reports, health):
         app.include_router(module.router)
-    for name in ("api.routes.emissions",):
+    for name in ("sanitel.api.routes.emissions",):
         router = _optional_router(name)
         if router is not None:
             # at least a viewer key, whatever the module itself asks for

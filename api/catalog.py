@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from functools import cache
 
 import msgspec.inspect as mi
-
-from schemas.readings import READING_TYPES, Reading, value_fields
+from sanitel.schemas.readings import READING_TYPES, Reading, value_fields
 
 _UNIT = re.compile(r"\[([^\]]+)\]\s*$")
 _NUMERIC = (mi.FloatType, mi.IntType)

@@ -13,17 +13,17 @@ from pathlib import Path
 from typing import TypeVar
 
 import psycopg
+from sanitel.api.auth import ROLES, new_key
+from sanitel.api.credentials import rotate_device_password, set_service_account, sync_broker_files
+from sanitel.api.mqtt_auth import SERVICE_RULES, BrokerAuthFiles, hash_password, new_password
+from sanitel.api.queries import devices as device_queries
+from sanitel.api.queries import keys as key_queries
+from sanitel.api.queries import sites as site_queries
+from sanitel.schemas.topics import DEVICE_KINDS, ID_PATTERN, ROOT
 
-from api.auth import ROLES, new_key
-from api.credentials import rotate_device_password, set_service_account, sync_broker_files
-from api.mqtt_auth import SERVICE_RULES, BrokerAuthFiles, hash_password, new_password
-from api.queries import devices as device_queries
-from api.queries import keys as key_queries
-from api.queries import sites as site_queries
 from sanitel.db import apply_migrations
 from sanitel.errors import SanitelError
 from sanitel.settings import Settings, load_settings
-from schemas.topics import DEVICE_KINDS, ID_PATTERN, ROOT
 
 T = TypeVar("T")
 
@@ -46,8 +46,7 @@ def _register_api(subparsers: argparse._SubParsersAction) -> None:  # type: igno
 
 def _run_api(args: argparse.Namespace) -> int:
     import uvicorn
-
-    from api.app import create_app
+    from sanitel.api.app import create_app
 
     settings = load_settings()
     apply_migrations(settings.effective_database_url)

@@ -9,9 +9,8 @@ import logging
 
 import anyio
 from psycopg import AsyncConnection
-
-from api.mqtt_auth import BrokerAccount, BrokerAuthFiles, hash_password, new_password
-from api.queries import devices as queries
+from sanitel.api.mqtt_auth import BrokerAccount, BrokerAuthFiles, hash_password, new_password
+from sanitel.api.queries import devices as queries
 
 log = logging.getLogger("sanitel.api.credentials")
 

@@ -16,13 +16,13 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
+from sanitel.api.auth import Role, VerifiedCache, parse_token, role_allows
+from sanitel.api.errors import ApiError
+from sanitel.api.mqtt_auth import BrokerAuthFiles
+from sanitel.api.observability import ApiMetrics
+from sanitel.api.queries import keys as key_queries
+from sanitel.api.stream import AlertBroadcaster
 
-from api.auth import Role, VerifiedCache, parse_token, role_allows
-from api.errors import ApiError
-from api.mqtt_auth import BrokerAuthFiles
-from api.observability import ApiMetrics
-from api.queries import keys as key_queries
-from api.stream import AlertBroadcaster
 from sanitel.settings import Settings
 
 

@@ -6,10 +6,9 @@ from collections import defaultdict
 from typing import Any
 
 from psycopg import AsyncConnection
-
-from api.catalog import tables_of_kind
-from api.models import DeviceLatest, Reading
-from api.queries import readings as queries
+from sanitel.api.catalog import tables_of_kind
+from sanitel.api.models import DeviceLatest, Reading
+from sanitel.api.queries import readings as queries
 
 
 def to_reading(row: dict[str, Any], kind: str, table: str) -> Reading:

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from schemas.topics import ROOT
+from sanitel.schemas.topics import ROOT
 
 # Mosquitto's default is 101. Device passwords are 192-bit random strings, so the iteration count is not
 # what protects them; it is kept low because a broker restart makes every device reconnect at once.

@@ -14,9 +14,8 @@ from typing import Annotated, Any
 
 from fastapi import Query
 from pydantic import AfterValidator, AwareDatetime, StringConstraints
-
-from api.errors import ApiError
-from schemas.topics import ID_PATTERN
+from sanitel.api.errors import ApiError
+from sanitel.schemas.topics import ID_PATTERN
 
 MAX_PAGE = 500
 DEFAULT_PAGE = 50

@@ -12,9 +12,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd
 from psycopg import AsyncConnection
-
-from api.models import DistrictDay
-from api.queries import reports as queries
+from sanitel.api.models import DistrictDay
+from sanitel.api.queries import reports as queries
 
 CATEGORIES = ("recyclable", "hazardous", "kitchen", "other")
 DETECTIONS = ("mis_sorted", "overflow", "smoke_fire")

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 
-from api.catalog import Metric
+from sanitel.api.catalog import Metric
 
 # --- 5-minute telemetry rollups ------------------------------------------------------------------
 

@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-
-from api.queries.alerts import NOTIFY_CHANNEL
+from sanitel.api.queries.alerts import NOTIFY_CHANNEL
 
 log = logging.getLogger("sanitel.api.stream")
 

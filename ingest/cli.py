@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ingest.collector import Collector
+    from sanitel.ingest.collector import Collector
 
     overrides = {k: v for k, v in {"collector_client_id": args.client_id, "collector_share_group": args.share_group,
                                     "collector_metrics_port": args.metrics_port}.items() if v is not None}

@@ -21,15 +21,15 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from prometheus_client import start_http_server
+from sanitel.ingest.buffered_client import BufferedClient
+from sanitel.ingest.decode import DecodeLimits, decode_message
+from sanitel.ingest.metrics import CollectorMetrics
+from sanitel.processors.spool import Spool, SpooledMessage
+from sanitel.processors.writer import DatabaseUnavailable, Message, ReadingWriter, WriteResult
+from sanitel.schemas.topics import DEVICE_KINDS, subscription
 
-from ingest.buffered_client import BufferedClient
-from ingest.decode import DecodeLimits, decode_message
-from ingest.metrics import CollectorMetrics
-from processors.spool import Spool, SpooledMessage
-from processors.writer import DatabaseUnavailable, Message, ReadingWriter, WriteResult
 from sanitel.mqtt_wire import BrokerTarget
 from sanitel.settings import Settings
-from schemas.topics import DEVICE_KINDS, subscription
 
 log = logging.getLogger("sanitel.collector")
 _STOP = object()

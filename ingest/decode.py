@@ -13,8 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
-
-from schemas.readings import (
+from sanitel.schemas.readings import (
     BY_KIND_STREAM,
     DEFAULT_STREAM,
     GatewayBatch,
@@ -22,7 +21,7 @@ from schemas.readings import (
     Reading,
     value_fields,
 )
-from schemas.topics import DEVICE_KINDS, DeviceTopic, GatewayTopic, Hj212Topic, TopicError, parse_topic
+from sanitel.schemas.topics import DEVICE_KINDS, DeviceTopic, GatewayTopic, Hj212Topic, TopicError, parse_topic
 
 REASONS = {
     "payload_too_large": "the message is larger than the limit",
@@ -271,10 +270,10 @@ def parse_device_time(ts: str | int) -> datetime:
 def _decode_hj212(topic: Hj212Topic, payload: bytes, received_at: datetime, limits: DecodeLimits,
                   out: Decoded) -> None:
     try:
-        from schemas import hj212
+        from sanitel.schemas import hj212
     except ModuleNotFoundError:
         raise _Reject("hj212_unsupported", "HJ 212 decoding is not available in this build") from None
-    from schemas.readings import CemsReading
+    from sanitel.schemas.readings import CemsReading
 
     try:
         frame = hj212.parse_frame(payload)

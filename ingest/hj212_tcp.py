@@ -31,9 +31,7 @@ import socket
 from dataclasses import dataclass
 
 import aiomqtt
-
-from sanitel.mqtt_wire import BrokerTarget
-from schemas.hj212 import (
+from sanitel.schemas.hj212 import (
     FLAG_ACK,
     MAX_FRAME_BYTES,
     Hj212Error,
@@ -44,7 +42,9 @@ from schemas.hj212 import (
     peek_header,
     qn_rtn_for,
 )
-from schemas.topics import hj212_topic
+from sanitel.schemas.topics import hj212_topic
+
+from sanitel.mqtt_wire import BrokerTarget
 
 log = logging.getLogger("sanitel.hj212")
 

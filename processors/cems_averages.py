@@ -48,9 +48,8 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 from psycopg.types.json import Jsonb
-
-from processors.cems_normalise import O2_GUARD_PCT, O2_REF_PCT, NormalisationError, to_reference
-from processors.watermarks import read_watermark, store_watermark
+from sanitel.processors.cems_normalise import O2_GUARD_PCT, O2_REF_PCT, NormalisationError, to_reference
+from sanitel.processors.watermarks import read_watermark, store_watermark
 
 POLLUTANTS: tuple[str, ...] = ("dust", "so2", "nox", "co", "hcl", "hf", "toc", "nh3", "hg")
 DEFAULT_TZ = "Asia/Shanghai"

@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from processors.maintenance import run_forever, run_pass
+    from sanitel.processors.maintenance import run_forever, run_pass
 
     settings = load_settings()
     setup_logging()

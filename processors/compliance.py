@@ -30,8 +30,8 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 import yaml
+from sanitel.processors.cems_averages import DEFAULT_TZ, local_day_bounds
 
-from processors.cems_averages import DEFAULT_TZ, local_day_bounds
 from sanitel.errors import ConfigError
 
 LIMITS_FILE = Path(__file__).with_name("cems_limits.yaml")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas.readings import BinStatus, table_columns
+from sanitel.schemas.readings import BinStatus, table_columns
 
 _FILL = table_columns(BinStatus).index("fill_level_pct")
 _EXTRA = table_columns(BinStatus).index("extra")

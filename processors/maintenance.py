@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import psycopg
+from sanitel.processors import cems_averages
+from sanitel.processors.retention import apply_retention
+from sanitel.processors.rollups import COMMIT_SLACK, ROLLUP_SOURCES, refresh
+from sanitel.processors.watermarks import read_watermark, store_watermark
 
-from processors import cems_averages
-from processors.retention import apply_retention
-from processors.rollups import COMMIT_SLACK, ROLLUP_SOURCES, refresh
-from processors.watermarks import read_watermark, store_watermark
 from sanitel.settings import Settings
 
 log = logging.getLogger("sanitel.maintenance")

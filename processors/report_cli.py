@@ -57,8 +57,8 @@ def _connect():  # type: ignore[no-untyped-def]
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from processors import compliance
-    from processors.cems_averages import local_day_bounds, recompute
+    from sanitel.processors import compliance
+    from sanitel.processors.cems_averages import local_day_bounds, recompute
 
     if args.format == "png" and args.out is None:
         raise SanitelError("--format png writes a binary file: give --out FILE")
@@ -93,7 +93,7 @@ def _emit(data: bytes | str, out: Path | None) -> None:
 
 
 def run_recompute(args: argparse.Namespace) -> int:
-    from processors.cems_averages import device_placement, local_day_bounds, recompute
+    from sanitel.processors.cems_averages import device_placement, local_day_bounds, recompute
 
     last = args.last or args.first
     if last < args.first:
@@ -108,7 +108,8 @@ def run_recompute(args: argparse.Namespace) -> int:
 
 
 def run_hj212_listener(args: argparse.Namespace) -> int:
-    from ingest.hj212_tcp import run_listener
+    from sanitel.ingest.hj212_tcp import run_listener
+
     from sanitel.logs import setup_logging
     from sanitel.settings import load_settings
 

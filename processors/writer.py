@@ -22,10 +22,9 @@ from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
-
-from ingest.decode import Decoded, Rejection, Row
-from processors.derive import DERIVATIONS
-from schemas.readings import READING_TYPES, table_columns
+from sanitel.ingest.decode import Decoded, Rejection, Row
+from sanitel.processors.derive import DERIVATIONS
+from sanitel.schemas.readings import READING_TYPES, table_columns
 
 log = logging.getLogger("sanitel.writer")
 

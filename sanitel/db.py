@@ -26,7 +26,7 @@ class Migration:
 
 
 def load_migrations() -> list[Migration]:
-    folder = resources.files("schemas") / "migrations"
+    folder = resources.files("sanitel.schemas") / "migrations"
     found = []
     for entry in folder.iterdir():
         if entry.name.endswith(".sql"):

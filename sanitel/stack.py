@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from api.mqtt_auth import BrokerAuthFiles
+from sanitel.api.mqtt_auth import BrokerAuthFiles
 from sanitel.servers import MosquittoServer, PostgresServer
 from sanitel.settings import Settings
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import signal
 import subprocess
@@ -79,22 +78,7 @@ def _service_commands(settings: Settings, args: argparse.Namespace) -> list[tupl
               ("evaluator", [*exe, "evaluator"]), ("api", [*exe, "api"])]
     if not args.no_simulator:
         wanted.append(("simulator", [*exe, "simulate", "--scenario", args.scenario, "--speed", "1"]))
-    built = {"collector": "ingest.collector", "maintenance": "processors.maintenance", "evaluator": "alerts.service",
-             "api": "api.app", "simulator": "simulators.run"}
-    services = []
-    for name, cmd in wanted:
-        if importlib.util.find_spec(built[name].split(".")[0]) and _module_exists(built[name]):
-            services.append((name, cmd))
-        else:
-            print(f"[run] {name}: not built yet — skipped", file=sys.stderr)
-    return services
-
-
-def _module_exists(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:
-        return False
+    return wanted
 
 
 def run_all(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
 """Export the wire contract for gateway developers: JSON Schema per reading kind and an AsyncAPI 3 document,
 generated from the same definitions the collector validates with.
 
-    python -m schemas.contract            # rewrite docs/contract/ (a test fails when the copy is stale)
+    python -m sanitel.schemas.contract            # rewrite docs/contract/ (a test fails when the copy is stale)
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from typing import Any
 
 import msgspec
 import yaml
-
-from schemas.readings import DEFAULT_STREAM, READING_TYPES, GatewayBatch
-from schemas.topics import CITY_PATTERN, ID_PATTERN, SEVERITIES
+from sanitel.schemas.readings import DEFAULT_STREAM, READING_TYPES, GatewayBatch
+from sanitel.schemas.topics import CITY_PATTERN, ID_PATTERN, SEVERITIES
 
 OUT_DIR = Path(__file__).resolve().parent.parent / "docs" / "contract"
 REJECTIONS_DOC = "Rejected input is stored in the dead-letter table with its raw bytes, topic and a reason code."

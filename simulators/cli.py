@@ -15,14 +15,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from sanitel.simulators.clock import parse_duration, parse_instant, rfc3339
+from sanitel.simulators.publisher import ENGINES
+from sanitel.simulators.scenario import Scenario, available_scenarios, load_scenario
+
 from sanitel.errors import SanitelError
 from sanitel.settings import load_settings
-from simulators.clock import parse_duration, parse_instant, rfc3339
-from simulators.publisher import ENGINES
-from simulators.scenario import Scenario, available_scenarios, load_scenario
 
 if TYPE_CHECKING:
-    from simulators.run import SimulationSummary
+    from sanitel.simulators.run import SimulationSummary
 
 DEFAULT_SEED = 1
 
@@ -135,7 +136,7 @@ def _positive_int(text: str) -> int:
 
 
 def run_simulate(args: argparse.Namespace) -> int:
-    from simulators.run import default_start, simulate  # here: every other sanitel command skips its imports
+    from sanitel.simulators.run import default_start, simulate  # here: every other sanitel command skips its imports
 
     if args.list:
         _list_scenarios(sys.stdout)

@@ -15,10 +15,9 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-
-from schemas import hj212
-from schemas.readings import BY_KIND_STREAM, DEFAULT_STREAM, GatewayBatch, GatewayReading, Reading
-from schemas.topics import DeviceTopic, GatewayTopic, Hj212Topic, parse_topic
+from sanitel.schemas import hj212
+from sanitel.schemas.readings import BY_KIND_STREAM, DEFAULT_STREAM, GatewayBatch, GatewayReading, Reading
+from sanitel.schemas.topics import DeviceTopic, GatewayTopic, Hj212Topic, parse_topic
 
 # Fields sent on purpose although no column holds them (they land in `extra`).
 DELIBERATE_EXTRAS: dict[str, frozenset[str]] = {"cems": frozenset({"operating_state"})}

@@ -11,10 +11,9 @@ import time
 from typing import Any
 
 import msgspec
-
-from simulators.clock import LocalTime
-from simulators.models.base import Emission
-from simulators.models.cems import hj212_frame
+from sanitel.simulators.clock import LocalTime
+from sanitel.simulators.models.base import Emission
+from sanitel.simulators.models.cems import hj212_frame
 
 
 class TimestampFormatter:

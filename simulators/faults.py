@@ -28,14 +28,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from sanitel.simulators.clock import Duration, SignedDuration, TimeOfDay
+from sanitel.simulators.models.base import stable_seed
+from sanitel.simulators.truth import GroundTruth, TruthRecord
 
 from sanitel.errors import ConfigError
-from simulators.clock import Duration, SignedDuration, TimeOfDay
-from simulators.models.base import stable_seed
-from simulators.truth import GroundTruth, TruthRecord
 
 if TYPE_CHECKING:
-    from simulators.fleet import Fleet
+    from sanitel.simulators.fleet import Fleet
 
 FaultKind = Literal["spike", "stuck_sensor", "silence", "clock_skew", "duplicate", "out_of_order", "malformed",
                     "burst", "emission_exceedance", "charger_failure", "bin_fire"]

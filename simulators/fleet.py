@@ -12,14 +12,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from simulators.clock import LocalTime
-from simulators.models.base import DeviceInfo, DeviceModel, IncidentSink, device_rng
-from simulators.models.cems import CemsLine, Window, random_calibration_time
-from simulators.models.routes import District
-from simulators.models.sorting_point import SortingPoint
-from simulators.models.station import TransferStation
-from simulators.models.sweeper import Sweeper
-from simulators.scenario import LineEvent, PlantSpec, Scenario
+from sanitel.simulators.clock import LocalTime
+from sanitel.simulators.models.base import DeviceInfo, DeviceModel, IncidentSink, device_rng
+from sanitel.simulators.models.cems import CemsLine, Window, random_calibration_time
+from sanitel.simulators.models.routes import District
+from sanitel.simulators.models.sorting_point import SortingPoint
+from sanitel.simulators.models.station import TransferStation
+from sanitel.simulators.models.sweeper import Sweeper
+from sanitel.simulators.scenario import LineEvent, PlantSpec, Scenario
 
 POINTS_PER_ESTATE = 4
 

@@ -20,16 +20,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sanitel.simulators.agenda import Agenda
+from sanitel.simulators.clock import SimClock, parse_instant, rfc3339
+from sanitel.simulators.encode import Encoder
+from sanitel.simulators.faults import FaultInjector, FaultSpec, Message, PlanContext, parse_fault_names, plan_faults
+from sanitel.simulators.fleet import Fleet, build_fleet
+from sanitel.simulators.models.base import Emission
+from sanitel.simulators.publisher import BrokerTarget, open_publisher
+from sanitel.simulators.scenario import Scenario, load_scenario
+from sanitel.simulators.truth import GroundTruth
+
 from sanitel.errors import ConfigError
-from simulators.agenda import Agenda
-from simulators.clock import SimClock, parse_instant, rfc3339
-from simulators.encode import Encoder
-from simulators.faults import FaultInjector, FaultSpec, Message, PlanContext, parse_fault_names, plan_faults
-from simulators.fleet import Fleet, build_fleet
-from simulators.models.base import Emission
-from simulators.publisher import BrokerTarget, open_publisher
-from simulators.scenario import Scenario, load_scenario
-from simulators.truth import GroundTruth
 
 DEFAULT_CITY = "shenzhen"
 Faults = Sequence[FaultSpec | str] | str | None
@@ -267,7 +268,7 @@ def simulate(
                          faults=faults, start=begin, engine=engine, client_id=client_id, max_messages=max_messages,
                          progress_every_s=progress_every_s, ack_timeout_s=ack_timeout_s)
     if workers > 1:
-        from simulators.workers import simulate_in_workers
+        from sanitel.simulators.workers import simulate_in_workers
 
         return simulate_in_workers(scenario, options, workers, progress=progress, ground_truth_path=ground_truth_path)
     return simulate_shard(scenario, options, progress=progress, ground_truth_path=ground_truth_path)

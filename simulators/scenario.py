@@ -26,10 +26,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from sanitel.simulators.clock import Duration, Instant, PositiveDuration, TimeOfDay, TimeWindow, load_zone
+from sanitel.simulators.faults import FaultSpec
 
 from sanitel.errors import ConfigError
-from simulators.clock import Duration, Instant, PositiveDuration, TimeOfDay, TimeWindow, load_zone
-from simulators.faults import FaultSpec
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 CATEGORIES = ("kitchen", "recyclable", "hazardous", "other")

@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
-
-from simulators.clock import rfc3339
+from sanitel.simulators.clock import rfc3339
 
 Source = Literal["injected", "model"]
 

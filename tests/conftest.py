@@ -14,8 +14,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from sanitel.ingest.collector import Collector
 
-from ingest.collector import Collector
 from sanitel.db import apply_migrations
 from sanitel.servers import MosquittoServer, PostgresServer, free_port
 from sanitel.settings import load_settings

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from functools import cache
 
-from simulators.contract import CheckedReading, check_message
-from simulators.run import Simulation, generate
-from simulators.scenario import load_scenario
+from sanitel.simulators.contract import CheckedReading, check_message
+from sanitel.simulators.run import Simulation, generate
+from sanitel.simulators.scenario import load_scenario
 
 DAY_START = "2026-11-22T00:00:00+08:00"
 Messages = tuple[tuple[str, bytes, float], ...]
@@ -30,7 +30,7 @@ def demo_day_readings(seed: int = 11) -> tuple[tuple[float, CheckedReading], ...
 @cache
 def faulted_demo_day(seed: int = 21) -> tuple[Messages, Simulation]:
     """A demo day with every fault kind injected; the Simulation holds its ground truth."""
-    from simulators.clock import parse_instant
+    from sanitel.simulators.clock import parse_instant
 
     sim = Simulation(load_scenario("demo"), seed=seed, start=parse_instant(DAY_START), duration_s=86_400.0,
                      faults="all")

@@ -23,15 +23,15 @@ import pytest
 import yaml
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+from sanitel.alerts.evaluator import Evaluator, EvaluatorConfig
+from sanitel.alerts.rules import default_rule_files, load_files
+from sanitel.ingest.collector import Collector
+from sanitel.processors.cems_averages import run_scheduled
+from sanitel.simulators.run import generate, inventory
+from sanitel.simulators.truth import read_ground_truth
 
-from alerts.evaluator import Evaluator, EvaluatorConfig
-from alerts.rules import default_rule_files, load_files
-from ingest.collector import Collector
-from processors.cems_averages import run_scheduled
 from sanitel.servers import MosquittoServer, free_port
 from sanitel.settings import load_settings
-from simulators.run import generate, inventory
-from simulators.truth import read_ground_truth
 from tests.mqtt_tools import publish
 
 CITY = "shenzhen"

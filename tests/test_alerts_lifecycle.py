@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+from sanitel.alerts import lifecycle
+from sanitel.alerts.silences import Matcher, Silence, Silences, create_silence, expire_silence, parse_matchers
 
-from alerts import lifecycle
-from alerts.silences import Matcher, Silence, Silences, create_silence, expire_silence, parse_matchers
 from sanitel.errors import ConfigError
 from tests.test_alerts_support import add_device, add_site, alerts, at, history, insert, notifications, ruleset, run
 

@@ -20,11 +20,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
+from sanitel.alerts.notify.mqtt import MqttSink, deliver_pending
+from sanitel.alerts.notify.outbox import upsert_webhook
+from sanitel.alerts.notify.stream import Broadcaster, StreamEvent, listen, relay
+from sanitel.alerts.notify.webhook import RetryPolicy, WebhookDispatcher
 
-from alerts.notify.mqtt import MqttSink, deliver_pending
-from alerts.notify.outbox import upsert_webhook
-from alerts.notify.stream import Broadcaster, StreamEvent, listen, relay
-from alerts.notify.webhook import RetryPolicy, WebhookDispatcher
 from sanitel.servers import MosquittoServer, free_port
 from tests.mqtt_tools import wait_for
 from tests.test_alerts_support import add_device, alerts, at, insert, ruleset, run

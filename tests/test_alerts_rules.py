@@ -7,9 +7,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-
-from alerts.evaluator import bucket_floor, bucket_next
-from alerts.rules import (
+from sanitel.alerts.evaluator import bucket_floor, bucket_next
+from sanitel.alerts.rules import (
     Lookup,
     ThresholdRule,
     WindowRule,
@@ -20,7 +19,8 @@ from alerts.rules import (
     render_summary,
     validate_rule_dict,
 )
-from alerts.timeline import Cursor, Policy, Sample, Status, advance, judge
+from sanitel.alerts.timeline import Cursor, Policy, Sample, Status, advance, judge
+
 from sanitel.cli import main
 from sanitel.errors import ConfigError
 

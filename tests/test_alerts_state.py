@@ -9,9 +9,9 @@ from datetime import timedelta
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
+from sanitel.alerts.evaluator import EVALUATOR_LOCK_ID, Evaluator
+from sanitel.alerts.rules import RuleSet, load_database_rules
 
-from alerts.evaluator import EVALUATOR_LOCK_ID, Evaluator
-from alerts.rules import RuleSet, load_database_rules
 from tests.test_alerts_support import (
     T0,
     add_device,

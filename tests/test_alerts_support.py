@@ -11,9 +11,8 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-
-from alerts.evaluator import Evaluator, EvaluatorConfig, PassReport
-from alerts.rules import RuleSet, validate_rule_dict
+from sanitel.alerts.evaluator import Evaluator, EvaluatorConfig, PassReport
+from sanitel.alerts.rules import RuleSet, validate_rule_dict
 
 # Device time of the tests: yesterday, on a whole hour (inside the evaluator's lateness horizon).
 T0 = (datetime.now(UTC) - timedelta(days=1)).replace(minute=0, second=0, microsecond=0)

@@ -14,10 +14,10 @@ import psycopg
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sanitel.api.app import create_app
+from sanitel.api.auth import new_key
+from sanitel.api.mqtt_auth import BrokerAuthFiles, verify_password
 
-from api.app import create_app
-from api.auth import new_key
-from api.mqtt_auth import BrokerAuthFiles, verify_password
 from sanitel.servers import MosquittoServer, free_port
 from sanitel.settings import Settings, load_settings
 
@@ -530,7 +530,7 @@ def test_cems_history_is_served_from_the_averages_rollup_where_it_exists(client:
 
 def test_telemetry_history_comes_from_the_5_minute_rollups_once_they_are_built(
         client: TestClient, seeded_db: str, viewer: dict[str, str]) -> None:
-    from processors.maintenance import run_pass
+    from sanitel.processors.maintenance import run_pass
 
     window = {"from": DAY_START.isoformat(), "to": (DAY_START + timedelta(days=1)).isoformat()}
 

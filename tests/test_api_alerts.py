@@ -15,8 +15,8 @@ import psycopg
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
+from sanitel.api.app import create_app
 
-from api.app import create_app
 from sanitel.servers import free_port
 from tests.test_api import api_settings, assert_error, auth, mint_key
 

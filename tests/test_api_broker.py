@@ -18,10 +18,10 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from paho.mqtt.reasoncodes import ReasonCode
+from sanitel.api.app import create_app
+from sanitel.api.credentials import set_service_account, sync_broker_files
+from sanitel.api.mqtt_auth import BrokerAuthFiles, hash_password, verify_password
 
-from api.app import create_app
-from api.credentials import set_service_account, sync_broker_files
-from api.mqtt_auth import BrokerAuthFiles, hash_password, verify_password
 from sanitel.servers import MosquittoServer
 from tests.mqtt_tools import wait_for
 from tests.test_api import api_settings, auth, mint_key

@@ -17,10 +17,10 @@ import pytest
 import schemathesis
 from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
+from sanitel.api.app import create_app
 from schemathesis.checks import not_a_server_error
 from schemathesis.python import asgi
 
-from api.app import create_app
 from sanitel.servers import PostgresServer, free_port
 from sanitel.settings import load_settings
 from tests.conftest import TEMPLATE_DB

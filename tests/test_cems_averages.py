@@ -8,8 +8,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-
-from processors.cems_averages import Average, AveragingRules, compute_averages, local_day_bounds
+from sanitel.processors.cems_averages import Average, AveragingRules, compute_averages, local_day_bounds
 
 TZ = "Asia/Shanghai"
 DAY = date(2024, 5, 1)

@@ -15,9 +15,8 @@ import pandas as pd
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
-
-from processors import compliance
-from processors.cems_averages import local_day_bounds, recompute, run_scheduled
+from sanitel.processors import compliance
+from sanitel.processors.cems_averages import local_day_bounds, recompute, run_scheduled
 
 TZ = "Asia/Shanghai"
 DAY = date(2024, 5, 1)
@@ -235,9 +234,8 @@ def test_renderings_csv_png_cli_and_api(conn: psycopg.Connection, fresh_db: str,
     # the API router
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
-
-    from api.errors import install_error_handlers
-    from api.routes import emissions
+    from sanitel.api.errors import install_error_handlers
+    from sanitel.api.routes import emissions
 
     app = FastAPI()
     install_error_handlers(app)

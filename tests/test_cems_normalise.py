@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from processors.cems_normalise import (
+from sanitel.processors.cems_normalise import (
     NormalisationError,
     normalise_to_reference_o2,
     o2_guarded,

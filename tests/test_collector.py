@@ -14,8 +14,8 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import psycopg
+from sanitel.ingest.collector import Collector
 
-from ingest.collector import Collector
 from sanitel.servers import MosquittoServer, free_port
 from tests.mqtt_tools import count, publish, start_collector_process, wait_for
 
@@ -196,7 +196,7 @@ def test_sigterm_flushes_acks_and_exits_zero_and_a_restart_takes_the_rest(
 
 def test_hj212_frames_land_and_a_wrong_password_is_dead_lettered(
         fresh_db: str, mqtt_server: MosquittoServer, make_collector: Callable[..., Collector]) -> None:
-    from schemas.hj212 import encode_frame
+    from sanitel.schemas.hj212 import encode_frame
 
     with psycopg.connect(fresh_db) as conn:
         conn.execute("INSERT INTO devices (device_id, kind, metadata) VALUES "

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+from sanitel.ingest.collector import Collector
 
-from ingest.collector import Collector
 from sanitel.servers import MosquittoServer, PostgresServer, free_port
 from tests.mqtt_tools import count, publish, start_collector_process, wait_for
 

@@ -6,16 +6,15 @@ import json
 
 import msgspec
 import pytest
-
-from schemas.contract import OUT_DIR, asyncapi, rendered
-from schemas.readings import SweeperTelemetry
+from sanitel.schemas.contract import OUT_DIR, asyncapi, rendered
+from sanitel.schemas.readings import SweeperTelemetry
 
 
 def test_checked_in_contract_is_current() -> None:
     for name, text in rendered().items():
         path = OUT_DIR / name
-        assert path.exists(), f"{path} is missing: run 'python -m schemas.contract'"
-        assert path.read_text() == text, f"{path} is stale: run 'python -m schemas.contract' and commit"
+        assert path.exists(), f"{path} is missing: run 'python -m sanitel.schemas.contract'"
+        assert path.read_text() == text, f"{path} is stale: run 'python -m sanitel.schemas.contract' and commit"
 
 
 def test_json_schema_states_physical_ranges_and_units() -> None:

@@ -6,9 +6,8 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
-from ingest.decode import REASONS, decode_message, parse_device_time
-from schemas.readings import BinStatus, SweeperTelemetry, table_columns
+from sanitel.ingest.decode import REASONS, decode_message, parse_device_time
+from sanitel.schemas.readings import BinStatus, SweeperTelemetry, table_columns
 
 NOW = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
 SW = "sanitation/shenzhen/sweeper/sw-0001/telemetry"

@@ -11,10 +11,9 @@ import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from schemas import hj212
-from schemas.hj212 import Hj212Error, crc_hj212, encode_cp, encode_frame, frame_to_cems_readings, parse_frame
-from schemas.readings import CemsReading
+from sanitel.schemas import hj212
+from sanitel.schemas.hj212 import Hj212Error, crc_hj212, encode_cp, encode_frame, frame_to_cems_readings, parse_frame
+from sanitel.schemas.readings import CemsReading
 
 
 def hand_crc(data: bytes) -> int:
@@ -236,8 +235,8 @@ def test_round_trip(mn: str, pw: str, cn: str, qn: str | None, flag: int | None,
 # --- property test: the simulator's frame generator ↔ parse_frame ----------------------------------
 
 def _simulated_line(seed: int, start: float) -> Any:
-    from simulators.clock import LocalTime
-    from simulators.models.cems import CemsLine, Window
+    from sanitel.simulators.clock import LocalTime
+    from sanitel.simulators.models.cems import CemsLine, Window
 
     # an outage (shut-down, off, start-up: O2 near ambient, no Zs values), a daily calibration (flag C)
     # and a maintenance window (flag M) within the first simulated day, so every code path is framed
@@ -253,8 +252,8 @@ def _simulated_line(seed: int, start: float) -> Any:
 @given(seed=st.integers(0, 2**32), start=st.integers(1_600_000_000, 1_900_000_000),
        offsets=st.lists(st.floats(0, 86_400), min_size=1, max_size=20))
 def test_simulator_frames_round_trip(seed: int, start: int, offsets: list[float]) -> None:
-    sim = pytest.importorskip("simulators.models.cems")  # written concurrently by the simulator owner
-    from simulators.clock import LocalTime
+    sim = pytest.importorskip("sanitel.simulators.models.cems")  # written concurrently by the simulator owner
+    from sanitel.simulators.clock import LocalTime
 
     line = _simulated_line(seed, float(start))
     local = LocalTime("Asia/Shanghai")

@@ -12,10 +12,10 @@ from typing import Any
 import aiomqtt
 import psycopg
 import pytest
+from sanitel.ingest.hj212_tcp import Hj212Listener
+from sanitel.schemas import hj212
 
-from ingest.hj212_tcp import Hj212Listener
 from sanitel.servers import MosquittoServer
-from schemas import hj212
 from tests.mqtt_tools import count, wait_for
 
 CITY = "testcity"

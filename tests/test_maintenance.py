@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import psycopg
+from sanitel.processors.maintenance import MAINTENANCE_LOCK, run_pass
 
-from processors.maintenance import MAINTENANCE_LOCK, run_pass
 from sanitel.settings import load_settings
 
 T0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)

@@ -7,12 +7,12 @@ import re
 from pathlib import Path
 
 import pytest
+from sanitel.simulators.cli import ProgressLine
+from sanitel.simulators.run import SimulationSummary
+from sanitel.simulators.truth import read_ground_truth
 
 from sanitel.cli import main
 from sanitel.servers import MosquittoServer, free_port
-from simulators.cli import ProgressLine
-from simulators.run import SimulationSummary
-from simulators.truth import read_ground_truth
 
 
 def test_help_lists_the_options(capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,12 +8,12 @@ from collections import Counter
 
 import msgspec
 import pytest
+from sanitel.schemas import hj212
+from sanitel.schemas.readings import BY_KIND_STREAM
+from sanitel.simulators.contract import ContractError, check_message
+from sanitel.simulators.run import generate
+from sanitel.simulators.scenario import load_scenario
 
-from schemas import hj212
-from schemas.readings import BY_KIND_STREAM
-from simulators.contract import ContractError, check_message
-from simulators.run import generate
-from simulators.scenario import load_scenario
 from tests import simulator_runs as fixtures
 
 

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from sanitel.ingest.collector import Collector
+from sanitel.schemas.readings import BY_KIND_STREAM
+from sanitel.simulators.contract import ContractError, check_message
+from sanitel.simulators.run import generate, simulate
+from sanitel.simulators.truth import read_ground_truth
 
-from ingest.collector import Collector
 from sanitel.servers import MosquittoServer
 from sanitel.settings import load_settings
-from schemas.readings import BY_KIND_STREAM
-from simulators.contract import ContractError, check_message
-from simulators.run import generate, simulate
-from simulators.truth import read_ground_truth
 
 CITY = "sime2e"
 

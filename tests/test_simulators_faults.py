@@ -10,16 +10,16 @@ from typing import Any
 
 import msgspec
 import pytest
+from sanitel.schemas import hj212
+from sanitel.schemas.topics import DEVICE_KINDS
+from sanitel.simulators.clock import parse_instant
+from sanitel.simulators.contract import ContractError, check_message, reading_time
+from sanitel.simulators.faults import FAULT_KINDS, FaultSpec, parse_fault_names
+from sanitel.simulators.run import Simulation, generate
+from sanitel.simulators.scenario import load_scenario, parse_scenario
+from sanitel.simulators.truth import TruthRecord, read_ground_truth
 
 from sanitel.errors import ConfigError
-from schemas import hj212
-from schemas.topics import DEVICE_KINDS
-from simulators.clock import parse_instant
-from simulators.contract import ContractError, check_message, reading_time
-from simulators.faults import FAULT_KINDS, FaultSpec, parse_fault_names
-from simulators.run import Simulation, generate
-from simulators.scenario import load_scenario, parse_scenario
-from simulators.truth import TruthRecord, read_ground_truth
 from tests import simulator_runs as fixtures
 
 

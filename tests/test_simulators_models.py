@@ -13,8 +13,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 import pytest
-
-from schemas.readings import (
+from sanitel.schemas.readings import (
     BinDeposit,
     BinStatus,
     CameraDetection,
@@ -22,14 +21,15 @@ from schemas.readings import (
     StationTelemetry,
     SweeperTelemetry,
 )
-from simulators.clock import LocalTime, parse_instant
-from simulators.contract import check_message, reading_time
-from simulators.models.base import next_arrival
-from simulators.models.routes import District
-from simulators.models.sweeper import COUNTER_WRAP, Sweeper
-from simulators.run import generate
-from simulators.scenario import parse_scenario
-from simulators.truth import GroundTruth
+from sanitel.simulators.clock import LocalTime, parse_instant
+from sanitel.simulators.contract import check_message, reading_time
+from sanitel.simulators.models.base import next_arrival
+from sanitel.simulators.models.routes import District
+from sanitel.simulators.models.sweeper import COUNTER_WRAP, Sweeper
+from sanitel.simulators.run import generate
+from sanitel.simulators.scenario import parse_scenario
+from sanitel.simulators.truth import GroundTruth
+
 from tests import simulator_runs as fixtures
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from sanitel.simulators.publisher import BrokerTarget, open_publisher
+from sanitel.simulators.run import generate, simulate
+from sanitel.simulators.truth import read_ground_truth
 
 from sanitel.errors import SanitelError
 from sanitel.servers import MosquittoServer, free_port
-from simulators.publisher import BrokerTarget, open_publisher
-from simulators.run import generate, simulate
-from simulators.truth import read_ground_truth
 
 START = "2026-11-22T06:30:00+08:00"  # sweepers on their way out, sorting slot about to open
 

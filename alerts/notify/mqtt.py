@@ -13,9 +13,9 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import psycopg
+from sanitel.schemas.topics import alert_topic
 
 from sanitel.mqtt_wire import BrokerTarget
-from schemas.topics import alert_topic
 
 log = logging.getLogger("sanitel.alerts.mqtt")
 

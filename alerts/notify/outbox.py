@@ -18,8 +18,8 @@ from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
+from sanitel.alerts.silences import Matcher, parse_matchers
 
-from alerts.silences import Matcher, parse_matchers
 from sanitel.errors import ConfigError
 
 

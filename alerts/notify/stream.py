@@ -26,8 +26,7 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-
-from alerts.lifecycle import ALERT_COLUMNS, NOTIFY_CHANNEL
+from sanitel.alerts.lifecycle import ALERT_COLUMNS, NOTIFY_CHANNEL
 
 log = logging.getLogger("sanitel.alerts.stream")
 

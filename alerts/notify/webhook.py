@@ -29,8 +29,7 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg
-
-from alerts.notify.outbox import Webhook, load_webhooks
+from sanitel.alerts.notify.outbox import Webhook, load_webhooks
 
 log = logging.getLogger("sanitel.alerts.webhook")
 

@@ -10,8 +10,7 @@ from typing import Any
 
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
-
-from api.queries.sites import SUBTREE
+from sanitel.api.queries.sites import SUBTREE
 
 NOTIFY_CHANNEL = "sanitel_alerts"
 

@@ -9,8 +9,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-
-from api.queries.sites import SUBTREE, escape_like
+from sanitel.api.queries.sites import SUBTREE, escape_like
 
 _SELECT = """
     SELECT d.device_id, d.kind, d.site_id, d.name, d.inactivity_timeout_s, d.metadata, d.auto_registered,

@@ -11,9 +11,8 @@ from typing import Any
 
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
-
-from api.catalog import Metric
-from api.rollups import FIVE_MINUTES, MinuteRollup, RollupSource
+from sanitel.api.catalog import Metric
+from sanitel.api.rollups import FIVE_MINUTES, MinuteRollup, RollupSource
 
 # Columns every reading table has (or bookkeeping, like the evaluator's stored_at); the rest of a row is
 # the reading's values.

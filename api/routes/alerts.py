@@ -11,13 +11,12 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from psycopg import AsyncConnection
-
-from api.deps import Context, Db, Supervisor, Viewer
-from api.errors import ApiError, error_responses, not_found
-from api.models import Acknowledge, Alert, AlertHistoryEntry, AlertState, Assign, DeviceKind, Page, Severity
-from api.params import Cursor, FromTime, Ident, Limit, ToTime, decode_cursor, encode_cursor
-from api.queries import alerts as queries
-from api.stream import AlertBroadcaster, matches, sse_frame
+from sanitel.api.deps import Context, Db, Supervisor, Viewer
+from sanitel.api.errors import ApiError, error_responses, not_found
+from sanitel.api.models import Acknowledge, Alert, AlertHistoryEntry, AlertState, Assign, DeviceKind, Page, Severity
+from sanitel.api.params import Cursor, FromTime, Ident, Limit, ToTime, decode_cursor, encode_cursor
+from sanitel.api.queries import alerts as queries
+from sanitel.api.stream import AlertBroadcaster, matches, sse_frame
 
 router = APIRouter(prefix="/alerts", tags=["alerts"], responses=error_responses(401, 403, 422))
 

@@ -7,13 +7,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 from psycopg import AsyncConnection
-
-from api.deps import Db, Viewer
-from api.errors import error_responses
-from api.models import CategoryTotal, Deposit, DepositReport
-from api.params import Cursor, FromTime, Ident, Limit, ToTime, decode_cursor, encode_cursor, time_range
-from api.queries import deposits as queries
-from api.queries.deposits import Scope
+from sanitel.api.deps import Db, Viewer
+from sanitel.api.errors import error_responses
+from sanitel.api.models import CategoryTotal, Deposit, DepositReport
+from sanitel.api.params import Cursor, FromTime, Ident, Limit, ToTime, decode_cursor, encode_cursor, time_range
+from sanitel.api.queries import deposits as queries
+from sanitel.api.queries.deposits import Scope
 
 router = APIRouter(prefix="/deposits", tags=["deposits"], responses=error_responses(401, 403, 422))
 

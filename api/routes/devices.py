@@ -7,16 +7,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 from fastapi import APIRouter, Path, Query, status
-
-from api.credentials import rotate_device_password, sync_broker_files
-from api.deps import Admin, Context, Db, Viewer
-from api.errors import ApiError, error_responses, not_found
-from api.models import Device, DeviceKind, DeviceRegistration, MqttCredentials, Page, RegisteredDevice
-from api.mqtt_auth import hash_password, new_password
-from api.params import Cursor, Ident, Limit, decode_cursor, encode_cursor
-from api.queries import devices as queries
-from api.queries import sites as site_queries
-from schemas.topics import ROOT
+from sanitel.api.credentials import rotate_device_password, sync_broker_files
+from sanitel.api.deps import Admin, Context, Db, Viewer
+from sanitel.api.errors import ApiError, error_responses, not_found
+from sanitel.api.models import Device, DeviceKind, DeviceRegistration, MqttCredentials, Page, RegisteredDevice
+from sanitel.api.mqtt_auth import hash_password, new_password
+from sanitel.api.params import Cursor, Ident, Limit, decode_cursor, encode_cursor
+from sanitel.api.queries import devices as queries
+from sanitel.api.queries import sites as site_queries
+from sanitel.schemas.topics import ROOT
 
 router = APIRouter(prefix="/devices", tags=["devices"], responses=error_responses(401, 403, 422))
 

@@ -15,10 +15,10 @@ from typing import Annotated, Any, Literal
 import psycopg
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse, Response
+from sanitel.api.errors import ApiError, error_responses
+from sanitel.processors import compliance
+from sanitel.processors.cems_averages import local_day_bounds
 
-from api.errors import ApiError, error_responses
-from processors import compliance
-from processors.cems_averages import local_day_bounds
 from sanitel.db import connect
 from sanitel.errors import ConfigError, SanitelError
 from sanitel.settings import load_settings

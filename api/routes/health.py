@@ -13,12 +13,12 @@ import anyio
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sanitel.api.deps import ApiContext, Context
+from sanitel.api.models import Check, CheckStatus, Health
+from sanitel.api.probes import probe_broker, spool_backlog
+from sanitel.api.queries import alerts as alert_queries
+from sanitel.api.queries import health as queries
 
-from api.deps import ApiContext, Context
-from api.models import Check, CheckStatus, Health
-from api.probes import probe_broker, spool_backlog
-from api.queries import alerts as alert_queries
-from api.queries import health as queries
 from sanitel.urls import redact_url
 
 router = APIRouter(tags=["operations"])

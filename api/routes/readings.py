@@ -9,13 +9,12 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
 from psycopg import AsyncConnection
-
-from api.catalog import Metric, all_metrics, metric_for
-from api.deps import ApiContext, Context, Db, Viewer
-from api.errors import ApiError, error_responses, not_found
-from api.latest import latest_for_device
-from api.models import Aggregate, DeviceLatest, History, HistoryPoint, MetricInfo
-from api.params import (
+from sanitel.api.catalog import Metric, all_metrics, metric_for
+from sanitel.api.deps import ApiContext, Context, Db, Viewer
+from sanitel.api.errors import ApiError, error_responses, not_found
+from sanitel.api.latest import latest_for_device
+from sanitel.api.models import Aggregate, DeviceLatest, History, HistoryPoint, MetricInfo
+from sanitel.api.params import (
     BUCKET_PATTERN,
     MAX_RAW_POINTS,
     Cursor,
@@ -28,9 +27,9 @@ from api.params import (
     parse_bucket,
     time_range,
 )
-from api.queries import devices as device_queries
-from api.queries import readings as queries
-from api.rollups import FIVE_MINUTES, MINUTE_ROLLUPS, MinuteRollup, minute_rollup_for, rollup_for
+from sanitel.api.queries import devices as device_queries
+from sanitel.api.queries import readings as queries
+from sanitel.api.rollups import FIVE_MINUTES, MINUTE_ROLLUPS, MinuteRollup, minute_rollup_for, rollup_for
 
 router = APIRouter(tags=["readings"], responses=error_responses(401, 403, 422))
 

@@ -6,13 +6,12 @@ from datetime import date
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
-
-from api.deps import Db, Viewer
-from api.errors import ApiError, error_responses
-from api.models import DistrictDay
-from api.params import Ident
-from api.queries import sites as site_queries
-from api.reports import daily_summary, to_models
+from sanitel.api.deps import Db, Viewer
+from sanitel.api.errors import ApiError, error_responses
+from sanitel.api.models import DistrictDay
+from sanitel.api.params import Ident
+from sanitel.api.queries import sites as site_queries
+from sanitel.api.reports import daily_summary, to_models
 
 router = APIRouter(prefix="/reports", tags=["reports"], responses=error_responses(401, 403, 422))
 

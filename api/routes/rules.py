@@ -14,12 +14,12 @@ from typing import Annotated, Any, Literal
 import anyio
 from fastapi import APIRouter, Body, Path, status
 from pydantic import BaseModel, Field
+from sanitel.alerts.rules import RuleModel, format_duration, load_rule_file, rule_files, validate_rule_dict
+from sanitel.api.deps import Admin, Context, Db, Viewer
+from sanitel.api.errors import ApiError, error_responses, not_found
+from sanitel.api.params import contains_nul
+from sanitel.api.queries import rules as queries
 
-from alerts.rules import RuleModel, format_duration, load_rule_file, rule_files, validate_rule_dict
-from api.deps import Admin, Context, Db, Viewer
-from api.errors import ApiError, error_responses, not_found
-from api.params import contains_nul
-from api.queries import rules as queries
 from sanitel.errors import ConfigError
 
 router = APIRouter(prefix="/rules", tags=["rules"], responses=error_responses(401, 403, 422))

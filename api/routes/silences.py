@@ -7,12 +7,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, status
-
-from api.deps import Db, Supervisor, Viewer
-from api.errors import ApiError, error_responses, not_found
-from api.models import Page, Silence, SilenceIn
-from api.params import Cursor, Limit, decode_cursor, encode_cursor
-from api.queries import silences as queries
+from sanitel.api.deps import Db, Supervisor, Viewer
+from sanitel.api.errors import ApiError, error_responses, not_found
+from sanitel.api.models import Page, Silence, SilenceIn
+from sanitel.api.params import Cursor, Limit, decode_cursor, encode_cursor
+from sanitel.api.queries import silences as queries
 
 router = APIRouter(prefix="/silences", tags=["silences"], responses=error_responses(401, 403, 422))
 

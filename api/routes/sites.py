@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
-
-from api.deps import Db, Viewer
-from api.errors import error_responses, not_found
-from api.latest import latest_for_devices
-from api.models import DeviceLatest, Page, Site, SiteDetail, SiteKind
-from api.params import Cursor, Ident, Limit, decode_cursor, encode_cursor
-from api.queries import devices as device_queries
-from api.queries import sites as queries
+from sanitel.api.deps import Db, Viewer
+from sanitel.api.errors import error_responses, not_found
+from sanitel.api.latest import latest_for_devices
+from sanitel.api.models import DeviceLatest, Page, Site, SiteDetail, SiteKind
+from sanitel.api.params import Cursor, Ident, Limit, decode_cursor, encode_cursor
+from sanitel.api.queries import devices as device_queries
+from sanitel.api.queries import sites as queries
 
 router = APIRouter(prefix="/sites", tags=["sites"], responses=error_responses(401, 403, 422))
 

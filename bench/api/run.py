@@ -34,8 +34,8 @@ from pathlib import Path
 import httpx
 import psutil
 import psycopg
+from sanitel.api.auth import new_key
 
-from api.auth import new_key
 from sanitel.db import apply_migrations
 from sanitel.servers import PostgresServer, free_port
 
@@ -125,7 +125,8 @@ def load(url: str, devices: int, readings: int, resolved_alerts: int, open_alert
 def build_rollups(url: str) -> None:
     """One pass of the project's scheduled processor, as if a few minutes from now (rows just loaded
     are otherwise still inside its commit slack)."""
-    from processors.maintenance import run_pass
+    from sanitel.processors.maintenance import run_pass
+
     from sanitel.settings import load_settings
 
     with psycopg.connect(url, autocommit=True) as conn:

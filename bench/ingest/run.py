@@ -36,13 +36,14 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from ingest.buffered_client import BufferedClient  # noqa: E402
-from ingest.decode import decode_message  # noqa: E402
-from processors.writer import Message, ReadingWriter  # noqa: E402
+from sanitel.ingest.buffered_client import BufferedClient  # noqa: E402
+from sanitel.ingest.decode import decode_message  # noqa: E402
+from sanitel.processors.writer import Message, ReadingWriter  # noqa: E402
+from sanitel.schemas.readings import SweeperTelemetry, table_columns  # noqa: E402
+from sanitel.simulators.publisher import BrokerTarget, FastPublisher  # noqa: E402
+
 from sanitel.db import apply_migrations  # noqa: E402
 from sanitel.servers import MosquittoServer, PostgresServer, free_port  # noqa: E402
-from schemas.readings import SweeperTelemetry, table_columns  # noqa: E402
-from simulators.publisher import BrokerTarget, FastPublisher  # noqa: E402
 
 DEVICES = 1500
 

@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from simulators.clock import LocalTime
-from simulators.truth import TruthRecord
+from sanitel.simulators.clock import LocalTime
+from sanitel.simulators.truth import TruthRecord
 
 INF = math.inf
 Format = Literal["json", "hj212", "batch"]

@@ -11,10 +11,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from schemas.readings import CameraDetection
-from schemas.topics import device_topic
-from simulators.clock import LocalTime
-from simulators.models.base import (
+from sanitel.schemas.readings import CameraDetection
+from sanitel.schemas.topics import device_topic
+from sanitel.simulators.clock import LocalTime
+from sanitel.simulators.models.base import (
     SORTING_SLOT_WEIGHTS,
     DeviceInfo,
     Emission,

@@ -24,12 +24,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from schemas.hj212 import FLAG_V2017, encode_cp, encode_frame, format_number
-from schemas.readings import CemsReading
-from schemas.topics import device_topic, hj212_topic
-from simulators.clock import LocalTime
-from simulators.models.base import DeviceInfo, DeviceModel, Emission, IncidentSink, clamp, device_rng
-from simulators.truth import TruthRecord
+from sanitel.schemas.hj212 import FLAG_V2017, encode_cp, encode_frame, format_number
+from sanitel.schemas.readings import CemsReading
+from sanitel.schemas.topics import device_topic, hj212_topic
+from sanitel.simulators.clock import LocalTime
+from sanitel.simulators.models.base import DeviceInfo, DeviceModel, Emission, IncidentSink, clamp, device_rng
+from sanitel.simulators.truth import TruthRecord
 
 
 @dataclass(frozen=True, slots=True)

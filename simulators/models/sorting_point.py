@@ -20,10 +20,10 @@ import random
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from schemas.readings import BinDeposit, BinStatus
-from schemas.topics import device_topic, gateway_topic
-from simulators.clock import LocalTime
-from simulators.models.base import (
+from sanitel.schemas.readings import BinDeposit, BinStatus
+from sanitel.schemas.topics import device_topic, gateway_topic
+from sanitel.simulators.clock import LocalTime
+from sanitel.simulators.models.base import (
     INF,
     SORTING_SLOT_WEIGHTS,
     DeviceInfo,
@@ -39,8 +39,8 @@ from simulators.models.base import (
     r1,
     r3,
 )
-from simulators.models.camera import Camera
-from simulators.truth import TruthRecord
+from sanitel.simulators.models.camera import Camera
+from sanitel.simulators.truth import TruthRecord
 
 CATEGORY_CODE = {"kitchen": "k", "recyclable": "r", "hazardous": "h", "other": "o"}
 CATEGORY_SHARE = {"kitchen": 0.45, "other": 0.35, "recyclable": 0.17, "hazardous": 0.03}

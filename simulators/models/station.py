@@ -16,10 +16,10 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
-from schemas.readings import StationTelemetry
-from schemas.topics import device_topic
-from simulators.clock import LocalTime
-from simulators.models.base import (
+from sanitel.schemas.readings import StationTelemetry
+from sanitel.schemas.topics import device_topic
+from sanitel.simulators.clock import LocalTime
+from sanitel.simulators.models.base import (
     INF,
     DeviceInfo,
     DeviceModel,

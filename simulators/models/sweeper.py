@@ -17,10 +17,10 @@ import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from schemas.readings import SweeperTelemetry
-from schemas.topics import device_topic
-from simulators.clock import LocalTime
-from simulators.models.base import (
+from sanitel.schemas.readings import SweeperTelemetry
+from sanitel.schemas.topics import device_topic
+from sanitel.simulators.clock import LocalTime
+from sanitel.simulators.models.base import (
     DeviceInfo,
     DeviceModel,
     Emission,
@@ -37,8 +37,8 @@ from simulators.models.base import (
     r3,
     r6,
 )
-from simulators.models.routes import District, Route, move_towards
-from simulators.truth import TruthRecord
+from sanitel.simulators.models.routes import District, Route, move_towards
+from sanitel.simulators.truth import TruthRecord
 
 PARKED, OUT, SWEEP, RETURN, UNLOAD, REFILL = "parked", "out", "sweep", "return", "unload", "refill"
 
