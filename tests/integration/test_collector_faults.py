@@ -17,7 +17,7 @@ import pytest
 from sanitel.ingest.collector import Collector
 
 from sanitel.servers import MosquittoServer, PostgresServer, free_port
-from tests.mqtt_tools import count, publish, start_collector_process, wait_for
+from tests.support.mqtt_tools import count, publish, start_collector_process, wait_for
 
 DEVICES = 1500  # the reference city's sweeper fleet
 

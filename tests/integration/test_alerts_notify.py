@@ -26,8 +26,8 @@ from sanitel.alerts.notify.stream import Broadcaster, StreamEvent, listen, relay
 from sanitel.alerts.notify.webhook import RetryPolicy, WebhookDispatcher
 
 from sanitel.servers import MosquittoServer, free_port
-from tests.mqtt_tools import wait_for
-from tests.test_alerts_support import add_device, alerts, at, insert, ruleset, run
+from tests.integration.test_alerts_support import add_device, alerts, at, insert, ruleset, run
+from tests.support.mqtt_tools import wait_for
 
 CITY = "testcity"
 FIRE = {"id": "t.bin_fire", "kind": "threshold", "summary": "{device_id} fire", "severity": "critical",

@@ -10,7 +10,17 @@ from sanitel.alerts import lifecycle
 from sanitel.alerts.silences import Matcher, Silence, Silences, create_silence, expire_silence, parse_matchers
 
 from sanitel.errors import ConfigError
-from tests.test_alerts_support import add_device, add_site, alerts, at, history, insert, notifications, ruleset, run
+from tests.integration.test_alerts_support import (
+    add_device,
+    add_site,
+    alerts,
+    at,
+    history,
+    insert,
+    notifications,
+    ruleset,
+    run,
+)
 
 FIRE = {"id": "t.bin_fire", "kind": "threshold", "summary": "{device_id} fire", "severity": "critical",
         "source": "bin_status", "field": "fire_alarm", "op": "==", "threshold": True, "repeat_interval": "10m"}

@@ -20,7 +20,7 @@ from sanitel.simulators.scenario import load_scenario, parse_scenario
 from sanitel.simulators.truth import TruthRecord, read_ground_truth
 
 from sanitel.errors import ConfigError
-from tests import simulator_runs as fixtures
+from tests.support import simulator_runs as fixtures
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,18 @@ from datetime import timedelta
 import psycopg
 import pytest
 
-from tests.test_alerts_support import T0, add_device, add_site, alerts, at, history, insert, ruleset, run, series
+from tests.integration.test_alerts_support import (
+    T0,
+    add_device,
+    add_site,
+    alerts,
+    at,
+    history,
+    insert,
+    ruleset,
+    run,
+    series,
+)
 
 LOW_SOC = {"id": "t.low_soc", "kind": "threshold", "summary": "SOC {value:.0f} % < {threshold:.0f} %",
            "severity": "major", "source": "sweeper_telemetry", "field": "soc_pct", "op": "<", "threshold": 20,

@@ -30,7 +30,7 @@ from sanitel.simulators.run import generate
 from sanitel.simulators.scenario import parse_scenario
 from sanitel.simulators.truth import GroundTruth
 
-from tests import simulator_runs as fixtures
+from tests.support import simulator_runs as fixtures
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 SWEEP_MODES = {"sweep", "sweep_left", "sweep_right"}

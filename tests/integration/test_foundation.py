@@ -102,7 +102,7 @@ def test_unwritable_data_dir_is_a_clear_error(tmp_path: Path) -> None:
 def test_readme_configuration_table_is_current() -> None:
     from sanitel.settings import markdown_table
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert markdown_table() in readme, "README's settings table is stale: run 'python -m sanitel.settings'"
 
 
@@ -121,7 +121,7 @@ def test_sample_config_names_every_setting_and_loads(tmp_path: Path, monkeypatch
 
     from sanitel.settings import Settings, load_settings
 
-    sample = Path(__file__).resolve().parent.parent / "sanitel.sample.yaml"
+    sample = Path(__file__).resolve().parents[2] / "sanitel.sample.yaml"
     assert set(yaml.safe_load(sample.read_text())) == set(Settings.model_fields)
     monkeypatch.setenv("SANITEL_CONFIG", str(sample))
     assert load_settings().pg_port == 55432

@@ -17,7 +17,7 @@ import psycopg
 from sanitel.ingest.collector import Collector
 
 from sanitel.servers import MosquittoServer, free_port
-from tests.mqtt_tools import count, publish, start_collector_process, wait_for
+from tests.support.mqtt_tools import count, publish, start_collector_process, wait_for
 
 CITY = "shenzhen"
 

@@ -23,8 +23,8 @@ from schemathesis.python import asgi
 
 from sanitel.servers import PostgresServer, free_port
 from sanitel.settings import load_settings
-from tests.conftest import TEMPLATE_DB
-from tests.test_api import DAY_START, NOW, SEED_SQL, api_settings, auth, mint_key
+from tests.integration.conftest import TEMPLATE_DB
+from tests.integration.test_api import DAY_START, NOW, SEED_SQL, api_settings, auth, mint_key
 
 # The schema comes from an app that is never started: its database is only needed to serve requests.
 _schema_source = create_app(load_settings(database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/schema"))

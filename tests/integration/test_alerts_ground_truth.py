@@ -32,7 +32,7 @@ from sanitel.simulators.truth import read_ground_truth
 
 from sanitel.servers import MosquittoServer, free_port
 from sanitel.settings import load_settings
-from tests.mqtt_tools import publish
+from tests.support.mqtt_tools import publish
 
 CITY = "shenzhen"
 TZ = "Asia/Shanghai"

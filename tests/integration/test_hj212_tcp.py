@@ -16,7 +16,7 @@ from sanitel.ingest.hj212_tcp import Hj212Listener
 from sanitel.schemas import hj212
 
 from sanitel.servers import MosquittoServer
-from tests.mqtt_tools import count, wait_for
+from tests.support.mqtt_tools import count, wait_for
 
 CITY = "testcity"
 CP = "DataTime=20240501080000;a21002-Rtd=52.1,a21002-ZsRtd=40.0,a21002-Flag=N;a19001-Rtd=8.0,a19001-Flag=N"

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from sanitel.api.app import create_app
 
 from sanitel.servers import free_port
-from tests.test_api import api_settings, assert_error, auth, mint_key
+from tests.integration.test_api import api_settings, assert_error, auth, mint_key
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 

@@ -12,7 +12,7 @@ from psycopg.types.json import Jsonb
 from sanitel.alerts.evaluator import EVALUATOR_LOCK_ID, Evaluator
 from sanitel.alerts.rules import RuleSet, load_database_rules
 
-from tests.test_alerts_support import (
+from tests.integration.test_alerts_support import (
     T0,
     add_device,
     add_site,

@@ -23,8 +23,8 @@ from sanitel.api.credentials import set_service_account, sync_broker_files
 from sanitel.api.mqtt_auth import BrokerAuthFiles, hash_password, verify_password
 
 from sanitel.servers import MosquittoServer
-from tests.mqtt_tools import wait_for
-from tests.test_api import api_settings, auth, mint_key
+from tests.integration.test_api import api_settings, auth, mint_key
+from tests.support.mqtt_tools import wait_for
 
 CITY = "shenzhen"
 

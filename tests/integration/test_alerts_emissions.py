@@ -21,7 +21,7 @@ import pytest
 from sanitel.alerts.rules import RuleSet, default_rule_files, load_files
 from sanitel.processors.cems_averages import run_scheduled
 
-from tests.test_alerts_support import T0, add_device, add_site, alerts, run
+from tests.integration.test_alerts_support import T0, add_device, add_site, alerts, run
 
 RULES = ("cems_co_10min", "cems_co_half_hourly", "cems_nox_half_hourly", "cems_nox_half_hourly_b", "cems_nox_gb_1h",
          "cems_nox_daily", "cems_nox_gb_24h", "cems_so2_daily", "cems_so2_half_hourly_b", "cems_so2_gb_24h",

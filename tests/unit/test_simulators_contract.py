@@ -14,7 +14,7 @@ from sanitel.simulators.contract import ContractError, check_message
 from sanitel.simulators.run import generate
 from sanitel.simulators.scenario import load_scenario
 
-from tests import simulator_runs as fixtures
+from tests.support import simulator_runs as fixtures
 
 
 def _check_all(messages: list[tuple[str, bytes, float]]) -> Counter[tuple[str, str]]:
