@@ -2,24 +2,26 @@
 
     sanitel report emissions --plant P [--line L] --day YYYY-MM-DD [--format json|csv|png] [--out FILE]
     sanitel report recompute --device D --from YYYY-MM-DD [--to YYYY-MM-DD]
-    sanitel hj212-listener [--host 127.0.0.1] [--port 9212]
+
+(``sanitel hj212-listener``, the HJ 212 TCP intake, is ingest's: ingest/cli.py.)
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
-import signal
 import sys
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sanitel.errors import SanitelError
 
+if TYPE_CHECKING:
+    import psycopg
 
-def register(sub: argparse._SubParsersAction) -> None:
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     report = sub.add_parser("report", help="emission compliance reports (GB 18485-2014, EU 2010/75/EU)")
     rsub = report.add_subparsers(dest="report_command", required=True, metavar="REPORT")
     em = rsub.add_parser("emissions", help="a plant's (or line's) compliance for one local day")
@@ -36,11 +38,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     rc.add_argument("--to", dest="last", type=_day, help="last day, inclusive (default: --from)")
     rc.set_defaults(func=run_recompute)
 
-    tcp = sub.add_parser("hj212-listener", help="TCP listener for HJ 212-2017 data acquisition units")
-    tcp.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 to accept DAUs)")
-    tcp.add_argument("--port", type=int, default=9212)
-    tcp.set_defaults(func=run_hj212_listener)
-
 
 def _day(text: str) -> date:
     try:
@@ -49,7 +46,7 @@ def _day(text: str) -> date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a day YYYY-MM-DD") from None
 
 
-def _connect():  # type: ignore[no-untyped-def]
+def _connect() -> psycopg.Connection:
     from sanitel.db import connect
     from sanitel.settings import load_settings
 
@@ -106,26 +103,3 @@ def run_recompute(args: argparse.Namespace) -> int:
     print(f"{n} averages written for {args.device}, {args.first} … {last}")
     return 0
 
-
-def run_hj212_listener(args: argparse.Namespace) -> int:
-    from sanitel.ingest.hj212_tcp import run_listener
-
-    from sanitel.logs import setup_logging
-    from sanitel.settings import load_settings
-
-    settings = load_settings()
-    setup_logging()
-
-    async def main() -> None:
-        task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)  # type: ignore[union-attr]
-        with contextlib.suppress(asyncio.CancelledError):  # SIGTERM/SIGINT: a clean stop
-            await run_listener(settings.effective_mqtt_url, settings.city, args.host, args.port)
-
-    try:
-        asyncio.run(main())
-    except OSError as exc:
-        raise SanitelError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
-    return 0

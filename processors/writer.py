@@ -22,9 +22,10 @@ from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
-from sanitel.ingest.decode import Decoded, Rejection, Row
+
 from sanitel.processors.derive import DERIVATIONS
 from sanitel.schemas.readings import READING_TYPES, table_columns
+from sanitel.schemas.records import Decoded, Rejection, Row
 
 log = logging.getLogger("sanitel.writer")
 
@@ -81,7 +82,7 @@ class ReadingWriter:
             for table, columns in _COLUMNS.items():
                 conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS stage_{table} (LIKE {table} INCLUDING DEFAULTS) "
                              "ON COMMIT DELETE ROWS")
-                types = dict(conn.execute(
+                types: dict[str, int] = dict(conn.execute(
                     "SELECT attname, atttypid::int FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0",
                     (table,)).fetchall())
                 # bpchar has no binary dumper in psycopg; its wire format is text's

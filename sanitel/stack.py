@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sanitel.api.mqtt_auth import BrokerAuthFiles
+from sanitel.broker_auth import BrokerAuthFiles
 from sanitel.servers import MosquittoServer, PostgresServer
 from sanitel.settings import Settings
 
@@ -19,7 +19,7 @@ class LocalStack:
             else None
         self.mosquitto = None
         if self.settings.uses_local_broker:
-            # broker auth is on once `sanitel devices …` has written a password file (api/mqtt_auth.py)
+            # broker auth is on once `sanitel devices …` has written a password file (sanitel/broker_auth.py)
             auth = BrokerAuthFiles.for_data_dir(data)
             files = {"password_file": auth.password_file, "acl_file": auth.acl_file} if auth.enabled else {}
             self.mosquitto = MosquittoServer(data / "mosquitto", self.settings.mqtt_port, **files)

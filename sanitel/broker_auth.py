@@ -1,5 +1,8 @@
 """Broker credentials: Mosquitto's password file and ACL, generated from the device registry.
 
+Kernel, not a stage: the local stack (sanitel/stack.py) reads these files when it starts the broker, and the API
+and its ``sanitel devices`` commands write them.
+
 Every device logs in as its own ``device_id``; the pattern ACL lets it publish only under
 ``sanitation/{city}/{kind}/{device_id}/…``, so device A cannot publish as device B. Service accounts
 (the collector and alert publisher, load simulators) get fixed rules. Passwords are hashed here in the
@@ -54,7 +57,7 @@ def hash_password(password: str, *, iterations: int = PBKDF2_ITERATIONS, salt: b
 
 
 def verify_password(password: str, password_hash: str) -> bool:
-    """True when ``password`` matches a ``$7$`` hash (used by tests and by `devices credentials --check`)."""
+    """True when ``password`` matches a ``$7$`` hash (tests use it to prove Mosquitto's format)."""
     try:
         _, kind, iterations, salt_b64, digest_b64 = password_hash.split("$")
         salt, expected = base64.b64decode(salt_b64), base64.b64decode(digest_b64)
