@@ -7,15 +7,14 @@
 
 One open alert per fingerprint (rule + subject) — the database's unique index on open fingerprints
 makes a double fire impossible even if two evaluators disagreed. Each transition writes an
-``alert_history`` row and a NOTIFY on ``sanitel_alerts`` (live streams; delivered on commit), and
-firing, resolved and reminders also write a notification to the outbox (``notify/outbox.py``) unless
-a silence mutes it. A resolve notice goes out only for an alert whose firing was announced.
+``alert_history`` row and a NOTIFY on ``sanitel_alerts`` (``history.record``: live streams; delivered on
+commit), and firing, resolved and reminders also write a notification to the outbox (``notify/outbox.py``)
+unless a silence mutes it. A resolve notice goes out only for an alert whose firing was announced.
 Reminders repeat every ``repeat_interval`` until the alert is acknowledged.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
@@ -23,14 +22,14 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+
+from sanitel.alerts import history
 from sanitel.alerts.notify.outbox import Webhook, enqueue, load_webhooks
 from sanitel.alerts.rules import Limits, RuleModel
 from sanitel.alerts.silences import Silences
 from sanitel.alerts.subjects import Subject
 from sanitel.alerts.timeline import Episode
-
-NOTIFY_CHANNEL = "sanitel_alerts"
-_NOTIFY_LIMIT = 7000  # PostgreSQL's NOTIFY payload limit is 8000 bytes
+from sanitel.db import one_row
 
 
 @dataclass
@@ -69,12 +68,12 @@ class Alert:
     def open(self) -> bool:
         return self.state != "resolved"
 
+    def as_json(self) -> dict[str, Any]:
+        return {f.name: _json_value(getattr(self, f.name)) for f in fields(self)}
+
     def payload(self, event: str) -> dict[str, Any]:
-        body: dict[str, Any] = {"event": event}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            body[f.name] = value.isoformat() if isinstance(value, datetime) else value
-        return body
+        """The notification body: the event and the alert."""
+        return {"event": event, **self.as_json()}
 
 
 ALERT_COLUMNS = tuple(f.name for f in fields(Alert))
@@ -104,9 +103,10 @@ def alerts_for(conn: psycopg.Connection, fingerprints: list[str], since: datetim
 
 
 def open_alerts(conn: psycopg.Connection, rule_id: str | None = None) -> list[Alert]:
-    query, params = _SELECT + " WHERE state <> 'resolved'", ()
+    query = _SELECT + " WHERE state <> 'resolved'"
+    params: tuple[str, ...] = ()
     if rule_id is not None:
-        query, params = query + " AND rule_id = %s", (rule_id,)  # type: ignore[assignment]
+        query, params = query + " AND rule_id = %s", (rule_id,)
     return [_alert(r) for r in conn.cursor(row_factory=dict_row).execute(query, params).fetchall()]
 
 
@@ -154,7 +154,7 @@ class Lifecycle:
             (c.rule.id, c.fingerprint, c.subject.key, c.subject.device_id, c.subject.site_id, c.subject.kind,
              c.rule.severity, "resolved" if over else state, Jsonb(c.labels), c.summary, ep.last_value,
              c.limits.threshold if c.limits else None, ep.peak, ep.start, ep.fire_at,
-             max(ep.resolved_at, ep.start) if over else None, ep.ended_at,  # type: ignore[type-var]
+             max(ep.resolved_at, ep.start) if over and ep.resolved_at is not None else None, ep.ended_at,
              Jsonb(_annotations(c)), self.now)).fetchone()
         assert row is not None
         alert = _alert(row)
@@ -208,7 +208,7 @@ class Lifecycle:
         history_id = self._history(alert, "firing", "reminded", details={"reminder": alert.reminders})
         return self._announce(alert, "reminder", history_id)
 
-    # --- people-driven transitions (the API and the CLI call these) ---------------------------
+    # --- people-driven transitions ------------------------------------------------------------
     def acknowledge(self, alert: Alert, actor: str, comment: str | None = None) -> None:
         self._set(alert, acknowledged_by=actor, acknowledged_at=self.now, ack_comment=comment)
         self._history(alert, alert.state, "acknowledged", actor=actor, comment=comment)
@@ -244,13 +244,10 @@ class Lifecycle:
 
     def _history(self, alert: Alert, from_state: str | None, to_state: str, *, actor: str | None = None,
                  comment: str | None = None, details: dict[str, Any] | None = None) -> int:
-        row = self.conn.execute(
-            "INSERT INTO alert_history (alert_id, at, from_state, to_state, actor, comment, details)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
-            (alert.alert_id, self.now, from_state, to_state, actor, comment, Jsonb(details or {}))).fetchone()
+        row = self.conn.execute(*history.record(alert.as_json(), from_state, to_state, actor=actor, comment=comment,
+                                                details=details, at=self.now)).fetchone()
         assert row is not None
         history_id = int(row[0])
-        self.conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, _notice(alert, to_state, actor, history_id)))
         self.transitions.append((alert.alert_id, to_state))
         return history_id
 
@@ -287,19 +284,13 @@ def _iso(ts: datetime | None) -> str | None:
     return ts.isoformat() if ts else None
 
 
-def _notice(alert: Alert, event: str, actor: str | None, history_id: int) -> str:
-    """NOTIFY payload, the same shape the API sends: {"event", "actor", "history_id", "alert": {…}}."""
-    body = {"event": event, "actor": actor, "history_id": history_id, "alert": alert.payload(event)}
-    body["alert"].pop("event")
-    text = json.dumps(body, default=str)
-    if len(text) > _NOTIFY_LIMIT:  # large labels or summary: send what identifies the alert
-        keep = ("alert_id", "rule_id", "fingerprint", "device_id", "site_id", "kind", "severity", "state")
-        body["alert"] = {k: body["alert"][k] for k in keep}
-        text = json.dumps(body, default=str)
-    return text
+def _json_value(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
 
 
-# --- module-level helpers for callers outside a pass (API, CLI) --------------------------------
+# --- module-level helpers for callers outside a pass, on a blocking connection ----------------
+# (the API, on its async connection, makes the same changes in ``api/queries/alerts.py``; both record
+# them with ``history.record``)
 
 
 def acknowledge(conn: psycopg.Connection, alert_id: int, actor: str, comment: str | None = None,
@@ -325,6 +316,6 @@ def _by_hand(conn: psycopg.Connection, alert_id: int, now: datetime | None, acti
         if row is None:
             return None
         alert = _alert(row)
-        when = now or conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+        when = now or one_row(conn.execute("SELECT now()"))[0]
         action(Lifecycle(conn, now=when, webhooks=load_webhooks(conn)), alert)
         return alert

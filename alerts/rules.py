@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import math
 import re
 import string
 from collections.abc import Iterable, Mapping
@@ -32,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import msgspec
 import yaml
@@ -46,18 +45,17 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from sanitel.durations import parse_duration
+from sanitel.errors import ConfigError
 from sanitel.schemas.readings import BY_TABLE, value_fields
 from sanitel.schemas.topics import DEVICE_KINDS, SEVERITIES
-
-from sanitel.errors import ConfigError
 
 # --------------------------------------------------------------------------------------------
 # Small value types
 # --------------------------------------------------------------------------------------------
 
-_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
-WINDOWS: dict[str, timedelta] = {"10m": timedelta(minutes=10), "30m": timedelta(minutes=30),
-                                 "1h": timedelta(hours=1), "1d": timedelta(days=1)}
+WINDOWS: dict[str, timedelta] = {window: parse_duration(window) for window in ("10m", "30m", "1h", "1d")}
 # cems_averages.period for each window
 AVERAGE_PERIODS = {"10m": "10min", "30m": "30min", "1h": "1h", "1d": "1d"}
 AVERAGES_TABLE = "cems_averages"
@@ -67,34 +65,6 @@ REPEAT_BY_SEVERITY = {"critical": timedelta(minutes=30), "major": timedelta(hour
                       "minor": timedelta(hours=4), "warning": timedelta(hours=12)}
 DEVICE_TABLES: dict[str, tuple[str, ...]] = {
     kind: tuple(t for t, rt in BY_TABLE.items() if rt.kind == kind) for kind in DEVICE_KINDS}
-
-
-def parse_duration(value: object) -> timedelta:
-    """``90`` (seconds), ``"90s"``, ``"5m"``, ``"1h30m"``, ``"1d"`` → timedelta."""
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a text like 90s, 5m, 1h30m, 1d")
-    if isinstance(value, int | float):
-        if value < 0 or not math.isfinite(value):
-            raise ValueError("a duration cannot be negative")
-        return timedelta(seconds=value)
-    if isinstance(value, str):
-        match = _DURATION.match(value.strip())
-        if match and any(match.groups()):
-            d, h, m, s = (int(g or 0) for g in match.groups())
-            return timedelta(days=d, hours=h, minutes=m, seconds=s)
-    raise ValueError(f"{value!r} is not a duration; write e.g. 90s, 5m, 1h30m or 1d")
-
-
-def format_duration(td: timedelta) -> str:
-    seconds = int(td.total_seconds())
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size:
-            parts.append(f"{seconds // size}{unit}")
-            seconds %= size
-    return "".join(parts) or "0s"
 
 
 def _limit_value(value: object) -> object:
@@ -358,7 +328,7 @@ def source_columns(source: str) -> tuple[str, ...]:
 
 def _field_kind(source: str, name: str) -> str:
     """numeric, bool or text — from the reading schema."""
-    for f in msgspec.inspect.type_info(BY_TABLE[source]).fields:  # type: ignore[union-attr]
+    for f in cast(msgspec.inspect.StructType, msgspec.inspect.type_info(BY_TABLE[source])).fields:  # a Struct
         if f.name == name:
             types = f.type.types if isinstance(f.type, msgspec.inspect.UnionType) else (f.type,)
             for t in types:
@@ -411,7 +381,7 @@ SUMMARY_FIELDS = frozenset({"value", "peak", "threshold", "clear", "device_id", 
                                            "transfer_station", "depot", "plant", "line")})
 
 
-class _Defaulting(dict):  # type: ignore[type-arg]
+class _Defaulting(dict[str, Any]):
     def __missing__(self, key: str) -> str:
         return "{" + key + "}"
 
@@ -594,8 +564,8 @@ _FIX_BY_KEY = {
 
 
 def _known_keys(kind: object) -> list[str]:
-    models = {"threshold": ThresholdRule, "rate": RateRule, "window": WindowRule, "event_count": EventCountRule,
-              "offline": OfflineRule}
+    models: dict[str, type[RuleBase]] = {"threshold": ThresholdRule, "rate": RateRule, "window": WindowRule,
+                                         "event_count": EventCountRule, "offline": OfflineRule}
     model = models.get(str(kind))
     if model is None:
         return []

@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import FastAPI
 from psycopg_pool import AsyncConnectionPool
-from sanitel.api.auth import VerifiedCache
-from sanitel.api.deps import ApiContext, require_role
-from sanitel.api.errors import error_responses, install_error_handlers
-from sanitel.api.mqtt_auth import BrokerAuthFiles
-from sanitel.api.observability import ApiMetrics, RequestMetricsMiddleware
-from sanitel.api.routes import alerts, deposits, devices, health, readings, reports, rules, silences, sites
-from sanitel.api.stream import AlertBroadcaster
 
 from sanitel import __version__
+from sanitel.api.auth import VerifiedCache
+from sanitel.api.deps import ApiContext
+from sanitel.api.errors import install_error_handlers
+from sanitel.api.observability import ApiMetrics, RequestMetricsMiddleware
+from sanitel.api.routes import (
+    alerts,
+    deposits,
+    devices,
+    emissions,
+    health,
+    readings,
+    reports,
+    rules,
+    silences,
+    sites,
+)
+from sanitel.api.stream import AlertBroadcaster
+from sanitel.broker_auth import BrokerAuthFiles
 from sanitel.settings import Settings, load_settings
 
 log = logging.getLogger("sanitel.api")
@@ -52,19 +62,9 @@ TAGS = [
     {"name": "silences", "description": "Mute notifications for matching alerts during a time window."},
     {"name": "rules", "description": "Alert rules: what is in force, and rules managed through the API."},
     {"name": "reports", "description": "Daily operations summaries."},
+    {"name": "emissions", "description": "Incinerator plants: daily emission compliance and CEMS averages."},
     {"name": "operations", "description": "Health and Prometheus metrics."},
 ]
-
-
-def _optional_router(module_name: str) -> APIRouter | None:
-    """Routers other issues build (e.g. CEMS compliance reports) join the app once their module exists."""
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and module_name.startswith(exc.name):
-            return None
-        raise
-    return getattr(module, "router", None)
 
 
 def create_app(settings: Settings | None = None, *, broker_auth: BrokerAuthFiles | None = None,
@@ -96,12 +96,6 @@ def create_app(settings: Settings | None = None, *, broker_auth: BrokerAuthFiles
                   lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
-    for module in (sites, devices, readings, deposits, alerts, silences, rules, reports, health):
+    for module in (sites, devices, readings, deposits, alerts, silences, rules, reports, emissions, health):
         app.include_router(module.router)
-    for name in ("sanitel.api.routes.emissions",):
-        router = _optional_router(name)
-        if router is not None:
-            # at least a viewer key, whatever the module itself asks for
-            app.include_router(router, dependencies=[Depends(require_role("viewer"))],
-                               responses=error_responses(401, 403, 422))
     return app

@@ -8,13 +8,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import Query
 from pydantic import AfterValidator, AwareDatetime, StringConstraints
+
 from sanitel.api.errors import ApiError
+from sanitel.durations import DURATION_PATTERN, parse_duration
 from sanitel.schemas.topics import ID_PATTERN
 
 MAX_PAGE = 500
@@ -72,16 +73,19 @@ def time_range(start: datetime | None, end: datetime | None, default: timedelta,
     return start, end
 
 
-_BUCKET = re.compile(r"^([1-9][0-9]{0,5})(s|m|h|d)$")
-_UNIT = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-BUCKET_PATTERN = _BUCKET.pattern
+BUCKET_PATTERN = DURATION_PATTERN  # a bucket width is a duration: 30s, 5m, 1h30m, 1d …
 
 
 def parse_bucket(text: str) -> timedelta:
-    match = _BUCKET.match(text)
-    if not match:  # the Query pattern already refused it; kept for callers outside FastAPI
-        raise ApiError(422, "bucket must look like 30s, 5m, 1h or 1d", code="validation_error", field="query.bucket")
-    return timedelta(**{_UNIT[match.group(2)]: int(match.group(1))})
+    """A bucket width (the Query pattern has checked the grammar; the value is checked here)."""
+    try:
+        width = parse_duration(text)
+    except ValueError as exc:
+        raise ApiError(422, f"bucket: {exc}", code="validation_error", field="query.bucket") from None
+    if width <= timedelta(0):
+        raise ApiError(422, "bucket must be longer than zero, e.g. 30s, 5m, 1h or 1d", code="validation_error",
+                       field="query.bucket")
+    return width
 
 
 def check_bucket_count(start: datetime, end: datetime, bucket: timedelta) -> None:

@@ -1,10 +1,10 @@
 """The live alert stream: one LISTEN connection per API process, fanned out to every SSE client.
 
 The alert engine (and this API, on acknowledge/assign) sends ``NOTIFY sanitel_alerts, '<json>'`` on each
-alert change. One listener connection receives them and copies each to a bounded queue per client, so a
-thousand dashboards cost one database connection, and a client that stops reading is dropped instead of
-growing memory. If the listener loses the database it reconnects with backoff and tells every client to
-re-fetch (``event: resync``), since notifications sent meanwhile are lost.
+alert change (``alerts.history.record``). One listener connection receives them and copies each to a
+bounded queue per client, so a thousand dashboards cost one database connection, and a client that stops
+reading is dropped instead of growing memory. If the listener loses the database it reconnects with
+backoff and tells every client to re-fetch (``event: resync``), since notifications sent meanwhile are lost.
 """
 
 from __future__ import annotations
@@ -13,14 +13,19 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from sanitel.api.queries.alerts import NOTIFY_CHANNEL
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
+
+from sanitel.alerts.history import NOTIFY_CHANNEL
 
 log = logging.getLogger("sanitel.api.stream")
+
+_RECONNECT_FIRST_S = 0.5
+_RECONNECT_WAIT = wait_exponential(multiplier=_RECONNECT_FIRST_S, max=15)  # 0.5 s, 1 s, 2 s … 15 s
 
 QUEUE_SIZE = 1000
 
@@ -50,8 +55,9 @@ class Subscription:
 
 
 class AlertBroadcaster:
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.database_url = database_url
+        self._sleep = sleep  # between reconnect attempts
         self.subscribers: set[Subscription] = set()
         self._task: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
@@ -83,27 +89,33 @@ class AlertBroadcaster:
             self._task = asyncio.create_task(self._run(), name="alert-stream-listener")
 
     async def _run(self) -> None:
-        delay = 0.5
-        while True:
+        while True:  # one round per connection that worked: the backoff starts over after each
+            async for attempt in AsyncRetrying(wait=_RECONNECT_WAIT, retry=retry_if_exception_type(Exception),
+                                               before_sleep=_log_retry, sleep=self._sleep):
+                with attempt:
+                    conn = await self._listen()
             try:
-                await self._listen()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the database went away: clients must re-fetch what they missed
-                if self._listening.is_set():
-                    self._broadcast(StreamEvent("resync", json.dumps({"reason": "stream reconnecting"})))
-                    delay = 0.5  # it was working: retry soon, back off only while it keeps failing
-                self._listening.clear()
-                log.warning("alert stream lost the database (%s); retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 15.0)
+                await self._forward(conn)
+            except Exception as exc:
+                log.warning("alert stream lost the database (%s); retrying in %.1f s", exc, _RECONNECT_FIRST_S)
+            # the database went away: clients must re-fetch what they missed
+            self._listening.clear()
+            self._broadcast(StreamEvent("resync", json.dumps({"reason": "stream reconnecting"})))
+            await self._sleep(_RECONNECT_FIRST_S)  # it was working: retry soon, back off only while it keeps failing
 
-    async def _listen(self) -> None:
-        async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True,
-                                                         connect_timeout=10) as conn:
+    async def _listen(self) -> psycopg.AsyncConnection[Any]:
+        conn = await psycopg.AsyncConnection.connect(self.database_url, autocommit=True, connect_timeout=10)
+        try:
             await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-            self._listening.set()
-            log.info("alert stream listening on %s", NOTIFY_CHANNEL)
+        except BaseException:
+            await conn.close()
+            raise
+        self._listening.set()
+        log.info("alert stream listening on %s", NOTIFY_CHANNEL)
+        return conn
+
+    async def _forward(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        async with conn:
             async for notify in conn.notifies():
                 self._broadcast(StreamEvent("alert", notify.payload))
 
@@ -146,3 +158,8 @@ def sse_frame(event: StreamEvent, event_id: int) -> bytes:
     # one `data:` line per payload line keeps multi-line JSON valid SSE
     data = "".join(f"data: {line}\n" for line in event.data.splitlines() or [""])
     return f"id: {event_id}\nevent: {event.event}\n{data}\n".encode()
+
+
+def _log_retry(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome is not None else None
+    log.warning("alert stream cannot reach the database (%s); retrying in %.1f s", error, state.upcoming_sleep)

@@ -7,7 +7,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 def redact_url(url: str) -> str:
     """``url`` with its password replaced by ``***``; the host is kept exactly as written."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # malformed (e.g. an unclosed IPv6 bracket): hide whatever precedes the host
+        head, at, host = url.rpartition("@")
+        scheme, sep, _ = head.partition("://")
+        return f"{scheme}{sep}***@{host}" if at else url
     credentials, at, host = parts.netloc.rpartition("@")
     if not at or ":" not in credentials:
         return url

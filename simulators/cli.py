@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from sanitel.simulators.clock import parse_duration, parse_instant, rfc3339
-from sanitel.simulators.publisher import ENGINES
-from sanitel.simulators.scenario import Scenario, available_scenarios, load_scenario
-
 from sanitel.errors import SanitelError
 from sanitel.settings import load_settings
+from sanitel.simulators.clock import duration_s, parse_instant, rfc3339
+from sanitel.simulators.publisher import ENGINES
+from sanitel.simulators.scenario import Scenario, available_scenarios, load_scenario
+from sanitel.urls import redact_url
 
 if TYPE_CHECKING:
     from sanitel.simulators.run import SimulationSummary
@@ -82,7 +82,7 @@ def _duration_or_forever(text: str) -> float:
     if text.strip().lower() in ("forever", "inf", "none"):
         return math.inf
     try:
-        value = parse_duration(text)
+        value = duration_s(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     if value <= 0:
@@ -151,7 +151,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     truth = args.ground_truth or settings.data_dir / "simulator" / f"ground-truth-{scenario.name}-{args.seed}.jsonl"
     broker = args.broker or settings.effective_mqtt_url
     progress = None if args.quiet else ProgressLine(sys.stderr, args.speed)
-    print(f"simulating {scenario.name} ({sum(scenario.device_counts().values()):,} devices) → {broker.split('@')[-1]}, "
+    print(f"simulating {scenario.name} ({sum(scenario.device_counts().values()):,} devices) → {redact_url(broker)}, "
           f"seed {args.seed}, from {rfc3339(start)}, "
           f"{'real time' if args.speed == 1 else 'as fast as possible' if args.speed == 0 else f'×{args.speed:g}'}, "
           f"{'until Ctrl-C' if duration is None else f'{duration / 3600:g} h simulated'}", file=sys.stderr)

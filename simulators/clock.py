@@ -12,7 +12,6 @@ RFC 3339 or epoch milliseconds only when a reading is encoded. Two mappings exis
 from __future__ import annotations
 
 import math
-import re
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -20,38 +19,20 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BeforeValidator, Field
 
+from sanitel.durations import parse_duration
+
 DAY_S = 86_400.0
-AS_FAST_AS_POSSIBLE = 0.0
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": DAY_S, None: 1.0}
 
 
-def parse_duration(text: str | float | int) -> float:
-    """``"90s"``, ``"15m"``, ``"2h"``, ``"1d"`` or a number of seconds → seconds.
-
-    Raises ValueError with the accepted forms, so callers can name the key and the fix."""
-    if isinstance(text, bool):
-        raise ValueError(f"{text!r} is not a duration; use e.g. 30s, 15m, 2h or 1d")
-    if isinstance(text, int | float):
-        if text < 0 or math.isnan(text):
-            raise ValueError(f"{text!r} is not a duration; it must be zero or more seconds")
-        return float(text)
-    match = _DURATION.match(str(text))
-    if not match:
-        raise ValueError(f"{text!r} is not a duration; use e.g. 30s, 15m, 2h or 1d")
-    return float(match.group(1)) * _UNIT_S[match.group(2)]
+def duration_s(value: object) -> float:
+    """A duration (``sanitel.durations``: ``"90s"``, ``"15m"``, ``"1h30m"``, ``"1d"`` or a number of
+    seconds) in seconds; ValueError names the accepted forms, so callers can name the key and the fix."""
+    return parse_duration(value).total_seconds()
 
 
-def parse_signed_duration(text: str | float | int) -> float:
-    """Like :func:`parse_duration` but allows a sign: ``"+10m"``, ``"-2h"`` (clock skew offsets)."""
-    if isinstance(text, int | float) and not isinstance(text, bool) and math.isfinite(text):
-        return float(text)
-    if isinstance(text, str) and text.strip().startswith(("+", "-")):
-        stripped = text.strip()
-        sign = -1.0 if stripped[0] == "-" else 1.0
-        return sign * parse_duration(stripped[1:])
-    return parse_duration(text)
+def signed_duration_s(value: object) -> float:
+    """Like :func:`duration_s` but allows a sign: ``"+10m"``, ``"-2h"`` (clock skew offsets)."""
+    return parse_duration(value, signed=True).total_seconds()
 
 
 def parse_time_of_day(text: str) -> float:
@@ -99,7 +80,6 @@ class LocalTime:
     step, and zone arithmetic is far slower than a dict lookup."""
 
     def __init__(self, zone: str) -> None:
-        self.zone_name = zone
         self.zone = load_zone(zone)
         self._offsets: dict[int, float] = {}
 
@@ -123,9 +103,6 @@ class LocalTime:
         """The first instant at or after ``t`` when the local clock reads ``seconds_of_day``."""
         wait = (seconds_of_day - self.seconds_of_day(t)) % DAY_S
         return t + wait
-
-    def midnight_before(self, t: float) -> float:
-        return t - self.seconds_of_day(t)
 
     def datetime(self, t: float) -> datetime:
         return datetime.fromtimestamp(t, self.zone)
@@ -173,9 +150,9 @@ def _window(value: Any) -> tuple[float, float]:
     return parse_time_of_day(start.strip()), parse_time_of_day(end.strip())
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
-SignedDuration = Annotated[float, BeforeValidator(parse_signed_duration)]
+Duration = Annotated[float, BeforeValidator(duration_s)]
+PositiveDuration = Annotated[float, BeforeValidator(duration_s), Field(gt=0)]
+SignedDuration = Annotated[float, BeforeValidator(signed_duration_s)]
 def _time_of_day(value: Any) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool):  # seconds, from Python callers
         if not 0 <= value <= DAY_S:

@@ -1,25 +1,26 @@
-"""Alerts, their history, acknowledgement and assignment. Every change made here is also recorded in
-alert_history and announced with NOTIFY on ``sanitel_alerts`` — the channel the alert engine uses — so
-live streams see API changes and engine transitions alike."""
+"""Alerts, their history, acknowledgement and assignment. Every change made here is recorded and
+announced by the alert engine's own history writer (``alerts.history.record``: an alert_history row and
+a NOTIFY on ``sanitel_alerts`` carrying its id), so live streams see API changes and engine transitions
+alike."""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
-from sanitel.api.queries.sites import SUBTREE
 
-NOTIFY_CHANNEL = "sanitel_alerts"
+from sanitel.alerts import history
+from sanitel.api.queries.sites import SUBTREE
 
 _COLUMNS = """alert_id, rule_id, fingerprint, subject, device_id, site_id, kind, severity, state, labels,
               annotations, summary, value, threshold, peak_value, started_at, fired_at, resolved_at, resolved_by,
               acknowledged_by, acknowledged_at, ack_comment, assignee, silenced_by, reminders, updated_at"""
 
 
-async def list_alerts(conn: AsyncConnection, *, states: list[str] | None, severities: list[str] | None,
+async def list_alerts(conn: AsyncConnection, *, states: Sequence[str] | None, severities: Sequence[str] | None,
                       site_id: str | None, kind: str | None, device_id: str | None, rule_id: str | None,
                       acknowledged: bool | None, start: datetime | None, end: datetime | None,
                       after: tuple[datetime, int] | None, limit: int) -> list[dict[str, Any]]:
@@ -89,7 +90,7 @@ async def acknowledge(conn: AsyncConnection, alert_id: int, actor: str, comment:
             {"id": alert_id, "actor": actor, "comment": comment})
         alert = await cur.fetchone()
         if alert is not None:
-            await _record(conn, alert, "acknowledged", actor, comment, {})
+            await conn.execute(*history.record(alert, alert["state"], "acknowledged", actor=actor, comment=comment))
     return alert
 
 
@@ -101,30 +102,9 @@ async def assign(conn: AsyncConnection, alert_id: int, actor: str, assignee: str
             f" RETURNING {_COLUMNS}", {"id": alert_id, "assignee": assignee})
         alert = await cur.fetchone()
         if alert is not None:
-            await _record(conn, alert, "assigned", actor, None, {"assignee": assignee})
+            await conn.execute(*history.record(alert, alert["state"], "assigned", actor=actor,
+                                               details={"assignee": assignee}))
     return alert
-
-
-async def _record(conn: AsyncConnection, alert: dict[str, Any], event: str, actor: str, comment: str | None,
-                  details: dict[str, Any]) -> None:
-    """History row plus NOTIFY, in the caller's transaction (NOTIFY is delivered on commit)."""
-    await conn.execute(
-        "INSERT INTO alert_history (alert_id, from_state, to_state, actor, comment, details)"
-        " VALUES (%s, %s, %s, %s, %s, %s)",
-        (alert["alert_id"], alert["state"], event, actor, comment, json.dumps(details)))
-    await conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, notification(alert, event, actor)))
-
-
-def notification(alert: dict[str, Any], event: str, actor: str | None) -> str:
-    """The NOTIFY payload: the event and the alert as the API shows it (kept well under 8000 bytes)."""
-    body = {"event": event, "actor": actor,
-            "alert": {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in alert.items()}}
-    text = json.dumps(body, default=str)
-    if len(text) > 7000:  # labels or summary too large for NOTIFY: send what identifies the alert
-        keep = ("alert_id", "rule_id", "device_id", "site_id", "kind", "severity", "state")
-        body["alert"] = {k: body["alert"][k] for k in keep}
-        text = json.dumps(body, default=str)
-    return text
 
 
 async def firing_counts(conn: AsyncConnection) -> list[tuple[str, str, int]]:
