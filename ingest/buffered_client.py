@@ -10,8 +10,18 @@ This subclass
   (``message_callback_add`` is refused);
 - acknowledges a whole batch with one queued write (``ack_many``) instead of a lock, a wake-up and a
   send() per message.
-It relies on internals of paho-mqtt 2.2.0 (pinned in pyproject.toml): ``_sock_recv``, ``loop_read``,
-``_handle_publish``, ``_handle_on_message`` and ``_packet_queue``; every collector test runs through it.
+It relies on internals of paho-mqtt 2.2.0, which is why pyproject.toml pins it exactly; tests/unit/test_paho_pin.py
+checks each of them (and feeds a real PUBLISH through a socket pair), so an upgrade that moves one fails there first:
+- methods overridden and called through ``super()``: ``_sock_recv(bufsize)`` (paho's packet reader calls it for every
+  read), ``loop_read(max_packets)``, ``_handle_publish()`` (paho's packet dispatcher calls it for PUBLISH),
+  ``_handle_on_message(message)``;
+- methods called: ``_packet_queue(command, packet, mid, qos)`` (queues raw bytes and writes them out like any other
+  packet), ``_easy_log(level, fmt, *args)``;
+- attributes read: ``_sock`` (the current socket), ``_in_packet`` (its ``"command"`` byte and ``"packet"`` body),
+  ``_protocol``, ``_manual_ack``, ``_userdata``, ``_in_callback_mutex``, ``suppress_exceptions``;
+- ``MQTTMessage(mid=…, topic=…)`` with its settable ``qos``, ``dup``, ``retain``, ``payload``, ``timestamp``, and
+  ``MQTTMessage._topic`` (the raw topic bytes, which the collector reads when they are not UTF-8).
+Every collector test runs through it.
 """
 
 from __future__ import annotations

@@ -28,9 +28,13 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiomqtt
+import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+
+from sanitel.mqtt_wire import BrokerTarget, paho_client
 from sanitel.schemas.hj212 import (
     FLAG_ACK,
     MAX_FRAME_BYTES,
@@ -43,8 +47,6 @@ from sanitel.schemas.hj212 import (
     qn_rtn_for,
 )
 from sanitel.schemas.topics import hj212_topic
-
-from sanitel.mqtt_wire import BrokerTarget
 
 log = logging.getLogger("sanitel.hj212")
 
@@ -62,27 +64,40 @@ class ListenerStats:
     publish_failures: int = 0
 
 
+class BrokerUnavailable(Exception):
+    """A frame was not handed to the broker: no connection in time, or the broker refused it."""
+
+
 class BrokerLink:
-    """One MQTT connection for all DAUs, reconnected with backoff. ``publish`` returns after PUBACK."""
+    """One MQTT connection for all DAUs: a paho client whose network thread connects and reconnects with
+    backoff. ``publish`` (on the event loop) returns after the broker's PUBACK."""
 
     def __init__(self, url: str, client_id: str | None = None) -> None:
         self.target = BrokerTarget.parse(url)
         self.host, self.port = self.target.host, self.target.port
-        self.username, self.password = self.target.username, self.target.password
         # unique per process: two listeners with one client id would knock each other off the broker
         self.client_id = client_id or f"sanitel-hj212-{socket.gethostname()}-{os.getpid()}"
-        self._client: aiomqtt.Client | None = None
+        self._client = paho_client(self.target, self.client_id)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_publish = self._on_publish
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._connected = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._pubacks: dict[int, asyncio.Future[None]] = {}  # message id → the publish waiting for its PUBACK
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="hj212-broker-link")
+        self._loop = asyncio.get_running_loop()
+        self._client.loop_start()
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._loop is None:
+            return
+        self._loop = None  # from now on paho's callbacks have nobody to tell
+        await asyncio.to_thread(self._close)  # loop_stop joins paho's thread: not on the event loop
+
+    def _close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
 
     async def wait_connected(self, timeout: float) -> bool:
         try:
@@ -92,32 +107,54 @@ class BrokerLink:
         return True
 
     async def publish(self, topic: str, payload: bytes, timeout: float) -> None:
-        """QoS 1; returns once the broker has acknowledged. Raises on timeout or disconnect."""
-        if not await self.wait_connected(timeout) or self._client is None:
-            raise aiomqtt.MqttError(f"no broker connection to {self.host}:{self.port} within {timeout} s")
-        await self._client.publish(topic, payload, qos=1, timeout=timeout)
+        """QoS 1; returns once the broker has acknowledged. BrokerUnavailable or TimeoutError otherwise."""
+        if not await self.wait_connected(timeout) or self._loop is None:
+            raise BrokerUnavailable(f"no broker connection to {self.host}:{self.port} within {timeout} s")
+        info = self._client.publish(topic, payload, qos=1)
+        # registered before the next await: PUBACKs reach the event loop only through call_soon_threadsafe,
+        # so this one cannot be handled before its future exists
+        puback = self._pubacks[info.mid] = self._loop.create_future()
+        try:
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:  # paho resends it after reconnecting; the DAU retransmits anyway
+                raise BrokerUnavailable(f"publish to {self.host}:{self.port} failed: {mqtt.error_string(info.rc)}")
+            async with asyncio.timeout(timeout):
+                await puback
+        finally:
+            self._pubacks.pop(info.mid, None)
 
-    async def _run(self) -> None:
-        backoff = 0.5
-        while True:
-            try:
-                async with aiomqtt.Client(
-                    self.host, self.port, username=self.username, password=self.password,
-                    identifier=self.client_id, keepalive=30,
-                    tls_context=self.target.ssl_context() if self.target.tls else None,
-                ) as client:
-                    self._client, backoff = client, 0.5
-                    self._connected.set()
-                    log.info("hj212 listener connected to broker %s:%s", self.host, self.port)
-                    async for _ in client.messages:  # no subscriptions: this only ends on disconnect
-                        pass
-            except aiomqtt.MqttError as exc:
-                log.warning("hj212 listener: broker %s:%s: %s; retrying in %.1f s", self.host, self.port, exc, backoff)
-            finally:
-                self._connected.clear()
-                self._client = None
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 30.0)
+    # --- paho's network thread -------------------------------------------------------------------
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags, reason: mqtt.ReasonCode,
+                    properties: Properties | None) -> None:
+        if reason.is_failure:
+            log.warning("hj212 listener: broker %s:%s refused the connection: %s", self.host, self.port, reason)
+            return
+        log.info("hj212 listener connected to broker %s:%s", self.host, self.port)
+        self._to_event_loop(self._connected.set)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: mqtt.DisconnectFlags,
+                       reason: mqtt.ReasonCode, properties: Properties | None) -> None:
+        self._to_event_loop(self._connected.clear)
+        if self._loop is not None:
+            log.warning("hj212 listener: lost broker %s:%s (%s); reconnecting", self.host, self.port, reason)
+
+    def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, reason: mqtt.ReasonCode,
+                    properties: Properties | None) -> None:
+        self._to_event_loop(self._acknowledged, mid, reason)
+
+    def _to_event_loop(self, callback: Callable[..., None], *args: object) -> None:
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the event loop closed meanwhile: nobody is waiting
+                loop.call_soon_threadsafe(callback, *args)
+
+    def _acknowledged(self, mid: int, reason: mqtt.ReasonCode) -> None:
+        puback = self._pubacks.get(mid)
+        if puback is None or puback.done():
+            return  # its publish timed out and was answered already
+        if reason.is_failure:
+            puback.set_exception(BrokerUnavailable(f"the broker refused the message: {reason}"))
+        else:
+            puback.set_result(None)
 
 
 class Hj212Listener:
@@ -214,7 +251,7 @@ class Hj212Listener:
     async def _publish(self, mn: str, raw: bytes) -> bool:
         try:
             await self.broker.publish(hj212_topic(self.city, mn), raw, self.publish_timeout)
-        except (aiomqtt.MqttError, TimeoutError) as exc:
+        except (BrokerUnavailable, TimeoutError) as exc:
             self.stats.publish_failures += 1
             log.warning("hj212 frame from MN %s not published (%s); no reply, the DAU will retransmit", mn, exc)
             return False

@@ -26,13 +26,15 @@ import ssl
 import time
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from tenacity import Retrying, retry_if_exception_type, wait_exponential
 
 from sanitel.errors import SanitelError
-from sanitel.mqtt_wire import DISCONNECT, PINGREQ, BrokerTarget, connect_packet, remaining_length
+from sanitel.mqtt_wire import DISCONNECT, PINGREQ, BrokerTarget, connect_packet, paho_client, remaining_length
 
 ENGINES = ("paho", "fast")
 CONNACK_REASONS = {
@@ -117,15 +119,9 @@ class PahoPublisher(Publisher):
 
     def __init__(self, target: BrokerTarget, client_id: str | None = None) -> None:
         super().__init__(target, client_id)
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                                  protocol=mqtt.MQTTv311, clean_session=True)
-        self.client.max_inflight_messages_set(self.INFLIGHT)
-        self.client.max_queued_messages_set(0)
-        if target.username:
-            self.client.username_pw_set(target.username, target.password)
-        if target.tls:
-            self.client.tls_set_context(target.ssl_context())
-            self.client.tls_insecure_set(target.insecure)
+        # MQTT 3.1.1, clean session; paho's queue is left unlimited (publish() enforces QUEUE_LIMIT), and
+        # reconnecting is service()'s job, not a network thread's
+        self.client = paho_client(target, self.client_id, keepalive=60, max_inflight=self.INFLIGHT)
         self.client.on_publish = self._on_publish
         self.client.on_connect = self._on_connect
         self.connack: Any = None
@@ -140,7 +136,7 @@ class PahoPublisher(Publisher):
 
     def connect(self, timeout: float = 10.0) -> None:
         try:
-            self.client.connect(self.target.host, self.target.port, keepalive=60)
+            self.client.reconnect()  # the first connection: paho_client recorded where to
         except (OSError, ssl.SSLError) as exc:
             raise _unreachable(self.target, exc) from None
         deadline = time.monotonic() + timeout
@@ -193,19 +189,21 @@ class PahoPublisher(Publisher):
 
 # --- fast engine ------------------------------------------------------------------------------
 
-PUBLISH_QOS1 = 0x32
 PUBLISH_QOS1_DUP = 0x3A
-PUBACK, PINGRESP, CONNACK = 4, 13, 2
+PUBACK, CONNACK = 4, 2
 
 
 class FastPublisher(Publisher):
     WINDOW = 20_000           # unacknowledged messages in flight (packet ids are 16-bit)
     WRITE_BATCH = 64 * 1024   # bytes gathered before one send
     RECONNECT_FOR_S = 120.0   # back off and retry this long before giving up
+    RECONNECT_WAIT = wait_exponential(multiplier=0.5, max=10)  # 0.5 s, 1 s, 2 s … 10 s between attempts
 
-    def __init__(self, target: BrokerTarget, client_id: str | None = None, keepalive: int = 60) -> None:
+    def __init__(self, target: BrokerTarget, client_id: str | None = None, keepalive: int = 60, *,
+                 sleep: Callable[[float], None] = time.sleep, monotonic: Callable[[], float] = time.monotonic) -> None:
         super().__init__(target, client_id)
         self.keepalive = keepalive
+        self._sleep, self._monotonic = sleep, monotonic  # for reconnecting: a test passes fakes
         self.sock: socket.socket | None = None
         self.inflight: dict[int, bytes] = {}
         self.out = bytearray()
@@ -259,18 +257,15 @@ class FastPublisher(Publisher):
         self.sock = None
         self.inbox.clear()
         self.out.clear()
-        delay, give_up = 0.5, time.monotonic() + self.RECONNECT_FOR_S
-        while True:
-            try:
-                self.connect()
-                self.stats.reconnects += 1
-                return
-            except SanitelError as exc:
-                if time.monotonic() > give_up:
-                    raise SanitelError(f"lost the broker and could not reconnect for {self.RECONNECT_FOR_S:.0f}s: "
-                                       f"{exc}") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        give_up_at = self._monotonic() + self.RECONNECT_FOR_S
+        retrying = Retrying(wait=self.RECONNECT_WAIT, stop=lambda _: self._monotonic() > give_up_at,
+                            retry=retry_if_exception_type(SanitelError), sleep=self._sleep, reraise=True)
+        try:
+            retrying(self.connect)
+        except SanitelError as exc:
+            raise SanitelError(f"lost the broker and could not reconnect for {self.RECONNECT_FOR_S:.0f}s: "
+                               f"{exc}") from None
+        self.stats.reconnects += 1
 
     # --- publishing ----------------------------------------------------------------------------
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import psycopg
-from sanitel.schemas.topics import alert_topic
 
-from sanitel.mqtt_wire import BrokerTarget
+from sanitel.mqtt_wire import BrokerTarget, paho_client
+from sanitel.schemas.topics import alert_topic
 
 log = logging.getLogger("sanitel.alerts.mqtt")
 
@@ -31,16 +31,9 @@ class MqttSink:
         self.city = city
         self.publish_timeout_s = publish_timeout_s
         self._connected = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=mqtt.MQTTv311, clean_session=True)
-        if broker.username:
-            self.client.username_pw_set(broker.username, broker.password)
-        if broker.tls:
-            self.client.tls_set_context(broker.ssl_context())
-        self.client.reconnect_delay_set(1, 30)
+        self.client = paho_client(broker, client_id)  # MQTT 3.1.1, clean session
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
-        self.client.connect_async(broker.host, broker.port, keepalive=30)
         self.client.loop_start()
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:

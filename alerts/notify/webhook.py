@@ -12,7 +12,10 @@ Each POST carries the notifications that were due together and share a group key
 Retries: a failed POST (connection error, timeout, 5xx, 408, 429) is retried after
 ``base_backoff_s × 2^(attempt−1)`` (capped at ``max_backoff_s``, with jitter) up to the webhook's
 ``max_attempts``; other 4xx answers are permanent failures (retrying will not fix the receiver).
-State lives in the database, so a restart picks up where it stopped.
+State lives in the database, so a restart picks up where it stopped: the schedule is a row's
+``next_attempt_at`` (the database's clock), not a sleeping thread. The policy (``RetryPolicy.after_failure``,
+``error_for_status``) is pure, and the POST (``post_json``'s ``urlopen``, or ``post`` as a whole) and the jitter's
+random source are parameters, so unit tests drive retries with a fake receiver and no clock.
 """
 
 from __future__ import annotations
@@ -24,28 +27,18 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
+
 from sanitel.alerts.notify.outbox import Webhook, load_webhooks
 
 log = logging.getLogger("sanitel.alerts.webhook")
 
 _RETRYABLE_STATUS = frozenset({408, 429})
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    base_backoff_s: float = 2.0
-    max_backoff_s: float = 600.0
-    jitter: float = 0.2  # the delay is shortened by up to this share, so receivers are not hit in lockstep
-    timeout_s: float = 10.0
-
-    def delay(self, attempt: int) -> timedelta:
-        seconds = min(self.max_backoff_s, self.base_backoff_s * 2 ** max(0, attempt - 1))
-        return timedelta(seconds=seconds * (1 - random.uniform(0, self.jitter)))
 
 
 class DeliveryError(Exception):
@@ -54,17 +47,56 @@ class DeliveryError(Exception):
         self.permanent = permanent
 
 
-def post_json(url: str, body: dict[str, Any], timeout_s: float) -> None:
+@dataclass(frozen=True, slots=True)
+class NextStep:
+    """After a failed attempt: give up (the delivery is marked failed), or try again after ``delay``."""
+
+    give_up: bool
+    delay: timedelta
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    base_backoff_s: float = 2.0
+    max_backoff_s: float = 600.0
+    jitter: float = 0.2  # the delay is shortened by up to this share, so receivers are not hit in lockstep
+    timeout_s: float = 10.0
+    rand: Callable[[], float] = field(default=random.random, repr=False, compare=False)  # uniform in [0, 1)
+
+    def delay(self, attempt: int) -> timedelta:
+        seconds = min(self.max_backoff_s, self.base_backoff_s * 2 ** max(0, attempt - 1))
+        return timedelta(seconds=seconds * (1 - self.jitter * self.rand()))
+
+    def after_failure(self, attempt: int, max_attempts: int, error: DeliveryError) -> NextStep:
+        """``attempt`` (1 for the first) failed with ``error``: a permanent error or the last allowed attempt
+        gives up."""
+        return NextStep(error.permanent or attempt >= max_attempts, self.delay(attempt))
+
+
+def error_for_status(code: int, reason: str) -> DeliveryError:
+    """A non-2xx answer: 5xx, 408 and 429 are worth retrying; any other 4xx means the receiver refuses this body
+    and will go on refusing it."""
+    permanent = 400 <= code < 500 and code not in _RETRYABLE_STATUS
+    return DeliveryError(f"HTTP {code} {reason}", permanent=permanent)
+
+
+class UrlOpen(Protocol):
+    """``urllib.request.urlopen``'s shape, as post_json calls it."""
+
+    def __call__(self, url: urllib.request.Request, /, *, timeout: float) -> AbstractContextManager[Any]: ...
+
+
+def post_json(url: str, body: dict[str, Any], timeout_s: float, *,
+              urlopen: UrlOpen = urllib.request.urlopen) -> None:
     """POST; raises DeliveryError (permanent for a 4xx other than 408/429)."""
     data = json.dumps(body, default=str).encode()
     request = urllib.request.Request(url, data=data, method="POST",
                                      headers={"Content-Type": "application/json", "User-Agent": "sanitel-alerts"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        with urlopen(request, timeout=timeout_s) as response:
             response.read()
     except urllib.error.HTTPError as exc:
-        permanent = 400 <= exc.code < 500 and exc.code not in _RETRYABLE_STATUS
-        raise DeliveryError(f"HTTP {exc.code} {exc.reason}", permanent=permanent) from None
+        raise error_for_status(exc.code, exc.reason) from None
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         raise DeliveryError(f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}", permanent=False) from None
 
@@ -122,13 +154,13 @@ def _record_failure(conn: psycopg.Connection, webhook: Webhook, ids: list[int], 
                     exc: DeliveryError, policy: RetryPolicy) -> None:
     for notification_id in ids:
         attempt = attempts[notification_id] + 1
-        give_up = exc.permanent or attempt >= webhook.max_attempts
+        step = policy.after_failure(attempt, webhook.max_attempts, exc)
         conn.execute(
             "UPDATE alert_webhook_deliveries SET attempts = %s, last_error = %s, status = %s,"
             " next_attempt_at = clock_timestamp() + %s WHERE webhook_id = %s AND notification_id = %s",
-            (attempt, str(exc)[:500], "failed" if give_up else "pending", policy.delay(attempt),
+            (attempt, str(exc)[:500], "failed" if step.give_up else "pending", step.delay,
              webhook.webhook_id, notification_id))
-        if give_up:
+        if step.give_up:
             log.error("webhook %s: giving up on notification %s after %s attempt(s): %s", webhook.webhook_id,
                       notification_id, attempt, exc)
 
@@ -144,10 +176,11 @@ class WebhookDispatcher:
     after a pass sends new notifications at once; otherwise workers poll every ``poll_s``."""
 
     def __init__(self, database_url: str, *, policy: RetryPolicy | None = None, poll_s: float = 1.0,
-                 refresh_s: float = 30.0,
-                 on_result: Callable[[str, int, int], None] | None = None) -> None:
+                 refresh_s: float = 30.0, on_result: Callable[[str, int, int], None] | None = None,
+                 post: Callable[[str, dict[str, Any], float], None] = post_json) -> None:
         self.database_url = database_url
         self.policy = policy or RetryPolicy()
+        self.post = post
         self.poll_s = poll_s
         self.refresh_s = refresh_s
         self.on_result = on_result
@@ -200,7 +233,7 @@ class WebhookDispatcher:
                 if current is None:
                     break  # disabled or deleted: the manager starts a worker again if it comes back
                 webhook = current  # the URL or matchers may have been edited
-                delivered, failed = deliver_due(conn, webhook, self.policy)
+                delivered, failed = deliver_due(conn, webhook, self.policy, self.post)
                 if self.on_result is not None and (delivered or failed):
                     self.on_result(webhook.webhook_id, delivered, failed)
                 due = next_due_in(conn, webhook.webhook_id)

@@ -1,0 +1,351 @@
+"""The collector's batching and acknowledgement policy, with a fake MQTT client, an in-memory writer and clocks the
+tests move by hand (the seams Telegraf's mqtt_consumer tests use). No broker, no database, no sleeping: a test waits
+only for the writer thread to reach a state, with a generous timeout that is never the thing under test.
+
+The contract (DESIGN.md §5): a message is acknowledged only after its batch is durable — committed (readings and
+dead letters) or fsync'd to the spool — and acknowledgements go out in the order the messages came."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
+
+from sanitel.ingest.buffered_client import BufferedClient
+from sanitel.ingest.collector import Batcher, ClientHandlers, Collector, paho_collector_client
+from sanitel.processors.spool import Spool
+from sanitel.processors.writer import DatabaseUnavailable, Message, WriteResult
+from sanitel.schemas.topics import subscription
+from sanitel.settings import Settings, load_settings
+
+TOPIC = "sanitation/testcity/bin/b1/status"
+RECEIVED_AT = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
+WAIT_S = 10.0  # how long a test waits for the writer thread before calling it stuck
+
+
+class Clock:
+    """A monotonic clock that moves only when told to (``advance``), or by ``tick`` on every reading."""
+
+    def __init__(self, tick: float = 0.0) -> None:
+        self.now, self.tick = 1000.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def payload(mid: int) -> bytes:
+    return b'{"mid": %d}' % mid
+
+
+class MemoryWriter:
+    """The database: commits batches into a list; can be down, or fail a batch, or hold a batch until released."""
+
+    def __init__(self) -> None:
+        self.committed: list[bytes] = []
+        self.up = True
+        self.fail_with: Exception | None = None  # raised by the next write
+        self.gate: threading.Event | None = None  # when set up, write waits for it
+        self.writing = threading.Event()  # a write has begun
+        self._lock = threading.Lock()
+
+    def ping(self) -> bool:
+        return self.up
+
+    def write(self, messages: list[Message]) -> WriteResult:
+        self.writing.set()
+        if self.gate is not None:
+            assert self.gate.wait(WAIT_S), "the test never released the writer"
+        if not self.up:
+            raise DatabaseUnavailable("connection refused")
+        if self.fail_with is not None:
+            error, self.fail_with = self.fail_with, None
+            raise error
+        with self._lock:
+            self.committed += [m.payload for m in messages]  # readings and dead letters alike
+        return WriteResult()
+
+    def close(self) -> None:
+        pass
+
+    def durable(self) -> list[bytes]:
+        with self._lock:
+            return list(self.committed)
+
+
+class FakeClient:
+    """The broker side of the collector's MQTT client: connects at once, grants the subscription, delivers what the
+    test sends, and records acknowledgements — checking at each one that the message is already durable."""
+
+    def __init__(self, settings: Settings, handlers: ClientHandlers, writer: MemoryWriter, spool_dir: Path) -> None:
+        self.handlers = handlers
+        self.writer, self.spool_dir = writer, spool_dir
+        self.calls: list[tuple[str, object]] = []
+        self.acks: list[list[int]] = []
+        self.acked_before_durable: list[int] = []
+        self.refuse_connect = False
+        self._payloads: dict[int, bytes] = {}
+        self._changed = threading.Condition()
+
+    # --- what the collector calls -------------------------------------------------------------
+    def reconnect(self) -> None:
+        self.calls.append(("reconnect", None))
+        if self.refuse_connect:
+            raise ConnectionRefusedError("connection refused")
+
+    def loop_start(self) -> None:
+        self.calls.append(("loop_start", None))
+        if not self.refuse_connect:
+            self.handlers.on_connect(self, None, mqtt.ConnectFlags(session_present=False),
+                                     ReasonCode(PacketTypes.CONNACK, "Success"), None)
+
+    def subscribe(self, topic: str, qos: int) -> None:
+        self.calls.append(("subscribe", (topic, qos)))
+        self.handlers.on_subscribe(self, None, 1, [ReasonCode(PacketTypes.SUBACK, "Granted QoS 1")], None)
+
+    def ack_many(self, mids: list[int]) -> None:
+        durable = set(self.writer.durable()) | self._spooled()
+        with self._changed:
+            self.acked_before_durable += [mid for mid in mids if self._payloads[mid] not in durable]
+            self.acks.append(list(mids))
+            self.calls.append(("ack_many", list(mids)))
+            self._changed.notify_all()
+
+    def disconnect(self) -> None:
+        self.calls.append(("disconnect", None))
+
+    def loop_stop(self) -> None:
+        self.calls.append(("loop_stop", None))
+
+    # --- what the test calls ------------------------------------------------------------------
+    def deliver(self, mid: int, qos: int = 1, topic: str = TOPIC) -> None:
+        """A PUBLISH arriving on the network thread (this call blocks as long as the collector's on_message does)."""
+        message = mqtt.MQTTMessage(mid=mid, topic=topic.encode())
+        message.payload, message.qos = payload(mid), qos
+        self._payloads[mid] = message.payload
+        self.handlers.on_message(self, None, message)
+
+    def acked(self) -> list[int]:
+        with self._changed:
+            return [mid for batch in self.acks for mid in batch]
+
+    def wait_acked(self, count: int) -> list[int]:
+        with self._changed:
+            assert self._changed.wait_for(lambda: sum(map(len, self.acks)) >= count, WAIT_S), (
+                f"only {self.acks} acknowledged; waited for {count} messages")
+        return self.acked()
+
+    def _spooled(self) -> set[bytes]:
+        spool = Spool(self.spool_dir)  # a second reader of the same folder: read only
+        return {p for segment in spool.segments() for _, p, _ in spool.read_segment(segment)}
+
+
+Make = Callable[..., tuple[Collector, FakeClient, Clock]]
+
+
+@pytest.fixture
+def writer() -> MemoryWriter:
+    return MemoryWriter()
+
+
+@pytest.fixture
+def make(tmp_path: Path, writer: MemoryWriter) -> Iterator[Make]:
+    """make(**settings) → (collector, fake client, clock); the collector is started, and stopped at teardown."""
+    made: list[Collector] = []
+
+    def _make(clock: Clock | None = None, start: bool = True, refuse_connect: bool = False,
+              **overrides: object) -> tuple[Collector, FakeClient, Clock]:
+        clock = clock or Clock()
+        settings = load_settings(**{
+            "data_dir": tmp_path, "city": "testcity", "collector_client_id": "unit", "collector_metrics_port": 0,
+            "collector_batch_size": 3, "collector_flush_ms": 60_000, "collector_queue_max": 100, **overrides})
+        clients: list[FakeClient] = []
+
+        def factory(s: Settings, handlers: ClientHandlers) -> FakeClient:
+            clients.append(FakeClient(s, handlers, writer, s.effective_spool_dir / s.collector_client_id))
+            clients[-1].refuse_connect = refuse_connect
+            return clients[-1]
+
+        collector = Collector(settings, serve_metrics=False, client_factory=factory, writer=writer,
+                              monotonic=clock, now=lambda: RECEIVED_AT)
+        made.append(collector)
+        if start:
+            collector.start(wait_connected=0 if refuse_connect else WAIT_S)
+        return collector, clients[0], clock
+
+    yield _make
+    for collector in made:
+        collector.stop(timeout=WAIT_S)
+
+
+# --- connecting ----------------------------------------------------------------------------------------------
+
+
+def test_start_connects_and_subscribes_at_qos_1(make: Make) -> None:
+    collector, client, _ = make()
+    assert client.calls == [("reconnect", None), ("loop_start", None), ("subscribe", (subscription("testcity"), 1))]
+    assert collector.connected
+
+
+def test_an_unreachable_broker_at_start_is_left_to_the_network_thread(make: Make) -> None:
+    collector, client, _ = make(refuse_connect=True)
+    assert [name for name, _ in client.calls] == ["reconnect", "loop_start"]
+    assert not collector.connected
+
+
+# --- acknowledgement after durability ------------------------------------------------------------------------
+
+
+def test_messages_are_acked_in_order_only_once_their_batch_is_committed(
+        make: Make, writer: MemoryWriter) -> None:
+    _, client, _ = make()
+    for mid in range(1, 7):
+        client.deliver(mid, topic=TOPIC if mid != 5 else "not/a/sanitel/topic")  # 5 is dead-lettered: durable too
+    assert client.wait_acked(6) == [1, 2, 3, 4, 5, 6]
+    assert client.acks == [[1, 2, 3], [4, 5, 6]]  # one PUBACK write per committed batch of 3
+    assert client.acked_before_durable == []
+    assert writer.durable() == [payload(mid) for mid in range(1, 7)]
+
+
+def test_qos_0_messages_are_written_but_have_nothing_to_ack(make: Make, writer: MemoryWriter) -> None:
+    _, client, _ = make()
+    client.deliver(1)
+    client.deliver(2, qos=0)
+    client.deliver(3)
+    assert client.wait_acked(2) == [1, 3]
+    assert writer.durable() == [payload(1), payload(2), payload(3)]
+
+
+def test_a_batch_that_fails_is_not_acknowledged(make: Make, writer: MemoryWriter) -> None:
+    writer.fail_with = RuntimeError("a bug in the writer")
+    _, client, _ = make()
+    for mid in range(1, 7):
+        client.deliver(mid)
+    assert client.wait_acked(3) == [4, 5, 6]  # the next batch goes on; 1-3 stay with the broker for redelivery
+    assert client.acks == [[4, 5, 6]]
+    assert writer.durable() == [payload(mid) for mid in (4, 5, 6)]
+
+
+def test_while_the_database_is_down_batches_are_spooled_then_acked_and_replayed_in_order(
+        make: Make, writer: MemoryWriter) -> None:
+    writer.up = False
+    _, client, clock = make()
+    for mid in (1, 2, 3):
+        client.deliver(mid)
+    assert client.wait_acked(3) == [1, 2, 3]  # durable in the spool (fsync'd), not in the database
+    assert client.acked_before_durable == [] and writer.durable() == []
+
+    writer.up = True
+    clock.advance(2.0)  # past the one-second pause between replay attempts
+    for mid in (4, 5, 6):
+        client.deliver(mid)
+    assert client.wait_acked(6) == [1, 2, 3, 4, 5, 6]
+    assert writer.durable() == [payload(mid) for mid in range(1, 7)]  # the spool first: order kept
+
+
+def test_a_database_lost_mid_write_spools_the_batch_before_acking(make: Make, writer: MemoryWriter) -> None:
+    _, client, _ = make()
+    writer.up = False  # ping said yes at start; the write finds it gone
+    for mid in (1, 2, 3):
+        client.deliver(mid)
+    assert client.wait_acked(3) == [1, 2, 3]
+    assert client.acked_before_durable == []
+
+
+# --- batching --------------------------------------------------------------------------------------------------
+
+
+def test_a_batch_is_cut_at_the_batch_size() -> None:
+    batcher: Batcher[int] = Batcher(maxsize=100, batch_size=3, flush_s=60, monotonic=Clock())
+    for n in range(7):
+        batcher.put(n)
+    batcher.close()
+    assert batcher.take(idle_s=0) == ([0, 1, 2], False)
+    assert batcher.take(idle_s=0) == ([3, 4, 5], False)
+    assert batcher.take(idle_s=0) == ([6], True)  # closed: what is left, and the news
+
+
+def test_a_partial_batch_is_written_once_the_flush_interval_has_passed() -> None:
+    clock = Clock(tick=0.3)  # every reading of the clock moves it 0.3 s: past the 0.2 s interval at once
+    batcher: Batcher[int] = Batcher(maxsize=100, batch_size=1000, flush_s=0.2, monotonic=clock)
+    batcher.put(1)
+    batcher.put(2)
+    assert batcher.take(idle_s=0) == ([1, 2], False)  # no waiting for the other 998
+
+
+def test_with_nothing_queued_take_comes_back_empty_so_the_writer_can_replay_the_spool() -> None:
+    batcher: Batcher[int] = Batcher(maxsize=100, batch_size=3, flush_s=0.2, monotonic=Clock())
+    assert batcher.take(idle_s=0) == ([], False)
+
+
+def test_the_collector_flushes_a_partial_batch_after_the_interval(make: Make) -> None:
+    _, client, _ = make(clock=Clock(tick=61.0), collector_batch_size=1000)  # each reading passes the 60 s interval
+    client.deliver(1)
+    assert client.wait_acked(1) == [1]
+
+
+# --- backpressure ----------------------------------------------------------------------------------------------
+
+
+def test_a_full_queue_holds_the_network_thread_until_the_writer_catches_up(
+        make: Make, writer: MemoryWriter) -> None:
+    writer.gate = threading.Event()  # the database is slow: the first write hangs until released
+    _, client, _ = make(collector_batch_size=1)
+    client.deliver(1)
+    assert writer.writing.wait(WAIT_S)  # the writer thread holds message 1 and waits on the database
+    for mid in range(2, 102):  # 100 more fill the queue exactly
+        client.deliver(mid)
+    entered, returned = threading.Event(), threading.Event()
+
+    def network_thread() -> None:
+        entered.set()
+        client.deliver(102)
+        returned.set()
+
+    threading.Thread(target=network_thread, daemon=True).start()
+    assert entered.wait(WAIT_S)
+    assert not returned.is_set()  # held, not dropped: the broker keeps the rest (Receive Maximum)
+    writer.gate.set()
+    assert returned.wait(WAIT_S)
+    assert client.wait_acked(102) == list(range(1, 103))
+
+
+# --- stopping (SIGTERM/SIGINT) ----------------------------------------------------------------------------------
+
+
+def test_stop_flushes_the_partial_batch_acks_it_then_disconnects(make: Make, writer: MemoryWriter) -> None:
+    collector, client, _ = make(collector_batch_size=100)  # the clock stands still: no flush before stop
+    for mid in (1, 2, 3):
+        client.deliver(mid)
+    assert client.acked() == []
+    collector.stop(timeout=WAIT_S)
+    assert client.calls[-3:] == [("ack_many", [1, 2, 3]), ("disconnect", None), ("loop_stop", None)]
+    assert writer.durable() == [payload(1), payload(2), payload(3)]
+    client.deliver(4)  # arrives after stop began: not taken, so not acked; the broker keeps it
+    assert client.acked() == [1, 2, 3]
+
+
+# --- the client in service ---------------------------------------------------------------------------------------
+
+
+def test_the_real_factory_builds_a_persistent_session_with_manual_acks(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path, mqtt_url="mqtt://user:pw@broker.example:1884",
+                             collector_client_id="collector-7", session_expiry_s=3600, collector_queue_max=500)
+    handlers = ClientHandlers(lambda *a: None, lambda *a: None, lambda *a: None, lambda *a: None)
+    client = paho_collector_client(settings, handlers)
+    assert isinstance(client, BufferedClient)
+    assert (client.host, client.port, client.username, client.password) == ("broker.example", 1884, "user", "pw")
+    assert client.protocol == mqtt.MQTTv5 and client._manual_ack and client._client_id == b"collector-7"
+    assert client._clean_start is False  # the broker keeps the session (and our messages) while we are away
+    props = client._connect_properties
+    assert props is not None and props.json() == {"SessionExpiryInterval": 3600, "ReceiveMaximum": 500}
+    assert client.on_message is handlers.on_message and client.on_connect is handlers.on_connect

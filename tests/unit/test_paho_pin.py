@@ -1,0 +1,124 @@
+"""The exact paho-mqtt pin, made visible: ingest/buffered_client.py (the collector's client) overrides and calls
+private parts of paho-mqtt 2.2.0. Each test here checks one of them — by name, by signature, and by feeding real
+MQTT packets through a socket pair — so a paho upgrade that moves one fails here, naming the file to revisit,
+instead of failing as lost or unacknowledged messages in production."""
+
+from __future__ import annotations
+
+import inspect
+import socket
+import struct
+from collections.abc import Iterator
+
+import paho.mqtt
+import paho.mqtt.client as mqtt
+import pytest
+
+from sanitel.ingest.buffered_client import BufferedClient
+
+REVISIT = ("ingest/buffered_client.py relies on it (its docstring lists every paho internal it uses): revisit that "
+           "file before moving the paho-mqtt pin in pyproject.toml")
+
+
+def pin_broken(what: str) -> str:
+    return f"paho-mqtt {paho.mqtt.__version__}: {what}. {REVISIT}"
+
+
+# name → the parameters (after self) buffered_client.py overrides it with or calls it with
+PRIVATE_METHODS = {
+    "_sock_recv": ["bufsize"],
+    "loop_read": ["max_packets"],
+    "_handle_publish": [],
+    "_handle_on_message": ["message"],
+    "_packet_queue": ["command", "packet", "mid", "qos", "info"],
+    "_easy_log": ["level", "fmt", "args"],
+}
+PRIVATE_ATTRIBUTES = ["_sock", "_in_packet", "_protocol", "_manual_ack", "_userdata", "_in_callback_mutex",
+                      "suppress_exceptions"]
+
+
+def new_client() -> mqtt.Client:
+    return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="pin", protocol=mqtt.MQTTv5, manual_ack=True)
+
+
+@pytest.mark.parametrize(("name", "params"), PRIVATE_METHODS.items())
+def test_each_paho_method_it_overrides_or_calls_is_there_with_the_same_parameters(name: str, params: list[str]) -> None:
+    method = getattr(mqtt.Client, name, None)
+    assert callable(method), pin_broken(f"Client.{name} is gone")
+    found = [p for p in inspect.signature(method).parameters if p != "self"]
+    assert found == params, pin_broken(f"Client.{name} now takes ({', '.join(found)}), not ({', '.join(params)})")
+
+
+@pytest.mark.parametrize("name", PRIVATE_ATTRIBUTES)
+def test_each_paho_attribute_it_reads_is_set_by_the_constructor(name: str) -> None:
+    assert hasattr(new_client(), name), pin_broken(f"Client() no longer sets {name}")
+
+
+def test_the_incoming_packet_still_carries_its_command_and_body() -> None:
+    in_packet = new_client()._in_packet
+    assert isinstance(in_packet, dict) and {"command", "packet"} <= in_packet.keys(), pin_broken(
+        f"Client._in_packet has no 'command'/'packet' keys any more ({sorted(in_packet)})")
+
+
+def test_mqtt_message_is_still_built_from_mid_and_raw_topic() -> None:
+    params = list(inspect.signature(mqtt.MQTTMessage).parameters)
+    assert params == ["mid", "topic"], pin_broken(f"MQTTMessage() now takes ({', '.join(params)})")
+    message = mqtt.MQTTMessage(mid=7, topic=b"a/b")
+    message.qos, message.dup, message.retain, message.payload, message.timestamp = 1, False, False, b"x", 0.0
+    assert message._topic == b"a/b", pin_broken("MQTTMessage keeps the raw topic somewhere other than _topic")
+
+
+def test_the_constants_it_builds_packets_from() -> None:
+    assert (mqtt.PUBLISH, mqtt.PUBACK) == (0x30, 0x40), pin_broken("the PUBLISH/PUBACK constants changed")
+    assert hasattr(mqtt, "MQTT_LOG_ERR"), pin_broken("MQTT_LOG_ERR is gone")
+
+
+# --- the same internals at work: real packets through a socket pair, no broker ------------------------------
+
+
+def publish_packet(topic: str, mid: int, payload: bytes, properties: bytes = b"") -> bytes:
+    """An MQTT 5 PUBLISH at QoS 1, as a broker sends it."""
+    body = struct.pack("!H", len(topic)) + topic.encode() + struct.pack("!H", mid)
+    body += bytes((len(properties),)) + properties + payload
+    assert len(body) < 128  # one length byte is enough for these
+    return bytes((0x32, len(body))) + body
+
+
+@pytest.fixture
+def wired() -> Iterator[tuple[BufferedClient, socket.socket, list[mqtt.MQTTMessage]]]:
+    """A BufferedClient whose socket is one end of a pair (as if connected); the test is the broker at the other."""
+    client = BufferedClient(mqtt.CallbackAPIVersion.VERSION2, client_id="pin", protocol=mqtt.MQTTv5, manual_ack=True)
+    ours, broker = socket.socketpair()
+    ours.setblocking(False)
+    client._sock = ours
+    received: list[mqtt.MQTTMessage] = []
+    client.on_message = lambda _client, _userdata, message: received.append(message)
+    yield client, broker, received
+    ours.close()
+    broker.close()
+
+
+def test_paho_reads_through_sock_recv_and_hands_publish_to_handle_publish(
+        wired: tuple[BufferedClient, socket.socket, list[mqtt.MQTTMessage]]) -> None:
+    client, broker, received = wired
+    # two packets in one segment, the second with a property (content type) that must be skipped
+    broker.sendall(publish_packet("sanitation/x/bin/b1/telemetry", 1, b'{"a":1}')
+                   + publish_packet("sanitation/x/bin/b2/telemetry", 2, b"{}", properties=b"\x03\x00\x01j"))
+    rc = client.loop_read()
+    assert rc == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS, pin_broken(f"loop_read over our _sock_recv returned {rc}")
+    got = [(m.topic, m.mid, m.qos, m.payload) for m in received]
+    assert got == [("sanitation/x/bin/b1/telemetry", 1, 1, b'{"a":1}'), ("sanitation/x/bin/b2/telemetry", 2, 1, b"{}")], (
+        pin_broken("a PUBLISH no longer reaches on_message through _sock_recv → _handle_publish → _handle_on_message"))
+
+
+def test_ack_many_goes_out_through_packet_queue_as_pubacks_in_order(
+        wired: tuple[BufferedClient, socket.socket, list[mqtt.MQTTMessage]]) -> None:
+    client, broker, _ = wired
+    rc = client.ack_many([5, 3, 65535])
+    assert rc == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS, pin_broken(f"_packet_queue returned {rc}")
+    expected = b"".join(bytes((0x40, 2)) + struct.pack("!H", mid) for mid in (5, 3, 65535))
+    broker.settimeout(5)
+    data = b""
+    while len(data) < len(expected):
+        data += broker.recv(64)
+    assert data == expected, pin_broken("_packet_queue no longer writes a raw PUBACK blob as it is")
