@@ -25,10 +25,12 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import cast
 from zoneinfo import ZoneInfo
 
 import psycopg
 from psycopg.types.json import Jsonb
+
 from sanitel.alerts import queries
 from sanitel.alerts.lifecycle import Alert, Candidate, Lifecycle, alerts_for, fingerprint, open_alerts
 from sanitel.alerts.notify.outbox import load_webhooks
@@ -44,13 +46,14 @@ from sanitel.alerts.rules import (
     RuleSet,
     ThresholdRule,
     WindowRule,
-    format_duration,
     limits_for,
     render_summary,
 )
 from sanitel.alerts.silences import Silences
 from sanitel.alerts.subjects import Registry, Subject, subject_key
 from sanitel.alerts.timeline import Cursor, Episode, Policy, Sample, Status, advance, judge
+from sanitel.db import one_row
+from sanitel.durations import format_duration
 from sanitel.schemas.readings import BY_TABLE
 
 log = logging.getLogger("sanitel.alerts")
@@ -125,7 +128,7 @@ class Evaluator:
         """Evaluate everything that changed; returns what happened. ``now`` (wall clock) is for tests."""
         started = time.monotonic()
         with self.conn.transaction():
-            if not self.conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (EVALUATOR_LOCK_ID,)).fetchone()[0]:  # type: ignore[index]
+            if not one_row(self.conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (EVALUATOR_LOCK_ID,)))[0]:
                 return PassReport(ran=False)
             upto = queries.safe_upto(self.conn, self.config.settle)
             now = now or datetime.now(UTC)
@@ -138,14 +141,17 @@ class Evaluator:
         return PassReport(True, now, ctx.lifecycle.transitions, ctx.subjects, time.monotonic() - started)
 
     def _context(self, now: datetime, upto: datetime) -> _Pass:
-        horizon = upto - self.config.lateness_horizon
-        marks = dict(self.conn.execute("SELECT source, stored_upto FROM alert_watermarks").fetchall())
+        # Two clocks: device times are judged against the pass's wall clock ``now`` (which a test may set),
+        # write times (``stored_at``) against the database's, which stamped them.
+        horizon = now - self.config.lateness_horizon
+        stored_since = upto - self.config.lateness_horizon  # the first pass's watermark
+        marks: dict[str, datetime] = dict(self.conn.execute("SELECT source, stored_upto FROM alert_watermarks").fetchall())
         changes = {}
         for table in BY_TABLE:
-            changes[table] = queries.changes(self.conn, table, marks.get(table, horizon), upto, horizon)
+            changes[table] = queries.changes(self.conn, table, marks.get(table, stored_since), upto, horizon)
         if queries.table_exists(self.conn, AVERAGES_TABLE):
             changes[AVERAGES_TABLE] = queries.averages_changes(
-                self.conn, marks.get(AVERAGES_TABLE, horizon), upto, horizon)
+                self.conn, marks.get(AVERAGES_TABLE, stored_since), upto, horizon)
         lifecycle = Lifecycle(self.conn, now=now, silences=Silences.load(self.conn, horizon),
                               webhooks=load_webhooks(self.conn))
         return _Pass(self.conn, now, upto, horizon, Registry.load(self.conn), lifecycle, changes,
@@ -271,7 +277,8 @@ def _source_kind(rule: RuleModel) -> str | None:
     return BY_TABLE[source].kind if source in BY_TABLE else None
 
 
-def _plan_starts(ctx: _Pass, rule: RuleModel, works: dict[str, _Work], existing: dict[str, list[Alert]],
+def _plan_starts(ctx: _Pass, rule: ThresholdRule | RateRule | WindowRule | EventCountRule, works: dict[str, _Work],
+                 existing: dict[str, list[Alert]],
                  floor: Callable[[datetime, str], datetime], after: Callable[[datetime, str], datetime]) -> None:
     """Resume where each subject stopped, or re-evaluate from before its late data (fresh cursor)."""
     for work in works.values():
@@ -343,7 +350,7 @@ def _reconcile(ctx: _Pass, rule: RuleModel, work: _Work, episodes: Sequence[Epis
             if not episode.fired and not episode.open:
                 continue  # pending and over: nothing worth keeping
             if alert is not None:  # resolved alerts are final: the rest of the episode is a new alert
-                episode = _after(episode, alert.resolved_at)  # type: ignore[arg-type]
+                episode = _after(episode, cast(datetime, alert.resolved_at))  # not open: resolved
                 candidate = _candidate(ctx, rule, work, episode)
             if episode.open:  # the open slot is the new episode's (defensive: an open alert would have matched)
                 for stale in [a for a in alerts if a.open]:
@@ -416,7 +423,8 @@ def _evaluate_readings(ctx: _Pass, rule: ThresholdRule | RateRule) -> None:
     _load_cursors(ctx, rule, works)
     existing = _existing(ctx, rule, works)
     _plan_starts(ctx, rule, works, existing, _reading_floor, _reading_after)
-    requests = [Request(w.subject.device_id, w.subject.key, w.tz, w.start)  # type: ignore[arg-type]
+    # device subjects, each with the start _plan_starts set
+    requests = [Request(cast(str, w.subject.device_id), w.subject.key, w.tz, cast(datetime, w.start))
                 for w in works.values()]
     policy = _policy(rule)
     episodes: dict[str, list[Episode]] = {}
@@ -424,14 +432,14 @@ def _evaluate_readings(ctx: _Pass, rule: ThresholdRule | RateRule) -> None:
         rates = queries.rate_rows(ctx.conn, rule, requests, ctx.upto)
         for key, work in works.items():
             samples = [Sample(ts, ts, rate, judge(rate, rule.op, work.limits.threshold, work.limits.clear))
-                       for ts, rate in rates.get(work.subject.device_id, ())]  # type: ignore[arg-type]
+                       for ts, rate in rates.get(cast(str, work.subject.device_id), ())]
             episodes[key] = _run(work.cursor, samples, policy)
     else:
         readings = queries.reading_rows(ctx.conn, rule, requests, ctx.upto)
         for key, work in works.items():
             samples = [Sample(ts, ts, v, judge(v, rule.op, work.limits.threshold, work.limits.clear)
                               if counted else Status.SKIP)
-                       for ts, v, counted in readings.get(work.subject.device_id, ())]  # type: ignore[arg-type]
+                       for ts, v, counted in readings.get(cast(str, work.subject.device_id), ())]
             episodes[key] = _run(work.cursor, samples, policy)
     _finish(ctx, rule, works, episodes, existing)
 
@@ -484,7 +492,8 @@ def _evaluate_windows(ctx: _Pass, rule: WindowRule | EventCountRule) -> None:
     existing = _existing(ctx, rule, works)
     _plan_starts(ctx, rule, works, existing, lambda ts, tz: bucket_floor(ts, width, tz),
                  lambda ts, tz: bucket_next(bucket_floor(ts, width, tz), width, tz))
-    requests = [Request(d, k, w.tz, w.start) for k, w in works.items() for d in sorted(w.devices)]  # type: ignore[arg-type]
+    requests = [Request(d, k, w.tz, cast(datetime, w.start))  # the start _plan_starts set
+                for k, w in works.items() for d in sorted(w.devices)]
     rows = queries.window_rows(ctx.conn, rule, requests, ctx.upto)
     policy = _policy(rule)
     episodes: dict[str, list[Episode]] = {}
@@ -519,7 +528,7 @@ def _window_samples(ctx: _Pass, rule: WindowRule | EventCountRule, work: _Work,
     counting = isinstance(rule, EventCountRule) or rule.aggregate == "count"
     buckets = sorted(by_bucket)
     if counting and (buckets or work.cursor.evaluated_upto is not None):
-        first = work.start if work.cursor.evaluated_upto is not None else buckets[0]
+        first = cast(datetime, work.start) if work.cursor.evaluated_upto is not None else buckets[0]  # planned
         buckets = _dense(first, closed_upto, width, work.tz, buckets)
     samples: list[Sample] = []
     tentative = None
@@ -536,7 +545,8 @@ def _window_samples(ctx: _Pass, rule: WindowRule | EventCountRule, work: _Work,
 
 def _dense(first: datetime, closed_upto: datetime, width: timedelta, tz: str,
            have: Sequence[datetime]) -> list[datetime]:
-    out, bucket = [], bucket_floor(first, width, tz)
+    out: list[datetime] = []
+    bucket = bucket_floor(first, width, tz)
     while bucket_next(bucket, width, tz) <= closed_upto and len(out) < 20_000:
         out.append(bucket)
         bucket = bucket_next(bucket, width, tz)
@@ -594,13 +604,14 @@ def _evaluate_averages(ctx: _Pass, rule: WindowRule) -> None:
     _load_cursors(ctx, rule, works)
     existing = _existing(ctx, rule, works)
     _plan_starts(ctx, rule, works, existing, lambda ts, tz: bucket_floor(ts, rule.width, tz), _reading_after)
-    requests = [Request(w.subject.device_id, k, w.tz, w.start) for k, w in works.items()]  # type: ignore[arg-type]
+    # device subjects (a subject of another key reads no rows), each with the start _plan_starts set
+    requests = [Request(cast(str, w.subject.device_id), k, w.tz, cast(datetime, w.start)) for k, w in works.items()]
     rows = queries.averages_rows(ctx.conn, rule, requests, ctx.upto, ctx.write_margin)
     policy = _policy(rule)
     episodes: dict[str, list[Episode]] = {}
     for key, work in works.items():
         samples = []
-        for row in rows.get(work.subject.device_id, ()):  # type: ignore[arg-type]
+        for row in rows.get(cast(str, work.subject.device_id), ()):
             if row.status == "in_progress" or not row.final:
                 # not over, or computed before the unit reported past its end (a backlog still arriving
                 # would make it look "missing"): neither it nor any later period is judged yet
@@ -660,8 +671,8 @@ def _evaluate_offline(ctx: _Pass, rule: OfflineRule) -> None:
         works[subject.key] = work
     existing = _existing(ctx, rule, works)
     for key, work in works.items():
-        device_id = work.subject.device_id
-        found = sorted(episodes.get(device_id, []), key=lambda e: e.start)  # type: ignore[arg-type]
+        device_id = cast(str, work.subject.device_id)  # offline subjects are devices
+        found = sorted(episodes.get(device_id, []), key=lambda e: e.start)
         alerts = existing.setdefault(fingerprint(rule.id, key), [])
         _reconcile(ctx, rule, work, _merge_overlapping(found), alerts)
     ctx.subjects += len(works)

@@ -126,7 +126,9 @@ def create_silence(conn: psycopg.Connection, matchers: Any, starts_at: datetime,
     return int(row[0])
 
 
-def expire_silence(conn: psycopg.Connection, silence_id: int) -> bool:
-    cur = conn.execute("UPDATE silences SET ends_at = greatest(starts_at + interval '1 microsecond', now())"
-                       " WHERE silence_id = %s AND ends_at > now()", (silence_id,))
+def expire_silence(conn: psycopg.Connection, silence_id: int, now: datetime | None = None) -> bool:
+    """End a silence at ``now`` (default: the database's clock)."""
+    cur = conn.execute("UPDATE silences SET ends_at = greatest(starts_at + interval '1 microsecond', at.now)"
+                       " FROM (SELECT coalesce(%s::timestamptz, now()) AS now) AS at"
+                       " WHERE silence_id = %s AND ends_at > at.now", (now, silence_id))
     return cur.rowcount == 1

@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import psycopg
+
+from sanitel.db import one_row
 from sanitel.processors import cems_averages
 from sanitel.processors.retention import apply_retention
 from sanitel.processors.rollups import COMMIT_SLACK, ROLLUP_SOURCES, refresh
 from sanitel.processors.watermarks import read_watermark, store_watermark
-
 from sanitel.settings import Settings
 
 log = logging.getLogger("sanitel.maintenance")
@@ -35,7 +36,7 @@ class PassResult:
 def run_pass(conn: psycopg.Connection, settings: Settings, *, now: datetime | None = None,
              retention: bool = True) -> PassResult:
     """One pass; returns ran=False when another instance holds the lock. ``conn`` must be autocommit."""
-    if not conn.execute("SELECT pg_try_advisory_lock(%s)", (MAINTENANCE_LOCK,)).fetchone()[0]:  # type: ignore[index]
+    if not one_row(conn.execute("SELECT pg_try_advisory_lock(%s)", (MAINTENANCE_LOCK,)))[0]:
         return PassResult(ran=False)
     try:
         now = now or datetime.now(UTC)
@@ -53,7 +54,7 @@ def run_pass(conn: psycopg.Connection, settings: Settings, *, now: datetime | No
                 result.dropped = apply_retention(
                     conn, raw=timedelta(days=settings.raw_retention_days),
                     rollups=timedelta(days=settings.rollup_retention_days),
-                    dead_letters=timedelta(days=settings.dead_letter_retention_days))
+                    dead_letters=timedelta(days=settings.dead_letter_retention_days), now=now)
                 store_watermark(conn, "retention", now)
         return result
     finally:

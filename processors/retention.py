@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import psycopg
 
@@ -12,14 +12,15 @@ ROLLUP_TABLES = ("sweeper_telemetry_5m", "station_telemetry_5m", "cems_averages"
 
 
 def apply_retention(conn: psycopg.Connection, *, raw: timedelta, rollups: timedelta,
-                    dead_letters: timedelta) -> dict[str, int]:
-    """Drop chunks older than the limits; returns how many chunks (or dead letters) went, per table."""
+                    dead_letters: timedelta, now: datetime) -> dict[str, int]:
+    """Drop chunks older than the limits, counted back from ``now`` (the pass's clock); returns how many
+    chunks (or dead letters) went, per table."""
     dropped: dict[str, int] = {}
     for tables, keep in ((RAW_TABLES, raw), (ROLLUP_TABLES, rollups)):
         for table in tables:
-            rows = conn.execute("SELECT drop_chunks(%s::regclass, older_than => %s::interval)",
-                                (table, keep)).fetchall()
+            rows = conn.execute("SELECT drop_chunks(%s::regclass, older_than => %s::timestamptz)",
+                                (table, now - keep)).fetchall()
             dropped[table] = len(rows)
-    cur = conn.execute("DELETE FROM dead_letters WHERE received_at < now() - %s::interval", (dead_letters,))
+    cur = conn.execute("DELETE FROM dead_letters WHERE received_at < %s", (now - dead_letters,))
     dropped["dead_letters"] = cur.rowcount
     return dropped

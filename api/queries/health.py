@@ -17,12 +17,13 @@ async def timescaledb_info(conn: AsyncConnection) -> dict[str, str]:
     return {"version": version or "not installed", "license": license_ or "?"}
 
 
-async def last_received(conn: AsyncConnection) -> tuple[datetime | None, datetime]:
-    """(newest receive time over all devices, the database's now)."""
-    cur = await conn.execute("SELECT max(last_received), now() FROM device_last_seen")
+async def last_received(conn: AsyncConnection) -> datetime | None:
+    """The newest receive time over all devices (None before any device reported)."""
+    cur = await conn.execute("SELECT max(last_received) FROM device_last_seen")
     row = await cur.fetchone()
     assert row is not None
-    return row[0], row[1]
+    newest: datetime | None = row[0]
+    return newest
 
 
 async def dead_letters_last_hour(conn: AsyncConnection) -> int:

@@ -13,12 +13,12 @@ import anyio
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
 from sanitel.api.deps import ApiContext, Context
 from sanitel.api.models import Check, CheckStatus, Health
 from sanitel.api.probes import probe_broker, spool_backlog
 from sanitel.api.queries import alerts as alert_queries
 from sanitel.api.queries import health as queries
-
 from sanitel.urls import redact_url
 
 router = APIRouter(tags=["operations"])
@@ -35,7 +35,7 @@ async def health(ctx: Context) -> JSONResponse:
     worst = max((c.status for c in checks.values()), key=_ORDER.__getitem__)
     overall: CheckStatus = "down" if checks["database"].status == "down" else (
         "ok" if worst in ("ok", "unknown") else "degraded")
-    body = Health(status=overall, time=datetime.now(UTC), checks=checks)
+    body = Health(status=overall, time=_now(), checks=checks)
     return JSONResponse(body.model_dump(mode="json"), status_code=503 if overall == "down" else 200)
 
 
@@ -44,7 +44,7 @@ async def _database_checks(ctx: ApiContext) -> dict[str, Check]:
     try:
         async with ctx.pool.connection(timeout=1.5) as conn:
             info = await queries.timescaledb_info(conn)
-            newest, now = await queries.last_received(conn)
+            newest = await queries.last_received(conn)
             dead = await queries.dead_letters_last_hour(conn)
     except Exception as exc:  # any failure here is "database down", reported, never raised
         ctx.metrics.database_up.set(0)
@@ -55,9 +55,15 @@ async def _database_checks(ctx: ApiContext) -> dict[str, Check]:
     ctx.metrics.dead_letters_last_hour.set(dead)
     return {"database": Check(status="ok", detail="reachable",
                               data={"timescaledb": info["version"], "license": info["license"]}),
-            "collector_lag": _lag_check(ctx, newest, now),
+            "collector_lag": _lag_check(ctx, newest, _now()),
             "dead_letters": Check(status="ok" if dead == 0 else "degraded", detail=f"{dead} in the last hour",
                                   data={"last_hour": dead})}
+
+
+def _now() -> datetime:
+    """This process's clock. The collector stamps receive times with its own process clock, so the lag is
+    measured clock to clock, not against the database's ``now()`` (and a test can set it with time-machine)."""
+    return datetime.now(UTC)
 
 
 def _lag_check(ctx: ApiContext, newest: datetime | None, now: datetime) -> Check:
@@ -108,7 +114,7 @@ async def _refresh_gauges(ctx: ApiContext) -> None:
     try:
         async with ctx.pool.connection(timeout=1.5) as conn:
             counts = await alert_queries.firing_counts(conn)
-            newest, now = await queries.last_received(conn)
+            newest = await queries.last_received(conn)
             m.dead_letters_last_hour.set(await queries.dead_letters_last_hour(conn))
     except Exception:  # a scrape must still answer when the database is down; the gauge says so
         m.database_up.set(0)
@@ -118,4 +124,4 @@ async def _refresh_gauges(ctx: ApiContext) -> None:
     for state, severity, n in counts:
         m.alerts_open.labels(state, severity).set(n)
     if newest is not None:
-        m.collector_lag.set(max(0.0, (now - newest).total_seconds()))
+        m.collector_lag.set(max(0.0, (_now() - newest).total_seconds()))

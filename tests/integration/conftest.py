@@ -11,12 +11,13 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
-from sanitel.ingest.collector import Collector
 
 from sanitel.db import apply_migrations
+from sanitel.ingest.collector import Collector
 from sanitel.servers import MosquittoServer, PostgresServer, free_port
 from sanitel.settings import load_settings
 
@@ -58,8 +59,8 @@ def make_mosquitto(scratch_dir: Path) -> Iterator[Callable[..., MosquittoServer]
     started: list[MosquittoServer] = []
     counter = itertools.count()
 
-    def make(**kwargs: object) -> MosquittoServer:
-        server = MosquittoServer(scratch_dir / f"mqtt{next(counter)}", free_port(), **kwargs)  # type: ignore[arg-type]
+    def make(**kwargs: Any) -> MosquittoServer:
+        server = MosquittoServer(scratch_dir / f"mqtt{next(counter)}", free_port(), **kwargs)
         server.start()
         started.append(server)
         return server

@@ -13,20 +13,21 @@ which is why the wet values below are normalised values × 0.88:
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
+
 from sanitel.alerts.rules import RuleSet, default_rule_files, load_files
 from sanitel.processors.cems_averages import run_scheduled
-
-from tests.integration.test_alerts_support import T0, add_device, add_site, alerts, run
+from tests.support.alerts_db import NOW, T0, add_device, add_site, alerts, run
 
 RULES = ("cems_co_10min", "cems_co_half_hourly", "cems_nox_half_hourly", "cems_nox_half_hourly_b", "cems_nox_gb_1h",
          "cems_nox_daily", "cems_nox_gb_24h", "cems_so2_daily", "cems_so2_half_hourly_b", "cems_so2_gb_24h",
          "cems_so2_daily_invalid", "cems_nox_daily_invalid")
-DAY = T0.replace(hour=16) - timedelta(days=1 if T0.hour >= 16 else 2)  # a whole local (UTC+8) day, yesterday or before
+DAY = datetime.combine(T0.date() - timedelta(days=1), time(0), ZoneInfo("Asia/Shanghai"))  # a whole local day
 
 
 def _wet(minute: int) -> dict[str, Any]:
@@ -51,7 +52,7 @@ def emissions_db(fresh_db: str) -> str:
             "INSERT INTO cems_readings (device_id, ts, received_at, nox_mg_m3, co_mg_m3, so2_mg_m3, nox_flag, co_flag,"
             " so2_flag, o2_pct, o2_flag, h2o_pct, gas_is_dry, plant_id, line_id)"
             " VALUES ('cems-1', %s, %s, %s, %s, %s, 'N', 'N', 'N', 8.0, 'N', 20.0, false, 'p1', 'p1-l1')", rows)
-        run_scheduled(conn)
+        run_scheduled(conn, now=NOW)
     return fresh_db
 
 
@@ -71,6 +72,7 @@ def _averages(url: str, pollutant: str, period: str, standard: str) -> dict[int,
     return {int((start - DAY).total_seconds() // 60): value for start, value in rows}
 
 
+@pytest.mark.clock
 def test_normalised_averages_for_each_period(emissions_db: str) -> None:
     half_hours = _averages(emissions_db, "nox", "30min", "eu")
     assert len(half_hours) == 48
@@ -86,6 +88,7 @@ def test_normalised_averages_for_each_period(emissions_db: str) -> None:
     assert daily_so2 == pytest.approx(70.0)
 
 
+@pytest.mark.clock
 def test_each_averaging_period_against_the_shipped_limits(emissions_db: str) -> None:
     # the readings were committed before the processor ran: no write in flight, no margin needed
     run(emissions_db, _shipped(*RULES), lateness_horizon=timedelta(days=4), write_margin=timedelta(0))

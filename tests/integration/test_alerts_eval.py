@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
 
-from tests.integration.test_alerts_support import (
+from tests.support.alerts_db import (
     T0,
     add_device,
     add_site,
@@ -104,7 +106,7 @@ H2S_30M = {"id": "t.h2s_30m", "kind": "window", "summary": "avg {value:.3f}", "s
            "op": ">", "threshold": 0.06}
 
 
-def _station(url: str, params: dict | None = None, tz: str = "Asia/Shanghai") -> None:
+def _station(url: str, params: dict[str, Any] | None = None, tz: str = "Asia/Shanghai") -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         add_site(conn, "ts-1", params=params, tz=tz)
         add_device(conn, "st-1", "transfer_station", site="ts-1")
@@ -128,12 +130,14 @@ def test_window_average_is_clock_aligned(fresh_db: str) -> None:
     assert alert["state"] == "resolved" and alert["resolved_at"] == at(30)
 
 
+@pytest.mark.clock
 def test_daily_window_follows_the_site_local_midnight(fresh_db: str) -> None:
-    # Asia/Shanghai is UTC+8: local midnight is 16:00 UTC. Two readings on either side of it belong to
-    # different days; in UTC they would share one.
+    # Asia/Shanghai is UTC+8: local midnight is 16:00 UTC the day before. Two readings on either side of it
+    # belong to different days; in UTC they would share one.
     rule = {**H2S_30M, "id": "t.h2s_day", "window": "1d", "threshold": 0.5}
     _station(fresh_db)
-    day_start = T0.replace(hour=16) - timedelta(days=1)
+    day_start = datetime.combine(T0.date(), time(0), ZoneInfo("Asia/Shanghai"))
+    assert day_start == T0 - timedelta(hours=8)
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         insert(conn, "station_telemetry", "st-1", [{"ts": day_start - timedelta(minutes=30), "h2s_mg_m3": 0.9},
                                                   {"ts": day_start + timedelta(minutes=30), "h2s_mg_m3": 0.1}])
@@ -196,6 +200,7 @@ def _detections(conn: psycopg.Connection, device_id: str, minutes: list[float], 
         {"ts": at(m), "detection": detection, "confidence": confidence, "point_id": point} for m in minutes])
 
 
+@pytest.mark.clock
 def test_event_count_per_point_fires_early_and_resolves_on_an_empty_hour(fresh_db: str) -> None:
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         add_site(conn, "sp-1", "sorting_point")
@@ -215,6 +220,7 @@ def test_event_count_per_point_fires_early_and_resolves_on_an_empty_hour(fresh_d
     assert alerts(fresh_db)[0]["resolved_at"] == at(60)
 
 
+@pytest.mark.clock
 def test_event_count_fires_before_the_window_closes(fresh_db: str) -> None:
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         add_device(conn, "cam-1", "camera")
@@ -268,6 +274,7 @@ OFFLINE = {"id": "t.offline", "kind": "offline", "summary": "{device_id} silent 
            "severity": "minor", "scope": {"kinds": ["transfer_station"]}}
 
 
+@pytest.mark.clock
 def test_offline_gap_in_device_time_with_a_per_device_timeout(fresh_db: str) -> None:
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         add_device(conn, "st-fast", "transfer_station", timeout_s=300)
@@ -282,6 +289,7 @@ def test_offline_gap_in_device_time_with_a_per_device_timeout(fresh_db: str) -> 
     assert alert["started_at"] == at(15) and alert["resolved_at"] == at(30)
 
 
+@pytest.mark.clock
 def test_offline_live_by_receive_time_then_back(fresh_db: str) -> None:
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         add_device(conn, "st-1", "transfer_station", timeout_s=600)
@@ -314,7 +322,7 @@ H2S_BY_GRADE = {"id": "t.h2s", "kind": "threshold", "summary": "{value} > {thres
     ({"odour_grade": 2, "limits": {"t.h2s": 0.04}}, True, 0.04),  # a stricter permit
     ({"odour_grade": 1, "disabled_rules": ["t.*"]}, False, None),
 ])
-def test_limits_per_site(fresh_db: str, params: dict, fires: bool, threshold: float | None) -> None:
+def test_limits_per_site(fresh_db: str, params: dict[str, Any], fires: bool, threshold: float | None) -> None:
     _station(fresh_db, params)
     _h2s(fresh_db, 0, [0.05, 0.05])
     run(fresh_db, ruleset(H2S_BY_GRADE))
@@ -335,6 +343,7 @@ def test_site_params_inherit_down_the_tree(fresh_db: str) -> None:
     assert alert["summary"] == "0.05 > 0.03 (grade 1)" and alert["labels"]["district"] == "district-1"
 
 
+@pytest.mark.clock
 def test_noise_day_and_night_limits_by_local_time(fresh_db: str) -> None:
     rules = ruleset(
         {"id": "t.noise_day", "kind": "window", "summary": "day", "severity": "minor", "source": "station_telemetry",
@@ -344,8 +353,9 @@ def test_noise_day_and_night_limits_by_local_time(fresh_db: str) -> None:
          "source": "station_telemetry", "field": "noise_dba", "aggregate": "leq", "window": "10m",
          "local_hours": "22:00-06:00", "op": ">", "threshold": 50})
     _station(fresh_db)
-    # 21:50-22:10 local (13:50-14:10 UTC) at a steady 55 dB(A): fine by day, above the night limit
-    start = T0.replace(hour=13, minute=50) - timedelta(days=0 if T0.hour >= 14 else 1)
+    # 21:50-22:10 local (13:50-14:10 UTC) the evening before T0, at a steady 55 dB(A): fine by day, above the
+    # night limit
+    start = datetime.combine(T0.date() - timedelta(days=1), time(21, 50), ZoneInfo("Asia/Shanghai"))
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         insert(conn, "station_telemetry", "st-1", series(start, 60, [55.0] * 20, "noise_dba"))
     run(fresh_db, rules)

@@ -23,15 +23,16 @@ import pytest
 import yaml
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+
 from sanitel.alerts.evaluator import Evaluator, EvaluatorConfig
 from sanitel.alerts.rules import default_rule_files, load_files
+from sanitel.db import one_row
 from sanitel.ingest.collector import Collector
 from sanitel.processors.cems_averages import run_scheduled
-from sanitel.simulators.run import generate, inventory
-from sanitel.simulators.truth import read_ground_truth
-
 from sanitel.servers import MosquittoServer, free_port
 from sanitel.settings import load_settings
+from sanitel.simulators.run import generate, inventory
+from sanitel.simulators.truth import read_ground_truth
 from tests.support.mqtt_tools import publish
 
 CITY = "shenzhen"
@@ -66,7 +67,13 @@ FAULTS: list[dict[str, Any]] = [
     {"kind": "charger_failure", "devices": ["sw-0002"], "at": "11:00", "duration": "3h"},
     {"kind": "bin_fire", "devices": ["bin-00002-k"], "at": "19:30", "duration": "30m"},
 ]
-# The simulated day is yesterday's; the collector's write transactions here take well under a second.
+# The simulated day: a whole local (Shanghai) day at a fixed date, in the past for any clock that runs the suite.
+DAY_START = datetime(2026, 3, 9, tzinfo=ZoneInfo(TZ)).astimezone(UTC)
+DAY_END = DAY_START + timedelta(days=1)
+# The evaluator's wall clock: the morning after the day, as when the day was "yesterday". Every pass runs at
+# this instant (the collector and the database keep their own clocks for receive and write times).
+EVAL_NOW = DAY_END + timedelta(hours=2)
+# The collector's write transactions here take well under a second.
 CONFIG = EvaluatorConfig(lateness_horizon=timedelta(days=3), write_margin=timedelta(seconds=1))
 # What else one physical event legitimately raises, besides the rule the ground truth names.
 ALSO = {
@@ -84,12 +91,6 @@ RESOLVE_SLACK = {"device_offline": timedelta(minutes=5), "bin_fire": timedelta(m
 SITE_PARAMS: dict[str, dict[str, Any]] = {
     "transfer_station": {"odour_grade": 2, "noise_class": 2},
 }
-
-
-def _day_start() -> datetime:
-    """Local midnight of yesterday (Shanghai): a whole local day, all of it in the past."""
-    local = datetime.now(ZoneInfo(TZ)) - timedelta(days=1)
-    return local.replace(hour=0, minute=0, second=0, microsecond=0).astimezone(UTC)
 
 
 def _register(url: str, scenario: Path) -> None:
@@ -131,7 +132,7 @@ class Evaluation:
             evaluator = Evaluator(conn, self.rules, self.config)
             while not self.stop.wait(0.3):
                 run_scheduled(averages)
-                evaluator.run_pass()
+                evaluator.run_pass(EVAL_NOW)
                 self.passes += 1
 
     def __exit__(self, *exc: object) -> None:
@@ -141,16 +142,16 @@ class Evaluation:
         with psycopg.connect(self.url) as conn, psycopg.connect(self.url, autocommit=True) as averages:
             run_scheduled(averages)  # the last periods, then the passes that judge them
             for _ in range(2):
-                Evaluator(conn, self.rules, self.config).run_pass()
+                Evaluator(conn, self.rules, self.config).run_pass(EVAL_NOW)
 
 
 def _ingested(url: str) -> int:
     with psycopg.connect(url) as conn:
-        return int(conn.execute(
+        return int(one_row(conn.execute(
             "SELECT (SELECT count(*) FROM sweeper_telemetry) + (SELECT count(*) FROM station_telemetry)"
             " + (SELECT count(*) FROM bin_status) + (SELECT count(*) FROM bin_deposits)"
             " + (SELECT count(*) FROM camera_detections) + (SELECT count(*) FROM cems_readings)"
-            " + (SELECT count(*) FROM dead_letters)").fetchone()[0])  # type: ignore[index]
+            " + (SELECT count(*) FROM dead_letters)"))[0])
 
 
 def _wait_settled(url: str, timeout: float = 120) -> None:
@@ -168,7 +169,7 @@ def simulate_day(url: str, broker: MosquittoServer, tmp: Path, faults: list[dict
     scenario.write_text(yaml.safe_dump({"name": "alerts-ground-truth", **FLEET, "faults": faults}))
     _register(url, scenario)
     truth_file = tmp / "truth.jsonl"
-    start = _day_start()
+    start = DAY_START
     # the day plus ten minutes of the next: the units report past midnight, so the day is complete
     messages = [(topic, payload) for topic, payload, _ in generate(
         scenario, seed=SEED, start=start.timestamp(), duration_s=86400 + 600, city=CITY,
@@ -252,11 +253,12 @@ def broker(make_mosquitto: Any) -> Iterator[MosquittoServer]:
     server.stop()
 
 
+@pytest.mark.clock
 def test_injected_faults_raise_exactly_the_expected_alerts(fresh_db: str, broker: MosquittoServer,
                                                            tmp_path: Path) -> None:
     truth = simulate_day(fresh_db, broker, tmp_path, FAULTS)
     found = fired_alerts(fresh_db)
-    problems = check(truth, found, _day_start() + timedelta(days=1))
+    problems = check(truth, found, DAY_END)
     injected = [r for r in truth if r["source"] == "injected" and "alert" in r["expected_effect"]]
     print(f"\nground truth: {len(truth)} records, {len(injected)} injected faults expecting an alert; "
           f"{len(found)} alerts fired; false positives: {len(problems['false_positive'])}")
@@ -272,7 +274,7 @@ def _replay(url: str) -> list[dict[str, Any]]:
     """Forget every alert and evaluate the stored day again in one pass (a batch replay)."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("DELETE FROM alerts; DELETE FROM alert_eval_state; DELETE FROM alert_watermarks")
-        Evaluator(conn, load_files(default_rule_files()), CONFIG).run_pass()
+        Evaluator(conn, load_files(default_rule_files()), CONFIG).run_pass(EVAL_NOW)
     return fired_alerts(url)
 
 
@@ -280,10 +282,11 @@ def _spans(found: list[dict[str, Any]]) -> set[tuple[Any, ...]]:
     return {(a["rule_id"], a["subject"], a["started_at"], a["resolved_at"]) for a in found}
 
 
+@pytest.mark.clock
 def test_clean_day_raises_no_false_positive(fresh_db: str, broker: MosquittoServer, tmp_path: Path) -> None:
     truth = simulate_day(fresh_db, broker, tmp_path, [])
     found = fired_alerts(fresh_db)
-    problems = check(truth, found, _day_start() + timedelta(days=1))
+    problems = check(truth, found, DAY_END)
     print(f"\nclean day: {len(truth)} ground-truth records "
           f"({sum('alert' in r['expected_effect'] for r in truth)} alert-worthy model events), "
           f"{len(found)} alerts fired, false positives: {len(problems['false_positive'])}")

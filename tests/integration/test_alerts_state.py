@@ -4,15 +4,17 @@ never double-fire; rule changes take effect; CEMS averages and the furnace rule.
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
-from sanitel.alerts.evaluator import EVALUATOR_LOCK_ID, Evaluator
-from sanitel.alerts.rules import RuleSet, load_database_rules
 
-from tests.integration.test_alerts_support import (
+from sanitel.alerts.evaluator import EVALUATOR_LOCK_ID, Evaluator
+from sanitel.alerts.rules import RuleSet, ThresholdRule, load_database_rules
+from sanitel.db import one_row
+from tests.support.alerts_db import (
+    NOW,
     T0,
     add_device,
     add_site,
@@ -72,12 +74,12 @@ def test_restart_resumes_from_stored_cursors(sweepers: str) -> None:
     _soc(sweepers, "sw-0", 1.5, [10, 10])  # 1:30 → the condition has held 1 minute
     fresh_rules = ruleset(LOW_SOC)
     with psycopg.connect(sweepers) as conn:
-        report = Evaluator(conn, fresh_rules).run_pass()
+        report = Evaluator(conn, fresh_rules).run_pass(NOW)
     assert [e for _, e in report.transitions] == ["firing"]
     (alert,) = alerts(sweepers)
     assert alert["started_at"] == at(0.5) and alert["fired_at"] == at(1.5)
     with psycopg.connect(sweepers) as conn:
-        (cursor,) = conn.execute("SELECT cursor FROM alert_eval_state WHERE rule_id = 't.low_soc'").fetchone()
+        (cursor,) = one_row(conn.execute("SELECT cursor FROM alert_eval_state WHERE rule_id = 't.low_soc'"))
     assert cursor["cursor"]["active"] and cursor["cursor"]["evaluated_upto"] == at(2).isoformat()
 
 
@@ -105,7 +107,7 @@ def test_two_evaluators_at_once_never_double_fire(sweepers: str) -> None:
                 ev = Evaluator(conn, rules)
                 start.wait()
                 while not stop.is_set():
-                    report = ev.run_pass()
+                    report = ev.run_pass(NOW)
                     (ran if report.ran else skipped)[i] += 1
         except BaseException as exc:
             errors.append(exc)
@@ -142,8 +144,8 @@ def test_alerts_of_a_removed_rule_resolve(sweepers: str) -> None:
     (alert,) = alerts(sweepers)
     assert alert["state"] == "resolved"
     with psycopg.connect(sweepers) as conn:
-        details = conn.execute("SELECT details FROM alert_history WHERE alert_id = %s AND to_state = 'resolved'",
-                               (alert["alert_id"],)).fetchone()[0]
+        details = one_row(conn.execute("SELECT details FROM alert_history WHERE alert_id = %s AND to_state = 'resolved'",
+                                       (alert["alert_id"],)))[0]
     assert details["reason"] == "rule removed or disabled"
 
 
@@ -154,7 +156,8 @@ def test_database_rule_replaces_a_shipped_one_and_bad_rows_are_skipped(sweepers:
                       "t.broken", Jsonb({"kind": "threshold", "summary": "x", "severity": "huge"})))
         rules = ruleset(LOW_SOC)
         problems = load_database_rules(conn, rules)
-    assert rules.rules["t.low_soc"].threshold == 15 and rules.origins["t.low_soc"] == "database"
+    low_soc = rules.rules["t.low_soc"]
+    assert isinstance(low_soc, ThresholdRule) and low_soc.threshold == 15 and rules.origins["t.low_soc"] == "database"
     assert len(problems) == 1 and "alert_rules row 't.broken'" in problems[0] and "key 'severity'" in problems[0]
 
 
@@ -171,7 +174,7 @@ def test_an_edited_rule_starts_its_subjects_afresh(sweepers: str) -> None:
 # --- CEMS ------------------------------------------------------------------------------------------
 
 def _averages(conn: psycopg.Connection, device: str, pollutant: str, period: str, standard: str,
-              rows: list[tuple[float, float | None, str]], length: timedelta, start=None,  # type: ignore[no-untyped-def]
+              rows: list[tuple[float, float | None, str]], length: timedelta, start: datetime | None = None,
               reported_past: bool = True) -> None:
     """cems_averages rows as the processor writes them; with ``reported_past`` the unit has already sent
     a reading after the last period (its data was complete when they were computed)."""
@@ -209,6 +212,7 @@ def test_half_hourly_average_with_the_confidence_interval_subtracted(fresh_db: s
     assert alert["labels"]["plant"] == "p1" and alert["labels"]["line"] == "p1-l1"
 
 
+@pytest.mark.clock
 def test_averages_computed_before_the_unit_reported_past_them_wait(fresh_db: str) -> None:
     """A backlog still arriving makes a finished period look "missing" or "invalid" to the averages
     processor; such a row is not judged until it is recomputed after the unit reported past it."""
@@ -236,6 +240,7 @@ def test_averages_computed_before_the_unit_reported_past_them_wait(fresh_db: str
     assert alert["started_at"] == day
 
 
+@pytest.mark.clock
 def test_day_with_too_many_discarded_half_hours_is_invalid_never_compliant(fresh_db: str) -> None:
     daily = {**EU_NOX_A, "id": "t.nox_daily", "window": "1d", "threshold": 200, "confidence_interval_pct": 0}
     invalid = {"id": "t.nox_daily_invalid", "kind": "window", "summary": "invalid day", "severity": "minor",

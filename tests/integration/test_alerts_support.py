@@ -1,94 +1,17 @@
-"""Helpers for the alert tests: registry rows, readings inserted by SQL, rule sets, one-call passes.
-(Named test_alerts_* so it sits with the tests it serves; its own tests check the helpers.)"""
+"""The alert tests' helpers (tests/support/alerts_db.py) keep their promises: fixed instants, device time
+on the hour and inside the evaluator's lateness horizon at the pass's clock."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
-import psycopg
-from psycopg import sql
-from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
-from sanitel.alerts.evaluator import Evaluator, EvaluatorConfig, PassReport
-from sanitel.alerts.rules import RuleSet, validate_rule_dict
-
-# Device time of the tests: yesterday, on a whole hour (inside the evaluator's lateness horizon).
-T0 = (datetime.now(UTC) - timedelta(days=1)).replace(minute=0, second=0, microsecond=0)
-
-
-def at(minutes: float = 0, seconds: float = 0) -> datetime:
-    return T0 + timedelta(minutes=minutes, seconds=seconds)
-
-
-def add_site(conn: psycopg.Connection, site_id: str, kind: str = "transfer_station", *, parent: str | None = None,
-             params: Mapping[str, Any] | None = None, tz: str = "Asia/Shanghai") -> None:
-    conn.execute("INSERT INTO sites (site_id, kind, name, parent_id, timezone, params) VALUES (%s, %s, %s, %s, %s, %s)",
-                 (site_id, kind, site_id, parent, tz, Jsonb(dict(params or {}))))
-
-
-def add_device(conn: psycopg.Connection, device_id: str, kind: str, *, site: str | None = None,
-               timeout_s: int = 900, metadata: Mapping[str, Any] | None = None,
-               registered_at: datetime | None = None) -> None:
-    conn.execute("INSERT INTO devices (device_id, kind, site_id, inactivity_timeout_s, metadata, registered_at)"
-                 " VALUES (%s, %s, %s, %s, %s, coalesce(%s, now()))",
-                 (device_id, kind, site, timeout_s, Jsonb(dict(metadata or {})), registered_at))
-
-
-def insert(conn: psycopg.Connection, table: str, device_id: str, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Readings as the collector would store them (received_at = device time unless given), and the
-    device's last-seen row."""
-    for seq, row in enumerate(rows):
-        values = {"device_id": device_id, "seq": row.get("seq", seq), "received_at": row.get("received_at", row["ts"]),
-                  **{k: (Jsonb(v) if isinstance(v, dict) else v) for k, v in row.items() if k not in ("seq",)}}
-        columns = sql.SQL(", ").join(sql.Identifier(c) for c in values)
-        conn.execute(sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-            sql.Identifier(table), columns, sql.SQL(", ").join(sql.Placeholder() * len(values))), list(values.values()))
-        conn.execute(
-            "INSERT INTO device_last_seen (device_id, last_ts, last_received) VALUES (%s, %s, %s)"
-            " ON CONFLICT (device_id) DO UPDATE SET last_ts = greatest(device_last_seen.last_ts, EXCLUDED.last_ts),"
-            " last_received = greatest(device_last_seen.last_received, EXCLUDED.last_received)",
-            (device_id, row["ts"], values["received_at"]))
-
-
-def series(start: datetime, step_s: float, values: Iterable[Any], field: str, **extra: Any) -> list[dict[str, Any]]:
-    return [{"ts": start + timedelta(seconds=i * step_s), field: v, **extra} for i, v in enumerate(values)]
-
-
-def ruleset(*rules: Mapping[str, Any]) -> RuleSet:
-    out = RuleSet()
-    for rule in rules:
-        out.add(validate_rule_dict(dict(rule)), "test")
-    return out
-
-
-def run(url: str, rules: RuleSet, now: datetime | None = None, **config: Any) -> PassReport:
-    with psycopg.connect(url) as conn:
-        return Evaluator(conn, rules, EvaluatorConfig(**config)).run_pass(now)
-
-
-def alerts(url: str, rule_id: str | None = None) -> list[dict[str, Any]]:
-    with psycopg.connect(url, row_factory=dict_row) as conn:
-        if rule_id is None:
-            return conn.execute("SELECT * FROM alerts ORDER BY started_at, alert_id").fetchall()
-        return conn.execute("SELECT * FROM alerts WHERE rule_id = %s ORDER BY started_at, alert_id",
-                            (rule_id,)).fetchall()
-
-
-def history(url: str, alert_id: int) -> list[str]:
-    with psycopg.connect(url) as conn:
-        return [r[0] for r in conn.execute(
-            "SELECT to_state FROM alert_history WHERE alert_id = %s ORDER BY id", (alert_id,)).fetchall()]
-
-
-def notifications(url: str) -> list[dict[str, Any]]:
-    with psycopg.connect(url, row_factory=dict_row) as conn:
-        return conn.execute("SELECT * FROM alert_notifications ORDER BY notification_id").fetchall()
+from sanitel.alerts.evaluator import EvaluatorConfig
+from tests.support.alerts_db import NOW, T0, series
 
 
 def test_at_is_on_the_hour_inside_the_horizon() -> None:
-    assert T0.minute == 0 and timedelta(hours=20) < datetime.now(UTC) - T0 < timedelta(hours=26)
+    assert T0.minute == T0.second == T0.microsecond == 0
+    assert timedelta(hours=20) < NOW - T0 < EvaluatorConfig().lateness_horizon
 
 
 def test_series_steps_device_time() -> None:

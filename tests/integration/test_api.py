@@ -7,97 +7,30 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
+import time_machine
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+
 from sanitel.api.app import create_app
-from sanitel.api.auth import new_key
-from sanitel.api.mqtt_auth import BrokerAuthFiles, verify_password
-
+from sanitel.broker_auth import BrokerAuthFiles, verify_password
+from sanitel.db import one_row
 from sanitel.servers import MosquittoServer, free_port
-from sanitel.settings import Settings, load_settings
+from sanitel.settings import load_settings
+from tests.support.api_helpers import DAY_START, NOW, api_settings, assert_error, auth, mint_key, seed
+from tests.support.db_clock import database_now
 
-NOW = datetime.now(UTC).replace(microsecond=0)
-DAY_START = (NOW - timedelta(days=1)).replace(hour=0, minute=0, second=0)  # a whole UTC day in the past
-
-
-# --- fixtures and helpers -----------------------------------------------------------------------------
-
-def mint_key(db_url: str, role: str, name: str | None = None) -> str:
-    key = new_key()
-    with psycopg.connect(db_url) as conn:
-        conn.execute("INSERT INTO api_keys (key_id, name, role, secret_hash) VALUES (%s, %s, %s, %s)",
-                     (key.key_id, name or f"test-{role}", role, key.secret_hash))
-    return key.token
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-SEED_SQL = """
-INSERT INTO sites (site_id, kind, name, parent_id, timezone) VALUES
-  ('futian', 'district', 'Futian District', NULL, 'UTC'),
-  ('luohu', 'district', 'Luohu District', NULL, 'UTC'),
-  ('estate-1', 'estate', 'Estate 1', 'futian', 'UTC'),
-  ('sp-1', 'sorting_point', 'Point 1', 'estate-1', 'UTC'),
-  ('ts-1', 'transfer_station', 'Station 1', 'futian', 'UTC'),
-  ('depot-1', 'depot', 'Depot 1', 'futian', 'UTC'),
-  ('depot-2', 'depot', 'Depot 2', 'luohu', 'UTC');
-INSERT INTO devices (device_id, kind, site_id, name, inactivity_timeout_s) VALUES
-  ('SW-1', 'sweeper', 'depot-1', 'Sweeper 1', 900),
-  ('SW-2', 'sweeper', 'depot-2', 'Sweeper 2', 900),
-  ('TS-1', 'transfer_station', 'ts-1', NULL, 900),
-  ('BIN-1', 'bin', 'sp-1', NULL, 900),
-  ('CAM-1', 'camera', 'sp-1', NULL, 900);
--- SW-1: one reading a minute for the seeded day; counters grow 0.1 km and 1/60 h a minute, with a
--- counter reset at noon (the day's distance must not go negative). SOC falls 100 -> ~52.
-INSERT INTO sweeper_telemetry (device_id, ts, seq, received_at, soc_pct, speed_kmh, brush_on, work_mode,
-                               swept_distance_km, work_hours_h)
-SELECT 'SW-1', %(day)s + make_interval(mins => i), i, %(day)s + make_interval(mins => i), 100 - i / 30.0,
-       10, i %% 2 = 0, CASE WHEN i < 720 THEN 'sweep' ELSE 'transport' END,
-       CASE WHEN i < 720 THEN 1000 + i * 0.1 ELSE (i - 720) * 0.1 END, 50 + i / 60.0
-FROM generate_series(0, 1439) AS i;
-INSERT INTO sweeper_telemetry (device_id, ts, seq, received_at, soc_pct)
-VALUES ('SW-2', %(now)s - interval '1 hour', 1, %(now)s - interval '1 hour', 40);
-INSERT INTO device_last_seen (device_id, last_ts, last_seq, last_received) VALUES
-  ('SW-1', %(day)s + interval '1439 minutes', 1439, %(now)s - interval '10 seconds'),
-  ('SW-2', %(now)s - interval '1 hour', 1, %(now)s - interval '1 hour');
-INSERT INTO station_telemetry (device_id, ts, seq, received_at, h2s_mg_m3, noise_dba, truck_id,
-                               weighbridge_in_t, weighbridge_out_t) VALUES
-  ('TS-1', %(day)s + interval '1 hour', 1, %(day)s, 0.05, 58, 'T1', 20, 12),
-  ('TS-1', %(day)s + interval '2 hours', 2, %(day)s, 0.08, 61, 'T2', 18, 11),
-  ('TS-1', %(day)s + interval '3 hours', 3, %(day)s, 0.02, 55, NULL, NULL, NULL);
-INSERT INTO bin_deposits (device_id, ts, seq, received_at, point_id, household_id, category, weight_kg) VALUES
-  ('BIN-1', %(day)s + interval '7 hours', 1, %(day)s, 'sp-1', 'HH-1', 'kitchen', 2.5),
-  ('BIN-1', %(day)s + interval '8 hours', 2, %(day)s, 'sp-1', 'HH-1', 'recyclable', 1.0),
-  ('BIN-1', %(day)s + interval '19 hours', 3, %(day)s, 'sp-1', 'HH-2', 'kitchen', 1.5),
-  ('BIN-1', %(day)s - interval '3 days', 4, %(day)s, 'sp-1', 'HH-1', 'other', 9.0);
-INSERT INTO bin_status (device_id, ts, seq, received_at, point_id, fill_level_pct, lid_open) VALUES
-  ('BIN-1', %(day)s + interval '20 hours', 1, %(day)s, 'sp-1', 85, false);
-INSERT INTO camera_detections (device_id, ts, seq, received_at, point_id, detection, confidence) VALUES
-  ('CAM-1', %(day)s + interval '7 hours', 1, %(day)s, 'sp-1', 'mis_sorted', 0.9),
-  ('CAM-1', %(day)s + interval '8 hours', 2, %(day)s, 'sp-1', 'mis_sorted', 0.8),
-  ('CAM-1', %(day)s + interval '9 hours', 3, %(day)s, 'sp-1', 'overflow', 0.7);
-"""
-
+# --- fixtures -----------------------------------------------------------------------------------------
 
 @pytest.fixture
 def seeded_db(fresh_db: str) -> str:
-    # a client-side cursor: several statements with parameters in one go
-    with psycopg.connect(fresh_db, cursor_factory=psycopg.ClientCursor) as conn:
-        conn.execute(SEED_SQL, {"day": DAY_START, "now": NOW})  # type: ignore[arg-type]
+    seed(fresh_db)
     return fresh_db
-
-
-def api_settings(db_url: str, data_dir: Path, **overrides: object) -> Settings:
-    # a closed port unless a test names a broker: no test depends on the machine's 1883
-    overrides.setdefault("mqtt_url", f"mqtt://127.0.0.1:{free_port()}")
-    return load_settings(database_url=db_url, data_dir=data_dir, **overrides)
 
 
 @pytest.fixture
@@ -122,16 +55,6 @@ def admin(seeded_db: str) -> dict[str, str]:
 
 
 # --- auth and errors ----------------------------------------------------------------------------------
-
-def assert_error(response: object, status: int, code: str, field: str | None = None) -> dict[str, object]:
-    assert response.status_code == status, response.text  # type: ignore[attr-defined]
-    body = response.json()  # type: ignore[attr-defined]
-    assert set(body) == {"error"}
-    assert body["error"]["code"] == code
-    assert body["error"]["message"]
-    if field is not None:
-        assert body["error"]["field"] == field
-    return body["error"]  # type: ignore[no-any-return]
 
 
 def test_missing_malformed_unknown_and_revoked_keys_are_401(client: TestClient, seeded_db: str) -> None:
@@ -211,7 +134,18 @@ def test_sites_filter_page_and_detail(client: TestClient, viewer: dict[str, str]
     assert_error(client.get("/sites/nowhere", headers=viewer), 404, "not_found")
 
 
-def test_devices_filter_by_kind_subtree_and_online(client: TestClient, viewer: dict[str, str]) -> None:
+@pytest.mark.clock
+def test_devices_filter_by_kind_subtree_and_online(client: TestClient, viewer: dict[str, str],
+                                                   seeded_db: str) -> None:
+    # `online` is judged by the database's now(), not this process's clock: hear the sweepers 10 s and an hour
+    # before the database's now
+    heard = database_now(seeded_db)
+    with psycopg.connect(seeded_db) as conn:
+        conn.execute("UPDATE device_last_seen SET last_received = %s WHERE device_id = 'SW-1'",
+                     (heard - timedelta(seconds=10),))
+        conn.execute("UPDATE device_last_seen SET last_received = %s WHERE device_id = 'SW-2'",
+                     (heard - timedelta(hours=1),))
+
     def ids(query: str) -> list[str]:
         response = client.get(f"/devices?{query}", headers=viewer)
         assert response.status_code == 200, response.text
@@ -237,7 +171,7 @@ def test_register_device_issues_working_credentials_once(client: TestClient, adm
     assert created["device"]["has_credentials"] is True and created["device"]["auto_registered"] is False
     assert creds["username"] == "SW-9" and creds["topic_prefix"].endswith("/sweeper/SW-9/")
     with psycopg.connect(seeded_db) as conn:
-        stored = conn.execute("SELECT mqtt_password_hash FROM devices WHERE device_id = 'SW-9'").fetchone()[0]
+        stored = one_row(conn.execute("SELECT mqtt_password_hash FROM devices WHERE device_id = 'SW-9'"))[0]
     assert creds["password"] not in stored and verify_password(creds["password"], stored)
 
     assert_error(client.post("/devices", json=body, headers=admin), 409, "conflict")
@@ -248,7 +182,7 @@ def test_register_device_issues_working_credentials_once(client: TestClient, adm
 
     rotated = client.post("/devices/SW-9/credentials", headers=admin).json()
     with psycopg.connect(seeded_db) as conn:
-        stored = conn.execute("SELECT mqtt_password_hash FROM devices WHERE device_id = 'SW-9'").fetchone()[0]
+        stored = one_row(conn.execute("SELECT mqtt_password_hash FROM devices WHERE device_id = 'SW-9'"))[0]
     assert verify_password(rotated["password"], stored) and not verify_password(creds["password"], stored)
     assert_error(client.post("/devices/NOPE/credentials", headers=admin), 404, "not_found")
 
@@ -356,6 +290,7 @@ def test_metric_catalogue(client: TestClient, viewer: dict[str, str]) -> None:
 
 # --- deposits and reports -----------------------------------------------------------------------------
 
+@pytest.mark.clock
 def test_deposits_per_household_and_point_with_category_totals(client: TestClient, viewer: dict[str, str]) -> None:
     window = {"from": DAY_START.isoformat(), "to": (DAY_START + timedelta(days=1)).isoformat()}
     household = client.get("/deposits/households/HH-1", headers=viewer, params=window).json()
@@ -370,10 +305,12 @@ def test_deposits_per_household_and_point_with_category_totals(client: TestClien
                       params=window | {"limit": 2, "cursor": point["next_cursor"]}).json()
     assert [i["seq"] for i in rest["items"]] == [1] and rest["totals"] == point["totals"]
 
-    month = client.get("/deposits/households/HH-1", headers=viewer).json()  # default: last 30 days
+    with time_machine.travel(NOW, tick=False):  # the default range ends at this process's now
+        month = client.get("/deposits/households/HH-1", headers=viewer).json()  # default: last 30 days
     assert month["deposits"] == 3
 
 
+@pytest.mark.clock
 def test_daily_summary_per_district_json_and_csv(client: TestClient, viewer: dict[str, str]) -> None:
     day = DAY_START.date().isoformat()
     rows = client.get(f"/reports/daily?date={day}", headers=viewer).json()
@@ -400,16 +337,19 @@ def test_daily_summary_per_district_json_and_csv(client: TestClient, viewer: dic
 
 # --- health and metrics -------------------------------------------------------------------------------
 
+@pytest.mark.clock
 def test_health_reports_database_broker_lag_spool_and_dead_letters(seeded_db: str, tmp_path: Path,
                                                                   mqtt_server: MosquittoServer) -> None:
     settings = api_settings(seeded_db, tmp_path, mqtt_url=mqtt_server.url)
     with TestClient(create_app(settings)) as c:
-        health = c.get("/health").json()
+        with time_machine.travel(NOW, tick=False):  # the lag is measured on this process's clock
+            health = c.get("/health").json()
         assert health["status"] == "ok", health
         checks = health["checks"]
         assert checks["database"]["data"]["license"] == "apache"
         assert checks["broker"]["status"] == "ok" and "accepted" in checks["broker"]["detail"]
-        assert 5 <= checks["collector_lag"]["data"]["lag_s"] < 120  # SW-1 was heard 10 s before seeding
+        assert checks["collector_lag"]["data"]["lag_s"] == 10.0  # SW-1 was last heard 10 s before NOW
+        assert checks["collector_lag"]["detail"] == "last message received 10.0 s ago"
         assert checks["spool"]["data"]["bytes"] == 0
 
         spool = settings.effective_spool_dir
@@ -462,7 +402,7 @@ def test_keys_cli_create_list_revoke(seeded_db: str, tmp_path: Path, monkeypatch
     token = capsys.readouterr().out.splitlines()[0]
     assert token.startswith("sntl_")
     with psycopg.connect(seeded_db) as conn:
-        stored = conn.execute("SELECT secret_hash FROM api_keys").fetchone()[0]
+        stored = one_row(conn.execute("SELECT secret_hash FROM api_keys"))[0]
     assert token.split("_", 2)[2] not in stored and stored.startswith("scrypt$")
 
     assert main(["keys", "list"]) == 0
@@ -514,10 +454,10 @@ def test_cems_history_is_served_from_the_averages_rollup_where_it_exists(client:
                      " 'valid', true)", (start, start + timedelta(hours=1)))
     window = {"from": start.isoformat(), "to": (start + timedelta(hours=2)).isoformat()}
 
-    def history(**params: str) -> dict[str, object]:
+    def history(**params: str) -> dict[str, Any]:
         response = client.get("/devices/CEMS-1/history", headers=viewer, params=window | params)
         assert response.status_code == 200, response.text
-        return response.json()  # type: ignore[no-any-return]
+        return response.json()
 
     hourly = history(metric="so2_zs_mg_m3", bucket="1h")
     assert hourly["source"] == "cems_averages (1h, gb)"
@@ -528,27 +468,27 @@ def test_cems_history_is_served_from_the_averages_rollup_where_it_exists(client:
     assert history(metric="so2_zs_mg_m3", bucket="1h", aggregate="max")["source"] == "cems_readings"
 
 
+@pytest.mark.clock
 def test_telemetry_history_comes_from_the_5_minute_rollups_once_they_are_built(
         client: TestClient, seeded_db: str, viewer: dict[str, str]) -> None:
     from sanitel.processors.maintenance import run_pass
 
     window = {"from": DAY_START.isoformat(), "to": (DAY_START + timedelta(days=1)).isoformat()}
 
-    def history(**params: str) -> dict[str, object]:
+    def history(**params: str) -> dict[str, Any]:
         response = client.get("/devices/SW-1/history", headers=viewer, params=window | params)
         assert response.status_code == 200, response.text
-        return response.json()  # type: ignore[no-any-return]
+        return response.json()
 
     raw = history(metric="soc_pct", bucket="1h")
     assert raw["source"] == "sweeper_telemetry"  # no rollup pass has run yet
     with psycopg.connect(seeded_db, autocommit=True) as conn:
-        # the lead's scheduled processor, told it is a few minutes later so the fresh rows are settled
-        run_pass(conn, load_settings(database_url=seeded_db), now=datetime.now(UTC) + timedelta(minutes=3),
-                 retention=False)
+        # the scheduled processor, a few minutes after NOW: every seeded row (stored when received) is settled
+        run_pass(conn, load_settings(database_url=seeded_db), now=NOW + timedelta(minutes=3), retention=False)
         conn.execute("DELETE FROM sweeper_telemetry WHERE device_id = 'SW-1'")  # as retention would, later
     rolled = history(metric="soc_pct", bucket="1h")
     assert rolled["source"] == "sweeper_telemetry_5m"
-    assert [p["ts"] for p in rolled["points"]] == [p["ts"] for p in raw["points"]]
+    assert len(raw["points"]) == 24 and [p["ts"] for p in rolled["points"]] == [p["ts"] for p in raw["points"]]
     for got, want in zip(rolled["points"], raw["points"], strict=True):
         assert got["value"] == pytest.approx(want["value"], abs=1e-3) and got["count"] == want["count"] == 60
     assert history(metric="soc_pct", bucket="1h", aggregate="min")["points"][-1]["value"] == \

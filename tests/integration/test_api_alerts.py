@@ -15,10 +15,12 @@ import psycopg
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
-from sanitel.api.app import create_app
 
+from sanitel.api.app import create_app
+from sanitel.db import one_row
 from sanitel.servers import free_port
-from tests.integration.test_api import api_settings, assert_error, auth, mint_key
+from tests.support.api_helpers import api_settings, assert_error, auth, mint_key
+from tests.support.db_clock import database_now
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 
@@ -45,7 +47,7 @@ INSERT INTO alert_history (alert_id, at, from_state, to_state, actor) VALUES
 @pytest.fixture
 def alerts_db(fresh_db: str) -> str:
     with psycopg.connect(fresh_db, cursor_factory=psycopg.ClientCursor) as conn:
-        conn.execute(ALERTS_SQL, {"t0": T0})  # type: ignore[arg-type]
+        conn.execute(ALERTS_SQL, {"t0": T0})
     return fresh_db
 
 
@@ -134,8 +136,10 @@ def test_assign_and_unassign(client: TestClient, viewer: dict[str, str], supervi
 
 # --- silences -----------------------------------------------------------------------------------------
 
-def test_silence_lifecycle(client: TestClient, viewer: dict[str, str], supervisor: dict[str, str]) -> None:
-    now = datetime.now(UTC)
+def test_silence_lifecycle(client: TestClient, alerts_db: str, viewer: dict[str, str],
+                           supervisor: dict[str, str]) -> None:
+    # a silence's status is judged by the database's now(): its windows are set around that clock
+    now = database_now(alerts_db)
     body = {"matchers": [{"label": "site_id", "op": "=", "value": "ts-1"}],
             "ends_at": (now + timedelta(hours=2)).isoformat(), "comment": "compactor maintenance"}
     assert_error(client.post("/silences", json=body, headers=viewer), 403, "forbidden")
@@ -164,12 +168,12 @@ def test_silence_lifecycle(client: TestClient, viewer: dict[str, str], superviso
     assert client.get(f"/silences/{silence['silence_id']}", headers=viewer).json()["comment"] == "extended"
 
 
-def test_silence_validation_names_the_field(client: TestClient, supervisor: dict[str, str]) -> None:
-    now = datetime.now(UTC)
+def test_silence_validation_names_the_field(client: TestClient, alerts_db: str, supervisor: dict[str, str]) -> None:
+    now = database_now(alerts_db)  # the machine's clock, as the API's own checks are (hours of margin)
     good = {"matchers": [{"label": "rule_id", "op": "=~", "value": "station_.*"}],
             "ends_at": (now + timedelta(hours=1)).isoformat()}
 
-    def post(**changes: object) -> object:
+    def post(**changes: object) -> httpx.Response:
         return client.post("/silences", json=good | changes, headers=supervisor)
 
     assert post().status_code == 201
@@ -254,6 +258,9 @@ def test_stream_delivers_engine_notifications_and_api_acknowledgements(live_api:
     payload = json.loads(data)
     assert kind == "alert" and payload["event"] == "acknowledged" and payload["actor"] == "duty-supervisor"
     assert payload["alert"]["alert_id"] == 1 and payload["alert"]["ack_comment"] == "on it"
+    # the notice names the history row it announces, as the engine's notices do
+    history = httpx.get(f"{live_api}/alerts/1/history", headers=viewer).json()
+    assert history[-1]["to_state"] == "acknowledged" and payload["history_id"] == history[-1]["id"]
     stop.set()
 
 
@@ -265,8 +272,8 @@ def test_stream_says_resync_after_losing_the_database_and_recovers(live_api: str
                      args=(f"{live_api}/alerts/stream", viewer, events, ready, stop)).start()
     assert ready.wait(10)
     with psycopg.connect(alerts_db, autocommit=True) as conn:
-        killed = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                              " WHERE datname = current_database() AND query LIKE 'LISTEN%'").fetchone()[0]
+        killed = one_row(conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                                      " WHERE datname = current_database() AND query LIKE 'LISTEN%'"))[0]
         assert killed == 1
         assert events.get(timeout=10)[0] == "resync"
         # the listener comes back by itself; notifications flow again
@@ -341,7 +348,7 @@ def test_rules_crud_is_admin_only_and_validated(rules_client: TestClient, alerts
     assert created.status_code == 201, created.text
     assert created.json()["origin"] == "api" and created.json()["updated_by"] == "ops-admin"
     with psycopg.connect(alerts_db) as conn:  # stored as written, for the engine to load
-        stored = conn.execute("SELECT definition FROM alert_rules WHERE rule_id = 'station.h2s_boundary'").fetchone()
+        stored = one_row(conn.execute("SELECT definition FROM alert_rules WHERE rule_id = 'station.h2s_boundary'"))
     assert stored[0] == {k: v for k, v in H2S_RULE.items() if k != "id"}
     assert_error(c.post("/rules", json=H2S_RULE, headers=admin), 409, "conflict")
 

@@ -17,14 +17,14 @@ import pytest
 import schemathesis
 from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
-from sanitel.api.app import create_app
 from schemathesis.checks import not_a_server_error
 from schemathesis.python import asgi
 
+from sanitel.api.app import create_app
 from sanitel.servers import PostgresServer, free_port
 from sanitel.settings import load_settings
 from tests.integration.conftest import TEMPLATE_DB
-from tests.integration.test_api import DAY_START, NOW, SEED_SQL, api_settings, auth, mint_key
+from tests.support.api_helpers import api_settings, auth, mint_key, seed
 
 # The schema comes from an app that is never started: its database is only needed to serve requests.
 _schema_source = create_app(load_settings(database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/schema"))
@@ -48,8 +48,8 @@ def fuzz_db(pg_server: PostgresServer) -> Iterator[str]:
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
     url = pg_server.url.rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(url, cursor_factory=psycopg.ClientCursor) as conn:
-        conn.execute(SEED_SQL, {"day": DAY_START, "now": NOW})  # type: ignore[arg-type]
+    seed(url)
+    with psycopg.connect(url) as conn:
         conn.execute(FUZZ_ALERTS_SQL)
     yield url
     with psycopg.connect(admin, autocommit=True) as conn:
@@ -58,13 +58,10 @@ def fuzz_db(pg_server: PostgresServer) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def fuzz_app(fuzz_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
-    with pytest.MonkeyPatch.context() as env:
-        # routers that open their own connection from the settings (emissions) must use this database too
-        env.setenv("SANITEL_DATABASE_URL", fuzz_db)
-        yield create_app(api_settings(fuzz_db, Path(tmp_path_factory.mktemp("fuzz"))))
-        # schemathesis started the app's lifespan; end it so its pool lets go of the database
-        with contextlib.suppress(Exception):
-            asgi.shutdown_lifespans()
+    yield create_app(api_settings(fuzz_db, Path(tmp_path_factory.mktemp("fuzz"))))
+    # schemathesis started the app's lifespan; end it so its pool lets go of the database
+    with contextlib.suppress(Exception):
+        asgi.shutdown_lifespans()
 
 
 @pytest.fixture(scope="module")

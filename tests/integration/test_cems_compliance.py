@@ -15,8 +15,14 @@ import pandas as pd
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
+
+from sanitel.db import one_row
+from sanitel.errors import ConfigError
 from sanitel.processors import compliance
 from sanitel.processors.cems_averages import local_day_bounds, recompute, run_scheduled
+
+# Local days, and averages judged complete or still in progress against this process's clock.
+pytestmark = pytest.mark.clock
 
 TZ = "Asia/Shanghai"
 DAY = date(2024, 5, 1)
@@ -44,10 +50,11 @@ def conn(fresh_db: str) -> Iterator[psycopg.Connection]:
 Shape = Callable[[datetime], dict[str, Any] | None]  # minute → column values (None: no reading)
 
 
-def insert_day(conn: psycopg.Connection, shape: Shape, received_at: datetime | None = None,
+def insert_day(conn: psycopg.Connection, shape: Shape, received_at: datetime = DAY_END,
                start: datetime = DAY_START, n: int = 1440) -> None:
-    """Minute rows (CN 2051-like) for one day; ``shape`` gives each minute's columns."""
-    received = received_at or datetime.now(UTC)
+    """Minute rows (CN 2051-like) for one day, received when it ended unless ``received_at`` says otherwise;
+    ``shape`` gives each minute's columns."""
+    received = received_at
     rows = [(t, vals) for i in range(n) if (vals := shape(t := start + timedelta(minutes=i))) is not None]
     columns = sorted({k for _, v in rows for k in v})
     with conn.cursor().copy(f"COPY cems_readings (device_id, ts, data_kind, received_at, {', '.join(columns)})"
@@ -166,7 +173,7 @@ def test_bad_override_is_a_clear_error(conn: psycopg.Connection) -> None:
     conn.execute("UPDATE sites SET params = %s WHERE site_id = %s",
                  (Jsonb({"limits": {"nox": {"weekly": 1}}}), PLANT))
     insert_day(conn, lambda t: {"nox_mg_m3": 100.0, "o2_pct": 11.0}, n=60)
-    with pytest.raises(compliance.ConfigError, match="unknown limit 'weekly'"):
+    with pytest.raises(ConfigError, match="unknown limit 'weekly'"):
         report(conn)
 
 
@@ -185,7 +192,7 @@ def test_late_data_recomputes_the_affected_day(conn: psycopg.Connection) -> None
     assert (eu["valid"], eu["discarded_sub_periods"]) == (True, 2)
     # (42 × 5 + 4 × 8) / 46 = 5.261
     assert eu["normalised_mg_m3"] == pytest.approx(242 / 46, abs=1e-3)
-    watermark = conn.execute("SELECT watermark FROM maintenance_watermarks WHERE name = 'cems_averages'").fetchone()[0]
+    watermark = one_row(conn.execute("SELECT watermark FROM maintenance_watermarks WHERE name = 'cems_averages'"))[0]
     assert watermark == first + timedelta(days=1)
     # idempotent: recomputing changes nothing
     before = conn.execute("SELECT count(*), sum(n_valid) FROM cems_averages").fetchone()
@@ -231,28 +238,31 @@ def test_renderings_csv_png_cli_and_api(conn: psycopg.Connection, fresh_db: str,
     assert main(["report", "emissions", "--plant", PLANT, "--day", "2024-05-01", "--format", "csv", "--recompute"]) == 0
     assert capsys.readouterr().out.startswith("plant_id,day,line_id")
 
-    # the API router
-    from fastapi import FastAPI
+    # the API: the app's pool and auth, the report code in a worker thread
     from fastapi.testclient import TestClient
-    from sanitel.api.errors import install_error_handlers
-    from sanitel.api.routes import emissions
 
-    app = FastAPI()
-    install_error_handlers(app)
-    app.include_router(emissions.router)
-    client = TestClient(app)
-    r = client.get(f"/plants/{PLANT}/compliance", params={"day": "2024-05-01"})
-    # GB 24-h: 150 × 10/6 = 250 for 23 hours, 300 for one: 252.083 > 250
-    assert r.status_code == 200 and r.json()["compliant"]["gb"] is False
-    assert client.get(f"/plants/{PLANT}/compliance", params={"day": "2024-05-01", "format": "csv"}
-                      ).headers["content-type"].startswith("text/csv")
-    r = client.get(f"/plants/{PLANT}/compliance", params={"day": "2024-05-01", "format": "png", "line": LINE})
-    assert r.headers["content-type"] == "image/png" and r.content.startswith(b"\x89PNG")
-    r = client.get("/plants/nowhere/compliance", params={"day": "2024-05-01"})
-    assert r.status_code == 404 and "nowhere" in r.json()["error"]["message"]
-    assert client.get(f"/plants/{PLANT}/compliance", params={"day": "May 1"}).status_code == 422
-    r = client.get(f"/plants/{PLANT}/averages", params={"day": "2024-05-01", "period": "1d", "pollutant": "nox"})
-    assert {(i["standard"], i["status"]) for i in r.json()["items"]} == {("eu", "valid"), ("gb", "valid")}
+    from sanitel.api.app import create_app
+    from sanitel.servers import free_port
+    from tests.support.api_helpers import api_settings, auth, mint_key
+
+    viewer = auth(mint_key(fresh_db, "viewer"))
+    # only the app's settings name the database: a route reading the environment would fail
+    monkeypatch.setenv("SANITEL_DATABASE_URL", f"postgresql://nobody@127.0.0.1:{free_port()}/nowhere")
+    with TestClient(create_app(api_settings(fresh_db, tmp_path / "api")), headers=viewer) as client:
+        assert client.get(f"/plants/{PLANT}/compliance", params={"day": "2024-05-01"},
+                          headers={"Authorization": ""}).status_code == 401
+        r = client.get(f"/plants/{PLANT}/compliance", params={"day": "2024-05-01"})
+        # GB 24-h: 150 × 10/6 = 250 for 23 hours, 300 for one: 252.083 > 250
+        assert r.status_code == 200 and r.json()["compliant"]["gb"] is False
+        assert client.get(f"/plants/{PLANT}/compliance", params={"day": "2024-05-01", "format": "csv"}
+                          ).headers["content-type"].startswith("text/csv")
+        r = client.get(f"/plants/{PLANT}/compliance", params={"day": "2024-05-01", "format": "png", "line": LINE})
+        assert r.headers["content-type"] == "image/png" and r.content.startswith(b"\x89PNG")
+        r = client.get("/plants/nowhere/compliance", params={"day": "2024-05-01"})
+        assert r.status_code == 404 and "nowhere" in r.json()["error"]["message"]
+        assert client.get(f"/plants/{PLANT}/compliance", params={"day": "May 1"}).status_code == 422
+        r = client.get(f"/plants/{PLANT}/averages", params={"day": "2024-05-01", "period": "1d", "pollutant": "nox"})
+        assert {(i["standard"], i["status"]) for i in r.json()["items"]} == {("eu", "valid"), ("gb", "valid")}
 
 
 def test_migration_is_safe_to_run_twice(conn: psycopg.Connection) -> None:

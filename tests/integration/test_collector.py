@@ -5,25 +5,35 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import psycopg
-from sanitel.ingest.collector import Collector
+import pytest
 
+from sanitel.db import one_row
+from sanitel.ingest.collector import Collector
 from sanitel.servers import MosquittoServer, free_port
 from tests.support.mqtt_tools import count, publish, start_collector_process, wait_for
 
 CITY = "shenzhen"
 
 
-def now_ms(offset_s: float = 0) -> int:
-    return int((time.time() + offset_s) * 1000)
+# Device time of the readings: a fixed instant in the past (midnight UTC, 08:00 in Shanghai). The collector
+# refuses only device times ahead of its own clock, so no test here depends on when it runs.
+DEVICE_TIME = datetime(2026, 3, 10, tzinfo=UTC)
+FAR_FUTURE = "2100-01-01T00:00:00Z"  # ahead of any receive time: a device clock gone wrong
+
+
+def device_ms(offset_s: float = 0) -> int:
+    """Epoch milliseconds ``offset_s`` seconds from DEVICE_TIME."""
+    return int((DEVICE_TIME.timestamp() + offset_s) * 1000)
 
 
 def topic(kind: str, device: str, stream: str = "telemetry") -> str:
@@ -34,10 +44,11 @@ def j(body: object) -> bytes:
     return json.dumps(body).encode()
 
 
+@pytest.mark.clock
 def test_every_reading_kind_lands_with_device_time_receive_time_and_extra(
         fresh_db: str, mqtt_server: MosquittoServer, make_collector: Callable[..., Collector]) -> None:
     make_collector(fresh_db, mqtt_server.url)
-    ts = now_ms(-60)
+    ts = device_ms(-60)
     messages = [
         (topic("sweeper", "sw-1"), j({"ts": ts, "seq": 1, "soc_pct": 81.5, "work_mode": "sweep", "fw": "2.1"})),
         (topic("transfer_station", "ts-1"), j({"ts": ts, "seq": 1, "h2s_mg_m3": 0.02, "noise_dba": 58})),
@@ -52,10 +63,10 @@ def test_every_reading_kind_lands_with_device_time_receive_time_and_extra(
               "cems_readings"]
     assert wait_for(lambda: all(count(fresh_db, f"SELECT count(*) FROM {t}") == 1 for t in tables), 15)
     with psycopg.connect(fresh_db) as conn:
-        ts_db, received, extra = conn.execute("SELECT ts, received_at, extra FROM sweeper_telemetry").fetchone()
-        fill, fill_extra = conn.execute("SELECT fill_level_pct, extra FROM bin_status").fetchone()
-        seen = dict(conn.execute("SELECT device_id, last_ts FROM device_last_seen").fetchall())
-        kinds = dict(conn.execute("SELECT device_id, kind FROM devices").fetchall())
+        ts_db, received, extra = one_row(conn.execute("SELECT ts, received_at, extra FROM sweeper_telemetry"))
+        fill, fill_extra = one_row(conn.execute("SELECT fill_level_pct, extra FROM bin_status"))
+        seen: dict[str, datetime] = dict(conn.execute("SELECT device_id, last_ts FROM device_last_seen").fetchall())
+        kinds: dict[str, str] = dict(conn.execute("SELECT device_id, kind FROM devices").fetchall())
     assert ts_db == datetime.fromtimestamp(ts / 1000, UTC)
     assert received > ts_db  # receive time is kept beside device time
     assert extra == {"fw": "2.1"}
@@ -76,16 +87,17 @@ BAD_MESSAGES: list[tuple[str, bytes, str]] = [
     (topic("cems", "cems-bad"), b'{"ts": 1763798400000, "o2_pct": 23}', "out_of_range"),
     ("sanitation/shenzhen/spaceship/x-1/telemetry", b'{"ts": 1763798400000}', "unknown_kind"),
     (topic("sweeper", "sw-bad"), b'{"ts": 1763798400000, "device_id": "sw-other"}', "device_mismatch"),
-    (topic("sweeper", "sw-bad"), j({"ts": now_ms(600)}), "ts_in_future"),
+    (topic("sweeper", "sw-bad"), j({"ts": FAR_FUTURE}), "ts_in_future"),
     (topic("sweeper", "sw-bad"), b'{"ts": "1999-01-01T00:00:00Z"}', "ts_too_old"),
-    (topic("sweeper", "sw-bad"), j({"ts": now_ms(), "pad": "x" * (256 * 1024)}), "payload_too_large"),
+    (topic("sweeper", "sw-bad"), j({"ts": device_ms(), "pad": "x" * (256 * 1024)}), "payload_too_large"),
 ]
 
 
+@pytest.mark.clock
 def test_bad_input_goes_to_dead_letters_and_the_collector_keeps_going(
         fresh_db: str, mqtt_server: MosquittoServer, make_collector: Callable[..., Collector]) -> None:
     collector = make_collector(fresh_db, mqtt_server.url)
-    good = [(topic("sweeper", f"sw-{i}"), j({"ts": now_ms(-10), "seq": i, "soc_pct": 50})) for i in range(20)]
+    good = [(topic("sweeper", f"sw-{i}"), j({"ts": device_ms(-10), "seq": i, "soc_pct": 50})) for i in range(20)]
     interleaved = [m for pair in zip(good, [(t, p) for t, p, _ in BAD_MESSAGES], strict=False) for m in pair]
     interleaved += good[len(BAD_MESSAGES):]
     publish(mqtt_server.port, interleaved)
@@ -110,7 +122,7 @@ def test_bad_input_goes_to_dead_letters_and_the_collector_keeps_going(
 def test_a_batch_with_one_bad_reading_lands_the_good_ones_and_dead_letters_the_bad_with_its_index(
         fresh_db: str, mqtt_server: MosquittoServer, make_collector: Callable[..., Collector]) -> None:
     make_collector(fresh_db, mqtt_server.url)
-    ts = now_ms(-30)
+    ts = device_ms(-30)
     batch = {"gateway_id": "gw-9", "readings": [
         {"kind": "bin", "device_id": f"bin-{i}-k", "stream": "event", "ts": ts, "household_id": f"h{i}",
          "category": "kitchen", "weight_kg": -1 if i == 3 else 1.0 + i} for i in range(6)]}
@@ -123,7 +135,7 @@ def test_a_batch_with_one_bad_reading_lands_the_good_ones_and_dead_letters_the_b
 def test_redelivery_never_creates_a_second_row_or_dead_letter(
         fresh_db: str, mqtt_server: MosquittoServer, make_collector: Callable[..., Collector]) -> None:
     make_collector(fresh_db, mqtt_server.url)
-    reading = (topic("sweeper", "sw-dup"), j({"ts": now_ms(-5), "seq": 42, "soc_pct": 60}))
+    reading = (topic("sweeper", "sw-dup"), j({"ts": device_ms(-5), "seq": 42, "soc_pct": 60}))
     bad = (topic("sweeper", "sw-dup"), b"{broken")
     publish(mqtt_server.port, [reading, bad, reading, bad, reading])
     time.sleep(1.0)
@@ -139,14 +151,14 @@ def test_unknown_device_is_dead_lettered_when_auto_registration_is_off(
     with psycopg.connect(fresh_db) as conn:
         conn.execute("INSERT INTO devices (device_id, kind) VALUES ('sw-known', 'sweeper')")
     make_collector(fresh_db, mqtt_server.url, auto_register_devices=False)
-    publish(mqtt_server.port, [(topic("sweeper", "sw-known"), j({"ts": now_ms(-1), "soc_pct": 10})),
-                               (topic("sweeper", "sw-stranger"), j({"ts": now_ms(-1), "soc_pct": 10})),
-                               (topic("bin", "sw-known", "status"), j({"ts": now_ms(-1), "fill_level_pct": 10}))])
+    publish(mqtt_server.port, [(topic("sweeper", "sw-known"), j({"ts": device_ms(-1), "soc_pct": 10})),
+                               (topic("sweeper", "sw-stranger"), j({"ts": device_ms(-1), "soc_pct": 10})),
+                               (topic("bin", "sw-known", "status"), j({"ts": device_ms(-1), "fill_level_pct": 10}))])
     assert wait_for(lambda: count(fresh_db, "SELECT count(*) FROM dead_letters") == 2, 15)
     assert count(fresh_db, "SELECT count(*) FROM sweeper_telemetry") == 1
     with psycopg.connect(fresh_db) as conn:
-        reasons = dict(conn.execute("SELECT device_id, reason_code FROM dead_letters").fetchall())
-        assert conn.execute("SELECT count(*) FROM devices").fetchone()[0] == 1
+        reasons: dict[str, str] = dict(conn.execute("SELECT device_id, reason_code FROM dead_letters").fetchall())
+        assert one_row(conn.execute("SELECT count(*) FROM devices"))[0] == 1
     assert reasons == {"sw-stranger": "unknown_device", "sw-known": "kind_mismatch"}
 
 
@@ -159,7 +171,7 @@ def scrape(port: int) -> str:
 
 def test_sigterm_flushes_acks_and_exits_zero_and_a_restart_takes_the_rest(
         fresh_db: str, mqtt_server: MosquittoServer, scratch_dir: Path) -> None:
-    def run_collector() -> tuple[object, int]:
+    def run_collector() -> tuple[subprocess.Popen[bytes], int]:
         port = free_port()
         # a flush interval and batch size never reached: only the stop can write what was taken
         proc = start_collector_process(fresh_db, mqtt_server.url, scratch_dir / "sigterm", client_id="sigterm-test",
@@ -170,7 +182,7 @@ def test_sigterm_flushes_acks_and_exits_zero_and_a_restart_takes_the_rest(
 
     proc, port = run_collector()
     try:
-        publish(mqtt_server.port, [(topic("sweeper", "sw-t"), j({"ts": now_ms(-1), "seq": i})) for i in range(500)])
+        publish(mqtt_server.port, [(topic("sweeper", "sw-t"), j({"ts": device_ms(-1), "seq": i})) for i in range(500)])
         time.sleep(1.0)
         assert count(fresh_db, "SELECT count(*) FROM sweeper_telemetry") == 0  # nothing flushed yet
         assert "sanitel_write_latency_seconds_bucket" in scrape(port)
@@ -194,6 +206,7 @@ def test_sigterm_flushes_acks_and_exits_zero_and_a_restart_takes_the_rest(
     assert count(fresh_db, "SELECT count(*) FROM sweeper_telemetry") == 500
 
 
+@pytest.mark.clock
 def test_hj212_frames_land_and_a_wrong_password_is_dead_lettered(
         fresh_db: str, mqtt_server: MosquittoServer, make_collector: Callable[..., Collector]) -> None:
     from sanitel.schemas.hj212 import encode_frame
@@ -203,7 +216,8 @@ def test_hj212_frames_land_and_a_wrong_password_is_dead_lettered(
                      "('MN4403001', 'cems', '{\"hj212_password\": \"123456\"}')")
     make_collector(fresh_db, mqtt_server.url)
     # HJ 212 DataTime is the plant's local time (Asia/Shanghai by default)
-    local_cn = (datetime.now(ZoneInfo("Asia/Shanghai")) - timedelta(minutes=2)).strftime("%Y%m%d%H%M%S")
+    local_cn = DEVICE_TIME.astimezone(ZoneInfo("Asia/Shanghai")).strftime("%Y%m%d%H%M%S")
+    assert local_cn == "20260310080000"
     cp = f"DataTime={local_cn};a21002-Rtd=120.5,a21002-ZsRtd=150.2,a21002-Flag=N;a19001-Rtd=8.1,a19001-Flag=N"
     good = encode_frame("31", "2011", "MN4403001", "123456", cp)
     wrong = encode_frame("31", "2011", "MN4403001", "000000", cp.replace("120.5", "121.5"))
@@ -212,8 +226,9 @@ def test_hj212_frames_land_and_a_wrong_password_is_dead_lettered(
     assert wait_for(lambda: count(fresh_db, "SELECT count(*) FROM dead_letters") == 1, 15)
     assert wait_for(lambda: count(fresh_db, "SELECT count(*) FROM cems_readings") == 1, 5)
     with psycopg.connect(fresh_db) as conn:
-        nox, zs, source = conn.execute("SELECT nox_mg_m3, nox_zs_mg_m3, source FROM cems_readings").fetchone()
-        code = conn.execute("SELECT reason_code FROM dead_letters").fetchone()[0]
+        ts, nox, zs, source = one_row(conn.execute("SELECT ts, nox_mg_m3, nox_zs_mg_m3, source FROM cems_readings"))
+        code = one_row(conn.execute("SELECT reason_code FROM dead_letters"))[0]
+    assert ts == DEVICE_TIME  # 08:00 in Shanghai is midnight UTC
     assert (round(nox, 1), round(zs, 1), source) == (120.5, 150.2, "hj212")
     assert code == "hj212_wrong_password"
 
@@ -229,7 +244,7 @@ def test_mqtt5_properties_on_a_publish_are_skipped_and_the_payload_lands_intact(
     props.ContentType = "application/json"
     props.MessageExpiryInterval = 3600
     props.UserProperty = [("gateway", "gw-7"), ("firmware", "x" * 300)]  # > 127 bytes: a 2-byte length
-    body = {"ts": now_ms(-1), "seq": 9, "soc_pct": 66.5, "note": "é" * 200}
+    body = {"ts": device_ms(-1), "seq": 9, "soc_pct": 66.5, "note": "é" * 200}
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     client.connect("127.0.0.1", mqtt_server.port)
     client.loop_start()
@@ -241,6 +256,6 @@ def test_mqtt5_properties_on_a_publish_are_skipped_and_the_payload_lands_intact(
         client.loop_stop()
     assert wait_for(lambda: count(fresh_db, "SELECT count(*) FROM sweeper_telemetry") == 2, 15)
     with psycopg.connect(fresh_db) as conn:
-        soc, extra = conn.execute("SELECT soc_pct, extra FROM sweeper_telemetry WHERE seq = 9").fetchone()
+        soc, extra = one_row(conn.execute("SELECT soc_pct, extra FROM sweeper_telemetry WHERE seq = 9"))
     assert soc == 66.5 and extra == {"note": "é" * 200}
     assert count(fresh_db, "SELECT count(*) FROM dead_letters") == 0

@@ -14,16 +14,17 @@ from pathlib import Path
 
 import psutil
 import pytest
-from sanitel.ingest.collector import Collector
 
+from sanitel.ingest.collector import Collector
 from sanitel.servers import MosquittoServer, PostgresServer, free_port
 from tests.support.mqtt_tools import count, publish, start_collector_process, wait_for
 
 DEVICES = 1500  # the reference city's sweeper fleet
+DEVICE_TIME_MS = 1_773_100_800_000  # 2026-03-10T00:00:00Z: a fixed past device time (only the future is refused)
 
 
 def sweeper_messages(n: int, start_seq: int = 0) -> list[tuple[str, bytes]]:
-    base = int(time.time() * 1000) - 120_000
+    base = DEVICE_TIME_MS
     return [(f"sanitation/shenzhen/sweeper/sw-{i % DEVICES:04d}/telemetry",
              json.dumps({"ts": base + i, "seq": i, "soc_pct": 50 + i % 50, "speed_kmh": 12.5}).encode())
             for i in range(start_seq, start_seq + n)]

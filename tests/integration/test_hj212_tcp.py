@@ -6,15 +6,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import aiomqtt
 import psycopg
 import pytest
+
 from sanitel.ingest.hj212_tcp import Hj212Listener
 from sanitel.schemas import hj212
-
 from sanitel.servers import MosquittoServer
 from tests.support.mqtt_tools import count, wait_for
 
@@ -135,12 +135,14 @@ async def test_no_acknowledgement_without_the_brokers_puback(make_mosquitto: Cal
         writer.close()
 
 
+@pytest.mark.clock
 async def test_tcp_frames_land_in_the_database_through_the_collector(
         fresh_db: str, mqtt_server: MosquittoServer, make_collector: Callable[..., Any]) -> None:
     """End to end: DAU → TCP listener → broker → collector → cems_readings / dead_letters."""
     make_collector(fresh_db, mqtt_server.url, city=CITY)
-    now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    now = datetime(2026, 3, 10, tzinfo=UTC)  # a fixed past instant: 08:00 in the plant's time zone
     data_time = hj212.format_data_time(now)
+    assert data_time == "20260310080000"
     good = frame("20240501080000008", mn="DAU-E2E", cp=CP.replace("20240501080000", data_time))
     bad = good.replace(b"52.1", b"52.9")  # CRC no longer matches
     async with running(mqtt_server) as listener:

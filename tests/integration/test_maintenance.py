@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
-from sanitel.processors.maintenance import MAINTENANCE_LOCK, run_pass
+import pytest
 
+from sanitel.db import one_row
+from sanitel.processors.maintenance import MAINTENANCE_LOCK, run_pass
 from sanitel.settings import load_settings
 
 T0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
@@ -18,7 +21,7 @@ def insert_sweeper(conn: psycopg.Connection, device: str, ts: datetime, soc: flo
                  "VALUES (%s, %s, %s, %s, %s, %s, coalesce(%s, now()))", (device, ts, seq, ts, soc, speed, stored_at))
 
 
-def rollup(conn: psycopg.Connection, device: str, bucket: datetime) -> tuple:
+def rollup(conn: psycopg.Connection, device: str, bucket: datetime) -> tuple[Any, ...] | None:
     return conn.execute("SELECT n, soc_pct_avg, soc_pct_min, soc_pct_max, speed_kmh_max FROM sweeper_telemetry_5m "
                         "WHERE device_id = %s AND bucket = %s", (device, bucket)).fetchone()
 
@@ -26,7 +29,7 @@ def rollup(conn: psycopg.Connection, device: str, bucket: datetime) -> tuple:
 def test_rollups_are_hand_computable_and_late_data_recomputes_its_bucket(fresh_db: str) -> None:
     settings = load_settings(database_url=fresh_db)
     with psycopg.connect(fresh_db, autocommit=True) as conn:
-        stored = datetime.now(UTC) - timedelta(hours=1)
+        stored = T0 + timedelta(hours=1)  # the readings were stored an hour after they were taken
         for i, (soc, speed) in enumerate([(80, 10), (79, 12), (78, 14)]):
             insert_sweeper(conn, "sw-1", T0 + timedelta(minutes=i), soc, speed, i, stored)
         insert_sweeper(conn, "sw-1", T0 + timedelta(minutes=6), 70, 5, 6, stored)
@@ -40,14 +43,15 @@ def test_rollups_are_hand_computable_and_late_data_recomputes_its_bucket(fresh_d
         assert rollup(conn, "sw-1", T0) == (4, 78.0, 75.0, 80.0, 20.0)
 
 
+@pytest.mark.clock
 def test_retention_drops_old_chunks_only(fresh_db: str) -> None:
     settings = load_settings(database_url=fresh_db, raw_retention_days=30)
     with psycopg.connect(fresh_db, autocommit=True) as conn:
-        insert_sweeper(conn, "sw-1", datetime.now(UTC) - timedelta(days=90), 50, 1)
-        insert_sweeper(conn, "sw-1", datetime.now(UTC) - timedelta(days=1), 50, 1)
-        result = run_pass(conn, settings)
+        insert_sweeper(conn, "sw-1", T0 - timedelta(days=90), 50, 1)
+        insert_sweeper(conn, "sw-1", T0 - timedelta(days=1), 50, 1)
+        result = run_pass(conn, settings, now=T0)  # 30 days are counted back from the pass's clock
         assert result.dropped["sweeper_telemetry"] == 1
-        assert conn.execute("SELECT count(*) FROM sweeper_telemetry").fetchone()[0] == 1
+        assert one_row(conn.execute("SELECT count(*) FROM sweeper_telemetry"))[0] == 1
 
 
 def test_only_one_instance_runs_a_pass(fresh_db: str) -> None:

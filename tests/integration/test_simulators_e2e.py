@@ -11,16 +11,18 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
+from sanitel.db import one_row
 from sanitel.ingest.collector import Collector
 from sanitel.schemas.readings import BY_KIND_STREAM
+from sanitel.servers import MosquittoServer
+from sanitel.settings import load_settings
 from sanitel.simulators.contract import ContractError, check_message
 from sanitel.simulators.run import generate, simulate
 from sanitel.simulators.truth import read_ground_truth
 
-from sanitel.servers import MosquittoServer
-from sanitel.settings import load_settings
-
 CITY = "sime2e"
+START = "2026-03-10T06:30:00+08:00"  # a fixed morning in the past, as a compressed run's is
 
 
 @pytest.fixture
@@ -51,7 +53,7 @@ def expected_rows(messages: list[tuple[str, bytes, float]]) -> tuple[Counter[str
 
 def test_a_faulted_run_lands_as_the_ground_truth_says(collector: str, mqtt_server: MosquittoServer,
                                                       tmp_path: Path) -> None:
-    start = time.time() - 3 * 3600  # in the past, as a compressed run is
+    start = START
     truth_path = tmp_path / "truth.jsonl"
     summary = simulate("demo", broker_url=mqtt_server.url, city=CITY, seed=6, duration_s=2 * 3600.0, speed=0.0,
                        start=start, faults="duplicate,malformed,out_of_order,clock_skew,spike",
@@ -61,7 +63,7 @@ def test_a_faulted_run_lands_as_the_ground_truth_says(collector: str, mqtt_serve
     assert summary.acked == summary.messages == len(messages)
     rows, invalid = expected_rows(messages)
     truth = [r for r in read_ground_truth(truth_path) if r["source"] == "injected"]
-    dead = Counter()
+    dead: Counter[str] = Counter()
     for record in truth:
         if "dead_letter" in record["expected_effect"]:
             dead[record["expected_effect"]["dead_letter"]] += record["messages"]
@@ -69,9 +71,9 @@ def test_a_faulted_run_lands_as_the_ground_truth_says(collector: str, mqtt_serve
 
     def stored() -> tuple[Counter[str], Counter[str]]:
         with psycopg.connect(collector) as conn:
-            tables = Counter({t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # table names from schemas
+            tables = Counter({t: one_row(conn.execute(f"SELECT count(*) FROM {t}"))[0]  # table names from schemas
                               for t in rows})
-            reasons = Counter(dict(conn.execute("SELECT reason_code, count(*) FROM dead_letters GROUP BY 1")))
+            reasons: Counter[str] = Counter(dict(conn.execute("SELECT reason_code, count(*) FROM dead_letters GROUP BY 1")))
         return tables, reasons
 
     deadline = time.monotonic() + 60

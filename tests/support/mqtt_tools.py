@@ -12,6 +12,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import psycopg
 
+from sanitel.db import one_row
+
 
 def publish(port: int, messages: Iterable[tuple[str, bytes]], *, client_id: str = "", timeout: float = 60) -> int:
     """Publish at QoS 1 and wait for every PUBACK; returns how many were published."""
@@ -43,7 +45,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.
 
 def count(db_url: str, sql: str, *params: object) -> int:
     with psycopg.connect(db_url) as conn:
-        return int(conn.execute(sql, params).fetchone()[0])  # type: ignore[index]
+        return int(one_row(conn.execute(sql, params))[0])
 
 
 def start_collector_process(db_url: str, mqtt_url: str, data_dir: Path, *, client_id: str, metrics_port: int = 0,

@@ -8,6 +8,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+
 from sanitel.processors.cems_averages import Average, AveragingRules, compute_averages, local_day_bounds
 
 TZ = "Asia/Shanghai"
@@ -141,6 +142,7 @@ def _day(value: float, o2: float, bad_half_hours: Iterable[int] = (), flag: str 
     return rows
 
 
+@pytest.mark.clock
 def test_eu_day_invalid_with_more_than_five_discarded_half_hours() -> None:
     day_start, day_end = local_day_bounds(DAY, TZ)
     # six half-hours in calibration (in three whole hours: 02:00–05:00) → EU daily invalid …
@@ -159,6 +161,7 @@ def test_eu_day_invalid_with_more_than_five_discarded_half_hours() -> None:
     assert (eu.valid, eu.discarded["periods"]) == (False, {"invalid": 3, "missing": 3})
 
 
+@pytest.mark.clock
 def test_daily_average_is_the_mean_of_valid_half_hours_and_hours() -> None:
     day_start, _ = local_day_bounds(DAY, TZ)
     rows = _day(100.0, 11.0)
@@ -171,12 +174,14 @@ def test_daily_average_is_the_mean_of_valid_half_hours_and_hours() -> None:
     assert len([a for a in avgs if a.period == "30min"]) == 48 and len([a for a in avgs if a.period == "1h"]) == 24
 
 
+@pytest.mark.clock
 def test_gb_day_needs_twenty_valid_hours() -> None:
     day_start, _ = local_day_bounds(DAY, TZ)
     gb = pick(compute(_day(80.0, 11.0, missing_half_hours=range(0, 10))), "nox", "1d", day_start, "gb")
     assert (gb.status, gb.n_valid) == ("invalid", 19)
 
 
+@pytest.mark.clock
 def test_day_in_progress() -> None:
     day_start, _ = local_day_bounds(DAY, TZ)
     rows = [r for r in _day(80.0, 11.0) if r["ts"] < at(12, 10)]

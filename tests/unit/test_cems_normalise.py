@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from sanitel.processors.cems_normalise import (
     NormalisationError,
     normalise_to_reference_o2,

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import msgspec
 import pytest
+
 from sanitel.schemas.contract import OUT_DIR, asyncapi, rendered
 from sanitel.schemas.readings import SweeperTelemetry
 
 
 def test_checked_in_contract_is_current() -> None:
-    for name, text in rendered().items():
+    files = rendered()
+    assert files, "the contract renders no file"
+    for name, text in files.items():
         path = OUT_DIR / name
         assert path.exists(), f"{path} is missing: run 'python -m sanitel.schemas.contract'"
         assert path.read_text() == text, f"{path} is stale: run 'python -m sanitel.schemas.contract' and commit"
@@ -33,6 +37,6 @@ def test_asyncapi_names_every_channel() -> None:
 
 
 @pytest.mark.parametrize("bad", [{"ts": 1, "soc_pct": 101}, {"soc_pct": 5}])
-def test_schema_and_validator_agree_on_rejections(bad: dict) -> None:
+def test_schema_and_validator_agree_on_rejections(bad: dict[str, Any]) -> None:
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert(bad, SweeperTelemetry)

@@ -6,15 +6,17 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from sanitel.ingest.decode import REASONS, decode_message, parse_device_time
 from sanitel.schemas.readings import BinStatus, SweeperTelemetry, table_columns
+from sanitel.schemas.records import Rejection, Row
 
 NOW = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
 SW = "sanitation/shenzhen/sweeper/sw-0001/telemetry"
 NOW_MS = int(NOW.timestamp() * 1000)
 
 
-def decode(topic: str, body: object) -> tuple[list, list]:
+def decode(topic: str, body: object) -> tuple[list[Row], list[Rejection]]:
     payload = body if isinstance(body, bytes) else json.dumps(body).encode()
     out = decode_message(topic, payload, NOW)
     return out.rows, out.rejections

@@ -8,12 +8,12 @@ from collections import Counter
 
 import msgspec
 import pytest
+
 from sanitel.schemas import hj212
 from sanitel.schemas.readings import BY_KIND_STREAM
 from sanitel.simulators.contract import ContractError, check_message
 from sanitel.simulators.run import generate
-from sanitel.simulators.scenario import load_scenario
-
+from sanitel.simulators.scenario import Scenario, load_scenario
 from tests.support import simulator_runs as fixtures
 
 
@@ -105,8 +105,8 @@ def test_a_device_does_not_depend_on_the_rest_of_the_fleet() -> None:
     small = load_scenario("demo").scaled(0.5)
     big = load_scenario("demo")
 
-    def sweeper_one(scenario: object) -> list[bytes]:
-        return [p for t, p, _ in generate(scenario, seed=9, start="2026-11-22T06:00:00+08:00",  # type: ignore[arg-type]
+    def sweeper_one(scenario: Scenario) -> list[bytes]:
+        return [p for t, p, _ in generate(scenario, seed=9, start="2026-11-22T06:00:00+08:00",
                                           duration_s=1800.0, faults=[]) if "/sw-0001/" in t]
 
     assert sweeper_one(small) == sweeper_one(big)
@@ -121,3 +121,4 @@ def test_sequence_numbers_increase_per_device(demo_day: list[tuple[str, bytes, f
         seq = msgspec.json.decode(payload)["seq"]
         assert seq > last.get(device, -1), f"{device}: seq {seq} after {last.get(device)}"
         last[device] = seq
+    assert len(last) > 10, "the demo day has devices with sequence numbers"

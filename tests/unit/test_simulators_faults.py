@@ -10,6 +10,8 @@ from typing import Any
 
 import msgspec
 import pytest
+
+from sanitel.errors import ConfigError
 from sanitel.schemas import hj212
 from sanitel.schemas.topics import DEVICE_KINDS
 from sanitel.simulators.clock import parse_instant
@@ -18,8 +20,6 @@ from sanitel.simulators.faults import FAULT_KINDS, FaultSpec, parse_fault_names
 from sanitel.simulators.run import Simulation, generate
 from sanitel.simulators.scenario import load_scenario, parse_scenario
 from sanitel.simulators.truth import TruthRecord, read_ground_truth
-
-from sanitel.errors import ConfigError
 from tests.support import simulator_runs as fixtures
 
 
@@ -82,9 +82,10 @@ def test_expected_effects_name_the_dead_letter_reason_and_the_alert(records: dic
 def test_malformed_payloads_really_are_malformed(faulted: tuple[Any, Simulation],
                                                  records: dict[str, list[TruthRecord]]) -> None:
     messages = faulted[0]
+    assert records["malformed"]
     for record in records["malformed"]:
         inside = device_messages(messages, record.device_id, record.start, record.end)
-        assert len(inside) == record.messages
+        assert len(inside) == record.messages > 0
         for topic, payload, _ in inside:
             with pytest.raises(ContractError) as caught:
                 check_message(topic, payload)
@@ -118,6 +119,7 @@ def test_silent_device_sends_nothing_in_its_window(faulted: tuple[Any, Simulatio
 
 def test_clock_skew_offsets_the_device_time(faulted: tuple[Any, Simulation],
                                             records: dict[str, list[TruthRecord]]) -> None:
+    assert records["clock_skew"]
     for record in records["clock_skew"]:
         inside = device_messages(faulted[0], record.device_id, record.start, record.end)
         assert len(inside) == record.messages > 0

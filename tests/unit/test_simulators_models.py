@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 import pytest
+
 from sanitel.schemas.readings import (
     BinDeposit,
     BinStatus,
@@ -29,7 +30,6 @@ from sanitel.simulators.models.sweeper import COUNTER_WRAP, Sweeper
 from sanitel.simulators.run import generate
 from sanitel.simulators.scenario import parse_scenario
 from sanitel.simulators.truth import GroundTruth
-
 from tests.support import simulator_runs as fixtures
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -76,7 +76,9 @@ def test_soc_drains_while_sweeping_and_recovers_while_charging() -> None:
 
 def test_sweepers_work_their_shifts_inside_their_district() -> None:
     districts = {"futian": (22.5431, 114.0579), "luohu": (22.5485, 114.1315)}
-    for device, readings in by_device("sweeper").items():
+    sweepers = by_device("sweeper")
+    assert sweepers
+    for device, readings in sweepers.items():
         sweeping = [r for r in readings if r.work_mode in SWEEP_MODES]
         assert sweeping, f"{device} never swept"
         for r in sweeping:
@@ -195,7 +197,7 @@ def test_deposits_peak_in_the_sorting_time_slots() -> None:
 
 def test_deposits_carry_household_category_and_weight() -> None:
     code = {"k": "kitchen", "r": "recyclable", "h": "hazardous", "o": "other"}
-    categories = Counter()
+    categories: Counter[str] = Counter()
     for device, readings in by_device("bin", "event").items():
         for r in readings:
             assert r.category == code[device[-1]], f"{device} took {r.category}"
@@ -246,7 +248,9 @@ def test_cems_oxygen_and_concentrations_are_typical_in_normal_operation() -> Non
 
 
 def test_calibration_and_maintenance_are_flagged_c_and_m() -> None:
-    for device, readings in cems_readings().items():
+    lines = cems_readings()
+    assert lines
+    for device, readings in lines.items():
         calibration = [r for r in readings if r.nox_flag == "C"]
         assert calibration, f"{device} never calibrated"
         hours = {local_hour(r) for r in calibration}

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sanitel.simulators.run import inventory
-from sanitel.simulators.scenario import available_scenarios, load_scenario
 
 from sanitel.errors import ConfigError
+from sanitel.simulators.run import inventory
+from sanitel.simulators.scenario import available_scenarios, load_scenario
 
 
 def test_shipped_scenarios_have_the_documented_sizes() -> None:
