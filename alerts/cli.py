@@ -7,11 +7,15 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sanitel.errors import ConfigError
 
+if TYPE_CHECKING:
+    from sanitel.alerts.rules import RuleModel
 
-def register(sub: argparse._SubParsersAction) -> None:
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("evaluator", help="evaluate alert rules and send notifications")
     p.add_argument("--once", action="store_true", help="one pass, deliver its MQTT notifications, exit")
     p.add_argument("--webhook", action="append", default=[], metavar="URL",
@@ -33,7 +37,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_evaluator(args: argparse.Namespace) -> int:
     from sanitel.alerts.service import EvaluatorService
-
     from sanitel.db import apply_migrations
     from sanitel.logs import setup_logging
     from sanitel.settings import load_settings
@@ -57,7 +60,6 @@ def run_evaluator(args: argparse.Namespace) -> int:
 
 def validate_rules(args: argparse.Namespace) -> int:
     from sanitel.alerts.rules import load_files, rule_files
-
     from sanitel.settings import load_settings
 
     files = args.files or rule_files(load_settings().rules_dir)
@@ -71,7 +73,6 @@ def validate_rules(args: argparse.Namespace) -> int:
 
 def list_rules(args: argparse.Namespace) -> int:
     from sanitel.alerts.rules import load_rules
-
     from sanitel.settings import load_settings
 
     settings = load_settings()
@@ -93,8 +94,9 @@ def list_rules(args: argparse.Namespace) -> int:
     return 0
 
 
-def _what(rule: object) -> str:
-    from sanitel.alerts.rules import EventCountRule, Lookup, OfflineRule, RateRule, WindowRule, format_duration
+def _what(rule: RuleModel) -> str:
+    from sanitel.alerts.rules import EventCountRule, Lookup, OfflineRule, RateRule, WindowRule
+    from sanitel.durations import format_duration
 
     if isinstance(rule, OfflineRule):
         return f"no data for {format_duration(rule.timeout) if rule.timeout else 'the device timeout'}"
@@ -107,7 +109,7 @@ def _what(rule: object) -> str:
         return f"{rule.aggregate}({what})/{rule.window} {rule.op} {limit}"
     if isinstance(rule, RateRule):
         return f"d{rule.field}/{format_duration(rule.rate_per)} {rule.op} {limit}"
-    bit = f" bit {rule.bit}" if getattr(rule, "bit", None) is not None else ""  # type: ignore[attr-defined]
+    bit = f" bit {rule.bit}" if getattr(rule, "bit", None) is not None else ""
     return f"{getattr(rule, 'field', '?')}{bit} {getattr(rule, 'op', '?')} {limit}"
 
 

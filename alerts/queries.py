@@ -24,6 +24,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+
 from sanitel.alerts.rules import (
     AVERAGE_PERIODS,
     AVERAGES_TABLE,
@@ -34,6 +35,7 @@ from sanitel.alerts.rules import (
     WindowRule,
     _field_kind,
 )
+from sanitel.db import one_row
 from sanitel.schemas.hj212 import PARAMETER_CODES
 
 log = logging.getLogger("sanitel.alerts")
@@ -52,13 +54,14 @@ def safe_upto(conn: psycopg.Connection, fallback_settle: timedelta = timedelta(s
     in this database, or now. Call first in a transaction (pg_stat_activity is a per-transaction snapshot).
     When other sessions' transactions are hidden (another role without pg_read_all_stats), fall back
     to now − ``fallback_settle``."""
-    now, oldest, hidden = conn.execute(
+    row: tuple[datetime, datetime | None, int] = one_row(conn.execute(
         """SELECT clock_timestamp(),
                   min(xact_start) FILTER (WHERE xact_start IS NOT NULL),
                   count(*) FILTER (WHERE state IS NULL)
            FROM pg_stat_activity
            WHERE pid <> pg_backend_pid() AND datname = current_database() AND backend_type = 'client backend'"""
-    ).fetchone()  # type: ignore[misc]
+    ))
+    now, oldest, hidden = row
     upto = now - fallback_settle if hidden else now
     if oldest is not None and oldest < upto:
         if now - oldest > MAX_TRANSACTION_HOLD:
@@ -96,7 +99,8 @@ def averages_changes(conn: psycopg.Connection, since: datetime, upto: datetime,
 
 
 def table_exists(conn: psycopg.Connection, table: str) -> bool:
-    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]  # type: ignore[index]
+    exists: bool = one_row(conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)))[0]
+    return exists
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,8 +117,9 @@ def value_sql(rule: ThresholdRule | RateRule | WindowRule | EventCountRule) -> s
     if field is None:
         return sql.SQL("1.0::float8")
     column = _column(field)
-    if getattr(rule, "bit", None) is not None:
-        return sql.SQL("((({} >> {}) & 1)::float8)").format(column, sql.Literal(rule.bit))  # type: ignore[union-attr]
+    bit = getattr(rule, "bit", None)
+    if bit is not None:
+        return sql.SQL("((({} >> {}) & 1)::float8)").format(column, sql.Literal(bit))
     if _field_kind(rule.source, field) == "bool":
         return sql.SQL("({}::int::float8)").format(column)
     # through numeric: a real column's 0.05 stays 0.05, not 0.05000000074505806, in values and summaries
@@ -163,8 +168,9 @@ def where_sql(rule: ThresholdRule | RateRule | WindowRule | EventCountRule) -> s
             parts.append(sql.SQL("{}::text = ANY({})").format(col, sql.Literal([str(v) for v in condition])))
         else:
             parts.append(sql.SQL("{} = {}").format(col, sql.Literal(condition)))
-    if getattr(rule, "local_hours", None):
-        parts.append(_local_hours_sql(rule.local_hours))  # type: ignore[arg-type]
+    local_hours = getattr(rule, "local_hours", None)
+    if local_hours:
+        parts.append(_local_hours_sql(local_hours))
     return sql.SQL("").join(sql.SQL(" AND ") + p for p in parts)
 
 

@@ -22,14 +22,14 @@ from collections.abc import Sequence
 
 import psycopg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
 from sanitel.alerts.evaluator import Evaluator, EvaluatorConfig, PassReport
 from sanitel.alerts.notify.mqtt import MqttSink, deliver_pending
 from sanitel.alerts.notify.outbox import upsert_webhook
 from sanitel.alerts.notify.webhook import RetryPolicy, WebhookDispatcher
 from sanitel.alerts.rules import RuleSet, load_database_rules, load_files, rule_files
-from sanitel.schemas.topics import SEVERITIES
-
 from sanitel.errors import ConfigError, SanitelError
+from sanitel.schemas.topics import SEVERITIES
 from sanitel.settings import Settings
 
 log = logging.getLogger("sanitel.alerts")

@@ -9,11 +9,12 @@ winning key by key (``limits`` merged per rule id, ``disabled_rules`` added up),
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+
 from sanitel.alerts.rules import RuleModel
 
 DEFAULT_TZ = "Asia/Shanghai"  # sites.timezone's default (migration 0001)
@@ -112,10 +113,6 @@ class Registry:
         chain = self.chain(site_id)
         return chain[0].timezone if chain else DEFAULT_TZ
 
-    def device_timezone(self, device_id: str) -> str:
-        device = self.devices.get(device_id)
-        return self.timezone(device.site_id if device else None)
-
     # --- scopes ---------------------------------------------------------------------------------
     def in_scope(self, rule: RuleModel, device_id: str) -> bool:
         device = self.devices.get(device_id)
@@ -125,11 +122,6 @@ class Registry:
         if scope.devices and device_id not in scope.devices:
             return False
         return not scope.sites or any(s.site_id in scope.sites for s in self.chain(device.site_id))
-
-    def devices_in_scope(self, rule: RuleModel, kinds: Iterable[str] | None = None) -> list[str]:
-        wanted = set(kinds) if kinds is not None else None
-        return [d for d, dev in self.devices.items()
-                if (wanted is None or dev.kind in wanted) and self.in_scope(rule, d)]
 
     def devices_at(self, site_id: str | None) -> list[str]:
         return [d for d, dev in self.devices.items() if dev.site_id == site_id]

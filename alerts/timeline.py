@@ -108,7 +108,8 @@ class Cursor:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Cursor:
         known = cls.__dataclass_fields__
-        values = {k: (datetime.fromisoformat(v) if isinstance(v, str) else v) for k, v in data.items() if k in known}
+        values: dict[str, Any] = {k: (datetime.fromisoformat(v) if isinstance(v, str) else v)
+                                  for k, v in data.items() if k in known}
         return cls(**values)
 
     def copy(self) -> Cursor:

@@ -19,7 +19,7 @@ from typing import Literal
 
 Role = Literal["viewer", "supervisor", "admin"]
 ROLES: tuple[Role, ...] = ("viewer", "supervisor", "admin")
-_RANK = {role: rank for rank, role in enumerate(ROLES)}
+_RANK: dict[str, int] = {role: rank for rank, role in enumerate(ROLES)}
 
 TOKEN_PREFIX = "sntl_"
 _TOKEN = re.compile(r"^sntl_([0-9a-f]{16})_([A-Za-z0-9_-]{20,128})$")

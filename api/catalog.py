@@ -9,8 +9,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cache
+from typing import cast
 
 import msgspec.inspect as mi
+
 from sanitel.schemas.readings import READING_TYPES, Reading, value_fields
 
 _UNIT = re.compile(r"\[([^\]]+)\]\s*$")
@@ -36,7 +38,7 @@ def _base_type(t: mi.Type) -> mi.Type:
 def _metrics_of(reading_type: type[Reading]) -> list[Metric]:
     wanted = set(value_fields(reading_type))
     found = []
-    for field in mi.type_info(reading_type).fields:  # type: ignore[attr-defined]
+    for field in cast(mi.StructType, mi.type_info(reading_type)).fields:  # a Reading is a Struct
         if field.name not in wanted:
             continue
         t = _base_type(field.type)

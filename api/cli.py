@@ -13,22 +13,22 @@ from pathlib import Path
 from typing import TypeVar
 
 import psycopg
+
 from sanitel.api.auth import ROLES, new_key
 from sanitel.api.credentials import rotate_device_password, set_service_account, sync_broker_files
-from sanitel.api.mqtt_auth import SERVICE_RULES, BrokerAuthFiles, hash_password, new_password
 from sanitel.api.queries import devices as device_queries
 from sanitel.api.queries import keys as key_queries
 from sanitel.api.queries import sites as site_queries
-from sanitel.schemas.topics import DEVICE_KINDS, ID_PATTERN, ROOT
-
+from sanitel.broker_auth import SERVICE_RULES, BrokerAuthFiles, hash_password, new_password
 from sanitel.db import apply_migrations
 from sanitel.errors import SanitelError
+from sanitel.schemas.topics import DEVICE_KINDS, ID_PATTERN, ROOT
 from sanitel.settings import Settings, load_settings
 
 T = TypeVar("T")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _register_api(subparsers)
     _register_keys(subparsers)
     _register_devices(subparsers)
@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 # --- sanitel api -------------------------------------------------------------------------------------
 
-def _register_api(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _register_api(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("api", help="run the HTTP API (OpenAPI docs at /docs)")
     p.add_argument("--host", help="default: settings api_host")
     p.add_argument("--port", type=int, help="default: settings api_port")
@@ -46,6 +46,7 @@ def _register_api(subparsers: argparse._SubParsersAction) -> None:  # type: igno
 
 def _run_api(args: argparse.Namespace) -> int:
     import uvicorn
+
     from sanitel.api.app import create_app
 
     settings = load_settings()
@@ -59,7 +60,7 @@ def _run_api(args: argparse.Namespace) -> int:
 
 # --- sanitel keys ------------------------------------------------------------------------------------
 
-def _register_keys(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _register_keys(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("keys", help="manage API keys")
     sub = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     create = sub.add_parser("create", help="create a key and print it (once)")
@@ -106,7 +107,7 @@ def _keys_revoke(args: argparse.Namespace) -> int:
 
 # --- sanitel devices ---------------------------------------------------------------------------------
 
-def _register_devices(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _register_devices(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("devices", help="register devices and manage broker credentials")
     sub = p.add_subparsers(dest="devices_command", required=True, metavar="ACTION")
     reg = sub.add_parser("register", help="register a device and print its MQTT credentials (once)")

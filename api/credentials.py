@@ -9,8 +9,9 @@ import logging
 
 import anyio
 from psycopg import AsyncConnection
-from sanitel.api.mqtt_auth import BrokerAccount, BrokerAuthFiles, hash_password, new_password
+
 from sanitel.api.queries import devices as queries
+from sanitel.broker_auth import BrokerAccount, BrokerAuthFiles, hash_password, new_password
 
 log = logging.getLogger("sanitel.api.credentials")
 

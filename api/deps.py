@@ -16,13 +16,13 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
+
 from sanitel.api.auth import Role, VerifiedCache, parse_token, role_allows
 from sanitel.api.errors import ApiError
-from sanitel.api.mqtt_auth import BrokerAuthFiles
 from sanitel.api.observability import ApiMetrics
 from sanitel.api.queries import keys as key_queries
 from sanitel.api.stream import AlertBroadcaster
-
+from sanitel.broker_auth import BrokerAuthFiles
 from sanitel.settings import Settings
 
 
@@ -42,7 +42,8 @@ class ApiContext:
 
 
 def get_context(request: Request) -> ApiContext:
-    return request.app.state.sanitel  # type: ignore[no-any-return]
+    context: ApiContext = request.app.state.sanitel  # set by create_app
+    return context
 
 
 Context = Annotated[ApiContext, Depends(get_context)]

@@ -6,6 +6,7 @@ from collections import defaultdict
 from typing import Any
 
 from psycopg import AsyncConnection
+
 from sanitel.api.catalog import tables_of_kind
 from sanitel.api.models import DeviceLatest, Reading
 from sanitel.api.queries import readings as queries

@@ -10,6 +10,7 @@ from datetime import date, datetime
 from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
 from sanitel.api.params import ApiTime, Ident, LongText, ShortText, contains_nul
 
 T = TypeVar("T")

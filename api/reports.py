@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd
 from psycopg import AsyncConnection
+
 from sanitel.api.models import DistrictDay
 from sanitel.api.queries import reports as queries
 

@@ -8,11 +8,12 @@ the good ones and rejects the bad one with its index.
 from __future__ import annotations
 
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
+
 from sanitel.schemas.readings import (
     BY_KIND_STREAM,
     DEFAULT_STREAM,
@@ -21,6 +22,7 @@ from sanitel.schemas.readings import (
     Reading,
     value_fields,
 )
+from sanitel.schemas.records import Decoded, Rejection, Row
 from sanitel.schemas.topics import DEVICE_KINDS, DeviceTopic, GatewayTopic, Hj212Topic, TopicError, parse_topic
 
 REASONS = {
@@ -46,33 +48,6 @@ OLDEST_TS = datetime(2000, 1, 1, tzinfo=UTC)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ENVELOPE_KEYS = frozenset(("kind", "stream", "device_id"))
 _json = msgspec.json.Decoder()
-
-
-@dataclass(slots=True)
-class Rejection:
-    reason_code: str
-    reason: str
-    index: int | None = None  # position of the reading in an array or gateway batch
-    kind: str | None = None
-    device_id: str | None = None
-
-
-@dataclass(slots=True)
-class Row:
-    table: str
-    kind: str
-    device_id: str
-    ts: datetime
-    values: tuple[Any, ...]  # in schemas.readings.table_columns order
-    index: int | None = None
-    via_hj212: bool = False  # decoded from an HJ 212 frame: its PW is checked against the registry
-    hj212_pw: str | None = None
-
-
-@dataclass(slots=True)
-class Decoded:
-    rows: list[Row] = field(default_factory=list)
-    rejections: list[Rejection] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +100,7 @@ def _strict(reading_type: type[Reading]) -> type[Reading]:
 # The common case — valid readings without unknown fields — decodes straight into typed structs, several times
 # faster than JSON → dict → struct. Anything else (unknown fields to keep, bad input to explain) takes the
 # general path below, which gives the same result for valid input and the precise reason for bad input.
-_FAST = {key: msgspec.json.Decoder(_strict(t) | list[_strict(t)])  # type: ignore[operator]
+_FAST = {key: msgspec.json.Decoder(_strict(t) | list[_strict(t)])  # type: ignore[misc]  # list[] of a class made at run time
          for key, t in BY_KIND_STREAM.items()}
 
 

@@ -43,11 +43,13 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from itertools import pairwise
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import psycopg
 from psycopg.types.json import Jsonb
+
+from sanitel.db import one_row
 from sanitel.processors.cems_normalise import O2_GUARD_PCT, O2_REF_PCT, NormalisationError, to_reference
 from sanitel.processors.watermarks import read_watermark, store_watermark
 
@@ -130,6 +132,7 @@ def evaluate(row: Mapping[str, Any], pollutant: str, rules: AveragingRules) -> S
     if reason is not None:
         return Sample(ts, None, meas, reason)
     if zs is None:
+        assert meas is not None  # else _discard_reason said "no_value"
         try:
             zs = to_reference(meas, row["o2_pct"], gas_is_dry=row.get("gas_is_dry", True),
                               h2o_pct=row.get("h2o_pct"), o2_ref=rules.o2_ref, o2_max=rules.o2_max)
@@ -148,7 +151,7 @@ def _discard_reason(row: Mapping[str, Any], meas: float | None, zs: float | None
     o2_trusted = o2 is not None and (o2_flag is None or o2_flag in rules.counted_flags)
     if zs is not None:
         # the analyser's own normalisation exploded near ambient O2 just the same
-        return "o2_guard" if o2_trusted and o2 > rules.o2_max else None
+        return "o2_guard" if o2_trusted and o2 is not None and o2 > rules.o2_max else None
     if o2 is None:
         return "no_o2"
     if not o2_trusted:
@@ -212,7 +215,7 @@ def average_period(pollutant: str, spec: PeriodSpec, start: datetime, samples: S
     else:
         status = "invalid"
     return Average(pollutant, spec.name, spec.standard, start, end,
-                   statistics.fmean(s.zs for s in valid) if valid else None,  # type: ignore[misc]
+                   statistics.fmean(cast(float, s.zs) for s in valid) if valid else None,  # counted: zs not None
                    statistics.fmean(meas) if meas else None,
                    len(valid), sum(discarded.values()), dict(discarded), covered, status)
 
@@ -236,7 +239,7 @@ def average_day(pollutant: str, standard: str, day_start: datetime, day_end: dat
         status = "not_operating"
     meas = [p.avg_meas for p in valid if p.avg_meas is not None]
     return Average(pollutant, "1d", standard, day_start, day_end,
-                   statistics.fmean(p.avg_zs for p in valid) if valid else None,  # type: ignore[misc]
+                   statistics.fmean(cast(float, p.avg_zs) for p in valid) if valid else None,  # valid: avg_zs not None
                    statistics.fmean(meas) if meas else None,
                    len(valid), n_discarded, {"periods": dict(statuses), "readings": dict(readings)},
                    None, status)
@@ -417,7 +420,7 @@ def run_scheduled(conn: psycopg.Connection, *, name: str = WATERMARK_NAME, rules
                   now: datetime | None = None) -> datetime | None:
     """One pass of the scheduled processor: read the stored watermark, recompute what changed, store
     the new one. Returns None when another process holds the processor's lock (only one runs)."""
-    if not conn.execute("SELECT pg_try_advisory_lock(%s, 0)", (_LOCK_NAMESPACE,)).fetchone()[0]:  # type: ignore[index]
+    if not one_row(conn.execute("SELECT pg_try_advisory_lock(%s, 0)", (_LOCK_NAMESPACE,)))[0]:
         return None
     try:
         new = recompute_since(conn, read_watermark(conn, name), rules=rules, now=now)

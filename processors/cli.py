@@ -14,7 +14,7 @@ from sanitel.logs import setup_logging
 from sanitel.settings import load_settings
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("maintain", help="scheduled processor: 5-minute rollups, CEMS averages, retention")
     p.add_argument("--once", action="store_true", help="one pass, print what it did, exit")
     p.set_defaults(func=run)

@@ -30,9 +30,9 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 import yaml
-from sanitel.processors.cems_averages import DEFAULT_TZ, local_day_bounds
 
 from sanitel.errors import ConfigError
+from sanitel.processors.cems_averages import DEFAULT_TZ, local_day_bounds
 
 LIMITS_FILE = Path(__file__).with_name("cems_limits.yaml")
 REFERENCE = "dry flue gas, 273.15 K, 101.325 kPa, 11 % O2"
@@ -82,7 +82,8 @@ class LimitSet:
 
 @cache
 def _default_file() -> dict[str, Any]:
-    return yaml.safe_load(LIMITS_FILE.read_text())
+    data: dict[str, Any] = yaml.safe_load(LIMITS_FILE.read_text())
+    return data
 
 
 def default_limits() -> dict[tuple[str, str], float]:
@@ -220,8 +221,8 @@ def run_check(limit: Limit, rows: Sequence[Mapping[str, Any]], limits: LimitSet,
     """One limit against the averages of its period: worst value, exceedances, share, verdict."""
     standard, period, how = LIMIT_KEYS[limit.key]
     ci = limits.confidence_interval(limit.pollutant) if standard == "eu" else 0.0
-    judged = [(r, _value(r, standard, ci, eu_daily)) for r in rows if r["valid"]]
-    judged = [(r, v) for r, v in judged if v is not None]
+    scored = [(r, _value(r, standard, ci, eu_daily)) for r in rows if r["valid"]]
+    judged = [(r, v) for r, v in scored if v is not None]
     exceed = [(r, v) for r, v in judged if v > limit.value]
     worst = max(judged, key=lambda rv: rv[1], default=None)
     share = 1 - len(exceed) / len(judged) if judged else None
@@ -365,7 +366,8 @@ def report_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
 def report_csv(report: Mapping[str, Any]) -> str:
     import pandas as pd
 
-    return pd.DataFrame(report_rows(report), columns=list(CSV_COLUMNS)).to_csv(index=False)
+    csv: str = pd.DataFrame(report_rows(report), columns=list(CSV_COLUMNS)).to_csv(index=False)
+    return csv
 
 
 def half_hour_series(conn: psycopg.Connection, plant_id: str, day: date, line: str | None = None

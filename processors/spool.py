@@ -14,6 +14,7 @@ import os
 import struct
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from io import BufferedWriter
 from pathlib import Path
 
 import msgspec
@@ -31,7 +32,7 @@ class Spool:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.segment_bytes = segment_bytes
         self._current: Path | None = None
-        self._fh: object | None = None
+        self._fh: BufferedWriter | None = None
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(tuple[str, bytes, int])
 
@@ -52,13 +53,13 @@ class Spool:
             us = (received_at - _EPOCH) // timedelta(microseconds=1)
             record = self._encoder.encode((topic, payload, us))
             buf += _LEN.pack(len(record)) + record
-        fh.write(buf)  # type: ignore[attr-defined]
-        fh.flush()  # type: ignore[attr-defined]
-        os.fsync(fh.fileno())  # type: ignore[attr-defined]
-        if fh.tell() >= self.segment_bytes:  # type: ignore[attr-defined]
+        fh.write(buf)
+        fh.flush()
+        os.fsync(fh.fileno())
+        if fh.tell() >= self.segment_bytes:
             self.close()
 
-    def _open_segment(self) -> object:
+    def _open_segment(self) -> BufferedWriter:
         if self._fh is None:
             existing = self.segments()
             number = int(existing[-1].stem) + 1 if existing else 1
@@ -73,7 +74,7 @@ class Spool:
 
     def close(self) -> None:
         if self._fh is not None:
-            self._fh.close()  # type: ignore[attr-defined]
+            self._fh.close()
             self._fh = None
             self._current = None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -12,6 +13,8 @@ from sanitel.errors import SanitelError
 from sanitel.urls import redact_url
 
 MIGRATION_LOCK_ID = 0x5A417E1  # advisory lock: one process migrates at a time
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -35,10 +38,10 @@ def load_migrations() -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
-def connect(url: str, **kwargs: object) -> psycopg.Connection:
+def connect(url: str, **kwargs: Any) -> psycopg.Connection:
     """A connection, or a SanitelError that says which database could not be reached and why."""
     try:
-        return psycopg.connect(url, connect_timeout=10, **kwargs)  # type: ignore[arg-type]
+        return psycopg.connect(url, connect_timeout=10, **kwargs)
     except psycopg.OperationalError as exc:
         raise SanitelError(
             f"cannot connect to the database at {redact_url(url)}: {' '.join(str(exc).split())}; "
@@ -62,7 +65,7 @@ def apply_migrations(url: str) -> list[str]:
                 "CREATE TABLE IF NOT EXISTS schema_migrations (version text PRIMARY KEY, name text NOT NULL,"
                 " checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
             )
-            done = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+            done: dict[str, str] = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
             for m in load_migrations():
                 if m.version in done:
                     if done[m.version] != m.checksum:
@@ -72,7 +75,7 @@ def apply_migrations(url: str) -> list[str]:
                         )
                     continue
                 with conn.transaction():
-                    conn.execute(m.sql)  # type: ignore[arg-type]
+                    conn.execute(m.sql)
                     conn.execute(
                         "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
                         (m.version, m.name, m.checksum),
@@ -81,6 +84,13 @@ def apply_migrations(url: str) -> list[str]:
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
     return applied_now
+
+
+def one_row(cursor: psycopg.Cursor[R]) -> R:
+    """The row of a query that always returns exactly one (a function call, an aggregate): fetchone() not None."""
+    row = cursor.fetchone()
+    assert row is not None, "the query returned no row"
+    return row
 
 
 def timescaledb_info(conn: psycopg.Connection) -> dict[str, str]:

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from sanitel.errors import ConfigError, SanitelError
 from sanitel.mqtt_wire import BrokerTarget
+from sanitel.urls import redact_url
 
 
 class Settings(BaseSettings):
@@ -66,7 +67,7 @@ class Settings(BaseSettings):
         parts = urlsplit(v)
         if parts.scheme not in ("postgresql", "postgres") or not (parts.hostname or "host=" in v):
             raise ValueError(
-                f"{v!r} is not a PostgreSQL URL; use postgresql://user:password@host:port/dbname"
+                f"{redact_url(v)!r} is not a PostgreSQL URL; use postgresql://user:password@host:port/dbname"
             )
         return v
 

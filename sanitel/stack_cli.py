@@ -13,9 +13,10 @@ from sanitel.db import apply_migrations, connect, timescaledb_info
 from sanitel.errors import SanitelError
 from sanitel.settings import Settings, load_settings
 from sanitel.stack import LocalStack
+from sanitel.urls import redact_url
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     stack = sub.add_parser("stack", help="the local PostgreSQL+TimescaleDB and Mosquitto")
     stack_sub = stack.add_subparsers(dest="action", required=True, metavar="ACTION")
     stack_sub.add_parser("up", help="start them (and apply migrations); waits until healthy").set_defaults(func=up)
@@ -32,8 +33,9 @@ def up(args: argparse.Namespace) -> int:
     settings = load_settings()
     LocalStack(settings).up()
     applied = apply_migrations(settings.effective_database_url)
-    print(f"database  {settings.effective_database_url}" + (" (local)" if settings.uses_local_database else ""))
-    print(f"broker    {settings.effective_mqtt_url}" + (" (local)" if settings.uses_local_broker else ""))
+    print(f"database  {redact_url(settings.effective_database_url)}"
+          + (" (local)" if settings.uses_local_database else ""))
+    print(f"broker    {redact_url(settings.effective_mqtt_url)}" + (" (local)" if settings.uses_local_broker else ""))
     print(f"migrations applied now: {', '.join(applied) or 'none (up to date)'}")
     return 0
 
@@ -51,11 +53,11 @@ def status(args: argparse.Namespace) -> int:
     for name, server, url in (("postgres", stack.postgres, settings.effective_database_url),
                               ("mosquitto", stack.mosquitto, settings.effective_mqtt_url)):
         if server is None:
-            print(f"{name:<10} external  {url}")
+            print(f"{name:<10} external  {redact_url(url)}")
         else:
             running = server.running()
             healthy &= running
-            print(f"{name:<10} {'running' if running else 'stopped':<9} {url}")
+            print(f"{name:<10} {'running' if running else 'stopped':<9} {redact_url(url)}")
     try:
         with connect(settings.effective_database_url) as conn:
             info = timescaledb_info(conn)
@@ -87,7 +89,8 @@ def run_all(args: argparse.Namespace) -> int:
     stack = LocalStack(settings)
     stack.up()
     apply_migrations(settings.effective_database_url)
-    print(f"[run] database {settings.effective_database_url}  broker {settings.effective_mqtt_url}")
+    print(f"[run] database {redact_url(settings.effective_database_url)}"
+          f"  broker {redact_url(settings.effective_mqtt_url)}")
     print(f"[run] API http://{settings.api_host}:{settings.api_port}/docs — Ctrl-C stops everything")
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
     stop = False

@@ -13,7 +13,8 @@ from typing import Any
 
 import msgspec
 import yaml
-from sanitel.schemas.readings import DEFAULT_STREAM, READING_TYPES, GatewayBatch
+
+from sanitel.schemas.readings import DEFAULT_STREAM, READING_TYPES, GatewayBatch, Reading
 from sanitel.schemas.topics import CITY_PATTERN, ID_PATTERN, SEVERITIES
 
 OUT_DIR = Path(__file__).resolve().parent.parent / "docs" / "contract"
@@ -23,12 +24,13 @@ REJECTIONS_DOC = "Rejected input is stored in the dead-letter table with its raw
 def json_schemas() -> dict[str, dict[str, Any]]:
     """One JSON Schema document per reading type plus the gateway batch, keyed by file name."""
     out: dict[str, dict[str, Any]] = {}
-    for reading_type in (*READING_TYPES, GatewayBatch):
+    documented: tuple[type[msgspec.Struct], ...] = (*READING_TYPES, GatewayBatch)
+    for reading_type in documented:
         (schema,), components = msgspec.json.schema_components([reading_type], ref_template="#/$defs/{name}")
         name = reading_type.__name__
         doc = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": name, **schema,
                "$defs": components}
-        if reading_type is not GatewayBatch:
+        if issubclass(reading_type, Reading):  # every type but GatewayBatch
             doc["$comment"] = (f"Topic sanitation/{{city}}/{reading_type.kind}/{{device_id}}/{reading_type.stream}; "
                                "payload: one object or an array of them. Unknown fields are kept.")
         out[f"{_snake(name)}.schema.json"] = doc

@@ -231,12 +231,6 @@ def format_data_time(ts: datetime, tz: str = DEFAULT_TZ) -> str:
     return (ts.astimezone(ZoneInfo(tz)) if ts.tzinfo else ts).strftime("%Y%m%d%H%M%S")
 
 
-def format_qn(ts: datetime, tz: str = DEFAULT_TZ) -> str:
-    """``YYYYMMDDhhmmsszzz`` (milliseconds) in local time."""
-    local = ts.astimezone(ZoneInfo(tz)) if ts.tzinfo else ts
-    return local.strftime("%Y%m%d%H%M%S") + f"{local.microsecond // 1000:03d}"
-
-
 def unwrap_frame(raw: bytes) -> str:
     """Check ``##``, length, CRC and CRLF; return the data segment (ASCII text)."""
     if not raw.startswith(b"##"):
@@ -379,13 +373,6 @@ def peek_header(raw: bytes) -> dict[str, str]:
                 header[key] = m.group(1)
     return {k: v for k, v in header.items()
             if (k != "MN" or _MN.fullmatch(v)) and (k != "QN" or _QN.fullmatch(v))}
-
-
-def check_password(frame: Hj212Frame, expected: str | None) -> None:
-    """Raise ``wrong_password`` when a password is registered for the MN and PW differs (or is absent)."""
-    if expected is not None and frame.pw != expected:
-        shown = "absent" if frame.pw is None else "wrong"
-        raise Hj212Error("wrong_password", f"PW is {shown} for MN {frame.mn}")
 
 
 # --- frame → CEMS readings --------------------------------------------------------------------

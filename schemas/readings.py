@@ -8,14 +8,15 @@ kept (stored in ``extra``), never dropped. Ranges are physical limits, not alert
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 from msgspec import Meta
 
 
-def _r(lo: float, hi: float, unit: str, doc: str = "") -> object:
-    return Annotated[float, Meta(ge=lo, le=hi, description=f"{doc} [{unit}]".strip())]
+def _r(lo: float, hi: float, unit: str, doc: str = "") -> Meta:
+    """The physical range of a float field, used as ``Annotated[float, _r(...)]``."""
+    return Meta(ge=lo, le=hi, description=f"{doc} [{unit}]".strip())
 
 
 Ts = Annotated[
@@ -52,29 +53,29 @@ class SweeperTelemetry(Reading):
     kind: ClassVar[str] = "sweeper"
     stream: ClassVar[str] = "telemetry"
 
-    lat: _r(-90, 90, "degrees", "WGS-84 latitude") | None = None  # type: ignore[valid-type]
-    lon: _r(-180, 180, "degrees", "WGS-84 longitude") | None = None  # type: ignore[valid-type]
-    speed_kmh: _r(0, 200, "km/h") | None = None  # type: ignore[valid-type]
-    heading_deg: _r(0, 360, "degrees") | None = None  # type: ignore[valid-type]
-    odometer_km: _r(0, 10_000_000, "km", "may wrap or reset") | None = None  # type: ignore[valid-type]
-    soc_pct: _r(0, 100, "%", "battery state of charge") | None = None  # type: ignore[valid-type]
-    pack_voltage_v: _r(0, 1500, "V") | None = None  # type: ignore[valid-type]
-    pack_current_a: _r(-1000, 1000, "A", "negative while charging") | None = None  # type: ignore[valid-type]
-    cell_voltage_max_v: _r(0, 15, "V") | None = None  # type: ignore[valid-type]
-    cell_voltage_min_v: _r(0, 15, "V") | None = None  # type: ignore[valid-type]
-    battery_temp_max_c: _r(-40, 210, "°C", "highest probe") | None = None  # type: ignore[valid-type]
-    battery_temp_min_c: _r(-40, 210, "°C", "lowest probe") | None = None  # type: ignore[valid-type]
-    insulation_kohm: _r(0, 60_000, "kΩ") | None = None  # type: ignore[valid-type]
-    motor_temp_c: _r(-40, 210, "°C") | None = None  # type: ignore[valid-type]
-    motor_rpm: _r(-20_000, 20_000, "rpm") | None = None  # type: ignore[valid-type]
+    lat: Annotated[float, _r(-90, 90, "degrees", "WGS-84 latitude")] | None = None
+    lon: Annotated[float, _r(-180, 180, "degrees", "WGS-84 longitude")] | None = None
+    speed_kmh: Annotated[float, _r(0, 200, "km/h")] | None = None
+    heading_deg: Annotated[float, _r(0, 360, "degrees")] | None = None
+    odometer_km: Annotated[float, _r(0, 10_000_000, "km", "may wrap or reset")] | None = None
+    soc_pct: Annotated[float, _r(0, 100, "%", "battery state of charge")] | None = None
+    pack_voltage_v: Annotated[float, _r(0, 1500, "V")] | None = None
+    pack_current_a: Annotated[float, _r(-1000, 1000, "A", "negative while charging")] | None = None
+    cell_voltage_max_v: Annotated[float, _r(0, 15, "V")] | None = None
+    cell_voltage_min_v: Annotated[float, _r(0, 15, "V")] | None = None
+    battery_temp_max_c: Annotated[float, _r(-40, 210, "°C", "highest probe")] | None = None
+    battery_temp_min_c: Annotated[float, _r(-40, 210, "°C", "lowest probe")] | None = None
+    insulation_kohm: Annotated[float, _r(0, 60_000, "kΩ")] | None = None
+    motor_temp_c: Annotated[float, _r(-40, 210, "°C")] | None = None
+    motor_rpm: Annotated[float, _r(-20_000, 20_000, "rpm")] | None = None
     charging_state: ChargingState | None = None
     work_mode: WorkMode | None = None
-    fan_speed_rpm: _r(0, 20_000, "rpm", "suction fan") | None = None  # type: ignore[valid-type]
+    fan_speed_rpm: Annotated[float, _r(0, 20_000, "rpm", "suction fan")] | None = None
     brush_on: bool | None = None
-    water_tank_pct: _r(0, 100, "%") | None = None  # type: ignore[valid-type]
-    hopper_fill_pct: _r(0, 100, "%") | None = None  # type: ignore[valid-type]
-    swept_distance_km: _r(0, 10_000_000, "km", "counter; may wrap or reset") | None = None  # type: ignore[valid-type]
-    work_hours_h: _r(0, 1_000_000, "h", "counter; may wrap or reset") | None = None  # type: ignore[valid-type]
+    water_tank_pct: Annotated[float, _r(0, 100, "%")] | None = None
+    hopper_fill_pct: Annotated[float, _r(0, 100, "%")] | None = None
+    swept_distance_km: Annotated[float, _r(0, 10_000_000, "km", "counter; may wrap or reset")] | None = None
+    work_hours_h: Annotated[float, _r(0, 1_000_000, "h", "counter; may wrap or reset")] | None = None
     alarm_level: Annotated[int, Meta(ge=0, le=3, description="GB/T 32960 alarm level 0-3")] | None = None
     alarm_flags: Annotated[int, Meta(ge=0, le=2**32 - 1, description="GB/T 32960 32-bit general alarm flag")] | None = None
 
@@ -87,17 +88,17 @@ class StationTelemetry(Reading):
     stream: ClassVar[str] = "telemetry"
 
     compactor_running: bool | None = None
-    compactor_pressure_mpa: _r(0, 100, "MPa") | None = None  # type: ignore[valid-type]
-    hopper_level_pct: _r(0, 100, "%") | None = None  # type: ignore[valid-type]
-    h2s_mg_m3: _r(0, 1000, "mg/m³", "boundary H2S") | None = None  # type: ignore[valid-type]
-    nh3_mg_m3: _r(0, 1000, "mg/m³", "boundary NH3") | None = None  # type: ignore[valid-type]
-    odour_concentration: _r(0, 1_000_000, "dimensionless", "odour concentration") | None = None  # type: ignore[valid-type]
-    noise_dba: _r(0, 194, "dB(A)", "boundary noise") | None = None  # type: ignore[valid-type]
-    leachate_level_pct: _r(0, 100, "%") | None = None  # type: ignore[valid-type]
+    compactor_pressure_mpa: Annotated[float, _r(0, 100, "MPa")] | None = None
+    hopper_level_pct: Annotated[float, _r(0, 100, "%")] | None = None
+    h2s_mg_m3: Annotated[float, _r(0, 1000, "mg/m³", "boundary H2S")] | None = None
+    nh3_mg_m3: Annotated[float, _r(0, 1000, "mg/m³", "boundary NH3")] | None = None
+    odour_concentration: Annotated[float, _r(0, 1_000_000, "dimensionless", "odour concentration")] | None = None
+    noise_dba: Annotated[float, _r(0, 194, "dB(A)", "boundary noise")] | None = None
+    leachate_level_pct: Annotated[float, _r(0, 100, "%")] | None = None
     deodoriser_on: bool | None = None
     truck_id: Annotated[str, Meta(max_length=32)] | None = None
-    weighbridge_in_t: _r(0, 100, "t", "gross weight in") | None = None  # type: ignore[valid-type]
-    weighbridge_out_t: _r(0, 100, "t", "tare weight out") | None = None  # type: ignore[valid-type]
+    weighbridge_in_t: Annotated[float, _r(0, 100, "t", "gross weight in")] | None = None
+    weighbridge_out_t: Annotated[float, _r(0, 100, "t", "tare weight out")] | None = None
 
 
 class BinDeposit(Reading):
@@ -109,7 +110,7 @@ class BinDeposit(Reading):
 
     household_id: Annotated[str, Meta(min_length=1, max_length=64, description="RFID card id")]
     category: WasteCategory
-    weight_kg: _r(0, 500, "kg", "net weight")  # type: ignore[valid-type]
+    weight_kg: Annotated[float, _r(0, 500, "kg", "net weight")]
     point_id: Ident | None = None
 
 
@@ -122,11 +123,11 @@ class BinStatus(Reading):
     stream: ClassVar[str] = "status"
 
     point_id: Ident | None = None
-    fill_level_pct: _r(-50, 200, "%", "raw ultrasonic fill level") | None = None  # type: ignore[valid-type]
+    fill_level_pct: Annotated[float, _r(-50, 200, "%", "raw ultrasonic fill level")] | None = None
     lid_open: bool | None = None
-    temperature_c: _r(-40, 1000, "°C", "inside the bin (fire)") | None = None  # type: ignore[valid-type]
+    temperature_c: Annotated[float, _r(-40, 1000, "°C", "inside the bin (fire)")] | None = None
     fire_alarm: bool | None = None
-    battery_pct: _r(0, 100, "%") | None = None  # type: ignore[valid-type]
+    battery_pct: Annotated[float, _r(0, 100, "%")] | None = None
 
 
 class CameraDetection(Reading):
@@ -137,14 +138,14 @@ class CameraDetection(Reading):
     stream: ClassVar[str] = "event"
 
     detection: Detection
-    confidence: _r(0, 1, "fraction")  # type: ignore[valid-type]
+    confidence: Annotated[float, _r(0, 1, "fraction")]
     point_id: Ident | None = None
     object_count: Annotated[int, Meta(ge=0, le=10_000)] | None = None
     image_ref: Annotated[str, Meta(max_length=512)] | None = None
 
 
-_C = _r(0, 100_000, "mg/m³")
-_Hg = _r(0, 100, "mg/m³")
+_C = Annotated[float, _r(0, 100_000, "mg/m³")]
+_Hg = Annotated[float, _r(0, 100, "mg/m³")]
 
 
 class CemsReading(Reading):
@@ -160,42 +161,42 @@ class CemsReading(Reading):
     plant_id: Ident | None = None
     line_id: Ident | None = None
     gas_is_dry: bool = True
-    dust_mg_m3: _C | None = None  # type: ignore[valid-type]
-    dust_zs_mg_m3: _C | None = None  # type: ignore[valid-type]
+    dust_mg_m3: _C | None = None
+    dust_zs_mg_m3: _C | None = None
     dust_flag: Flag | None = None
-    so2_mg_m3: _C | None = None  # type: ignore[valid-type]
-    so2_zs_mg_m3: _C | None = None  # type: ignore[valid-type]
+    so2_mg_m3: _C | None = None
+    so2_zs_mg_m3: _C | None = None
     so2_flag: Flag | None = None
-    nox_mg_m3: _C | None = None  # type: ignore[valid-type]
-    nox_zs_mg_m3: _C | None = None  # type: ignore[valid-type]
+    nox_mg_m3: _C | None = None
+    nox_zs_mg_m3: _C | None = None
     nox_flag: Flag | None = None
-    co_mg_m3: _C | None = None  # type: ignore[valid-type]
-    co_zs_mg_m3: _C | None = None  # type: ignore[valid-type]
+    co_mg_m3: _C | None = None
+    co_zs_mg_m3: _C | None = None
     co_flag: Flag | None = None
-    hcl_mg_m3: _C | None = None  # type: ignore[valid-type]
-    hcl_zs_mg_m3: _C | None = None  # type: ignore[valid-type]
+    hcl_mg_m3: _C | None = None
+    hcl_zs_mg_m3: _C | None = None
     hcl_flag: Flag | None = None
-    hf_mg_m3: _C | None = None  # type: ignore[valid-type]
-    hf_zs_mg_m3: _C | None = None  # type: ignore[valid-type]
+    hf_mg_m3: _C | None = None
+    hf_zs_mg_m3: _C | None = None
     hf_flag: Flag | None = None
-    toc_mg_m3: _C | None = None  # type: ignore[valid-type]
-    toc_zs_mg_m3: _C | None = None  # type: ignore[valid-type]
+    toc_mg_m3: _C | None = None
+    toc_zs_mg_m3: _C | None = None
     toc_flag: Flag | None = None
-    nh3_mg_m3: _C | None = None  # type: ignore[valid-type]
-    nh3_zs_mg_m3: _C | None = None  # type: ignore[valid-type]
+    nh3_mg_m3: _C | None = None
+    nh3_zs_mg_m3: _C | None = None
     nh3_flag: Flag | None = None
-    hg_mg_m3: _Hg | None = None  # type: ignore[valid-type]
-    hg_zs_mg_m3: _Hg | None = None  # type: ignore[valid-type]
+    hg_mg_m3: _Hg | None = None
+    hg_zs_mg_m3: _Hg | None = None
     hg_flag: Flag | None = None
-    o2_pct: _r(0, 21, "% vol", "flue-gas oxygen") | None = None  # type: ignore[valid-type]
+    o2_pct: Annotated[float, _r(0, 21, "% vol", "flue-gas oxygen")] | None = None
     o2_flag: Flag | None = None
-    h2o_pct: _r(0, 100, "% vol", "flue-gas moisture") | None = None  # type: ignore[valid-type]
+    h2o_pct: Annotated[float, _r(0, 100, "% vol", "flue-gas moisture")] | None = None
     h2o_flag: Flag | None = None
-    flue_temp_c: _r(-50, 1500, "°C") | None = None  # type: ignore[valid-type]
-    flue_pressure_kpa: _r(-200, 300, "kPa") | None = None  # type: ignore[valid-type]
-    flue_velocity_m_s: _r(0, 200, "m/s") | None = None  # type: ignore[valid-type]
-    flue_flow_m3_h: _r(0, 1e9, "m³/h") | None = None  # type: ignore[valid-type]
-    furnace_temp_c: _r(0, 2000, "°C", "furnace average temperature") | None = None  # type: ignore[valid-type]
+    flue_temp_c: Annotated[float, _r(-50, 1500, "°C")] | None = None
+    flue_pressure_kpa: Annotated[float, _r(-200, 300, "kPa")] | None = None
+    flue_velocity_m_s: Annotated[float, _r(0, 200, "m/s")] | None = None
+    flue_flow_m3_h: Annotated[float, _r(0, 1e9, "m³/h")] | None = None
+    furnace_temp_c: Annotated[float, _r(0, 2000, "°C", "furnace average temperature")] | None = None
 
 
 READING_TYPES: tuple[type[Reading], ...] = (
@@ -232,5 +233,5 @@ class GatewayBatch(msgspec.Struct, kw_only=True):
     """``sanitation/{city}/gateway/{gateway_id}/batch``: many devices' readings in one message.
     Each item is a reading of its ``kind`` plus ``kind``, ``device_id`` and optional ``stream``."""
 
-    readings: Annotated[list[dict], Meta(min_length=1, max_length=10_000)]
+    readings: Annotated[list[dict[Any, Any]], Meta(min_length=1, max_length=10_000)]  # as msgspec reads a bare dict
     gateway_id: Ident | None = None

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
+
 from sanitel.schemas import hj212
 from sanitel.schemas.readings import BY_KIND_STREAM, DEFAULT_STREAM, GatewayBatch, GatewayReading, Reading
 from sanitel.schemas.topics import DeviceTopic, GatewayTopic, Hj212Topic, parse_topic

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import msgspec
+
 from sanitel.simulators.clock import LocalTime
 from sanitel.simulators.models.base import Emission
 from sanitel.simulators.models.cems import hj212_frame

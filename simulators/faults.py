@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sanitel.errors import ConfigError
 from sanitel.simulators.clock import Duration, SignedDuration, TimeOfDay
 from sanitel.simulators.models.base import stable_seed
 from sanitel.simulators.truth import GroundTruth, TruthRecord
-
-from sanitel.errors import ConfigError
 
 if TYPE_CHECKING:
     from sanitel.simulators.fleet import Fleet
@@ -160,7 +160,7 @@ def parse_fault_names(text: str, available: dict[str, int] | None = None) -> lis
         for preset in PRESETS[name]:
             if everything and available is not None and not available.get(preset["device_kind"]):
                 continue
-            specs.append(FaultSpec(kind=name, **preset))  # type: ignore[arg-type]
+            specs.append(FaultSpec(kind=name, **preset))
     return specs
 
 
@@ -349,14 +349,14 @@ class FaultInjector:
         self.by_device: dict[str, list[ActiveFault]] = {}
         for fault in self.faults:
             self.by_device.setdefault(fault.record.device_id, []).append(fault)
-        self.holding: dict[str, ActiveFault] = {}
 
     def reading(self, device_id: str, t: float, reading: dict[str, Any]) -> dict[str, Any] | None:
         for fault in self.by_device.get(device_id, ()):
             if fault.stage != "message" and fault.active(t):
-                reading = fault.on_reading(reading, t)  # type: ignore[assignment]
-                if reading is None:
+                changed = fault.on_reading(reading, t)
+                if changed is None:
                     return None
+                reading = changed
         return reading
 
     def message(self, message: Message, out: list[Message]) -> None:
@@ -427,7 +427,7 @@ def _targets(spec: FaultSpec, kind: str, fleet: Fleet, rng: random.Random, used:
         raise ConfigError(f"faults: {spec.kind}: the scenario has no {kind} devices to fault; add "
                           f"{kind} devices to the scenario or set device_kind to one of "
                           f"{', '.join(TARGET_KINDS[spec.kind])}")
-    return rng.sample(candidates, min(spec.devices, len(candidates)))  # type: ignore[arg-type]
+    return rng.sample(candidates, min(spec.devices, len(candidates)))
 
 
 def _reason(spec: FaultSpec) -> str:

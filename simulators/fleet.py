@@ -95,6 +95,7 @@ class Fleet:
 def build_fleet(scenario: Scenario, *, seed: int, city: str, start: float, incidents: IncidentSink) -> Fleet:
     local = LocalTime(scenario.timezone)
     fleet = Fleet([], local)
+    model: DeviceModel
     for model in _sweepers(scenario, seed, city, start, local, incidents):
         fleet.add(model)
     for model in _stations(scenario, seed, city, start, local):

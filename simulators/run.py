@@ -20,17 +20,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sanitel.errors import ConfigError
+from sanitel.mqtt_wire import BrokerTarget
 from sanitel.simulators.agenda import Agenda
 from sanitel.simulators.clock import SimClock, parse_instant, rfc3339
 from sanitel.simulators.encode import Encoder
 from sanitel.simulators.faults import FaultInjector, FaultSpec, Message, PlanContext, parse_fault_names, plan_faults
 from sanitel.simulators.fleet import Fleet, build_fleet
 from sanitel.simulators.models.base import Emission
-from sanitel.simulators.publisher import BrokerTarget, open_publisher
+from sanitel.simulators.publisher import open_publisher
 from sanitel.simulators.scenario import Scenario, load_scenario
 from sanitel.simulators.truth import GroundTruth
-
-from sanitel.errors import ConfigError
 
 DEFAULT_CITY = "shenzhen"
 Faults = Sequence[FaultSpec | str] | str | None

@@ -26,13 +26,15 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
+
+from sanitel.errors import ConfigError
 from sanitel.simulators.clock import Duration, Instant, PositiveDuration, TimeOfDay, TimeWindow, load_zone
 from sanitel.simulators.faults import FaultSpec
 
-from sanitel.errors import ConfigError
-
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
-CATEGORIES = ("kitchen", "recyclable", "hazardous", "other")
+Category = Literal["kitchen", "recyclable", "hazardous", "other"]
+CATEGORIES: tuple[Category, ...] = ("kitchen", "recyclable", "hazardous", "other")
 TsFormat = Literal["rfc3339", "epoch_ms"]
 
 
@@ -66,7 +68,7 @@ class StationFleet(_Strict):
 class SortingPointFleet(_Strict):
     count: int = Field(0, ge=0, le=1_000_000)
     households: tuple[int, int] = (200, 600)
-    categories: list[Literal["kitchen", "recyclable", "hazardous", "other"]] = Field(
+    categories: list[Category] = Field(
         default_factory=lambda: list(CATEGORIES), min_length=1)
     deposits_per_household_day: float = Field(1.2, ge=0, le=20)
     status_interval: PositiveDuration = 300.0
@@ -293,7 +295,7 @@ def explain(source: str, exc: ValidationError) -> str:
     return header + "\n  " + "\n  ".join(lines)
 
 
-def _message(err: Any) -> str:
+def _message(err: ErrorDetails) -> str:
     kind, msg = err["type"], err["msg"]
     key = str(err["loc"][-1]) if err["loc"] else ""
     if kind == "extra_forbidden":

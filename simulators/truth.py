@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
+
 from sanitel.simulators.clock import rfc3339
 
 Source = Literal["injected", "model"]

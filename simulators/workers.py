@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+
+from sanitel.errors import SanitelError
 from sanitel.simulators.run import ProgressCallback, RunOptions, SimulationSummary, simulate_shard
 from sanitel.simulators.scenario import Scenario
 from sanitel.simulators.truth import read_ground_truth
-
-from sanitel.errors import SanitelError
 
 Snapshot = tuple[int, int, int, int, float]  # messages, readings, acked, errors, simulated time reached
 

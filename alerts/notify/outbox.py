@@ -18,9 +18,10 @@ from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
-from sanitel.alerts.silences import Matcher, parse_matchers
 
+from sanitel.alerts.silences import Matcher, parse_matchers
 from sanitel.errors import ConfigError
+from sanitel.urls import redact_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +58,7 @@ def upsert_webhook(conn: psycopg.Connection, webhook_id: str, url: str, *, match
     if matchers:
         parse_matchers(list(matchers))
     if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"webhook {webhook_id!r}: url {url!r} must start with http:// or https://")
+        raise ConfigError(f"webhook {webhook_id!r}: url {redact_url(url)!r} must start with http:// or https://")
     conn.execute(
         """INSERT INTO alert_webhooks (webhook_id, url, matchers, group_by, send_resolved, max_attempts)
            VALUES (%s, %s, %s, %s, %s, %s)

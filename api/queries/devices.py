@@ -9,6 +9,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+
 from sanitel.api.queries.sites import SUBTREE, escape_like
 
 _SELECT = """

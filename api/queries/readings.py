@@ -11,6 +11,7 @@ from typing import Any
 
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
+
 from sanitel.api.catalog import Metric
 from sanitel.api.rollups import FIVE_MINUTES, MinuteRollup, RollupSource
 

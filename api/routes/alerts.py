@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from psycopg import AsyncConnection
+
 from sanitel.api.deps import Context, Db, Supervisor, Viewer
 from sanitel.api.errors import ApiError, error_responses, not_found
 from sanitel.api.models import Acknowledge, Alert, AlertHistoryEntry, AlertState, Assign, DeviceKind, Page, Severity
-from sanitel.api.params import Cursor, FromTime, Ident, Limit, ToTime, decode_cursor, encode_cursor
+from sanitel.api.params import DEFAULT_PAGE, Cursor, FromTime, Ident, Limit, ToTime, decode_cursor, encode_cursor
 from sanitel.api.queries import alerts as queries
 from sanitel.api.stream import AlertBroadcaster, matches, sse_frame
 
@@ -36,7 +37,7 @@ async def list_alerts(
     rule_id: Annotated[str | None, Query(max_length=128, pattern=r"^[^\x00]*$")] = None,
     acknowledged: bool | None = None,
     from_: FromTime = None, to: ToTime = None,
-    limit: Limit = 50, cursor: Cursor = None,
+    limit: Limit = DEFAULT_PAGE, cursor: Cursor = None,
 ) -> Page[Alert]:
     if from_ is not None and to is not None and from_ >= to:
         raise ApiError(422, "`from` must be before `to`", field="query.from")
@@ -73,7 +74,7 @@ async def alert_stream(
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def _set(values: list[str] | None) -> set[str] | None:
+def _set(values: Sequence[str] | None) -> set[str] | None:
     return set(values) if values else None
 
 

@@ -7,10 +7,21 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 from psycopg import AsyncConnection
+
 from sanitel.api.deps import Db, Viewer
 from sanitel.api.errors import error_responses
 from sanitel.api.models import CategoryTotal, Deposit, DepositReport
-from sanitel.api.params import Cursor, FromTime, Ident, Limit, ToTime, decode_cursor, encode_cursor, time_range
+from sanitel.api.params import (
+    DEFAULT_PAGE,
+    Cursor,
+    FromTime,
+    Ident,
+    Limit,
+    ToTime,
+    decode_cursor,
+    encode_cursor,
+    time_range,
+)
 from sanitel.api.queries import deposits as queries
 from sanitel.api.queries.deposits import Scope
 
@@ -24,7 +35,7 @@ _HELP = "`from` defaults to 30 days before `to`, `to` to now; totals cover the w
             summary="Deposits of one household, with totals by category", description=_HELP)
 async def household_deposits(
     household_id: Annotated[Ident, Path(description="RFID card id", examples=["HH-0042"])],
-    conn: Db, _: Viewer, from_: FromTime = None, to: ToTime = None, limit: Limit = 50, cursor: Cursor = None,
+    conn: Db, _: Viewer, from_: FromTime = None, to: ToTime = None, limit: Limit = DEFAULT_PAGE, cursor: Cursor = None,
 ) -> DepositReport:
     return await _report(conn, "household", household_id, from_, to, limit, cursor)
 
@@ -33,7 +44,7 @@ async def household_deposits(
             summary="Deposits at one sorting point, with totals by category", description=_HELP)
 async def point_deposits(
     point_id: Annotated[Ident, Path(description="sorting point id", examples=["sp-futian-0001"])],
-    conn: Db, _: Viewer, from_: FromTime = None, to: ToTime = None, limit: Limit = 50, cursor: Cursor = None,
+    conn: Db, _: Viewer, from_: FromTime = None, to: ToTime = None, limit: Limit = DEFAULT_PAGE, cursor: Cursor = None,
 ) -> DepositReport:
     return await _report(conn, "point", point_id, from_, to, limit, cursor)
 
@@ -43,7 +54,7 @@ async def _report(conn: AsyncConnection, scope: Scope, ident: str, from_: dateti
     start, end = time_range(from_, to, default=_DEFAULT_RANGE)
     after = decode_cursor(cursor, datetime, str, int) if cursor else None
     totals, households = await queries.deposit_totals(conn, scope, ident, start, end)
-    rows = await queries.deposit_items(conn, scope, ident, start, end, after, limit)  # type: ignore[arg-type]
+    rows = await queries.deposit_items(conn, scope, ident, start, end, after, limit)
     last = rows[-1] if len(rows) == limit else None
     return DepositReport(
         scope=scope, id=ident, from_=start, to=end, households=households,

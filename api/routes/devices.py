@@ -7,14 +7,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 from fastapi import APIRouter, Path, Query, status
+
 from sanitel.api.credentials import rotate_device_password, sync_broker_files
 from sanitel.api.deps import Admin, Context, Db, Viewer
 from sanitel.api.errors import ApiError, error_responses, not_found
 from sanitel.api.models import Device, DeviceKind, DeviceRegistration, MqttCredentials, Page, RegisteredDevice
-from sanitel.api.mqtt_auth import hash_password, new_password
-from sanitel.api.params import Cursor, Ident, Limit, decode_cursor, encode_cursor
+from sanitel.api.params import DEFAULT_PAGE, Cursor, Ident, Limit, decode_cursor, encode_cursor
 from sanitel.api.queries import devices as queries
 from sanitel.api.queries import sites as site_queries
+from sanitel.broker_auth import hash_password, new_password
 from sanitel.schemas.topics import ROOT
 
 router = APIRouter(prefix="/devices", tags=["devices"], responses=error_responses(401, 403, 422))
@@ -30,7 +31,7 @@ async def list_devices(
     online: Annotated[bool | None, Query(description="heard from within the inactivity timeout")] = None,
     q: Annotated[str | None, Query(max_length=100, pattern=r"^[^\x00]*$",
                                    description="device id prefix or name substring")] = None,
-    limit: Limit = 50, cursor: Cursor = None,
+    limit: Limit = DEFAULT_PAGE, cursor: Cursor = None,
 ) -> Page[Device]:
     after = decode_cursor(cursor, str)[0] if cursor else None
     rows = await queries.list_devices(conn, kind=kind, site_id=site_id, online=online, q=q, after=after, limit=limit)

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
 from psycopg import AsyncConnection
+
 from sanitel.api.catalog import Metric, all_metrics, metric_for
 from sanitel.api.deps import ApiContext, Context, Db, Viewer
 from sanitel.api.errors import ApiError, error_responses, not_found
@@ -76,8 +77,8 @@ async def device_history(
     metric: Annotated[str, Query(pattern=r"^[a-z][a-z0-9_]{0,63}$", examples=["soc_pct"],
                                  description="a metric of the device's kind (see /readings/metrics)")],
     from_: FromTime = None, to: ToTime = None,
-    bucket: Annotated[str | None, Query(pattern=BUCKET_PATTERN, examples=["5m"],
-                                        description="bucket width: 30s, 5m, 1h, 1d …")] = None,
+    bucket: Annotated[str | None, Query(pattern=BUCKET_PATTERN, max_length=32, examples=["5m"],
+                                        description="bucket width: 30s, 5m, 1h, 1h30m, 1d …")] = None,
     aggregate: Aggregate = "avg",
     timezone: Annotated[str, Query(max_length=64, description="IANA zone buckets align to",
                                    examples=["Asia/Shanghai"])] = "UTC",
@@ -164,7 +165,7 @@ def _metric(kind: str, name: str) -> Metric:
 async def _raw(conn: AsyncConnection, metric: Metric, device_id: str, start: datetime, end: datetime, data_kind: str,
                limit: int, cursor: str | None) -> History:
     after = decode_cursor(cursor, datetime, int) if cursor else None
-    rows = await queries.raw_history(conn, metric, device_id, start, end, after, limit, data_kind)  # type: ignore[arg-type]
+    rows = await queries.raw_history(conn, metric, device_id, start, end, after, limit, data_kind)
     next_cursor = encode_cursor(rows[-1]["ts"], rows[-1]["seq"]) if len(rows) == limit else None
     return History(device_id=device_id, metric=metric.name, unit=metric.unit, aggregate=None, bucket=None,
                    from_=start, to=end, source=metric.table, points=[HistoryPoint.model_validate(r) for r in rows],

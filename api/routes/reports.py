@@ -6,6 +6,7 @@ from datetime import date
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
+
 from sanitel.api.deps import Db, Viewer
 from sanitel.api.errors import ApiError, error_responses
 from sanitel.api.models import DistrictDay

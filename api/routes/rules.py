@@ -14,12 +14,13 @@ from typing import Annotated, Any, Literal
 import anyio
 from fastapi import APIRouter, Body, Path, status
 from pydantic import BaseModel, Field
-from sanitel.alerts.rules import RuleModel, format_duration, load_rule_file, rule_files, validate_rule_dict
+
+from sanitel.alerts.rules import RuleModel, load_rule_file, rule_files, validate_rule_dict
 from sanitel.api.deps import Admin, Context, Db, Viewer
 from sanitel.api.errors import ApiError, error_responses, not_found
 from sanitel.api.params import contains_nul
 from sanitel.api.queries import rules as queries
-
+from sanitel.durations import format_duration
 from sanitel.errors import ConfigError
 
 router = APIRouter(prefix="/rules", tags=["rules"], responses=error_responses(401, 403, 422))
@@ -27,10 +28,11 @@ router = APIRouter(prefix="/rules", tags=["rules"], responses=error_responses(40
 RuleId = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=120, examples=["transfer_station.h2s"])]
 _KEY = re.compile(r"key '([^']+)'")
 
-_EXAMPLE = {"id": "transfer_station.h2s_boundary", "kind": "threshold", "source": "station_telemetry",
-            "field": "h2s_mg_m3", "op": ">", "threshold": 0.06, "clear": 0.05, "for": "5m", "severity": "major",
-            "summary": "boundary H2S {value:.3f} mg/m³ above {threshold} (GB 14554-93 grade 2)",
-            "scope": {"kinds": ["transfer_station"]}}
+_EXAMPLE: dict[str, Any] = {
+    "id": "transfer_station.h2s_boundary", "kind": "threshold", "source": "station_telemetry",
+    "field": "h2s_mg_m3", "op": ">", "threshold": 0.06, "clear": 0.05, "for": "5m", "severity": "major",
+    "summary": "boundary H2S {value:.3f} mg/m³ above {threshold} (GB 14554-93 grade 2)",
+    "scope": {"kinds": ["transfer_station"]}}
 RuleBody = Annotated[dict[str, Any], Body(description="a rule, exactly as in a YAML rule pack",
                                           examples=[_EXAMPLE])]
 

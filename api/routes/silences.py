@@ -7,10 +7,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, status
+
 from sanitel.api.deps import Db, Supervisor, Viewer
 from sanitel.api.errors import ApiError, error_responses, not_found
 from sanitel.api.models import Page, Silence, SilenceIn
-from sanitel.api.params import Cursor, Limit, decode_cursor, encode_cursor
+from sanitel.api.params import DEFAULT_PAGE, Cursor, Limit, decode_cursor, encode_cursor
 from sanitel.api.queries import silences as queries
 
 router = APIRouter(prefix="/silences", tags=["silences"], responses=error_responses(401, 403, 422))
@@ -21,7 +22,7 @@ MAX_SILENCE = timedelta(days=90)
 
 @router.get("", response_model=Page[Silence], summary="List silences, newest first")
 async def list_silences(conn: Db, _: Viewer, status: Literal["pending", "active", "expired"] | None = None,
-                        limit: Limit = 50, cursor: Cursor = None) -> Page[Silence]:
+                        limit: Limit = DEFAULT_PAGE, cursor: Cursor = None) -> Page[Silence]:
     after = decode_cursor(cursor, int)[0] if cursor else None
     items = [Silence.model_validate(r) for r in await queries.list_silences(conn, status, after, limit)]
     return Page(items=items, next_cursor=encode_cursor(items[-1].silence_id) if len(items) == limit else None)

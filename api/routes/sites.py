@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
+
 from sanitel.api.deps import Db, Viewer
 from sanitel.api.errors import error_responses, not_found
 from sanitel.api.latest import latest_for_devices
 from sanitel.api.models import DeviceLatest, Page, Site, SiteDetail, SiteKind
-from sanitel.api.params import Cursor, Ident, Limit, decode_cursor, encode_cursor
+from sanitel.api.params import DEFAULT_PAGE, Cursor, Ident, Limit, decode_cursor, encode_cursor
 from sanitel.api.queries import devices as device_queries
 from sanitel.api.queries import sites as queries
 
@@ -25,7 +26,7 @@ async def list_sites(
     parent_id: Annotated[Ident | None, Query(description="direct children of this site")] = None,
     q: Annotated[str | None, Query(max_length=100, pattern=r"^[^\x00]*$",
                                    description="substring of the name or id")] = None,
-    limit: Limit = 50, cursor: Cursor = None,
+    limit: Limit = DEFAULT_PAGE, cursor: Cursor = None,
 ) -> Page[Site]:
     after = decode_cursor(cursor, str)[0] if cursor else None
     rows = await queries.list_sites(conn, kind=kind, parent_id=parent_id, q=q, after=after, limit=limit)

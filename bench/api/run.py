@@ -34,9 +34,9 @@ from pathlib import Path
 import httpx
 import psutil
 import psycopg
-from sanitel.api.auth import new_key
 
-from sanitel.db import apply_migrations
+from sanitel.api.auth import new_key
+from sanitel.db import apply_migrations, one_row
 from sanitel.servers import PostgresServer, free_port
 
 INTERVAL_S = 30
@@ -109,24 +109,23 @@ def load(url: str, devices: int, readings: int, resolved_alerts: int, open_alert
     params = {"devices": devices, "n": readings, "step": INTERVAL_S, "end": END, "resolved": resolved_alerts,
               "open": open_alerts}
     with psycopg.connect(url, autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
-        conn.execute(SITES_SQL, params)  # type: ignore[arg-type]
+        conn.execute(SITES_SQL, params)
         started = time.monotonic()
         for first in range(1, devices + 1, DEVICES_PER_BATCH):
             last = min(devices, first + DEVICES_PER_BATCH - 1)
-            conn.execute(READINGS_SQL, params | {"first": first, "last": last})  # type: ignore[arg-type]
+            conn.execute(READINGS_SQL, params | {"first": first, "last": last})
             done = last * readings
             rate = done / (time.monotonic() - started)
             log(f"  {done / 1e6:5.2f} M readings loaded ({rate / 1e3:.0f} k rows/s)")
-        conn.execute(ALERTS_SQL, params)  # type: ignore[arg-type]
+        conn.execute(ALERTS_SQL, params)
         conn.execute("VACUUM ANALYZE")
-        return int(conn.execute("SELECT count(*) FROM sweeper_telemetry").fetchone()[0])  # type: ignore[index]
+        return int(one_row(conn.execute("SELECT count(*) FROM sweeper_telemetry"))[0])
 
 
 def build_rollups(url: str) -> None:
     """One pass of the project's scheduled processor, as if a few minutes from now (rows just loaded
     are otherwise still inside its commit slack)."""
     from sanitel.processors.maintenance import run_pass
-
     from sanitel.settings import load_settings
 
     with psycopg.connect(url, autocommit=True) as conn:

@@ -27,6 +27,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 import msgspec
 import paho.mqtt.client as mqtt
@@ -36,14 +37,14 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from sanitel.db import apply_migrations, one_row  # noqa: E402
 from sanitel.ingest.buffered_client import BufferedClient  # noqa: E402
 from sanitel.ingest.decode import decode_message  # noqa: E402
+from sanitel.mqtt_wire import BrokerTarget  # noqa: E402
 from sanitel.processors.writer import Message, ReadingWriter  # noqa: E402
 from sanitel.schemas.readings import SweeperTelemetry, table_columns  # noqa: E402
-from sanitel.simulators.publisher import BrokerTarget, FastPublisher  # noqa: E402
-
-from sanitel.db import apply_migrations  # noqa: E402
 from sanitel.servers import MosquittoServer, PostgresServer, free_port  # noqa: E402
+from sanitel.simulators.publisher import FastPublisher  # noqa: E402
 
 DEVICES = 1500
 
@@ -57,7 +58,7 @@ def topic(seq: int) -> str:
     return f"sanitation/shenzhen/sweeper/sw-{seq % DEVICES:04d}/telemetry"
 
 
-def publisher(port: int, start: int, n: int, rate: float | None, done: mp.Queue) -> None:
+def publisher(port: int, start: int, n: int, rate: float | None, done: mp.Queue[tuple[float, float]]) -> None:
     """Publish seq start..start+n at QoS 1 (optionally paced) and report when all PUBACKs arrived.
 
     Uses the simulators' lean MQTT 3.1.1 publisher: paho's own publish path tops out near the collector's
@@ -79,7 +80,7 @@ def publisher(port: int, start: int, n: int, rate: float | None, done: mp.Queue)
 
 
 def publish_procs(port: int, n: int, procs: int = 1, rate: float | None = None, start: int = 0) -> list[mp.Process]:
-    done: mp.Queue = mp.Queue()
+    done: mp.Queue[tuple[float, float]] = mp.Queue()
     per = n // procs
     out = []
     for k in range(procs):
@@ -123,14 +124,14 @@ class CollectorProc:
 
 def rows(url: str) -> int:
     with psycopg.connect(url) as c:
-        return c.execute("SELECT count(*) FROM sweeper_telemetry").fetchone()[0]
+        return one_row(c.execute("SELECT count(*) FROM sweeper_telemetry"))[0]
 
 
 def wait_rows(url: str, n: int, timeout: float = 600, interval: float = 0.02) -> float:
     deadline = time.monotonic() + timeout
     with psycopg.connect(url, autocommit=True) as c:
         while time.monotonic() < deadline:
-            if c.execute("SELECT count(*) FROM sweeper_telemetry").fetchone()[0] >= n:
+            if one_row(c.execute("SELECT count(*) FROM sweeper_telemetry"))[0] >= n:
                 return time.perf_counter()
             time.sleep(interval)
     raise TimeoutError(f"{n} rows did not land in {timeout} s")
@@ -145,8 +146,8 @@ def wait_ready(pg: PostgresServer, client_id: str) -> None:
     deadline = time.monotonic() + 30
     with psycopg.connect(pg.url, autocommit=True) as c:
         while time.monotonic() < deadline:
-            if c.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
-                         (f"sanitel {client_id}",)).fetchone()[0]:
+            if one_row(c.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                                 (f"sanitel {client_id}",)))[0]:
                 time.sleep(1.0)  # connected to the database; give MQTT its SUBACK
                 return
             time.sleep(0.1)
@@ -169,7 +170,7 @@ def raw_receive(mq: MosquittoServer, n: int, lean: bool = False) -> float:
         if lean:
             pending.append(msg.mid)
             if len(pending) >= 1000:
-                c.ack_many(pending)  # type: ignore[attr-defined]
+                cast(BufferedClient, c).ack_many(pending)  # lean: the client is a BufferedClient
                 pending.clear()
         if got[0] == 0:
             first[0] = time.perf_counter()
@@ -204,7 +205,7 @@ def raw_receive(mq: MosquittoServer, n: int, lean: bool = False) -> float:
     return got[0] / elapsed
 
 
-def _session() -> object:
+def _session() -> mqtt.Properties:
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
@@ -220,7 +221,7 @@ def raw_copy(url: str, n: int) -> float:
     decoded = [decode_message(topic(i), payload(i, time.time_ns() // 1000), now).rows[0].values for i in range(n)]
     cols = table_columns(SweeperTelemetry)
     with psycopg.connect(url) as c:
-        types = dict(c.execute("SELECT attname, atttypid::int FROM pg_attribute WHERE attrelid = "
+        types: dict[str, int] = dict(c.execute("SELECT attname, atttypid::int FROM pg_attribute WHERE attrelid = "
                                "'sweeper_telemetry'::regclass AND attnum > 0").fetchall())
         t0 = time.perf_counter()
         with c.cursor() as cur, cur.copy(f"COPY sweeper_telemetry ({', '.join(cols)}) FROM STDIN (FORMAT BINARY)") as cp:

@@ -23,10 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from sanitel.servers import MosquittoServer, free_port
 from sanitel.simulators.run import SimulationSummary, simulate
 from sanitel.simulators.scenario import load_scenario
-
-from sanitel.servers import MosquittoServer, free_port
 
 START = "2026-11-22T06:00:00+08:00"  # the morning peak: sweepers out, sorting slot, trucks arriving
 

@@ -52,7 +52,7 @@ class DeviceInfo:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-IncidentSink = Callable[[TruthRecord], Any]
+IncidentSink = Callable[[TruthRecord], TruthRecord]  # records it and hands it back
 
 
 def stable_seed(seed: int, *parts: str) -> int:
@@ -71,10 +71,6 @@ class DeviceModel(ABC):
     bins and cameras), stepped by the simulation."""
 
     kind: ClassVar[str]
-    #: models with a fixed reporting cadence can be made to report faster (burst fault)
-    periodic: ClassVar[bool] = False
-
-    model_id: str
 
     @abstractmethod
     def first_due(self) -> float:
@@ -151,20 +147,6 @@ def next_arrival(t: float, rng: random.Random, rates: Sequence[float], local: Lo
         need -= mass
         t += hour_left
     return INF
-
-
-def poisson(rng: random.Random, mean: float) -> int:
-    """A Poisson draw (Knuth) for the small means a single step needs."""
-    if mean <= 0:
-        return 0
-    if mean > 30:  # never hit with the shipped scenarios; a normal approximation keeps it cheap
-        return max(0, round(rng.gauss(mean, math.sqrt(mean))))
-    limit = math.exp(-mean)
-    count, product = 0, rng.random()
-    while product > limit:
-        count += 1
-        product *= rng.random()
-    return count
 
 
 def pick_weighted(rng: random.Random, weighted: Sequence[tuple[str, float]]) -> str:

@@ -28,8 +28,8 @@ from sanitel.schemas.hj212 import FLAG_V2017, encode_cp, encode_frame, format_nu
 from sanitel.schemas.readings import CemsReading
 from sanitel.schemas.topics import device_topic, hj212_topic
 from sanitel.simulators.clock import LocalTime
-from sanitel.simulators.models.base import DeviceInfo, DeviceModel, Emission, IncidentSink, clamp, device_rng
-from sanitel.simulators.truth import TruthRecord
+from sanitel.simulators.models.base import DeviceInfo, DeviceModel, Emission, Format, IncidentSink, clamp, device_rng
+from sanitel.simulators.truth import Source, TruthRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +73,6 @@ class Window:
 
 class CemsLine(DeviceModel):
     kind: ClassVar[str] = CemsReading.kind
-    periodic: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -95,7 +94,7 @@ class CemsLine(DeviceModel):
         excursions_per_day: float,
         incidents: IncidentSink,
     ) -> None:
-        self.model_id = self.device_id = device_id
+        self.device_id = device_id
         self.rng = rng = device_rng(seed, device_id)
         self.local = local
         self.plant_id, self.line_id = plant_id, line_id
@@ -146,7 +145,7 @@ class CemsLine(DeviceModel):
         self._walk(t, dt, state)
         flag = self._analyser_flag(t)
         reading = self._reading(t, state, flag)
-        fmt = "hj212" if self.protocol == "hj212" else "json"
+        fmt: Format = "hj212" if self.protocol == "hj212" else "json"
         out.append(Emission(self.topic, self.device_id, self.kind, CemsReading.stream, t, reading, fmt))
         return t + self.cadence(t, self.interval_s) + self.rng.uniform(-0.2, 0.2)
 
@@ -194,7 +193,7 @@ class CemsLine(DeviceModel):
         return "N"
 
     def _record(self, name: str, t: float, window: Window, effect: dict[str, Any], details: dict[str, Any],
-                source: str = "model") -> None:
+                source: Source = "model") -> None:
         """One ground-truth record per window; counts the messages sent inside it."""
         key = f"{name}@{window.start}"
         record = self._open.get(key)
@@ -203,7 +202,7 @@ class CemsLine(DeviceModel):
                 del self._open[old]
             record = self._open[key] = self.incidents(TruthRecord(
                 self.device_id, self.kind, name, window.start, window.end, effect,
-                source=source, details={"plant_id": self.plant_id, "line_id": self.line_id, **details}))  # type: ignore[arg-type]
+                source=source, details={"plant_id": self.plant_id, "line_id": self.line_id, **details}))
         record.messages += 1
 
     # --- values --------------------------------------------------------------------------------
@@ -323,7 +322,6 @@ class CemsLine(DeviceModel):
 
 # --- HJ 212-2017 -------------------------------------------------------------------------------
 
-DEFAULT_PASSWORD = "123456"
 ST_AIR = "31"       # air pollution source
 CN_RTD = "2011"     # real-time data
 

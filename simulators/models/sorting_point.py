@@ -40,7 +40,7 @@ from sanitel.simulators.models.base import (
     r3,
 )
 from sanitel.simulators.models.camera import Camera
-from sanitel.simulators.truth import TruthRecord
+from sanitel.simulators.truth import Source, TruthRecord
 
 CATEGORY_CODE = {"kitchen": "k", "recyclable": "r", "hazardous": "h", "other": "o"}
 CATEGORY_SHARE = {"kitchen": 0.45, "other": 0.35, "recyclable": 0.17, "hazardous": 0.03}
@@ -124,7 +124,7 @@ class SortingPoint(DeviceModel):
         site_id: str | None = None,
     ) -> None:
         self.point_no = point_no
-        self.model_id = self.point_id = point_id(point_no)
+        self.point_id = point_id(point_no)
         self.site_id = site_id or self.point_id
         self.rng = rng = device_rng(seed, self.point_id)
         self.local = local
@@ -154,7 +154,7 @@ class SortingPoint(DeviceModel):
         # the gateway wakes on its own cadence and sends only when it holds something
         self.flush_phase = start + rng.uniform(0.0, self.gateway_interval_s) if self.gateway_id else 0.0
         self.next_flush = INF
-        self.fires: list[tuple[float, float, str]] = []  # (start, duration, source) scheduled
+        self.fires: list[tuple[float, float, Source]] = []  # (start, duration, source) scheduled
         if fire_rate_per_day > 0:
             natural = start + rng.expovariate(fire_rate_per_day / 86_400.0)
             self.fires.append((natural, rng.uniform(1200.0, 2400.0), "model"))
@@ -296,7 +296,7 @@ class SortingPoint(DeviceModel):
             b.fire = (t, t + duration, peak)
             b.fire_record = self.incidents(TruthRecord(
                 b.device_id, "bin", "bin_fire", t, t + duration, {"alert": "bin_fire"},
-                source=source,  # type: ignore[arg-type]
+                source=source,
                 details={"point_id": self.point_id, "peak_c": round(peak, 1)}))
             for camera in self.cameras:
                 camera.observe(t, "smoke_fire", out)

@@ -44,7 +44,6 @@ H2S_CAP, NH3_CAP = 0.05, 1.35  # peaks stay under grade 2 (0.06 / 1.5 mg/m³)
 
 class TransferStation(DeviceModel):
     kind: ClassVar[str] = StationTelemetry.kind
-    periodic: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -58,7 +57,7 @@ class TransferStation(DeviceModel):
         trucks_per_day: float,
         site_id: str | None = None,
     ) -> None:
-        self.model_id = self.device_id = device_id
+        self.device_id = device_id
         self.site_id = site_id or device_id
         self.rng = rng = device_rng(seed, device_id)
         self.topic = device_topic(city, self.kind, device_id, StationTelemetry.stream)

@@ -62,7 +62,6 @@ SWEEP_MODES = (("sweep", 0.6), ("sweep_left", 0.15), ("sweep_right", 0.15), ("wa
 
 class Sweeper(DeviceModel):
     kind: ClassVar[str] = SweeperTelemetry.kind
-    periodic: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -78,7 +77,7 @@ class Sweeper(DeviceModel):
         parked_interval_s: float,
         incidents: IncidentSink,
     ) -> None:
-        self.model_id = self.device_id = device_id
+        self.device_id = device_id
         self.rng = rng = device_rng(seed, device_id)
         self.topic = device_topic(city, self.kind, device_id, SweeperTelemetry.stream)
         self.local = local
