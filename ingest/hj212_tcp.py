@@ -10,15 +10,21 @@ acknowledged is held by the broker; a frame that could not be published gets no 
 retransmits it, as HJ 212 DAUs do after their reply timeout. Duplicates are harmless: the readings
 table is unique on (device, time, data kind, seq).
 
-Replies (what the standard provides):
-- a valid data frame whose Flag asks for an acknowledgement (bit A) → CN 9014 data reply, QN echoed;
-- a frame this listener finds bad → still published (so it is dead-lettered), then a CN 9011 request
-  reply with ``QnRtn`` naming the fault (9 CRC, 3 password, 4 MN, 8 CN, 7 QN, 100 other) when its
-  MN and QN can be read and its Flag asks for a reply or cannot be read. Frames with no readable MN
-  are published under the MN ``unknown``; frames without a readable MN or QN get no reply (a reply
-  must echo both for the DAU to match it).
-The listener checks framing, CRC, fields and codes; the password is checked by the collector
-against the device registry (a wrong password is dead-lettered there; this listener has no registry).
+Replies (what the standard provides; see ``schemas/hj212.py`` at ``CN_DATA_REPLY``: 9014 carries no
+result code, so it is only ever sent for a frame the collector will store):
+- a data frame the collector will store, whose Flag asks for an acknowledgement (bit A) → CN 9014 data
+  reply, QN echoed;
+- a frame the collector will not store → still published (so it is dead-lettered), then a CN 9011
+  request reply with ``QnRtn`` naming the fault (9 CRC, 3 password, 4 MN, 8 CN, 7 QN, 100 another fault
+  of the frame such as an impossible DataTime, 2 "request rejected" for a well-formed frame the
+  collector refuses, e.g. a DataTime too far ahead of this host's clock) when its MN and QN can be read
+  and its Flag asks for a reply or cannot be read. Frames with no readable MN are published under the MN
+  ``unknown``; frames without a readable MN or QN get no reply (a reply must echo both for the DAU to
+  match it).
+The listener runs the collector's own decoder (``ingest/decode.decode_message``, with this host's clock as
+receive time) on each frame, so it answers 9014 when the collector will store a reading. Only the
+registry checks are left to the collector: the password (a wrong one is dead-lettered there) and the
+device's kind; this listener has no registry.
 """
 
 from __future__ import annotations
@@ -30,18 +36,21 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 
+from sanitel.ingest.decode import decode_message
 from sanitel.mqtt_wire import BrokerTarget, paho_client
 from sanitel.schemas.hj212 import (
     FLAG_ACK,
     MAX_FRAME_BYTES,
+    QN_RTN_REJECTED,
     Hj212Error,
+    convert_frame,
     encode_data_reply,
     encode_request_reply,
-    frame_to_cems_readings,
     parse_frame,
     peek_header,
     qn_rtn_for,
@@ -62,6 +71,8 @@ class ListenerStats:
     acks: int = 0
     nacks: int = 0
     publish_failures: int = 0
+    unknown_codes: int = 0  # codes outside HJ 212-2017's air table, kept raw (schemas/hj212.py)
+    invalid_fields: int = 0  # implausible values stored as null with their raw value and reason
 
 
 class BrokerUnavailable(Exception):
@@ -161,8 +172,10 @@ class Hj212Listener:
     """``await start()``, then DAUs connect to ``host:port``; ``await stop()`` to close."""
 
     def __init__(self, mqtt_url: str, city: str, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-                 publish_timeout: float = 10.0, idle_timeout: float = 900.0, client_id: str | None = None) -> None:
+                 publish_timeout: float = 10.0, idle_timeout: float = 900.0, client_id: str | None = None,
+                 clock: Callable[[], datetime] | None = None) -> None:
         self.city = city
+        self.clock = clock or (lambda: datetime.now(UTC))  # receive time, as the collector will judge DataTime
         self.host = host
         self.port = port
         self.publish_timeout = publish_timeout
@@ -225,9 +238,18 @@ class Hj212Listener:
         self.stats.frames += 1
         try:
             frame = parse_frame(raw)
-            frame_to_cems_readings(frame)  # codes and values: a DAU misconfiguration is answered now
+            conversion = convert_frame(frame)  # DataTime and CN: a DAU misconfiguration is answered now
         except Hj212Error as exc:
-            return await self._handle_bad(raw, exc)
+            return await self._handle_bad(raw, str(exc), exc.code, qn_rtn_for(exc))
+        if conversion.unknown_codes or conversion.invalid_fields or conversion.adjusted_fields:
+            self.stats.unknown_codes += len(conversion.unknown_codes)
+            self.stats.invalid_fields += len(conversion.invalid_fields)
+            log.info("hj212 frame from MN %s: codes outside the table %s, invalid %s, zero drift stored as 0 %s",
+                     frame.mn, list(conversion.unknown_codes), list(conversion.invalid_fields),
+                     list(conversion.adjusted_fields))
+        refused = self._refusal(frame.mn, raw)
+        if refused is not None:
+            return await self._handle_bad(raw, *refused, QN_RTN_REJECTED)
         if not await self._publish(frame.mn, raw):
             return None
         if frame.wants_ack:
@@ -235,18 +257,26 @@ class Hj212Listener:
             return encode_data_reply(frame)
         return None
 
-    async def _handle_bad(self, raw: bytes, error: Hj212Error) -> bytes | None:
+    def _refusal(self, mn: str, raw: bytes) -> tuple[str, str] | None:
+        """(message, reason) when the collector, decoding this frame now, would store no reading."""
+        decoded = decode_message(hj212_topic(self.city, mn), raw, self.clock())
+        if decoded.rows or not decoded.rejections:
+            return None
+        first = decoded.rejections[0]
+        return first.reason, first.reason_code
+
+    async def _handle_bad(self, raw: bytes, message: str, code: str, qn_rtn: int) -> bytes | None:
         self.stats.bad_frames += 1
         header = peek_header(raw)
         mn = header.get("MN")
-        log.info("hj212 bad frame from MN %s: %s (%s)", mn or "?", error, error.code)
+        log.info("hj212 bad frame from MN %s: %s (%s)", mn or "?", message, code)
         if not await self._publish(mn or UNKNOWN_MN, raw) or mn is None or "QN" not in header:
             return None  # a reply the DAU cannot match to a frame (no MN or QN to echo) is noise
         flag = header.get("Flag", "")
         if flag.isdigit() and not int(flag) & FLAG_ACK:
             return None
         self.stats.nacks += 1
-        return encode_request_reply(header.get("QN"), mn, header.get("PW", ""), qn_rtn_for(error))
+        return encode_request_reply(header.get("QN"), mn, header.get("PW", ""), qn_rtn)
 
     async def _publish(self, mn: str, raw: bytes) -> bool:
         try:

@@ -11,11 +11,21 @@ Frame::
 Every rejection is an ``Hj212Error`` whose ``code`` becomes the dead-letter reason
 (``hj212_<code>``): see ``ERROR_CODES``.
 
-Pollutant codes: the ones with a column in ``cems_readings`` are mapped (``CODE_FIELDS``); codes that
-HJ 212 defines but that have no column (``RECOGNISED_UNMAPPED``) are kept under the reading's
-``hj212`` key, which the collector stores in ``extra``; any other code is ``unknown_code`` — a DAU
-configured with codes we do not know is a commissioning error that should be seen, not silently half
-stored. Interval statistics without a column (``-Min``, ``-Max``, ``-Cou``, …) also go under ``hj212``.
+Codes (schemas/hj212_codes.py): the ones with a column in ``cems_readings`` are mapped; the other codes
+of HJ 212-2017's air table are kept as sent under the reading's ``hj212`` key, which the collector stores in
+``extra``. A frame from a real data unit must not lose everything for one field (issue 11):
+
+- a code outside the table (a vendor's ``i3…`` furnace-zone codes, a typo) is kept raw under
+  ``hj212_unknown`` (``{"i33101-Rtd": "912.3"}``) and counted (``Hj212Conversion.unknown_codes``);
+- a value that is not a number, not physical (O2 ≥ 21 %vol, H2O outside 0–100 %), outside the column's
+  range in schemas/readings.py, or negative beyond the zero-drift allowance invalidates that field only:
+  it is null, and ``invalid`` records ``{"o2_pct": {"raw": "21.05", "reason": "…"}}``; a data flag that is
+  not one of N F M S D C T B invalidates the flag and the values it qualifies (they cannot be classified);
+- a negative value within the zero-drift allowance is stored as 0 and its measured value kept under
+  ``adjusted`` (the column cannot hold a negative concentration; see ``hj212_codes.ZERO_DRIFT_FRACTION``).
+
+So every reading this codec returns passes ``schemas.readings.CemsReading``; only faults of the frame
+itself (framing, CRC, header, CN without data, a missing or impossible ``DataTime``) are an ``Hj212Error``.
 
 Split packets (Flag bit D, ``PNUM``/``PNO``): each packet carries its own CP and becomes its own
 reading with ``seq = PNO``, so packets of one ``DataTime`` do not collide on the readings table's
@@ -29,8 +39,17 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
+
+import msgspec
+
+from sanitel.schemas.hj212_codes import A00000_TO_M3_H as A00000_TO_M3_H
+from sanitel.schemas.hj212_codes import O2_AIR_PCT, zero_drift_allowance
+from sanitel.schemas.hj212_codes import PARAMETER_CODES as PARAMETER_CODES
+from sanitel.schemas.hj212_codes import POLLUTANT_CODES as POLLUTANT_CODES
+from sanitel.schemas.hj212_codes import RECOGNISED_UNMAPPED as RECOGNISED_UNMAPPED
+from sanitel.schemas.readings import CemsReading
 
 ERROR_CODES: dict[str, str] = {
     "bad_header": "the frame does not start with '##' and a 4-digit decimal length",
@@ -38,9 +57,8 @@ ERROR_CODES: dict[str, str] = {
     "bad_length": "the declared length differs from the data segment's actual length",
     "bad_crc": "the CRC is not 4 hex digits or does not match the data segment",
     "bad_encoding": "the data segment is not ASCII",
-    "bad_field": "a header field (QN, ST, CN, PW, MN, Flag, PNUM, PNO, CP, DataTime) is missing or malformed",
-    "bad_value": "a CP value is not a finite number or a flag is not one of N F M S D C T B",
-    "unknown_code": "a pollutant/parameter code this system does not know",
+    "bad_field": "a header field (QN, ST, CN, PW, MN, Flag, PNUM, PNO, CP, DataTime) is missing or malformed, "
+                 "or DataTime is not a real instant from 2000 on",
     "unsupported_cn": "the command code carries no CEMS data (only 2011, 2051, 2061, 2031 are stored)",
     "wrong_password": "PW does not match the password registered for this MN",
 }
@@ -51,8 +69,13 @@ DEFAULT_TZ = "Asia/Shanghai"  # HJ 212 DataTime and QN are the DAU's local time
 
 # CN → data_kind of cems_readings, and which suffix carries the value for that kind.
 CN_DATA_KIND: dict[str, str] = {"2011": "rtd", "2051": "minute", "2061": "hour", "2031": "day"}
-CN_DATA_REPLY = "9014"  # 数据应答: the host's acknowledgement of an upload whose Flag asks for one
-CN_REQUEST_REPLY = "9011"  # 请求应答 with QnRtn: the standard's only reply code table for a refused frame
+# Replies (HJ 212-2017 command codes, CN 9011–9014): 9014 数据应答 (data reply) acknowledges an upload whose
+# Flag asks for one and carries no result code (CP=&&&&), so it can only mean "received". The standard has
+# no negative data reply; its one table of refusal codes is QnRtn of 9011 请求应答 (request reply); ExeRtn of
+# 9012 执行结果 reports how a host *command* ran and does not apply to uploads. A frame the host will not
+# store is therefore answered 9011 with the QnRtn naming the fault, never 9014.
+CN_DATA_REPLY = "9014"
+CN_REQUEST_REPLY = "9011"
 ST_SYSTEM = "91"  # system interaction (replies)
 
 FLAG_ACK = 1  # Flag bit A: the sender wants an acknowledgement
@@ -61,7 +84,9 @@ FLAG_V2017 = 4  # protocol-version bits for HJ 212-2017
 
 DATA_FLAGS = frozenset("NFMSDCTB")
 
-# QnRtn values of the 9011 request reply (HJ 212-2017 table of request-reply codes).
+# QnRtn values of the 9011 request reply (HJ 212-2017 table of request-reply codes), checked against a
+# public Java implementation (com.apr7.sponge.protocol.hjt212.Constants.QN_RTN_CODE): 1 准备执行请求,
+# 2 请求被拒绝, 3 PW 错误, 4 MN 错误, 5 ST 错误, 6 Flag 错误, 7 QN 错误, 8 CN 错误, 9 CRC 校验错误, 100 未知错误.
 QN_RTN_READY = 1
 QN_RTN_REJECTED = 2
 QN_RTN_BAD_PW = 3
@@ -76,37 +101,6 @@ _FIELD_QN_RTN = {"QN": QN_RTN_BAD_QN, "ST": QN_RTN_BAD_ST, "CN": QN_RTN_BAD_CN, 
                  "MN": QN_RTN_BAD_MN, "Flag": QN_RTN_BAD_FLAG}
 _CODE_QN_RTN = {"bad_crc": QN_RTN_BAD_CRC, "wrong_password": QN_RTN_BAD_PW, "unsupported_cn": QN_RTN_BAD_CN}
 
-# Pollutant codes with a concentration column: code → prefix of <prefix>_mg_m3 / _zs_mg_m3 / _flag.
-POLLUTANT_CODES: dict[str, str] = {
-    "a34013": "dust", "a21026": "so2", "a21002": "nox", "a21005": "co", "a21024": "hcl",
-    "a21001": "nh3", "a20057": "hg",
-}
-# Flue-gas parameters with a column: code → (column, its flag column or None).
-PARAMETER_CODES: dict[str, tuple[str, str | None]] = {
-    "a19001": ("o2_pct", "o2_flag"),
-    "a01014": ("h2o_pct", "h2o_flag"),
-    "a01012": ("flue_temp_c", None),
-    "a01013": ("flue_pressure_kpa", None),
-    "a01011": ("flue_velocity_m_s", None),
-    "a00000": ("flue_flow_m3_h", None),
-    "a01901": ("furnace_temp_c", None),
-}
-# a00000 (flue-gas flow) is sent in m³/s by HJ 212-2017 DAUs; the column is m³/h. (unverified: the
-# unit comes from the standard's code table as quoted by vendors; change here if a DAU sends m³/h.)
-A00000_TO_M3_H = 3600.0
-# Codes HJ 212-2017 defines that have no column here: kept under the reading's "hj212" key.
-RECOGNISED_UNMAPPED: frozenset[str] = frozenset({
-    "a21028",  # H2S
-    "a21017",  # fluoride (HF is not separately coded in the 2017 table)
-    "a24088",  # non-methane hydrocarbons
-    "a05002",  # methane
-    "a24087",  # total hydrocarbons
-    "a21003",  # NO
-    "a21004",  # NO2
-    "a01017",  # flue cross-section area
-    "a05001",  # CO2
-})
-_CODE = re.compile(r"^[a-z][0-9]{5}$")
 _VALUE_SUFFIX = {"rtd": ("Rtd", "ZsRtd"), "minute": ("Avg", "ZsAvg"), "hour": ("Avg", "ZsAvg"), "day": ("Avg", "ZsAvg")}
 
 _HEADER_KEYS = ("QN", "ST", "CN", "PW", "MN", "Flag", "PNUM", "PNO")
@@ -118,6 +112,11 @@ _PW = re.compile(r"^[^;,&=]{1,9}$")
 MN_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,23}"
 _MN = re.compile(rf"^{MN_PATTERN}$")
 _NUMBER = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)$")
+# DataTime is YYYYMMDDhhmmss (HJ 212-2017); published frames also carry milliseconds, like QN.
+_DATA_TIME = re.compile(r"^[0-9]{14}([0-9]{3})?$")
+# HJ/T 212 dates from 2005; the collector refuses device time before 2000-01-01 UTC (ingest/decode.py,
+# ts_too_old), so the codec does too: a frame it converts is a frame the collector stores.
+MIN_DATA_TIME_YEAR = 2000
 
 
 class Hj212Error(ValueError):
@@ -306,7 +305,8 @@ def _int_field(header: dict[str, str], key: str, limit: int) -> int | None:
     value = header.get(key)
     if value is None:
         return None
-    if not (value.isascii() and value.isdigit()) or int(value) > limit:
+    # the length test first: int() of more than 4,300 digits raises ValueError (CPython's conversion limit)
+    if not (value.isascii() and value.isdigit()) or len(value) > len(str(limit)) or int(value) > limit:
         raise Hj212Error("bad_field", f"{key}={value!r} is not an integer 0–{limit}", key)
     return int(value)
 
@@ -333,8 +333,9 @@ def parse_cp(cp: str) -> CpData:
                 data_time = value
             else:
                 other[key] = value
-    if data_time is not None and not re.fullmatch(r"[0-9]{14}", data_time):
-        raise Hj212Error("bad_field", f"DataTime={data_time!r} is not YYYYMMDDhhmmss")
+    if data_time is not None and not _DATA_TIME.fullmatch(data_time):
+        raise Hj212Error("bad_field", f"DataTime={data_time!r} is not YYYYMMDDhhmmss nor YYYYMMDDhhmmsszzz",
+                         "DataTime")
     return CpData(data_time, codes, other)
 
 
@@ -377,78 +378,202 @@ def peek_header(raw: bytes) -> dict[str, str]:
 
 # --- frame → CEMS readings --------------------------------------------------------------------
 
-def _number(code: str, suffix: str, text: str) -> float:
-    if not _NUMBER.fullmatch(text):
-        raise Hj212Error("bad_value", f"{code}-{suffix}={text!r} is not a decimal number")
-    value = float(text)
-    if not math.isfinite(value):
-        raise Hj212Error("bad_value", f"{code}-{suffix}={text!r} is not finite")
-    return value
+# Keys of a reading dict besides its columns (the collector keeps unknown keys in ``extra``).
+EXTRA_RAW = "hj212"  # {code: {suffix: text}}: table codes without a column, statistics without one; "_cp": other CP keys
+EXTRA_UNKNOWN = "hj212_unknown"  # {"code-Suffix": text}: codes outside the table
+EXTRA_INVALID = "invalid"  # {column: {"raw": text, "reason": …}}: the column is null
+EXTRA_ADJUSTED = "adjusted"  # {column: {"raw": text, "stored": value, "reason": …}}: zero drift stored as 0
 
 
-def _flag(code: str, text: str) -> str:
-    if text not in DATA_FLAGS:
-        raise Hj212Error("bad_value", f"{code}-Flag={text!r} is not one of {' '.join(sorted(DATA_FLAGS))}")
-    return text
+@dataclass(frozen=True, slots=True)
+class _Range:
+    lo: float | None
+    hi: float | None
+    lo_open: bool
+    hi_open: bool
+
+    def __contains__(self, value: float) -> bool:
+        above = self.lo is None or (value > self.lo if self.lo_open else value >= self.lo)
+        below = self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
+        return above and below
+
+    def __str__(self) -> str:
+        return f"{'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}" \
+            if self.lo is not None and self.hi is not None else f"lo={self.lo} hi={self.hi}"
+
+
+def _column_ranges() -> dict[str, _Range]:
+    """Every float column of ``CemsReading`` with the bounds the schema enforces, read from the schema
+    itself: a value this codec passes on can never make the collector reject the reading."""
+    info = msgspec.inspect.type_info(CemsReading)
+    assert isinstance(info, msgspec.inspect.StructType)
+    out: dict[str, _Range] = {}
+    for f in info.fields:
+        members = f.type.types if isinstance(f.type, msgspec.inspect.UnionType) else (f.type,)
+        for member in members:
+            inner = member.type if isinstance(member, msgspec.inspect.Metadata) else member
+            if isinstance(inner, msgspec.inspect.FloatType):
+                lo = inner.gt if inner.gt is not None else inner.ge
+                hi = inner.lt if inner.lt is not None else inner.le
+                out[f.name] = _Range(None if lo is None else float(lo), None if hi is None else float(hi),
+                                     inner.gt is not None, inner.lt is not None)
+    return out
+
+
+_RANGES = _column_ranges()
+
+
+@dataclass(frozen=True, slots=True)
+class Hj212Conversion:
+    """What ``convert_frame`` made of a data frame: the readings (dicts that pass ``CemsReading``) and, for
+    metrics, the codes outside the table and the columns invalidated or adjusted (zero drift)."""
+
+    readings: list[dict[str, object]]
+    unknown_codes: tuple[str, ...] = ()
+    invalid_fields: tuple[str, ...] = ()
+    adjusted_fields: tuple[str, ...] = ()
+
+
+class _Builder:
+    """One reading being built: its columns, and what was kept aside with the reason."""
+
+    def __init__(self, reading: dict[str, object]) -> None:
+        self.reading = reading
+        self.raw: dict[str, dict[str, str]] = {}
+        self.unknown: dict[str, str] = {}
+        self.unknown_codes: list[str] = []
+        self.invalid: dict[str, dict[str, object]] = {}
+        self.adjusted: dict[str, dict[str, object]] = {}
+
+    def keep_raw(self, code: str, suffix: str, text: str) -> None:
+        self.raw.setdefault(code, {})[suffix] = text
+
+    def invalidate(self, column: str, text: str, reason: str) -> None:
+        self.reading[column] = None
+        self.invalid.setdefault(column, {"raw": text, "reason": reason})
+
+    def value(self, column: str, code: str, suffix: str, text: str, scale: float = 1.0) -> None:
+        """Store one number in ``column``, or invalidate/adjust it (module docstring)."""
+        where = f"{code}-{suffix}={text}"
+        if not _NUMBER.fullmatch(text):
+            self.invalidate(column, text, f"{code}-{suffix}={text!r} is not a decimal number")
+            return
+        value = float(text) * scale + 0.0  # + 0.0: -0 is stored as 0
+        if not math.isfinite(value):
+            self.invalidate(column, text, f"{where} is not a finite number")
+            return
+        if column == "o2_pct" and value >= O2_AIR_PCT:
+            self.invalidate(column, text, f"{where}: O2 ≥ {O2_AIR_PCT:g} %vol is not a flue-gas value (air has "
+                                          "20.95 %vol; the 11 % O2 correction is undefined)")
+            return
+        limits = _RANGES[column]
+        allowance = zero_drift_allowance(column)
+        if value < 0 and limits.lo == 0:
+            if value >= -allowance:
+                self.reading[column] = 0.0
+                self.adjusted[column] = {"raw": text, "stored": 0.0,
+                                         "reason": f"zero drift: {where} is within the -{allowance:g} allowance"}
+            else:
+                self.invalidate(column, text, f"{where} is negative beyond the zero-drift allowance of "
+                                              f"-{allowance:g}" if allowance else f"{where} is negative")
+            return
+        if value not in limits:
+            self.invalidate(column, text, f"{where} is outside the physical range {limits} of {column}"
+                                          + (f" (after x{scale:g})" if scale != 1.0 else ""))
+            return
+        self.reading[column] = value
+
+    def flag(self, columns: tuple[tuple[str, str], ...], flag_column: str | None, code: str,
+             fields: Mapping[str, str]) -> bool:
+        """Store the data flag; False when it is not a flag of the standard (then the flag column and the
+        values it qualifies are invalidated: a value whose flag is unknown cannot be counted or discarded)."""
+        text = fields.get("Flag")
+        if text is None or text in DATA_FLAGS:
+            if text is not None and flag_column is not None:
+                self.reading[flag_column] = text
+            return True
+        reason = f"{code}-Flag={text!r} is not a data flag of HJ 212-2017 ({' '.join(sorted(DATA_FLAGS))})"
+        if flag_column is not None:
+            self.invalidate(flag_column, text, reason)
+        for column, suffix in columns:
+            if suffix in fields:
+                self.invalidate(column, fields[suffix], reason)
+        return False
+
+    def finish(self, other: Mapping[str, str]) -> Hj212Conversion:
+        if self.raw or other:
+            self.reading[EXTRA_RAW] = {**self.raw, **({"_cp": dict(other)} if other else {})}
+        if self.unknown:
+            self.reading[EXTRA_UNKNOWN] = self.unknown
+        if self.invalid:
+            self.reading[EXTRA_INVALID] = self.invalid
+        if self.adjusted:
+            self.reading[EXTRA_ADJUSTED] = self.adjusted
+        return Hj212Conversion([self.reading], tuple(self.unknown_codes), tuple(self.invalid), tuple(self.adjusted))
 
 
 def data_time_to_rfc3339(data_time: str, tz: str = DEFAULT_TZ) -> str:
-    """``YYYYMMDDhhmmss`` local time → RFC 3339 with the zone's offset."""
-    try:
-        local = datetime.strptime(data_time, "%Y%m%d%H%M%S").replace(tzinfo=ZoneInfo(tz))
+    """``YYYYMMDDhhmmss`` or ``YYYYMMDDhhmmsszzz``, local time in ``tz`` → RFC 3339 with the zone's offset
+    (milliseconds kept). ``bad_field`` unless it is a real instant from ``MIN_DATA_TIME_YEAR`` on."""
+    if not _DATA_TIME.fullmatch(data_time):
+        raise Hj212Error("bad_field", f"DataTime={data_time!r} is not YYYYMMDDhhmmss nor YYYYMMDDhhmmsszzz",
+                         "DataTime")
+    d = data_time
+    try:  # fixed-width fields, read by position
+        local = datetime(int(d[0:4]), int(d[4:6]), int(d[6:8]), int(d[8:10]), int(d[10:12]), int(d[12:14]),
+                         int(d[14:17] or 0) * 1000, tzinfo=ZoneInfo(tz))
     except ValueError:
-        raise Hj212Error("bad_field", f"DataTime={data_time!r} is not a valid date and time") from None
-    return local.isoformat()
+        raise Hj212Error("bad_field", f"DataTime={data_time!r} is not a valid date and time", "DataTime") from None
+    try:
+        instant = local.astimezone(UTC)  # the collector works in UTC: the instant must exist there
+    except OverflowError:
+        raise Hj212Error("bad_field", f"DataTime={data_time!r} in {tz} is out of range", "DataTime") from None
+    if instant.year < MIN_DATA_TIME_YEAR:
+        raise Hj212Error("bad_field", f"DataTime={data_time!r} in {tz} is before {MIN_DATA_TIME_YEAR}-01-01 UTC",
+                         "DataTime")
+    return local.isoformat(timespec="milliseconds" if len(d) == 17 else "seconds")
 
 
-def _map_code(code: str, fields: dict[str, str], data_kind: str, out: dict[str, object],
-              unmapped: dict[str, dict[str, object]]) -> None:
-    value_suffix, zs_suffix = _VALUE_SUFFIX[data_kind]
-    rest: dict[str, object] = {}
-    if code in POLLUTANT_CODES:
-        prefix = POLLUTANT_CODES[code]
-        for suffix, text in fields.items():
-            if suffix == "Flag":
-                out[f"{prefix}_flag"] = _flag(code, text)
-            elif suffix == value_suffix:
-                out[f"{prefix}_mg_m3"] = _number(code, suffix, text)
-            elif suffix == zs_suffix:
-                out[f"{prefix}_zs_mg_m3"] = _number(code, suffix, text)
-            else:
-                rest[suffix] = text
-    else:
-        column, flag_column = PARAMETER_CODES[code]
-        scale = A00000_TO_M3_H if code == "a00000" else 1.0
-        for suffix, text in fields.items():
-            if suffix == "Flag":
-                flag = _flag(code, text)
-                if flag_column:
-                    out[flag_column] = flag
-                else:
-                    rest[suffix] = flag
-            elif suffix == value_suffix:
-                out[column] = _number(code, suffix, text) * scale
-            else:
-                rest[suffix] = text
-    if rest:
-        unmapped[code] = rest
+def _map_pollutant(b: _Builder, code: str, fields: Mapping[str, str], value_suffix: str, zs_suffix: str) -> None:
+    prefix = POLLUTANT_CODES[code]
+    columns = ((f"{prefix}_mg_m3", value_suffix), (f"{prefix}_zs_mg_m3", zs_suffix))
+    flag_ok = b.flag(columns, f"{prefix}_flag", code, fields)
+    for suffix, text in fields.items():
+        if suffix == "Flag":
+            continue
+        column = next((c for c, s in columns if s == suffix), None)
+        if column is None:
+            b.keep_raw(code, suffix, text)
+        elif flag_ok:
+            b.value(column, code, suffix, text)
 
 
-def frame_to_cems_readings(frame: Hj212Frame, *, device_id: str | None = None, tz: str = DEFAULT_TZ,
-                           gas_is_dry: bool = True,
-                           recognised_unmapped: frozenset[str] = RECOGNISED_UNMAPPED) -> list[dict[str, object]]:
-    """One CEMS reading dict (validates as ``schemas.readings.CemsReading``) per data frame.
+def _map_parameter(b: _Builder, code: str, fields: Mapping[str, str], value_suffix: str) -> None:
+    column, flag_column = PARAMETER_CODES[code]
+    flag_ok = b.flag(((column, value_suffix),), flag_column, code, fields)
+    for suffix, text in fields.items():
+        if suffix == "Flag":
+            if flag_column is None:
+                b.keep_raw(code, suffix, text)  # alerts read it there (alerts/queries.flag_sql)
+        elif suffix != value_suffix:
+            b.keep_raw(code, suffix, text)
+        elif flag_ok:
+            b.value(column, code, suffix, text, A00000_TO_M3_H if code == "a00000" else 1.0)
 
-    ``DataTime`` is local time in ``tz``. Values of known codes without a column, and interval
-    statistics other than the average, are kept under ``"hj212"`` (the collector stores unknown keys
-    in ``extra``). Raises ``unsupported_cn``, ``bad_field`` (no DataTime), ``bad_value``, ``unknown_code``.
-    """
+
+def convert_frame(frame: Hj212Frame, *, device_id: str | None = None, tz: str = DEFAULT_TZ, gas_is_dry: bool = True,
+                  recognised_unmapped: frozenset[str] = RECOGNISED_UNMAPPED) -> Hj212Conversion:
+    """The CEMS readings of a data frame (one per frame), and what was set aside, for metrics.
+
+    ``DataTime`` is local time in ``tz``. Raises ``Hj212Error`` only for the frame itself:
+    ``unsupported_cn``, ``bad_field`` (no DataTime, or one that is not a real instant from 2000 on).
+    Field problems never raise (module docstring)."""
     data_kind = CN_DATA_KIND.get(frame.cn)
     if data_kind is None:
         raise Hj212Error("unsupported_cn", f"CN={frame.cn} carries no CEMS data; expected one of "
-                                           f"{', '.join(CN_DATA_KIND)}")
+                                           f"{', '.join(CN_DATA_KIND)}", "CN")
     if frame.cp.data_time is None:
-        raise Hj212Error("bad_field", f"CN={frame.cn} data frame has no DataTime")
+        raise Hj212Error("bad_field", f"CN={frame.cn} data frame has no DataTime", "DataTime")
     reading: dict[str, object] = {
         "ts": data_time_to_rfc3339(frame.cp.data_time, tz),
         "data_kind": data_kind,
@@ -459,18 +584,29 @@ def frame_to_cems_readings(frame: Hj212Frame, *, device_id: str | None = None, t
         reading["seq"] = frame.pno  # see the module docstring: split packets must not collide
     if device_id is not None:
         reading["device_id"] = device_id
-    unmapped: dict[str, dict[str, object]] = {}
+    value_suffix, zs_suffix = _VALUE_SUFFIX[data_kind]
+    b = _Builder(reading)
     for code, fields in frame.cp.codes.items():
-        if code in POLLUTANT_CODES or code in PARAMETER_CODES:
-            _map_code(code, fields, data_kind, reading, unmapped)
+        if code in POLLUTANT_CODES:
+            _map_pollutant(b, code, fields, value_suffix, zs_suffix)
+        elif code in PARAMETER_CODES:
+            _map_parameter(b, code, fields, value_suffix)
         elif code in recognised_unmapped:
-            unmapped[code] = dict(fields)
+            for suffix, text in fields.items():
+                b.keep_raw(code, suffix, text)
         else:
-            hint = " (HJ 212-2005 style code?)" if not _CODE.match(code) else ""
-            raise Hj212Error("unknown_code", f"unknown code {code!r}{hint} in CN={frame.cn} frame from MN {frame.mn}")
-    if unmapped or frame.cp.other:
-        reading["hj212"] = {**unmapped, **({"_cp": frame.cp.other} if frame.cp.other else {})}
-    return [reading]
+            b.unknown_codes.append(code)
+            b.unknown.update({f"{code}-{suffix}": text for suffix, text in fields.items()})
+    return b.finish(frame.cp.other)
+
+
+def frame_to_cems_readings(frame: Hj212Frame, *, device_id: str | None = None, tz: str = DEFAULT_TZ,
+                           gas_is_dry: bool = True,
+                           recognised_unmapped: frozenset[str] = RECOGNISED_UNMAPPED) -> list[dict[str, object]]:
+    """The readings of ``convert_frame`` (each validates as ``schemas.readings.CemsReading``; keys that
+    are not columns — ``hj212``, ``hj212_unknown``, ``invalid``, ``adjusted`` — go to ``extra``)."""
+    return convert_frame(frame, device_id=device_id, tz=tz, gas_is_dry=gas_is_dry,
+                         recognised_unmapped=recognised_unmapped).readings
 
 
 # --- replies a host sends to a DAU ------------------------------------------------------------

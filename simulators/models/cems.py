@@ -299,7 +299,8 @@ class CemsLine(DeviceModel):
                 reading[f"{p.name}_zs_mg_m3"] = round(value * (21.0 - O2_REF) / (21.0 - o2), p.decimals)
             reading[f"{p.name}_flag"] = pollutant_flag
         o2_value = {"C": 0.0 if self._zero_phase(t) else 20.9, "M": 0.0}.get(flag, o2)
-        reading["o2_pct"] = round(clamp(o2_value + rng.gauss(0.0, 0.03), 0.0, 21.0), 2)
+        # below 21 %: O2 >= 21 %vol is not physical in flue gas, and the codec voids it (schemas/hj212.py)
+        reading["o2_pct"] = round(clamp(o2_value + rng.gauss(0.0, 0.03), 0.0, 20.95), 2)
         reading["o2_flag"] = flag
         running = state == RUN
         reading["h2o_pct"] = round((rng.uniform(15.5, 19.5) if running else rng.uniform(2.0, 8.0)), 2)

@@ -79,7 +79,10 @@ async def test_valid_frames_are_published_unchanged_and_acknowledged(mqtt_server
 
 @pytest.mark.parametrize(("raw", "qn_rtn"), [
     (frame("20240501080000004").replace(b"\r\n", b"").rstrip(b"0123456789ABCDEF") + b"FFFF\r\n", 9),  # CRC
-    (frame("20240501080000004", cp=CP.replace("a21002", "a99999")), 100),  # unknown code
+    # issue 11 item 1: this DataTime was answered 9014, then stalled the collector (OverflowError)
+    (frame("20240501080000004", cp=CP.replace("20240501080000", "00010101000000")), 100),
+    (frame("20240501080000004", cp=CP.replace("20240501080000", "20241301080000")), 100),  # month 13
+    (hj212.encode_frame("31", "2021", "LHK-L1", "123456", CP, qn="20240501080000004", flag=5), 8),  # no data
     (frame("20240501080000004").replace(b"CN=2011", b"CN=2021").replace(b"##", b"#+", 1), None),  # header: no reply
 ])
 async def test_bad_frames_are_published_for_dead_lettering_and_refused(
@@ -98,6 +101,43 @@ async def test_bad_frames_are_published_for_dead_lettering_and_refused(
         assert bad.payload == raw and str(bad.topic) == f"sanitation/{CITY}/cems/LHK-L1/hj212"
         writer.close()
         assert listener.stats.bad_frames == 1
+
+
+async def test_a_frame_the_collector_would_refuse_for_its_time_is_not_acknowledged(
+        mqtt_server: MosquittoServer) -> None:
+    """9014 only for what the collector stores: a DataTime 10 minutes ahead of the host's clock (5 allowed) is
+    answered 9011 QnRtn=2 (request rejected), and is still published, for the dead letter."""
+    now = datetime(2024, 5, 1, 0, 0, tzinfo=UTC)  # 08:00 in Asia/Shanghai, the DataTime of CP
+    listener = Hj212Listener(mqtt_server.url, CITY, port=0, publish_timeout=5.0, clock=lambda: now)
+    await listener.start()
+    try:
+        async with subscriber(mqtt_server) as sub:
+            reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+            ahead = frame("20240501080000020", cp=CP.replace("20240501080000", "20240501081000"))
+            writer.write(ahead + frame("20240501080000021"))
+            await writer.drain()
+            refused = await read_reply(reader)
+            assert (refused.cn, refused.qn, refused.cp.other) == ("9011", "20240501080000020", {"QnRtn": "2"})
+            assert (await read_reply(reader)).cn == "9014"
+            assert (await next_message(sub)).payload == ahead
+            writer.close()
+    finally:
+        await listener.stop()
+    assert (listener.stats.bad_frames, listener.stats.acks, listener.stats.nacks) == (1, 1, 1)
+
+
+async def test_unknown_codes_and_implausible_values_are_acknowledged(mqtt_server: MosquittoServer) -> None:
+    """issue 11 item 7: they no longer cost the frame (the collector stores the rest): 9014."""
+    cp = CP + ";a01902-Rtd=912.3;i33101-Rtd=880.5;a21026-Rtd=-0.3,a21026-Flag=N"
+    async with subscriber(mqtt_server) as sub, running(mqtt_server) as listener:
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        sent = frame("20240501080000030", cp=cp.replace("a19001-Rtd=8.0", "a19001-Rtd=21.05"))
+        writer.write(sent)
+        await writer.drain()
+        assert (await read_reply(reader)).cn == "9014"
+        assert (await next_message(sub)).payload == sent
+        writer.close()
+        assert (listener.stats.bad_frames, listener.stats.unknown_codes, listener.stats.invalid_fields) == (0, 1, 1)
 
 
 async def test_garbage_and_a_frame_cut_by_the_connection_are_still_dead_lettered(mqtt_server: MosquittoServer) -> None:
@@ -161,6 +201,50 @@ async def test_tcp_frames_land_in_the_database_through_the_collector(
     with psycopg.connect(fresh_db) as conn:
         row = conn.execute("SELECT device_id, ts, source, data_kind, nox_mg_m3, nox_zs_mg_m3, o2_pct"
                            " FROM cems_readings").fetchone()
-        dead = conn.execute("SELECT topic, payload, reason_code FROM dead_letters").fetchone()
+        dead = conn.execute("SELECT d.topic, p.payload, d.reason_code FROM dead_letters d"
+                            " JOIN dead_letter_payloads p ON p.sha256 = d.payload_sha256").fetchone()
     assert row == ("DAU-E2E", now, "hj212", "rtd", pytest.approx(52.1), pytest.approx(40.0), pytest.approx(8.0))
     assert dead == (f"sanitation/{CITY}/cems/DAU-E2E/hj212", bad, "hj212_bad_crc")
+
+
+@pytest.mark.clock
+async def test_one_field_never_costs_the_reading_end_to_end(
+        fresh_db: str, mqtt_server: MosquittoServer, make_collector: Callable[..., Any]) -> None:
+    """issue 11 items 1 and 7 through the listener, the broker, the collector and the database: unknown
+    codes kept raw, an implausible O2 nulled with its raw value and reason, a zero-drift SO2 stored as 0,
+    milliseconds in DataTime; an impossible DataTime is refused (9011) and dead-lettered, and the frame
+    right behind it still lands."""
+    make_collector(fresh_db, mqtt_server.url, city=CITY)
+    cp = ("DataTime=20260310080000250;a21002-Rtd=52.1,a21002-ZsRtd=40.0,a21002-Flag=N;a19001-Rtd=21.05,"
+          "a19001-Flag=N;a21026-Rtd=-0.3,a21026-Flag=N;a01902-Rtd=912.3;i33101-Rtd=880.5,i33101-Flag=N")
+    good = frame("20260310080000250", mn="DAU-E2E", cp=cp)
+    impossible = frame("20260310080000251", mn="DAU-E2E", cp=cp.replace("20260310080000250", "00010101000000"))
+    behind = frame("20260310080000252", mn="DAU-E2E", cp=CP.replace("20240501080000", "20260310080100"))
+    async with running(mqtt_server) as listener:
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        writer.write(good + impossible + behind)
+        await writer.drain()
+        assert (await read_reply(reader)).cn == "9014"
+        refused = await read_reply(reader)
+        assert (refused.cn, refused.cp.other) == ("9011", {"QnRtn": "100"})
+        assert (await read_reply(reader)).cn == "9014"
+        writer.close()
+
+    def landed() -> bool:
+        return (count(fresh_db, "SELECT count(*) FROM cems_readings") == 2
+                and count(fresh_db, "SELECT count(*) FROM dead_letters") == 1)
+
+    assert await asyncio.to_thread(wait_for, landed, 15)
+    with psycopg.connect(fresh_db) as conn:
+        row = conn.execute("SELECT ts, nox_mg_m3, o2_pct, o2_flag, so2_mg_m3, extra FROM cems_readings"
+                           " ORDER BY ts LIMIT 1").fetchone()
+        dead = conn.execute("SELECT reason_code FROM dead_letters").fetchone()
+    assert row is not None and dead == ("hj212_bad_field",)
+    ts, nox, o2, o2_flag, so2, extra = row
+    assert ts == datetime(2026, 3, 10, 0, 0, 0, 250_000, tzinfo=UTC)
+    assert (nox, o2, o2_flag, so2) == (pytest.approx(52.1), None, "N", 0.0)
+    assert extra["hj212"] == {"a01902": {"Rtd": "912.3"}}
+    assert extra["hj212_unknown"] == {"i33101-Rtd": "880.5", "i33101-Flag": "N"}
+    assert extra["invalid"]["o2_pct"]["raw"] == "21.05" and "O2" in extra["invalid"]["o2_pct"]["reason"]
+    adjusted = extra["adjusted"]["so2_mg_m3"]
+    assert (adjusted["raw"], adjusted["stored"]) == ("-0.3", 0.0) and "zero drift" in adjusted["reason"]

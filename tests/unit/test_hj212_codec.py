@@ -3,7 +3,7 @@ mapping into CEMS readings, replies, and a property test round-tripping encode �
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from sanitel.schemas import hj212
 from sanitel.schemas.hj212 import Hj212Error, crc_hj212, encode_cp, encode_frame, frame_to_cems_readings, parse_frame
+from sanitel.schemas.hj212_codes import O2_AIR_PCT
 from sanitel.schemas.readings import CemsReading
 
 
@@ -157,16 +158,16 @@ def test_non_ascii_data_segment_is_bad_encoding() -> None:
 
 
 @pytest.mark.parametrize(("replace", "code"), [
-    ({"a21002-Rtd=152.5": "a99999-Rtd=1.0"}, "unknown_code"),
-    ({"a21002-Rtd=152.5": "01-Rtd=1.0"}, "unknown_code"),  # HJ 212-2005 style code
-    ({"a21002-Rtd=152.5": "a21002-Rtd=abc"}, "bad_value"),
-    ({"a21002-Rtd=152.5": "a21002-Rtd=1e5"}, "bad_value"),
-    ({"a21002-Flag=N": "a21002-Flag=X"}, "bad_value"),
     ({"CN=2011": "CN=2021"}, "unsupported_cn"),
     ({"DataTime=20240501080000;": ""}, "bad_field"),
-    ({"DataTime=20240501080000": "DataTime=20241301080000"}, "bad_field"),
+    ({"DataTime=20240501080000": "DataTime=20241301080000"}, "bad_field"),  # month 13
+    ({"DataTime=20240501080000": "DataTime=20240501240000"}, "bad_field"),  # hour 24
+    ({"DataTime=20240501080000": "DataTime=20230229080000"}, "bad_field"),  # not a leap year
+    ({"DataTime=20240501080000": "DataTime=00010101000000"}, "bad_field"),  # issue 11 item 1: escaped as OverflowError
+    ({"DataTime=20240501080000": "DataTime=00000101000000"}, "bad_field"),  # year 0
+    ({"DataTime=20240501080000": "DataTime=19991231235959"}, "bad_field"),  # before 2000, as the collector
 ])
-def test_bad_content_is_rejected_when_mapping(replace: dict[str, str], code: str) -> None:
+def test_faults_of_the_frame_itself_are_rejected_when_mapping(replace: dict[str, str], code: str) -> None:
     seg = RTD_SEGMENT
     for old, new in replace.items():
         seg = seg.replace(old, new)
@@ -174,6 +175,134 @@ def test_bad_content_is_rejected_when_mapping(replace: dict[str, str], code: str
     with pytest.raises(Hj212Error) as err:
         frame_to_cems_readings(frame)
     assert err.value.code == code, str(err.value)
+    assert err.value.field in {"CN", "DataTime"}
+
+
+def test_a_data_time_far_in_the_future_of_a_western_zone_is_rejected_not_an_overflow() -> None:
+    with pytest.raises(Hj212Error) as err:
+        hj212.data_time_to_rfc3339("99991231235959", "America/New_York")  # 10000-01-01 in UTC
+    assert err.value.code == "bad_field"
+
+
+def test_data_time_with_milliseconds_is_accepted() -> None:
+    # issue 11 item 7: 17-digit DataTime (YYYYMMDDhhmmsszzz), seen in published frames, was bad_field
+    frame = parse_frame(_with("DataTime=20240501080000", "DataTime=20240501080000250"))
+    assert frame.cp.data_time == "20240501080000250"
+    [reading] = frame_to_cems_readings(frame)
+    assert reading["ts"] == "2024-05-01T08:00:00.250+08:00"
+    assert datetime.fromisoformat(str(reading["ts"])) == datetime(2024, 5, 1, 0, 0, 0, 250_000, tzinfo=UTC)
+    msgspec.convert(reading, CemsReading)
+    with pytest.raises(Hj212Error):
+        parse_frame(_with("DataTime=20240501080000", "DataTime=2024050108000025"))  # 16 digits
+
+
+def test_a_header_number_of_thousands_of_digits_is_bad_field_not_a_value_error() -> None:
+    # int() of more than 4,300 digits raises a plain ValueError (CPython's conversion limit)
+    with pytest.raises(Hj212Error) as err:
+        parse_frame(_with("Flag=5;", "Flag=5;PNO=" + "1" * 5000 + ";"))
+    assert (err.value.code, err.value.field) == ("bad_field", "PNO")
+
+
+# --- one field never takes the frame down (issue 11 item 7) ------------------------------------------
+
+def _convert(replace: dict[str, str]) -> hj212.Hj212Conversion:
+    seg = RTD_SEGMENT
+    for old, new in replace.items():
+        assert old in seg, old
+        seg = seg.replace(old, new)
+    conversion = hj212.convert_frame(parse_frame(hand_frame(seg)), device_id="LHK-L1")
+    for reading in conversion.readings:
+        msgspec.convert(reading, CemsReading)  # the collector will accept it: nothing dead-lettered after 9014
+    return conversion
+
+
+def test_unknown_codes_are_kept_raw_and_counted_and_the_known_ones_land() -> None:
+    conversion = _convert({"a01901-Rtd=1010": "a01901-Rtd=1010;i33101-Rtd=912.3,i33101-Flag=N;a99999-Rtd=1.0;"
+                                              "01-Rtd=7"})  # 01: an HJ/T 212-2005 style code
+    [reading] = conversion.readings
+    assert reading["hj212_unknown"] == {"i33101-Rtd": "912.3", "i33101-Flag": "N", "a99999-Rtd": "1.0", "01-Rtd": "7"}
+    assert conversion.unknown_codes == ("i33101", "a99999", "01")
+    assert (reading["nox_mg_m3"], reading["furnace_temp_c"], reading["o2_pct"]) == (152.5, 1010, 8.0)
+    assert "invalid" not in reading
+
+
+def test_codes_the_old_table_lacked_are_recognised_and_kept_under_hj212() -> None:
+    # issue 11 item 7: a01902 furnace DCS temperature, a01016 flue area, a20058 Hg, a01017 dynamic pressure,
+    # a21017 cyanide each rejected the whole frame (unknown_code)
+    conversion = _convert({"a01901-Rtd=1010": "a01901-Rtd=1010;a01902-Rtd=912.3;a01016-Rtd=3.14;a20058-Rtd=2.5;"
+                                              "a01017-Rtd=0.12;a21017-Rtd=0.01"})
+    [reading] = conversion.readings
+    assert reading["hj212"] == {"a01902": {"Rtd": "912.3"}, "a01016": {"Rtd": "3.14"}, "a20058": {"Rtd": "2.5"},
+                                "a01017": {"Rtd": "0.12"}, "a21017": {"Rtd": "0.01"}}
+    assert conversion.unknown_codes == () and "hj212_unknown" not in reading
+    assert "hg_mg_m3" not in reading  # a20058 is ng/m³ in the table: not converted (hj212_codes.py)
+
+
+def test_fluoride_a21018_fills_the_hf_columns() -> None:
+    [reading] = _convert({"a01901-Rtd=1010": "a01901-Rtd=1010;a21018-Rtd=0.42,a21018-ZsRtd=0.35,a21018-Flag=N"}).readings
+    assert (reading["hf_mg_m3"], reading["hf_zs_mg_m3"], reading["hf_flag"]) == (0.42, 0.35, "N")
+
+
+@pytest.mark.parametrize(("replace", "column", "raw"), [
+    ({"a19001-Rtd=8.0": "a19001-Rtd=21.05"}, "o2_pct", "21.05"),  # issue 11 item 7: rejected the reading
+    ({"a19001-Rtd=8.0": "a19001-Rtd=21"}, "o2_pct", "21"),  # at 21 % the O2 correction is undefined
+    ({"a01014-Rtd=18.5": "a01014-Rtd=100.5"}, "h2o_pct", "100.5"),
+    ({"a01014-Rtd=18.5": "a01014-Rtd=-7"}, "h2o_pct", "-7"),  # beyond the drift allowance (1 %)
+    ({"a21026-Rtd=20.1": "a21026-Rtd=-50"}, "so2_mg_m3", "-50"),  # beyond the drift allowance (5 mg/m³)
+    ({"a21002-ZsRtd=117.31": "a21002-ZsRtd=100001"}, "nox_zs_mg_m3", "100001"),  # above the schema's range
+    ({"a01012-Rtd=145.2": "a01012-Rtd=-60"}, "flue_temp_c", "-60"),
+    ({"a00000-Rtd=50.0": "a00000-Rtd=300000"}, "flue_flow_m3_h", "300000"),  # 1.08e9 m³/h after x3600
+    ({"a01901-Rtd=1010": "a01901-Rtd=2500"}, "furnace_temp_c", "2500"),
+    ({"a21002-Rtd=152.5": "a21002-Rtd=abc"}, "nox_mg_m3", "abc"),
+    ({"a21002-Rtd=152.5": "a21002-Rtd=1e5"}, "nox_mg_m3", "1e5"),  # HJ 212 numbers are fixed-point
+    ({"a21002-Rtd=152.5": "a21002-Rtd="}, "nox_mg_m3", ""),
+    ({"a21002-Rtd=152.5": "a21002-Rtd=" + "9" * 400}, "nox_mg_m3", "9" * 400),  # inf as a float
+])
+def test_an_implausible_value_invalidates_that_field_only(replace: dict[str, str], column: str, raw: str) -> None:
+    conversion = _convert(replace)
+    [reading] = conversion.readings
+    assert reading[column] is None
+    invalid: Any = reading["invalid"]
+    assert set(invalid) == {column} and invalid[column]["raw"] == raw and invalid[column]["reason"]
+    assert conversion.invalid_fields == (column,)
+    # the rest of the reading lands
+    assert reading["dust_mg_m3"] == 3.2 and reading["so2_flag"] == "C"
+    assert reading["nox_flag"] == "N" and reading["flue_velocity_m_s"] == 12.4
+
+
+def test_an_unknown_data_flag_invalidates_the_flag_and_the_values_it_qualifies() -> None:
+    [reading] = _convert({"a21002-Flag=N": "a21002-Flag=X"}).readings
+    assert reading["nox_flag"] is None and reading["nox_mg_m3"] is None and reading["nox_zs_mg_m3"] is None
+    invalid: Any = reading["invalid"]
+    assert {k: v["raw"] for k, v in invalid.items()} == {"nox_flag": "X", "nox_mg_m3": "152.5", "nox_zs_mg_m3": "117.31"}
+    assert reading["so2_mg_m3"] == 20.1 and reading["o2_pct"] == 8.0
+    # a parameter whose flag has no column: the flag stays in hj212 (alerts read it there), the value is voided
+    [reading] = _convert({"a01012-Rtd=145.2": "a01012-Rtd=145.2,a01012-Flag=Q"}).readings
+    assert reading["flue_temp_c"] is None and reading["hj212"] == {"a01012": {"Flag": "Q"}}
+
+
+@pytest.mark.parametrize(("replace", "column", "raw"), [
+    ({"a21026-Rtd=20.1": "a21026-Rtd=-0.3"}, "so2_mg_m3", "-0.3"),  # issue 11 item 7: rejected the reading
+    ({"a21002-ZsRtd=117.31": "a21002-ZsRtd=-4.9"}, "nox_zs_mg_m3", "-4.9"),
+    ({"a34013-Rtd=3.2": "a34013-Rtd=-1"}, "dust_mg_m3", "-1"),
+    ({"a19001-Rtd=8.0": "a19001-Rtd=-0.2"}, "o2_pct", "-0.2"),
+    ({"a01014-Rtd=18.5": "a01014-Rtd=-0.5"}, "h2o_pct", "-0.5"),
+    ({"a01011-Rtd=12.4": "a01011-Rtd=-0.1"}, "flue_velocity_m_s", "-0.1"),
+])
+def test_zero_drift_is_stored_as_zero_with_the_measured_value_kept(replace: dict[str, str], column: str,
+                                                                    raw: str) -> None:
+    conversion = _convert(replace)
+    [reading] = conversion.readings
+    assert reading[column] == 0.0 and "invalid" not in reading
+    adjusted: Any = reading["adjusted"]
+    assert adjusted[column]["raw"] == raw and adjusted[column]["stored"] == 0.0
+    assert conversion.adjusted_fields == (column,)
+
+
+def test_values_the_schema_allows_below_zero_are_kept_as_measured() -> None:
+    [reading] = _convert({"a01013-Rtd=-0.3": "a01013-Rtd=-1.5", "a01012-Rtd=145.2": "a01012-Rtd=-12"}).readings
+    assert (reading["flue_pressure_kpa"], reading["flue_temp_c"]) == (-1.5, -12.0)
+    assert "adjusted" not in reading and "invalid" not in reading
 
 
 def test_replies() -> None:
@@ -183,7 +312,7 @@ def test_replies() -> None:
     nack = parse_frame(hj212.encode_request_reply(frame.qn, "LHK-L1", "123456", hj212.QN_RTN_BAD_CRC))
     assert nack.cn == "9011" and nack.cp.other == {"QnRtn": "9"}
     assert hj212.qn_rtn_for(Hj212Error("bad_field", "x", "MN")) == hj212.QN_RTN_BAD_MN
-    assert hj212.qn_rtn_for(Hj212Error("unknown_code", "x")) == hj212.QN_RTN_UNKNOWN
+    assert hj212.qn_rtn_for(Hj212Error("bad_field", "x", "DataTime")) == hj212.QN_RTN_UNKNOWN
 
 
 def test_peek_header_reads_a_broken_frame() -> None:
@@ -222,7 +351,7 @@ def test_round_trip(mn: str, pw: str, cn: str, qn: str | None, flag: int | None,
         assert getattr(typed, f"{prefix}_mg_m3") == float(v)
         assert getattr(typed, f"{prefix}_zs_mg_m3") == float(z)
         assert getattr(typed, f"{prefix}_flag") == f
-    assert typed.o2_pct == float(o2)
+    assert typed.o2_pct == (float(o2) if o2 < 21 else None)  # 21 %vol is air, not flue gas
 
 
 # --- property test: the simulator's frame generator ↔ parse_frame ----------------------------------
@@ -266,6 +395,6 @@ def test_simulator_frames_round_trip(seed: int, start: int, offsets: list[float]
                 continue
             for field in (f"{p.name}_mg_m3", f"{p.name}_zs_mg_m3", f"{p.name}_flag"):
                 assert getattr(typed, field) == reading.get(field), field
-        assert (typed.o2_pct, typed.o2_flag, typed.h2o_pct) == (reading["o2_pct"], reading["o2_flag"],
-                                                                reading["h2o_pct"])
+        o2 = reading["o2_pct"] if reading["o2_pct"] < O2_AIR_PCT else None  # the model may clamp at 21
+        assert (typed.o2_pct, typed.o2_flag, typed.h2o_pct) == (o2, reading["o2_flag"], reading["h2o_pct"])
         assert typed.flue_flow_m3_h == pytest.approx(reading["flue_flow_m3_h"], abs=0.005 * 3600)
