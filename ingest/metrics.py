@@ -4,6 +4,20 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+# Counted where it happens, in the decoder (pure code with no collector at hand), so per process: every collector's
+# registry exposes this one counter. Label values are exception class names, a set bounded by the code.
+DECODE_INTERNAL_ERRORS = Counter("sanitel_decode_internal_errors",
+                                 "messages or readings the decoder failed on unexpectedly (a bug), dead-lettered as "
+                                 "internal_error", ["exception"], registry=None)
+
+# HJ 212 fields the decoder set aside without dropping the reading (issue 11): codes outside the HJ 212-2017 table
+# (kept raw in extra; no code label, a data unit may send any) and columns voided as implausible (label: the
+# column, a set bounded by the CEMS schema).
+HJ212_UNKNOWN_CODES = Counter("sanitel_hj212_unknown_codes", "HJ 212 fields with a code outside the code table, "
+                              "kept raw in the reading's extra", registry=None)
+HJ212_INVALID_FIELDS = Counter("sanitel_hj212_invalid_fields", "HJ 212 values voided as implausible (null, raw value "
+                               "and reason in extra)", ["column"], registry=None)
+
 
 class CollectorMetrics:
     def __init__(self) -> None:
@@ -25,6 +39,14 @@ class CollectorMetrics:
         self.spool_backlog_bytes = Gauge("sanitel_spool_backlog_bytes", "bytes waiting in the on-disk spool",
                                          registry=r)
         self.spooled = Counter("sanitel_messages_spooled", "messages written to the spool (database down)", registry=r)
+        self.spool_max_bytes = Gauge("sanitel_spool_max_bytes", "the spool's cap (SANITEL_SPOOL_MAX_BYTES)", registry=r)
+        self.spool_full = Gauge("sanitel_spool_full", "1 while the spool refuses batches (at its cap or disk full): "
+                                "messages are left unacknowledged with the broker", registry=r)
+        self.spool_quarantined = Counter("sanitel_spool_quarantined_records",
+                                         "damaged or unreplayable spool records moved to a quarantine file",
+                                         ["reason"], registry=r)
         self.queue_depth = Gauge("sanitel_queue_depth", "messages received and not yet written", registry=r)
         self.broker_connected = Gauge("sanitel_broker_connected", "1 while connected to the broker", registry=r)
         self.database_up = Gauge("sanitel_database_up", "1 while the database is reachable", registry=r)
+        for per_process in (DECODE_INTERNAL_ERRORS, HJ212_UNKNOWN_CODES, HJ212_INVALID_FIELDS):
+            r.register(per_process)

@@ -14,11 +14,15 @@ from typing import Any
 import msgspec
 import yaml
 
-from sanitel.schemas.readings import DEFAULT_STREAM, READING_TYPES, GatewayBatch, Reading
+from sanitel.schemas.readings import DEFAULT_STREAM, NUL_RULE, READING_TYPES, GatewayBatch, Reading
 from sanitel.schemas.topics import CITY_PATTERN, ID_PATTERN, SEVERITIES
 
 OUT_DIR = Path(__file__).resolve().parent.parent / "docs" / "contract"
 REJECTIONS_DOC = "Rejected input is stored in the dead-letter table with its raw bytes, topic and a reason code."
+JSON_RULES = ("Payloads are UTF-8 JSON (RFC 8259) within I-JSON's rules (RFC 7493): member names unique in every "
+              "object (duplicate_key otherwise), no lone surrogate escapes, nesting at most 128 levels. Integer "
+              "fields take integral numbers (2.0). " + NUL_RULE.replace("U+0000 (NUL):", "U+0000 (NUL) in text:")
+              + " Identifiers never contain NUL.")
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
@@ -32,7 +36,8 @@ def json_schemas() -> dict[str, dict[str, Any]]:
                "$defs": components}
         if issubclass(reading_type, Reading):  # every type but GatewayBatch
             doc["$comment"] = (f"Topic sanitation/{{city}}/{reading_type.kind}/{{device_id}}/{reading_type.stream}; "
-                               "payload: one object or an array of them. Unknown fields are kept.")
+                               "payload: one object or an array of them. Unknown fields are kept (in extra). "
+                               + JSON_RULES)
         out[f"{_snake(name)}.schema.json"] = doc
     return out
 
@@ -94,8 +99,12 @@ def asyncapi() -> dict[str, Any]:
         "asyncapi": "3.0.0",
         "info": {"title": "sanitel device wire contract", "version": "1.0.0",
                  "description": "MQTT topics and payloads that device gateways publish to sanitel. Timestamps `ts`"
-                                " are device time (RFC 3339 with offset, or epoch milliseconds); `seq` is the "
-                                "per-device sequence number; redelivery is harmless (unique on device, ts, seq)."},
+                                " are device time: exactly RFC 3339 date-time with an offset (`T` and `Z` in either "
+                                "case) or epoch milliseconds; `seq` is the per-device sequence number; redelivery "
+                                "is harmless (unique on device, ts, seq). " + JSON_RULES + " The collector "
+                                "subscribes to sanitation/{city}/#: a topic outside these channels is dead-lettered "
+                                "as bad_topic, except the alerts channel, which sanitel publishes and the collector "
+                                "skips."},
         "defaultContentType": "application/json",
         "channels": channels, "operations": operations,
         "components": {"messages": messages, "schemas": schemas},

@@ -1,9 +1,13 @@
 """Typed readings, one schema per reading kind, with units in the names and physical ranges enforced.
 
 A message on ``sanitation/{city}/{kind}/{device_id}/{stream}`` carries one reading (a JSON object) or
-several (a JSON array). Every reading has ``ts`` — the device's time: RFC 3339 with an offset, or
-epoch milliseconds — and ``seq``, the device's sequence number where it has one. Unknown fields are
-kept (stored in ``extra``), never dropped. Ranges are physical limits, not alert thresholds.
+several (a JSON array). Every reading has ``ts`` — the device's time: exactly RFC 3339 with an offset, or
+epoch milliseconds (``schemas.timestamps``) — and ``seq``, the device's sequence number where it has one.
+Unknown fields are kept (stored in ``extra``), never dropped. Ranges are physical limits, not alert thresholds.
+
+What the collector adds to these schemas (``ingest/decode.py``, docs/ingest.md): integer fields take integral
+numbers (``2.0``, JSON Schema 2020-12); member names must be unique within an object; U+0000 in free text follows
+``NUL_RULE``; identifiers never contain it.
 """
 
 from __future__ import annotations
@@ -13,18 +17,39 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgspec
 from msgspec import Meta
 
+from sanitel.schemas.timestamps import RFC3339_PATTERN
+
+# PostgreSQL text and jsonb cannot hold U+0000; the collector's one rule for it (ingest/decode.py applies it).
+NUL_RULE = ("U+0000 (NUL): trailing NULs are padding and are removed; any other NUL is stored as U+FFFD and the "
+            "value as received is kept, as JSON text, in extra._raw_json (padding alone keeps no copy). Length "
+            "limits apply after that.")
+
 
 def _r(lo: float, hi: float, unit: str, doc: str = "") -> Meta:
     """The physical range of a float field, used as ``Annotated[float, _r(...)]``."""
     return Meta(ge=lo, le=hi, description=f"{doc} [{unit}]".strip())
 
 
+def _text(max_length: int, doc: str = "", min_length: int | None = None) -> Meta:
+    """Free text: any characters; U+0000 follows ``NUL_RULE``."""
+    return Meta(min_length=min_length, max_length=max_length, description=f"{doc}{'. ' if doc else ''}{NUL_RULE}")
+
+
 Ts = Annotated[
-    str | int,
+    # The pattern and format are published for gateway developers; the collector checks ts with
+    # schemas.timestamps (same grammar, plus valid dates, leap seconds and range), answering bad_timestamp.
+    Annotated[str, Meta(extra_json_schema={"pattern": RFC3339_PATTERN, "format": "date-time"},
+                        description="RFC 3339 date-time (RFC 3339 §5.6): T and Z in either case, the offset "
+                                    "required, any number of fractional digits (kept to the microsecond); no space "
+                                    "for T, no ISO 8601 basic form")]
+    | Annotated[int, Meta(description="epoch milliseconds (UTC); an integral number such as 1.7e12 counts")],
     Meta(description="device time of the reading: RFC 3339 with offset, or epoch milliseconds"),
 ]
 Seq = Annotated[int, Meta(ge=0, le=2**63 - 1, description="per-device sequence number (0 when absent)")]
-Ident = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")]
+Ident = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$",
+                            description="identifier: ASCII letters, digits and _ . : -, starting with a letter or "
+                                        "digit; never repaired (a NUL or any other character makes it out of "
+                                        "range)")]
 Flag = Literal["N", "F", "M", "S", "D", "C", "T", "B"]
 
 WorkMode = Literal["idle", "transport", "sweep", "sweep_left", "sweep_right", "wander_hose", "unload", "charging"]
@@ -96,7 +121,7 @@ class StationTelemetry(Reading):
     noise_dba: Annotated[float, _r(0, 194, "dB(A)", "boundary noise")] | None = None
     leachate_level_pct: Annotated[float, _r(0, 100, "%")] | None = None
     deodoriser_on: bool | None = None
-    truck_id: Annotated[str, Meta(max_length=32)] | None = None
+    truck_id: Annotated[str, _text(32, "truck id or plate")] | None = None
     weighbridge_in_t: Annotated[float, _r(0, 100, "t", "gross weight in")] | None = None
     weighbridge_out_t: Annotated[float, _r(0, 100, "t", "tare weight out")] | None = None
 
@@ -108,7 +133,7 @@ class BinDeposit(Reading):
     kind: ClassVar[str] = "bin"
     stream: ClassVar[str] = "event"
 
-    household_id: Annotated[str, Meta(min_length=1, max_length=64, description="RFID card id")]
+    household_id: Annotated[str, _text(64, "RFID card id", min_length=1)]
     category: WasteCategory
     weight_kg: Annotated[float, _r(0, 500, "kg", "net weight")]
     point_id: Ident | None = None
@@ -141,7 +166,7 @@ class CameraDetection(Reading):
     confidence: Annotated[float, _r(0, 1, "fraction")]
     point_id: Ident | None = None
     object_count: Annotated[int, Meta(ge=0, le=10_000)] | None = None
-    image_ref: Annotated[str, Meta(max_length=512)] | None = None
+    image_ref: Annotated[str, _text(512, "reference to the stored image")] | None = None
 
 
 _C = Annotated[float, _r(0, 100_000, "mg/m³")]

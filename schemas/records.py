@@ -35,5 +35,9 @@ class Row:
 
 @dataclass(slots=True)
 class Decoded:
+    """Rows and rejections; both empty only for a message the collector skips by design (``ignored`` says why:
+    a topic sanitel itself publishes, ``sanitation/{city}/alerts/…``), which is acknowledged and not stored."""
+
     rows: list[Row] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
+    ignored: str | None = None

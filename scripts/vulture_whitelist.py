@@ -197,6 +197,7 @@ check_message  # simulators/contract.py: the simulator's output checked against 
 reading_time  # simulators/contract.py
 verify_password  # sanitel/broker_auth.py: proves the password file is in Mosquitto's format (tests)
 REASONS  # ingest/decode.py: the catalogue of rejection reason codes (documented; tests check the docs)
+_.ignored  # schemas/records.py Decoded: why a message was skipped (sanitel's own alerts topics; tests read it)
 HYPERTABLES  # sanitel/db.py: the hypertables the migrations must create (tests)
 ERROR_CODES  # schemas/hj212.py: the codec's error catalogue (tests)
 format_data_time  # schemas/hj212.py: encodes DataTime (tests build frames with it)

@@ -18,7 +18,7 @@ import msgspec
 
 from sanitel.schemas import hj212
 from sanitel.schemas.readings import BY_KIND_STREAM, DEFAULT_STREAM, GatewayBatch, GatewayReading, Reading
-from sanitel.schemas.topics import DeviceTopic, GatewayTopic, Hj212Topic, parse_topic
+from sanitel.schemas.topics import DeviceTopic, GatewayTopic, Hj212Topic, SystemTopic, parse_topic
 
 # Fields sent on purpose although no column holds them (they land in `extra`).
 DELIBERATE_EXTRAS: dict[str, frozenset[str]] = {"cems": frozenset({"operating_state"})}
@@ -49,6 +49,8 @@ def check_message(topic: str, payload: bytes) -> list[CheckedReading]:
         return [_device_reading(parsed, payload)]
     if isinstance(parsed, GatewayTopic):
         return _gateway_readings(parsed, payload)
+    if isinstance(parsed, SystemTopic):
+        raise ContractError(f"topic {topic!r}: sanitel publishes this family itself; a device must not")
     return _hj212_readings(parsed, payload)
 
 
