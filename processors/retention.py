@@ -23,4 +23,8 @@ def apply_retention(conn: psycopg.Connection, *, raw: timedelta, rollups: timede
             dropped[table] = len(rows)
     cur = conn.execute("DELETE FROM dead_letters WHERE received_at < %s", (now - dead_letters,))
     dropped["dead_letters"] = cur.rowcount
+    # payloads no dead letter refers to any more (the age test keeps one a collector is writing a letter for)
+    cur = conn.execute("DELETE FROM dead_letter_payloads p WHERE p.last_received_at < %s AND NOT EXISTS "
+                       "(SELECT 1 FROM dead_letters d WHERE d.payload_sha256 = p.sha256)", (now - dead_letters,))
+    dropped["dead_letter_payloads"] = cur.rowcount
     return dropped

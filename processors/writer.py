@@ -1,13 +1,34 @@
 """Batched, idempotent writes of decoded messages into TimescaleDB.
 
 One transaction per batch: rows are binary-COPYed into per-session staging tables and moved with
-``INSERT … SELECT … ON CONFLICT DO NOTHING`` (COPY-class speed, and a redelivered message adds
-nothing); rejected readings go to ``dead_letters``; ``device_last_seen`` is upserted. Only after
-``write`` returns may the caller acknowledge the messages to the broker.
+``INSERT … SELECT … ON CONFLICT DO NOTHING`` (COPY-class speed, and a redelivered message adds nothing);
+unknown devices are registered, rejected readings go to the dead letters and ``device_last_seen`` is upserted,
+all in that one transaction. Only after ``write`` returns may the caller acknowledge the messages.
 
-Errors: ``DatabaseUnavailable`` when the database cannot be reached (the caller spools); a row the
-database refuses (a constraint the schema did not catch) is isolated and dead-lettered as
-``storage_rejected`` — one poison message never blocks the others.
+What is in a batch never stops it. When the database refuses a batch for its content — any error but an
+unavailable database: a value PostgreSQL cannot store, a constraint the schema did not catch, an identifier
+it cannot register — the transaction is rolled back whole and the batch is isolated at the reading level:
+the readings are split and each part retried in a transaction of its own, down to the readings that fail
+alone. Where the database names the row (``COPY stage_…, line N``), or the driver fails while encoding one,
+that reading is tried alone at once, the readings before it together, and those after it together; otherwise
+the readings are bisected. A reading that fails alone is dead-lettered as ``storage_rejected`` with the
+database's message, its index, kind and device; every other reading commits. An exception that is not the
+database's (a bug in this code path) is isolated the same way and dead-lettered as ``internal_error`` with its
+class, so it cannot stall the collector either. Nothing of a failed attempt survives it: each attempt is one
+transaction, rolled back on failure (staged rows, registrations and dead letters with it), and the device
+cache is only updated after a commit.
+
+``DatabaseUnavailable`` is the only error ``write`` raises for a batch, and it never depends on the batch:
+the connection is lost, or the server cannot take writes now (out of disk or memory, shutting down,
+read-only, a lock conflict or deadlock to retry, a missing table or privilege). The caller spools the batch
+and replays it later; the writes are idempotent. (Should even the fallback dead letter of a message fail to
+commit, the exception is raised: a broken dead-letter table is not the content's fault.)
+
+Dead letters keep the raw payload once per message, capped (``dead_letter_payloads``: the first
+``payload_keep_bytes``, the full size and the sha256), and one ``dead_letters`` row per rejected message or
+reading refers to it. One message stores at most ``dead_letters_per_message`` such rows and then one
+``more_rejections`` row that counts the rest by reason; the metrics count every rejection. Text in a dead letter
+is made storable (NUL and lone surrogates escaped), so a dead letter itself is never refused.
 """
 
 from __future__ import annotations
@@ -15,10 +36,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import re
 from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -28,6 +51,8 @@ from sanitel.schemas.readings import READING_TYPES, table_columns
 from sanitel.schemas.records import Decoded, Rejection, Row
 
 log = logging.getLogger("sanitel.writer")
+
+T = TypeVar("T")
 
 
 class DatabaseUnavailable(Exception):
@@ -49,25 +74,130 @@ class WriteResult:
     inserted: Counter[str] = field(default_factory=Counter)  # by table
     duplicates: Counter[str] = field(default_factory=Counter)  # by table: rows already there
     accepted: Counter[str] = field(default_factory=Counter)  # readings by kind
-    rejected: Counter[tuple[str, str]] = field(default_factory=Counter)  # (kind, reason_code)
+    rejected: Counter[tuple[str, str]] = field(default_factory=Counter)  # (kind, reason_code), every rejection
     lags_s: list[float] = field(default_factory=list)  # device time → commit, sampled
 
 
 _COLUMNS = {t.table: table_columns(t) for t in READING_TYPES}
-_KIND_OF_TABLE = {t.table: t.kind for t in READING_TYPES}
-_DEAD_LETTER_COLUMNS = ("received_at", "topic", "payload", "reason_code", "reason", "reading_index", "kind",
-                        "device_id", "collector_id", "message_key")
+_DEAD_LETTER_COLUMNS = ("received_at", "topic", "reason_code", "reason", "reading_index", "kind", "device_id",
+                        "collector_id", "message_key", "payload_sha256")
+_INSERT_DEAD_LETTERS = (f"INSERT INTO dead_letters ({', '.join(_DEAD_LETTER_COLUMNS)}) "
+                        f"VALUES ({', '.join(['%s'] * len(_DEAD_LETTER_COLUMNS))}) ON CONFLICT (message_key) DO NOTHING")
+# the row lock taken by DO UPDATE keeps retention from deleting a payload a dead letter is about to refer to
+_INSERT_PAYLOADS = (
+    "INSERT INTO dead_letter_payloads AS p (sha256, size, payload, first_received_at, last_received_at) "
+    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (sha256) DO UPDATE SET "
+    "first_received_at = least(p.first_received_at, EXCLUDED.first_received_at), "
+    "last_received_at = greatest(p.last_received_at, EXCLUDED.last_received_at) "
+    "WHERE EXCLUDED.last_received_at > p.last_received_at OR EXCLUDED.first_received_at < p.first_received_at")
+_REASON_MAX_CHARS = 2000
 _LAG_SAMPLES_PER_BATCH = 200
 _TEXT_OID, _BPCHAR_OID = 25, 1042
+_COPY_LINE = re.compile(r"COPY stage_(\w+), line (\d+)(?:, column (\w+))?")
+
+# SQLSTATEs that say the server cannot take writes now, whatever the batch holds: connection exceptions (08),
+# insufficient resources (53), shutdown (57P), system errors (58), serialization failures and deadlocks (40),
+# read-only transaction (25006), lock not available (55P03), statement timeout (57014), and a schema or
+# privilege that is missing (42501, 42P01, 42703, 3F000). The batch is spooled and replayed later.
+_UNAVAILABLE_PREFIXES = ("08", "53", "57P", "58", "40")
+_UNAVAILABLE_STATES = frozenset({"25006", "55P03", "57014", "42501", "42P01", "42703", "3F000"})
+
+
+def database_unavailable(exc: BaseException, connection_lost: bool) -> bool:
+    """Whether ``exc``, raised while writing (after which the connection is lost, or not), means the database is
+    unavailable rather than refusing what it was given."""
+    if connection_lost or isinstance(exc, DatabaseUnavailable):
+        return True
+    if not isinstance(exc, psycopg.Error):
+        return False
+    state = exc.sqlstate
+    if state is None:  # raised by the driver, not the server: only a lost connection counts
+        return isinstance(exc, psycopg.OperationalError)
+    return state.startswith(_UNAVAILABLE_PREFIXES) or state in _UNAVAILABLE_STATES
+
+
+class AttemptFailed(Exception):
+    """One attempt at writing a set of readings failed (and was rolled back). ``culprit`` is the position of the
+    reading that caused it, when known (the database named its COPY line, or the driver failed encoding it)."""
+
+    def __init__(self, cause: BaseException, culprit: int | None = None) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.culprit = culprit
+
+
+def isolate(items: Sequence[T], attempt: Callable[[list[T]], None],
+            failed: AttemptFailed | None = None) -> list[tuple[T, BaseException]]:
+    """Write ``items`` with ``attempt`` (one transaction per call; it rolls back and raises AttemptFailed),
+    splitting what fails until every failing item stands alone; returns those with the error of their own
+    attempt. Every other item is written by exactly one successful attempt. ``failed``: how an attempt at all of
+    ``items`` (more than one) already failed — they are split at once.
+
+    A failed part whose culprit is named is split into what precedes it, the culprit alone, and what follows;
+    otherwise into halves. k bad items among n cost at most about 2·k·log2(n) attempts, 1 + 3·k when every
+    culprit is named. Errors other than AttemptFailed (the database unavailable) propagate.
+    """
+    refused: list[tuple[T, BaseException]] = []
+    todo: list[list[T]] = []
+    if failed is not None and len(items) > 1:
+        todo.extend(reversed(_split(list(items), failed)))
+    elif items:
+        todo.append(list(items))
+    while todo:
+        part = todo.pop()
+        try:
+            attempt(part)
+        except AttemptFailed as failure:
+            if len(part) == 1:
+                refused.append((part[0], failure.cause))
+            else:
+                todo.extend(reversed(_split(part, failure)))  # in order: the first part is tried next
+    return refused
+
+
+def _split(part: list[T], failed: AttemptFailed) -> list[list[T]]:
+    """Around a named culprit (what precedes it mostly got through already: it commits in one attempt, and what
+    follows fails, if at all, at its next culprit), else into halves."""
+    culprit = failed.culprit
+    if culprit is not None and 0 <= culprit < len(part):
+        return [p for p in (part[:culprit], [part[culprit]], part[culprit + 1:]) if p]
+    mid = len(part) // 2
+    return [part[:mid], part[mid:]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """One reading of the batch: its message (by position in the batch) and its row."""
+
+    message: int
+    row: Row
+
+
+@dataclass(slots=True)
+class _Progress:
+    """The reading an attempt is preparing or encoding, to name it when our side fails on it."""
+
+    position: int | None = None
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """What a committed attempt did: its counts, and the registry problems it found (not yet dead-lettered)."""
+
+    result: WriteResult
+    problems: list[tuple[int, Rejection]]
 
 
 class ReadingWriter:
     """Owns one connection. Not thread-safe: one writer per writer thread."""
 
-    def __init__(self, url: str, *, collector_id: str, auto_register: bool) -> None:
+    def __init__(self, url: str, *, collector_id: str, auto_register: bool, payload_keep_bytes: int = 64 * 1024,
+                 dead_letters_per_message: int = 100) -> None:
         self.url = url
         self.collector_id = collector_id
         self.auto_register = auto_register
+        self.payload_keep_bytes = payload_keep_bytes
+        self.dead_letters_per_message = dead_letters_per_message
         self._conn: psycopg.Connection | None = None
         self._device_kinds: dict[str, str] = {}
         self._hj212_passwords: dict[str, str | None] = {}
@@ -79,17 +209,23 @@ class ReadingWriter:
             return self._conn
         try:
             conn = psycopg.connect(self.url, connect_timeout=5, application_name=f"sanitel {self.collector_id}")
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(_describe(exc)) from None
+        try:
             for table, columns in _COLUMNS.items():
-                conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS stage_{table} (LIKE {table} INCLUDING DEFAULTS) "
-                             "ON COMMIT DELETE ROWS")
+                # CHECK constraints too: a value the table refuses is then refused by the COPY, which names its line
+                conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS stage_{table} "
+                             f"(LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS) ON COMMIT DELETE ROWS")
                 types: dict[str, int] = dict(conn.execute(
                     "SELECT attname, atttypid::int FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0",
                     (table,)).fetchall())
                 # bpchar has no binary dumper in psycopg; its wire format is text's
                 self._copy_types[table] = [_TEXT_OID if types[c] == _BPCHAR_OID else types[c] for c in columns]
             conn.commit()
-        except psycopg.OperationalError as exc:
-            raise DatabaseUnavailable(str(exc).strip()) from None
+        except psycopg.Error as exc:  # the set-up does not depend on any batch: the database is not usable now
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+            raise DatabaseUnavailable(_describe(exc)) from None
         self._conn = conn
         return conn
 
@@ -111,74 +247,108 @@ class ReadingWriter:
 
     # --- writing ---------------------------------------------------------------------------
     def write(self, messages: list[Message]) -> WriteResult:
-        """Write a batch durably (one transaction). Raises DatabaseUnavailable and leaves nothing half done."""
+        """Write a batch durably: readings and dead letters. Raises DatabaseUnavailable (nothing of the failed
+        attempt is left) and nothing else for the batch's content."""
+        items = [_Item(i, row) for i, message in enumerate(messages) for row in message.decoded.rows]
+        dead = [list(message.decoded.rejections) for message in messages]
         try:
-            return self._write(messages)
-        except psycopg.OperationalError as exc:
-            self.close()
-            raise DatabaseUnavailable(str(exc).strip()) from None
-        except psycopg.Error as exc:
-            # A row the database refused: isolate the message(s) that cause it.
-            self._rollback()
-            if len(messages) == 1:
-                return self._write_refused(messages[0], exc)
-            log.warning("batch refused (%r); isolating the offending message", exc)
-            result = WriteResult()
-            for message in messages:
-                _merge(result, self.write([message]))
-            return result
+            return self._attempt(messages, items, dead).result  # the common case: one transaction
+        except AttemptFailed as exc:
+            failed = exc
+            log.warning("batch of %d messages refused (%s); isolating the readings that cause it",
+                        len(messages), _describe(exc.cause))
 
-    def _write(self, messages: list[Message]) -> WriteResult:
+        result = WriteResult()
+
+        def attempt(part: list[_Item]) -> None:
+            done = self._attempt(messages, part, None)
+            _merge(result, done.result)
+            for index, problem in done.problems:
+                dead[index].append(problem)
+
+        # a single reading is retried alone, without the dead letters: the failure may have been theirs
+        refused = isolate(items, attempt, failed if len(items) > 1 else None)
+        for item, cause in refused:
+            dead[item.message].append(_refusal(item.row, cause))
+        if refused:
+            log.warning("dead-lettered %d of %d readings the database refused: %s", len(refused), len(items),
+                        "; ".join(f"{messages[i.message].topic} #{i.row.index}: {_describe(c)}"
+                                  for i, c in refused[:5]))
+        self._write_dead_letters(messages, dead, result)
+        return result
+
+    def _attempt(self, messages: list[Message], items: list[_Item],
+                 dead: list[list[Rejection]] | None) -> _Attempt:
+        """Write these readings in one transaction — and, when ``dead`` is given, the batch's dead letters with
+        them (registry problems included); otherwise registry problems are returned for the caller to
+        dead-letter. Rolls back and raises AttemptFailed on a refusal, DatabaseUnavailable when unavailable."""
         conn = self._connection()
         result = WriteResult()
-        kinds = self._resolve_devices(conn, messages)
-        rows: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
-        dead: list[tuple[Any, ...]] = []
-        last_seen: dict[str, tuple[datetime, int, datetime]] = {}
-        for message in messages:
-            for rejection in message.decoded.rejections:
-                dead.append(self._dead_letter(message, rejection))
-                result.rejected[(rejection.kind or "unknown", rejection.reason_code)] += 1
-            for row in message.decoded.rows:
-                problem = _registry_problem(row, kinds.get(row.device_id), self._hj212_passwords.get(row.device_id))
+        copied: dict[str, list[int]] = defaultdict(list)  # table → positions in ``items``, in COPY order
+        progress = _Progress()
+        try:
+            known, found = self._resolve_devices(conn, items)
+            rows: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+            problems: list[tuple[int, Rejection]] = []
+            last_seen: dict[str, tuple[datetime, int, datetime]] = {}
+            for position, item in enumerate(items):
+                progress.position = position
+                row = item.row
+                kind, password = known.get(row.device_id, (None, None))
+                problem = _registry_problem(row, kind, password)
                 if problem is not None:
-                    dead.append(self._dead_letter(message, problem))
-                    result.rejected[(row.kind, problem.reason_code)] += 1
+                    problems.append((item.message, problem))
                     continue
                 derive = DERIVATIONS.get(row.table)
                 rows[row.table].append(derive(row.values) if derive else row.values)
+                copied[row.table].append(position)
                 result.accepted[row.kind] += 1
                 seen = last_seen.get(row.device_id)
                 if seen is None or row.ts >= seen[0]:
-                    last_seen[row.device_id] = (row.ts, row.values[2], message.received_at)
-        with conn.cursor() as cur:
-            for table, table_rows in rows.items():
-                inserted = self._copy_and_merge(cur, table, table_rows)
-                result.inserted[table] += inserted
-                result.duplicates[table] += len(table_rows) - inserted
-            if dead:
-                cur.executemany(
-                    f"INSERT INTO dead_letters ({', '.join(_DEAD_LETTER_COLUMNS)}) "
-                    f"VALUES ({', '.join(['%s'] * len(_DEAD_LETTER_COLUMNS))}) ON CONFLICT (message_key) DO NOTHING",
-                    dead,
-                )
-            if last_seen:
-                self._upsert_last_seen(cur, last_seen)
-        conn.commit()
+                    last_seen[row.device_id] = (row.ts, row.values[2], messages[item.message].received_at)
+            progress.position = None
+            with conn.cursor() as cur:
+                for table, table_rows in rows.items():
+                    inserted = self._copy_and_merge(cur, table, table_rows, copied[table], progress)
+                    result.inserted[table] += inserted
+                    result.duplicates[table] += len(table_rows) - inserted
+                if dead is not None:
+                    letters = [list(d) for d in dead]
+                    for index, problem in problems:
+                        letters[index].append(problem)
+                    problems = []
+                    self._stage_dead_letters(cur, messages, letters)
+                    _count_rejections(result, letters)
+                if last_seen:
+                    self._upsert_last_seen(cur, last_seen)
+            conn.commit()
+        except DatabaseUnavailable:
+            self.close()
+            raise
+        except Exception as exc:
+            self._recover(exc)  # raises DatabaseUnavailable when that is what it was
+            raise AttemptFailed(exc, _culprit(exc, copied, progress)) from exc
+        # committed: only now may the cache learn what this transaction registered
+        for device_id, (kind, password) in found.items():
+            self._device_kinds[device_id] = kind
+            self._hj212_passwords[device_id] = password
         committed = datetime.now(UTC)
         step = max(1, sum(len(r) for r in rows.values()) // _LAG_SAMPLES_PER_BATCH)
         result.lags_s = [(committed - r[1]).total_seconds() for rs in rows.values() for r in rs[::step]]
-        return result
+        return _Attempt(result, problems)
 
-    def _copy_and_merge(self, cur: psycopg.Cursor, table: str, rows: list[tuple[Any, ...]]) -> int:
+    def _copy_and_merge(self, cur: psycopg.Cursor, table: str, rows: list[tuple[Any, ...]], positions: list[int],
+                        progress: _Progress) -> int:
         columns = _COLUMNS[table]
         extra_at = len(columns) - 1
         with cur.copy(f"COPY stage_{table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(self._copy_types[table])
-            for row in rows:
+            for position, row in zip(positions, rows, strict=True):
+                progress.position = position
                 if row[extra_at] is not None:
                     row = (*row[:extra_at], Jsonb(row[extra_at]))
                 copy.write_row(row)
+            progress.position = None
         cur.execute(f"INSERT INTO {table} SELECT * FROM stage_{table} ON CONFLICT DO NOTHING")
         return cur.rowcount
 
@@ -198,47 +368,148 @@ class ReadingWriter:
             (ids, [last_seen[i][0] for i in ids], [last_seen[i][1] for i in ids], [last_seen[i][2] for i in ids]),
         )
 
-    def _resolve_devices(self, conn: psycopg.Connection, messages: list[Message]) -> dict[str, str]:
-        """Registered kind of every device in the batch; auto-registers unknown ones when allowed."""
-        wanted = {row.device_id: row.kind for m in messages for row in m.decoded.rows}
-        missing = [d for d in wanted if d not in self._device_kinds]
+    def _resolve_devices(self, conn: psycopg.Connection, items: list[_Item]
+                         ) -> tuple[dict[str, tuple[str, str | None]], dict[str, tuple[str, str | None]]]:
+        """Registered kind and HJ 212 password of every device of these readings (auto-registering unknown ones
+        when allowed, in the attempt's transaction), and which of them the cache does not know yet."""
+        wanted = {item.row.device_id: item.row.kind for item in items}
+        known = {d: (self._device_kinds[d], self._hj212_passwords.get(d)) for d in wanted if d in self._device_kinds}
+        missing = sorted(d for d in wanted if d not in self._device_kinds)
+        found: dict[str, tuple[str, str | None]] = {}
         if missing:
             if self.auto_register:
-                ids = sorted(missing)
                 conn.execute(
                     "INSERT INTO devices (device_id, kind, auto_registered) "
                     "SELECT d, k, true FROM unnest(%s::text[], %s::text[]) AS t (d, k) ON CONFLICT DO NOTHING",
-                    (ids, [wanted[i] for i in ids]),
+                    (missing, [wanted[i] for i in missing]),
                 )
-            found = conn.execute("SELECT device_id, kind, metadata->>'hj212_password' FROM devices "
-                                 "WHERE device_id = ANY(%s)", (missing,)).fetchall()
-            conn.commit()
-            for device_id, kind, password in found:
-                self._device_kinds[device_id] = kind
-                self._hj212_passwords[device_id] = password
-        return {d: self._device_kinds[d] for d in wanted if d in self._device_kinds}
+            for device_id, kind, password in conn.execute(
+                    "SELECT device_id, kind, metadata->>'hj212_password' FROM devices WHERE device_id = ANY(%s)",
+                    (missing,)).fetchall():
+                found[device_id] = (kind, password)
+        return known | found, found
 
-    def _dead_letter(self, message: Message, rejection: Rejection) -> tuple[Any, ...]:
-        key = hashlib.sha256(
-            f"{message.topic}\0{rejection.index}\0{rejection.reason_code}\0".encode() + message.payload
-        ).hexdigest()
-        return (message.received_at, message.topic, message.payload, rejection.reason_code, rejection.reason[:2000],
-                rejection.index, rejection.kind, rejection.device_id, self.collector_id, key)
-
-    def _write_refused(self, message: Message, exc: psycopg.Error) -> WriteResult:
-        reason = f"the database refused the message: {exc.diag.message_primary or exc}"
-        refused = Decoded(rejections=[Rejection("storage_rejected", reason, None, r.kind, r.device_id)
-                                      for r in message.decoded.rows[:1]] or
-                          [Rejection("storage_rejected", reason)])
-        refused.rejections += message.decoded.rejections
-        return self._write([Message(message.topic, message.payload, message.received_at, refused)])
-
-    def _rollback(self) -> None:
-        if self._conn is not None:
+    # --- dead letters ----------------------------------------------------------------------
+    def _write_dead_letters(self, messages: list[Message], dead: list[list[Rejection]], result: WriteResult) -> None:
+        """Commit the dead letters of a batch whose readings were isolated. Should that fail for anything but an
+        unavailable database (a bug: they are made storable), each message gets one ``internal_error`` dead
+        letter with its payload instead; should that fail too, the error is raised."""
+        if not any(dead):
+            return
+        try:
+            self._commit_dead_letters(messages, dead)
+        except AttemptFailed as failed:
+            log.error("the dead letters of a batch could not be stored (%s); storing one internal_error per message",
+                      _describe(failed.cause))
+            fallback = [[Rejection("internal_error", f"the dead letters of this message could not be stored: "
+                                   f"{_describe(failed.cause)}")] if d else [] for d in dead]
             try:
-                self._conn.rollback()
+                self._commit_dead_letters(messages, fallback)
+            except AttemptFailed as again:
+                raise again.cause from None
+        _count_rejections(result, dead)
+
+    def _commit_dead_letters(self, messages: list[Message], dead: list[list[Rejection]]) -> None:
+        conn = self._connection()
+        try:
+            with conn.cursor() as cur:
+                self._stage_dead_letters(cur, messages, dead)
+            conn.commit()
+        except Exception as exc:
+            self._recover(exc)
+            raise AttemptFailed(exc) from exc
+
+    def _stage_dead_letters(self, cur: psycopg.Cursor, messages: list[Message], dead: list[list[Rejection]]) -> None:
+        """Insert the payload (once per message) and the dead-letter rows of every message with rejections."""
+        payloads: dict[str, tuple[str, int, bytes, datetime, datetime]] = {}
+        letters: list[tuple[Any, ...]] = []
+        for message, rejections in zip(messages, dead, strict=True):
+            if not rejections:
+                continue
+            digest = hashlib.sha256(message.payload).hexdigest()
+            at = message.received_at
+            if digest in payloads:  # the same payload twice in a batch (a redelivery): one row
+                _, size, kept, first, last = payloads[digest]
+                payloads[digest] = (digest, size, kept, min(first, at), max(last, at))
+            else:
+                payloads[digest] = (digest, len(message.payload), message.payload[:self.payload_keep_bytes], at, at)
+            letters += self.dead_letter_rows(message, rejections, digest)
+        if not letters:
+            return
+        # a fixed order: two collectors writing the same payloads or keys never deadlock
+        cur.executemany(_INSERT_PAYLOADS, [payloads[d] for d in sorted(payloads)])
+        letters.sort(key=lambda letter: str(letter[8]))  # message_key
+        cur.executemany(_INSERT_DEAD_LETTERS, letters)
+
+    def dead_letter_rows(self, message: Message, rejections: list[Rejection], digest: str) -> list[tuple[Any, ...]]:
+        """The ``dead_letters`` rows of one message (``_DEAD_LETTER_COLUMNS``): one per rejection, message-level
+        ones first, then by reading index, at most ``dead_letters_per_message``; then one ``more_rejections``
+        row counting the rest by reason. Keys are stable, so a redelivered message adds no row."""
+        ordered = sorted(rejections, key=lambda r: (r.index is not None, r.index or 0))  # stable: ties keep order
+        kept, rest = ordered[:self.dead_letters_per_message], ordered[self.dead_letters_per_message:]
+        occurrences: Counter[tuple[int | None, str]] = Counter()
+        rows: list[tuple[Any, ...]] = []
+        for r in kept:
+            nth = occurrences[(r.index, r.reason_code)]
+            occurrences[(r.index, r.reason_code)] += 1
+            key = _message_key(message, f"{r.index}\0{r.reason_code}\0", nth)
+            rows.append(self._letter(message, r.reason_code, r.reason, r.index, r.kind, r.device_id, key, digest))
+        if rest:
+            reasons = Counter(r.reason_code for r in rest).most_common()
+            kinds = {r.kind for r in rest}
+            reason = (f"{len(rest)} more rejections in this message, not stored one by one (the first "
+                      f"{len(kept)} are): " + ", ".join(f"{code} ×{n}" for code, n in reasons))
+            rows.append(self._letter(message, "more_rejections", reason, None, kinds.pop() if len(kinds) == 1 else None,
+                                     None, _message_key(message, "*\0more_rejections\0", 0), digest))
+        return rows
+
+    def _letter(self, message: Message, code: str, reason: str, index: int | None, kind: str | None,
+                device_id: str | None, key: str, digest: str) -> tuple[Any, ...]:
+        return (message.received_at, _storable(message.topic), _storable(code), _storable(reason[:_REASON_MAX_CHARS]),
+                index, _storable(kind), _storable(device_id), _storable(self.collector_id), key, digest)
+
+    # --- failures --------------------------------------------------------------------------
+    def _recover(self, exc: BaseException) -> None:
+        """Roll back the failed attempt; raise DatabaseUnavailable if that is why it failed."""
+        conn = self._conn
+        unavailable = database_unavailable(exc, conn is None or conn.closed or conn.broken)
+        if conn is not None and not unavailable:
+            try:
+                conn.rollback()
             except psycopg.Error:
-                self.close()
+                unavailable = True
+        if unavailable:
+            self.close()
+            raise DatabaseUnavailable(_describe(exc)) from None
+
+
+def _culprit(exc: BaseException, copied: dict[str, list[int]], progress: _Progress) -> int | None:
+    """The position of the reading that caused ``exc``, when the database names it (``COPY stage_…, line N``) or
+    our side failed while preparing or encoding it."""
+    if isinstance(exc, psycopg.Error) and exc.sqlstate is not None:  # the server's: a COPY line, or no reading
+        match = _COPY_LINE.search(exc.diag.context or "")
+        if match is None:
+            return None
+        positions = copied.get(match.group(1), [])
+        line = int(match.group(2))
+        return positions[line - 1] if 0 < line <= len(positions) else None
+    return progress.position
+
+
+def _refusal(row: Row, exc: BaseException) -> Rejection:
+    """The dead letter of a reading that failed alone: what the database said, or the exception of a bug."""
+    where = f"reading {row.index}" if row.index is not None else "the reading"
+    if isinstance(exc, psycopg.Error):
+        detail = exc.diag.message_primary or str(exc).strip()
+        match = _COPY_LINE.search(exc.diag.context or "")
+        column = f" (column {match.group(3)})" if match is not None and match.group(3) else ""
+        return Rejection("storage_rejected", f"the database refused {where}{column}: {detail}", row.index, row.kind,
+                         row.device_id)
+    if isinstance(exc, (UnicodeEncodeError, OverflowError)):  # the driver cannot encode a value for the database
+        return Rejection("storage_rejected", f"{where} cannot be stored: {type(exc).__name__}: {exc}", row.index,
+                         row.kind, row.device_id)
+    return Rejection("internal_error", f"{type(exc).__name__} while writing {where}: {exc}", row.index, row.kind,
+                     row.device_id)
 
 
 def _registry_problem(row: Row, registered_kind: str | None, hj212_password: str | None) -> Rejection | None:
@@ -253,6 +524,39 @@ def _registry_problem(row: Row, registered_kind: str | None, hj212_password: str
         return Rejection("hj212_wrong_password", f"PW is {shown} for MN {row.device_id} (devices.metadata"
                          ".hj212_password)", row.index, row.kind, row.device_id)
     return None
+
+
+def _message_key(message: Message, part: str, nth: int) -> str:
+    """Unique per rejection of a message: topic, index and reason, and the whole payload (the n-th repeat of the
+    same index and reason gets a suffix; the first keeps the key earlier versions gave it)."""
+    digest = hashlib.sha256(f"{message.topic}\0{part}".encode("utf-8", "surrogatepass"))
+    digest.update(message.payload)
+    return digest.hexdigest() + (f"/{nth}" if nth else "")
+
+
+def _storable(text: str | None) -> str | None:
+    """Text PostgreSQL can store: NUL and lone surrogates escaped (``\\x00``, ``\\ud800``)."""
+    if text is None:
+        return None
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, psycopg.Error) and exc.diag.message_primary:
+        return exc.diag.message_primary
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def _count_rejections(result: WriteResult, dead: list[list[Rejection]]) -> None:
+    for rejections in dead:
+        for r in rejections:
+            result.rejected[(r.kind or "unknown", r.reason_code)] += 1
 
 
 def _merge(into: WriteResult, other: WriteResult) -> None:

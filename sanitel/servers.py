@@ -21,6 +21,11 @@ from pathlib import Path
 from sanitel.errors import SanitelError
 
 PG_SUPPORTED_MAJORS = (14, 15, 16, 17)  # what TimescaleDB 2.19 builds against
+# Mosquitto's limits sit this far above the collector's payload limit (SANITEL_MAX_PAYLOAD_BYTES): a payload a
+# little over it still reaches the collector and is dead-lettered as payload_too_large (capped), so its sender
+# shows; the broker refuses larger payloads (message_size_limit), and disconnects a client whose packet —
+# payload, topic, header and properties — is larger still (max_packet_size) without reading it.
+BROKER_LIMIT_HEADROOM = 16 * 1024
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
@@ -227,6 +232,7 @@ class MosquittoServer:
     port: int
     password_file: Path | None = None
     acl_file: Path | None = None
+    max_payload_bytes: int = 256 * 1024  # the collector's limit (SANITEL_MAX_PAYLOAD_BYTES)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).absolute()
@@ -239,6 +245,16 @@ class MosquittoServer:
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
+    @property
+    def message_size_limit(self) -> int:
+        """Largest payload the broker accepts; larger ones are refused (MQTT 5 publishers get PUBACK 0x83)."""
+        return self.max_payload_bytes + BROKER_LIMIT_HEADROOM
+
+    @property
+    def max_packet_size(self) -> int:
+        """Largest packet the broker reads; a client sending a larger one is disconnected."""
+        return self.message_size_limit + BROKER_LIMIT_HEADROOM
+
     def write_config(self) -> None:
         _check_writable(self.data_dir)
         lines = [
@@ -250,6 +266,9 @@ class MosquittoServer:
             "max_queued_messages 0",
             "max_inflight_messages 0",
             "persistent_client_expiration 14d",
+            # oversized messages are refused here instead of being stored, queued and spooled in full
+            f"message_size_limit {self.message_size_limit}",
+            f"max_packet_size {self.max_packet_size}",
             "log_dest stderr",
             "log_type error",
             "log_type warning",

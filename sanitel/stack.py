@@ -22,7 +22,8 @@ class LocalStack:
             # broker auth is on once `sanitel devices …` has written a password file (sanitel/broker_auth.py)
             auth = BrokerAuthFiles.for_data_dir(data)
             files = {"password_file": auth.password_file, "acl_file": auth.acl_file} if auth.enabled else {}
-            self.mosquitto = MosquittoServer(data / "mosquitto", self.settings.mqtt_port, **files)
+            self.mosquitto = MosquittoServer(data / "mosquitto", self.settings.mqtt_port, **files,
+                                             max_payload_bytes=self.settings.max_payload_bytes)
 
     def up(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -356,11 +356,15 @@ def test_health_reports_database_broker_lag_spool_and_dead_letters(seeded_db: st
         spool.mkdir(parents=True)
         (spool / "000001.spool").write_bytes(b"x" * 1234)
         with psycopg.connect(seeded_db) as conn:
-            conn.execute("INSERT INTO dead_letters (received_at, topic, payload, reason_code, reason, message_key)"
-                         " VALUES (now(), 't', 'x', 'invalid_json', 'bad', 'k1')")
+            conn.execute("INSERT INTO dead_letter_payloads (sha256, size, payload, first_received_at, "
+                         "last_received_at) VALUES ('h1', 1, 'x', now(), now())")
+            conn.execute("INSERT INTO dead_letters (received_at, topic, reason_code, reason, message_key, "
+                         "payload_sha256) VALUES (now(), 't', 'invalid_json', 'bad', 'k1', 'h1')")
         health = c.get("/health").json()
         assert health["status"] == "degraded"
-        assert health["checks"]["spool"]["data"] == {"files": 1, "bytes": 1234, "folder": str(spool)}
+        assert health["checks"]["spool"]["data"] == {"files": 1, "bytes": 1234, "folder": str(spool),
+                                                     "max_bytes": settings.spool_max_bytes, "full": False,
+                                                     "quarantined_records": 0}
         assert health["checks"]["dead_letters"]["data"]["last_hour"] == 1
 
         text = c.get("/metrics").text
