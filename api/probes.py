@@ -1,4 +1,5 @@
-"""Probes for /health that are not SQL: the broker (a real MQTT CONNECT) and the collector's spool."""
+"""Probes for /health that are not SQL: the broker (a real MQTT CONNECT). The collector's spool is read with
+``sanitel.processors.spool.inspect_spool``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import contextlib
 import secrets
 import ssl
 from dataclasses import dataclass
-from pathlib import Path
 
 from sanitel.errors import SanitelError
 from sanitel.mqtt_wire import DISCONNECT, BrokerTarget, connect_packet
@@ -51,20 +51,3 @@ async def probe_broker(url: str, timeout: float = 3.0) -> BrokerProbe:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
-
-
-@dataclass(frozen=True)
-class SpoolBacklog:
-    files: int
-    bytes: int
-
-
-def spool_backlog(folder: Path) -> SpoolBacklog:
-    """Spool segments (``*.spool``) the collector has not replayed yet; an absent folder is an empty spool."""
-    files = total = 0
-    if folder.is_dir():
-        for path in folder.rglob("*.spool"):
-            with contextlib.suppress(FileNotFoundError):  # replayed and deleted while we looked
-                total += path.stat().st_size
-                files += 1
-    return SpoolBacklog(files, total)

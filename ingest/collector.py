@@ -7,6 +7,12 @@ spool (``processors.spool``) — and only then acknowledges them, in order. Rede
 harmless because writes are idempotent. ``stop()`` stops taking messages, flushes, acks, and disconnects;
 messages that arrive after that are not acknowledged and stay with the broker.
 
+Spool full (``SANITEL_SPOOL_MAX_BYTES`` reached, or the disk full): the writer holds the batch it could not make
+durable, unacknowledged, and retries it about once a second; it takes nothing more meanwhile, so the broker stops
+sending once Receive Maximum messages are unacknowledged and keeps the rest in the session. Replay frees space when
+the database returns, and acknowledging resumes. Replay never stalls on content: damaged records are quarantined
+by the spool, and a message whose write fails for its content is isolated (bisection) and quarantined too.
+
 Seams (Telegraf's mqtt_consumer gets its client the same way): the MQTT client comes from a factory
 (``paho_collector_client`` in service) and needs only what ``MqttClient`` lists; the writer is anything with
 ``ReadingStore``'s three methods; both clocks are parameters. Unit tests drive the batching and ack policy
@@ -22,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Generic, Protocol, TypeVar, cast
 
 import paho.mqtt.client as mqtt
@@ -33,13 +40,13 @@ from sanitel.ingest.buffered_client import BufferedClient
 from sanitel.ingest.decode import DecodeLimits, decode_message
 from sanitel.ingest.metrics import CollectorMetrics
 from sanitel.mqtt_wire import BrokerTarget, paho_client
-from sanitel.processors.spool import Spool, SpooledMessage
+from sanitel.processors.spool import BadSpan, Spool, SpooledMessage, SpoolFull, SpoolRecord
 from sanitel.processors.writer import DatabaseUnavailable, Message, ReadingWriter, WriteResult
 from sanitel.schemas.topics import DEVICE_KINDS, subscription
 from sanitel.settings import Settings
 
 log = logging.getLogger("sanitel.collector")
-_TOPIC_KINDS = frozenset((*DEVICE_KINDS, "gateway"))
+_TOPIC_KINDS = frozenset((*DEVICE_KINDS, "gateway", "alerts"))  # alerts: our own notifications, skipped
 _IDLE_WAKE_S = 1.0  # the writer wakes at least this often: the spool must replay even when no traffic arrives
 
 T = TypeVar("T")
@@ -173,14 +180,22 @@ def _utc_now() -> datetime:
 class Collector:
     def __init__(self, settings: Settings, *, serve_metrics: bool = True,
                  client_factory: ClientFactory = paho_collector_client, writer: ReadingStore | None = None,
-                 monotonic: Callable[[], float] = time.monotonic, now: Callable[[], datetime] = _utc_now) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, now: Callable[[], datetime] = _utc_now,
+                 idle_wake_s: float = _IDLE_WAKE_S) -> None:
         self.settings = settings
         self.metrics = CollectorMetrics()
         self.limits = DecodeLimits(settings.max_payload_bytes, timedelta(seconds=settings.max_future_skew_s))
         self.writer: ReadingStore = writer if writer is not None else ReadingWriter(
             settings.effective_database_url, collector_id=settings.collector_client_id,
-            auto_register=settings.auto_register_devices)
-        self.spool = Spool(settings.effective_spool_dir / settings.collector_client_id)
+            auto_register=settings.auto_register_devices, payload_keep_bytes=settings.dead_letter_payload_bytes,
+            dead_letters_per_message=settings.dead_letters_per_message)
+        self.spool = Spool(settings.effective_spool_dir / settings.collector_client_id,
+                           max_bytes=settings.spool_max_bytes)
+        self.metrics.spool_max_bytes.set(settings.spool_max_bytes)
+        self._idle_wake_s = idle_wake_s  # the writer's longest sleep; also the retry period of a held batch
+        self._held: list[_Received] = []  # a batch the full spool refused: unacknowledged, retried
+        self._full_reason: str | None = None  # set while the spool refuses batches (backpressure)
+        self._stop_requested = threading.Event()
         self._monotonic = monotonic  # flush deadlines, write latency, spool replay pacing
         self._now = now  # receive time of a message (checked against device time; stored with dead letters)
         self._batcher: Batcher[_Received] = Batcher(settings.collector_queue_max, settings.collector_batch_size,
@@ -239,7 +254,8 @@ class Collector:
         if not self.writer.ping():
             log.warning("database not reachable at start; spooling until it is")
             self._db_down_since = self._monotonic()
-        self._replay_spool_if_possible()
+        self.spool.write_status(full=False, reason=None)
+        self._replay_safely()
         self._accepting.set()
         self._writer_thread.start()
         try:
@@ -255,6 +271,7 @@ class Collector:
         if self._stopped.is_set():
             return
         self._accepting.clear()
+        self._stop_requested.set()  # a held batch gets one last try, then stays with the broker
         self._batcher.close()
         self._writer_thread.join(timeout)
         self._stopped.set()
@@ -272,42 +289,55 @@ class Collector:
 
     # --- the writer thread -----------------------------------------------------------------
     def _write_loop(self) -> None:
-        stopping = False
-        while not stopping:
-            batch, stopping = self._batcher.take(_IDLE_WAKE_S)
+        closed = False
+        while not closed:
+            if self._held:
+                held, self._held = self._held, []
+                self._flush(held)
+                if self._held:  # still refused: take nothing more (backpressure), try again soon
+                    self._stop_requested.wait(self._idle_wake_s)
+                    continue
+            batch, closed = self._batcher.take(self._idle_wake_s)
             if not batch:
-                if not stopping:
-                    self._replay_spool_if_possible()
+                if not closed:
+                    self._replay_safely()
                 continue
             self.metrics.queue_depth.set(self._batcher.qsize())
+            for r in batch:
+                self.metrics.received.labels(_topic_kind(r.topic)).inc()
             self._flush(batch)
 
     def _flush(self, batch: list[_Received]) -> None:
-        """Make the batch durable, then acknowledge it in order; a batch that fails stays unacknowledged."""
+        """Make the batch durable, then acknowledge it in order; a batch that fails stays unacknowledged, and one
+        the full spool refused is held for another try (unless stopping: then the broker keeps it)."""
         try:
             self._persist(batch)
+        except SpoolFull as exc:
+            self._spool_refused(str(exc))
+            if not self._stop_requested.is_set():
+                self._held = batch
+            return
         except Exception:  # never let the writer thread die: the messages stay unacknowledged
             log.exception("unexpected error writing a batch of %d; left unacknowledged, the broker "
                           "redelivers it on the next connection", len(batch))
             return
         self.client.ack_many([r.mid for r in batch if r.qos == 1])
+        if self._full_reason is not None:
+            self._spool_accepting()
 
     def _persist(self, batch: list[_Received]) -> None:
         raw: list[SpooledMessage] = [(r.topic, r.payload, r.received_at) for r in batch]
-        for r in batch:
-            self.metrics.received.labels(_topic_kind(r.topic)).inc()
         if self._db_down_since is not None or not self.spool.is_empty():
-            # keep order: new messages queue behind the spooled ones
-            self._spool(raw)
-            self._replay_spool_if_possible()
-            return
-        try:
-            self._write(raw)
-        except DatabaseUnavailable as exc:
-            log.warning("database unavailable (%s); spooling to %s", exc, self.spool.folder)
-            self._db_down_since = self._monotonic()
-            self.metrics.database_up.set(0)
-            self._spool(raw)
+            self._replay_safely()  # when the database is back this drains the spool (and frees space)
+        if self._db_down_since is None and self.spool.is_empty():
+            try:
+                self._write(raw)
+                return
+            except DatabaseUnavailable as exc:
+                log.warning("database unavailable (%s); spooling to %s", exc, self.spool.folder)
+                self._db_down_since = self._monotonic()
+                self.metrics.database_up.set(0)
+        self._spool(raw)  # behind what is spooled already: order kept
 
     def _write(self, raw: list[SpooledMessage]) -> WriteResult:
         messages = [Message(topic, payload, at, decode_message(topic, payload, at, self.limits))
@@ -329,9 +359,39 @@ class Collector:
         return result
 
     def _spool(self, raw: list[SpooledMessage]) -> None:
-        self.spool.append(raw)
+        """Append and fsync; SpoolFull (nothing durable) when at the cap or the disk is full."""
+        try:
+            self.spool.append(raw)
+        finally:
+            self.metrics.spool_backlog_bytes.set(self.spool.backlog_bytes())
         self.metrics.spooled.inc(len(raw))
-        self.metrics.spool_backlog_bytes.set(self.spool.backlog_bytes())
+
+    def _spool_refused(self, reason: str) -> None:
+        self.metrics.spool_full.set(1)
+        if self._full_reason is not None:
+            return  # said once
+        self._full_reason = reason
+        log.warning("spool full: %s. New messages are not acknowledged; the broker keeps them in the session "
+                    "(nothing is lost) and ingestion resumes by itself once replay frees space. Fix: bring the "
+                    "database back (replay drains the spool), or free disk space / raise SANITEL_SPOOL_MAX_BYTES "
+                    "(now %d bytes) for %s", reason, self.settings.spool_max_bytes, self.spool.folder)
+        self.spool.write_status(full=True, reason=reason)
+
+    def _spool_accepting(self) -> None:
+        log.info("spool accepting again (%d bytes of %d); acknowledging resumed", self.spool.backlog_bytes(),
+                 self.settings.spool_max_bytes)
+        self._full_reason = None
+        self.metrics.spool_full.set(0)
+        self.spool.write_status(full=False, reason=None)
+
+    def _replay_safely(self) -> None:
+        """Replay, and log rather than raise whatever goes wrong: neither start() nor the writer thread may die of
+        the spool (a failed replay is retried on the next idle wake)."""
+        try:
+            self._replay_spool_if_possible()
+        except Exception:
+            log.exception("spool replay failed; retrying shortly")
+            self._db_down_since = self._monotonic()  # paces the retry like an outage
 
     def _replay_spool_if_possible(self) -> None:
         """Replay spooled segments oldest first once the database answers; at most every second while down."""
@@ -343,18 +403,54 @@ class Collector:
             self._db_down_since = self._monotonic()
             return
         while (segment := self.spool.oldest_segment()) is not None:
-            messages = list(self.spool.read_segment(segment))
-            try:
-                for i in range(0, len(messages), self.settings.collector_batch_size):
-                    self._write(messages[i:i + self.settings.collector_batch_size])
-            except DatabaseUnavailable:
+            if not self._replay_segment(segment):
                 self._db_down_since = self._monotonic()
                 return
-            self.spool.remove(segment)
             self.metrics.spool_backlog_bytes.set(self.spool.backlog_bytes())
-            log.info("replayed %d spooled messages from %s", len(messages), segment.name)
         self._db_down_since = None
         self.metrics.database_up.set(1)
+
+    def _replay_segment(self, segment: Path) -> bool:
+        """Write a segment's records, quarantine what cannot be replayed, then delete it. False when the database
+        went away (the segment stays, to be replayed again: idempotent writes)."""
+        contents = self.spool.read_segment(segment)
+        bad = list(contents.bad)
+        size = self.settings.collector_batch_size
+        try:
+            for i in range(0, len(contents.records), size):
+                bad += self._replay_records(contents.records[i:i + size])
+        except DatabaseUnavailable:
+            return False
+        if bad:
+            target = self.spool.quarantine(segment, bad)
+            for span in bad:
+                self.metrics.spool_quarantined.labels(span.reason).inc()
+                log.error("spool record quarantined: %s, %d bytes at offset %d of %s (%s); copied to %s",
+                          span.reason, span.length, span.offset, segment.name, span.detail, target)
+        self.spool.remove(segment)
+        log.info("replayed %d spooled messages from %s%s", len(contents.records) - len(bad) + len(contents.bad),
+                 segment.name, " (old format)" if contents.legacy else "")
+        return True
+
+    def _replay_records(self, records: list[SpoolRecord]) -> list[BadSpan]:
+        """Write spooled records; a failure that is not the database going away is the content's: bisect down to
+        the record(s) that cause it and return them, to be quarantined, after writing the rest."""
+        try:
+            self._write([r.message for r in records])
+            return []
+        except DatabaseUnavailable:
+            raise
+        except Exception as exc:
+            error = exc
+        self.writer.close()  # nothing half-written survives: the next write starts on a fresh connection
+        if not self.writer.ping():
+            raise DatabaseUnavailable(f"database lost during replay ({error.__class__.__name__})") from error
+        if len(records) > 1:
+            half = len(records) // 2
+            return self._replay_records(records[:half]) + self._replay_records(records[half:])
+        log.error("a spooled message cannot be written (topic %r); quarantining it", records[0].message[0],
+                  exc_info=error)
+        return [BadSpan(records[0].offset, records[0].length, "replay_error", f"{error.__class__.__name__}: {error}")]
 
 
 def _topic_kind(topic: str) -> str:

@@ -16,9 +16,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sanitel.api.deps import ApiContext, Context
 from sanitel.api.models import Check, CheckStatus, Health
-from sanitel.api.probes import probe_broker, spool_backlog
+from sanitel.api.probes import probe_broker
 from sanitel.api.queries import alerts as alert_queries
 from sanitel.api.queries import health as queries
+from sanitel.processors.spool import inspect_spool
 from sanitel.urls import redact_url
 
 router = APIRouter(tags=["operations"])
@@ -86,15 +87,24 @@ async def _broker_check(ctx: ApiContext) -> Check:
 
 
 def _spool_check(ctx: ApiContext) -> Check:
-    backlog = spool_backlog(ctx.settings.effective_spool_dir)
-    ctx.metrics.spool_backlog_bytes.set(backlog.bytes)
-    ctx.metrics.spool_backlog_files.set(backlog.files)
-    data: dict[str, Any] = {"files": backlog.files, "bytes": backlog.bytes,
-                            "folder": str(ctx.settings.effective_spool_dir)}
-    if backlog.bytes == 0:
-        return Check(status="ok", detail="empty", data=data)
-    return Check(status="degraded", detail=f"{backlog.bytes} bytes in {backlog.files} segment(s) waiting to be "
-                 "replayed (the database was or is unreachable)", data=data)
+    """The collectors' spools, read from their folder (the collector is another process): backlog, cap, records
+    quarantined as damaged, and whether a collector is refusing messages because its spool is full."""
+    folder = ctx.settings.effective_spool_dir
+    spool = inspect_spool(folder, ctx.settings.spool_max_bytes)
+    ctx.metrics.spool_backlog_bytes.set(spool.bytes)
+    ctx.metrics.spool_backlog_files.set(spool.files)
+    data: dict[str, Any] = {"files": spool.files, "bytes": spool.bytes, "folder": str(folder),
+                            "max_bytes": ctx.settings.spool_max_bytes, "full": spool.full,
+                            "quarantined_records": spool.quarantined_records}
+    quarantined = (f"; {spool.quarantined_records} damaged record(s) quarantined in {folder}/*/*.quarantine"
+                   if spool.quarantined_records else "")
+    if spool.full:
+        return Check(status="degraded", detail=f"full: {spool.full_reason}. The collector is not acknowledging new "
+                     "messages (the broker keeps them) until replay frees space" + quarantined, data=data)
+    if spool.bytes == 0:
+        return Check(status="ok", detail="empty" + quarantined, data=data)
+    return Check(status="degraded", detail=f"{spool.bytes} bytes in {spool.files} segment(s) waiting to be "
+                 "replayed (the database was or is unreachable)" + quarantined, data=data)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,

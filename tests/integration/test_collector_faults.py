@@ -1,7 +1,8 @@
 """Faults against the real broker and database of the fixtures: nothing lost, nothing doubled.
 
 (a) database stopped for 60 s while 20,000 messages arrive; (b) collector SIGKILLed mid-stream and
-restarted; (c) broker restarted; (d) two collectors on an MQTT 5 shared subscription."""
+restarted; (c) broker restarted; (d) two collectors on an MQTT 5 shared subscription; (e) a spool damaged on
+disk (a flipped byte, a torn tail) and holding a poison message; (f) a spool at its cap while the database is down."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+import psycopg
 import pytest
 
 from sanitel.ingest.collector import Collector
+from sanitel.processors.spool import Spool, inspect_spool, read_quarantine
 from sanitel.servers import MosquittoServer, PostgresServer, free_port
+from sanitel.settings import Settings, load_settings
 from tests.support.mqtt_tools import count, publish, start_collector_process, wait_for
 
 DEVICES = 1500  # the reference city's sweeper fleet
@@ -149,3 +153,110 @@ def test_two_collectors_on_a_shared_subscription_split_the_load_and_land_everyth
 
     shares = received(first), received(second)
     assert sum(shares) == 10_000 and min(shares) > 1_000, f"load not split: {shares}"
+
+
+# --- the spool: damage on disk, poison, and its cap ------------------------------------------------------------
+
+POISON_TOPIC = "sanitation/shenzhen/sweeper/sw-poison/telemetry"
+POISON = b'{"ts":"0001-01-01T00:00:00+01:00","seq":1}'  # made decode raise once (issue 11)
+
+
+def spool_settings(db_url: str, mqtt_url: str, data_dir: Path, client_id: str, **overrides: object) -> Settings:
+    return load_settings(database_url=db_url, mqtt_url=mqtt_url, data_dir=data_dir, collector_metrics_port=0,
+                         collector_flush_ms=50, collector_client_id=client_id, **overrides)
+
+
+def sample(collector: Collector, name: str, **labels: str) -> float:
+    return collector.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def seqs(db_url: str) -> set[int]:
+    with psycopg.connect(db_url) as conn:
+        return {int(seq) for (seq,) in conn.execute("SELECT seq FROM sweeper_telemetry").fetchall()}
+
+
+def test_a_damaged_spool_replays_every_good_record_once_and_quarantines_the_rest(
+        make_postgres: Callable[..., PostgresServer], mqtt_server: MosquittoServer, scratch_dir: Path) -> None:
+    pg = make_postgres()
+    settings = spool_settings(pg.url, mqtt_server.url, scratch_dir / "damaged-spool", "damaged-spool")
+    messages = sweeper_messages(300)
+    started: list[Collector] = []
+    try:
+        first = Collector(settings)
+        started.append(first)
+        first.start()
+        assert first.wait_connected(10)
+        pg.stop()
+        publish(mqtt_server.port, [*messages[:150], (POISON_TOPIC, POISON), *messages[150:]])
+        assert wait_for(lambda: sample(first, "sanitel_messages_spooled_total") == 301, 30)
+        first.stop()  # every message is acknowledged: durable in the spool, and nowhere else
+
+        folder = settings.effective_spool_dir / settings.collector_client_id
+        spool = Spool(folder)
+        records = [(segment, r) for segment in spool.segments() for r in spool.read_segment(segment).records]
+        assert len(records) == 301
+        seq_of = {id(r): json.loads(r.message[1])["seq"] for _, r in records if r.message[0] != POISON_TOPIC}
+        segment, flipped = records[100]
+        data = bytearray(segment.read_bytes())
+        data[flipped.offset + flipped.length // 2] ^= 0x40  # a bit flip in the middle of a segment
+        segment.write_bytes(bytes(data))
+        last_segment, torn = records[-1]
+        with last_segment.open("r+b") as fh:  # and a torn tail, as a crash or a full disk mid-write leaves it
+            fh.truncate(last_segment.stat().st_size - 5)
+        lost = {seq_of[id(flipped)], seq_of[id(torn)]}
+
+        pg.start()
+        second = Collector(settings)  # same client id and folder: replays the damaged spool at start
+        started.append(second)
+        second.start()
+        assert second.wait_connected(10), "the collector must start whatever its spool holds"
+        assert wait_for(lambda: rows(pg.url) == 298, 30)
+        assert seqs(pg.url) == set(range(300)) - lost and rows(pg.url) == distinct_rows(pg.url) == 298
+        assert sample(second, "sanitel_readings_duplicate_total", table="sweeper_telemetry") == 0.0  # replayed once
+        assert spool.segments() == []
+        entries = [e for q in sorted(folder.glob("*.quarantine")) for e in read_quarantine(q)]
+        assert sorted(e.reason for e in entries if e.reason != "replay_error") == ["corrupt", "torn"]
+        assert sample(second, "sanitel_spool_quarantined_records_total", reason="corrupt") == 1.0
+        assert sample(second, "sanitel_spool_quarantined_records_total", reason="torn") == 1.0
+        # the poison message is a dead letter (decode never raises) or, were its write to fail, quarantined
+        poisoned = count(pg.url, "SELECT count(*) FROM dead_letters WHERE topic = %s", POISON_TOPIC)
+        assert poisoned + sum(e.reason == "replay_error" for e in entries) == 1
+        assert inspect_spool(settings.effective_spool_dir, settings.spool_max_bytes).quarantined_records == len(entries)
+
+        publish(mqtt_server.port, sweeper_messages(100, start_seq=300))  # and it goes on ingesting
+        assert wait_for(lambda: rows(pg.url) == 398, 30)
+    finally:
+        for collector in started:
+            collector.stop()
+
+
+def test_at_its_cap_the_spool_stops_acknowledging_and_every_message_lands_once_after_the_outage(
+        make_postgres: Callable[..., PostgresServer], mqtt_server: MosquittoServer, scratch_dir: Path) -> None:
+    pg = make_postgres()
+    settings = spool_settings(pg.url, mqtt_server.url, scratch_dir / "capped-spool", "capped-spool",
+                              spool_max_bytes=64 * 1024, collector_batch_size=50, collector_queue_max=200)
+    collector = Collector(settings)
+    try:
+        collector.start()
+        assert collector.wait_connected(10)
+        pg.stop()
+        publish(mqtt_server.port, sweeper_messages(3_000))  # the broker takes them all (QoS 1, persistent session)
+        assert wait_for(lambda: sample(collector, "sanitel_spool_full") == 1.0, 30)
+        spooled = sample(collector, "sanitel_messages_spooled_total")  # cannot grow while the spool is full
+        backlog = collector.spool.backlog_bytes()
+        assert 64 * 1024 <= backlog < 64 * 1024 + 50 * 1024  # at the cap, past it by at most one batch
+        report = inspect_spool(settings.effective_spool_dir, settings.spool_max_bytes)  # what /health reads
+        assert report.full and "cap" in (report.full_reason or "")
+        # more than the collector can hold in memory (Receive Maximum 200 + one batch) was neither spooled nor
+        # written: unacknowledged, it stays with the broker
+        assert 3_000 - spooled > settings.collector_queue_max + settings.collector_batch_size
+
+        pg.start()
+        assert wait_for(lambda: rows(pg.url) == 3_000, 60)
+        assert wait_for(lambda: sample(collector, "sanitel_spool_full") == 0.0, 10)
+        assert wait_for(lambda: collector.spool.backlog_bytes() == 0, 10)
+        time.sleep(0.5)
+        assert rows(pg.url) == distinct_rows(pg.url) == 3_000
+        assert not inspect_spool(settings.effective_spool_dir, settings.spool_max_bytes).full
+    finally:
+        collector.stop()

@@ -7,6 +7,10 @@ dead letters) or fsync'd to the spool — and acknowledgements go out in the ord
 
 from __future__ import annotations
 
+import errno
+import json
+import logging
+import os
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -19,7 +23,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from sanitel.ingest.buffered_client import BufferedClient
 from sanitel.ingest.collector import Batcher, ClientHandlers, Collector, paho_collector_client
-from sanitel.processors.spool import Spool
+from sanitel.processors.spool import STATUS_FILE, Spool, read_quarantine
 from sanitel.processors.writer import DatabaseUnavailable, Message, WriteResult
 from sanitel.schemas.topics import subscription
 from sanitel.settings import Settings, load_settings
@@ -54,6 +58,7 @@ class MemoryWriter:
         self.committed: list[bytes] = []
         self.up = True
         self.fail_with: Exception | None = None  # raised by the next write
+        self.poison: bytes | None = None  # a batch holding this payload fails, every time: a content error
         self.gate: threading.Event | None = None  # when set up, write waits for it
         self.writing = threading.Event()  # a write has begun
         self._lock = threading.Lock()
@@ -70,6 +75,8 @@ class MemoryWriter:
         if self.fail_with is not None:
             error, self.fail_with = self.fail_with, None
             raise error
+        if self.poison is not None and any(m.payload == self.poison for m in messages):
+            raise ValueError("a value the database refuses")
         with self._lock:
             self.committed += [m.payload for m in messages]  # readings and dead letters alike
         return WriteResult()
@@ -127,10 +134,10 @@ class FakeClient:
         self.calls.append(("loop_stop", None))
 
     # --- what the test calls ------------------------------------------------------------------
-    def deliver(self, mid: int, qos: int = 1, topic: str = TOPIC) -> None:
+    def deliver(self, mid: int, qos: int = 1, topic: str = TOPIC, body: bytes | None = None) -> None:
         """A PUBLISH arriving on the network thread (this call blocks as long as the collector's on_message does)."""
         message = mqtt.MQTTMessage(mid=mid, topic=topic.encode())
-        message.payload, message.qos = payload(mid), qos
+        message.payload, message.qos = body if body is not None else payload(mid), qos
         self._payloads[mid] = message.payload
         self.handlers.on_message(self, None, message)
 
@@ -146,7 +153,7 @@ class FakeClient:
 
     def _spooled(self) -> set[bytes]:
         spool = Spool(self.spool_dir)  # a second reader of the same folder: read only
-        return {p for segment in spool.segments() for _, p, _ in spool.read_segment(segment)}
+        return {r.message[1] for segment in spool.segments() for r in spool.read_segment(segment).records}
 
 
 Make = Callable[..., tuple[Collector, FakeClient, Clock]]
@@ -162,7 +169,7 @@ def make(tmp_path: Path, writer: MemoryWriter) -> Iterator[Make]:
     """make(**settings) → (collector, fake client, clock); the collector is started, and stopped at teardown."""
     made: list[Collector] = []
 
-    def _make(clock: Clock | None = None, start: bool = True, refuse_connect: bool = False,
+    def _make(clock: Clock | None = None, start: bool = True, refuse_connect: bool = False, idle_wake_s: float = 1.0,
               **overrides: object) -> tuple[Collector, FakeClient, Clock]:
         clock = clock or Clock()
         settings = load_settings(**{
@@ -176,7 +183,7 @@ def make(tmp_path: Path, writer: MemoryWriter) -> Iterator[Make]:
             return clients[-1]
 
         collector = Collector(settings, serve_metrics=False, client_factory=factory, writer=writer,
-                              monotonic=clock, now=lambda: RECEIVED_AT)
+                              monotonic=clock, now=lambda: RECEIVED_AT, idle_wake_s=idle_wake_s)
         made.append(collector)
         if start:
             collector.start(wait_connected=0 if refuse_connect else WAIT_S)
@@ -259,6 +266,152 @@ def test_a_database_lost_mid_write_spools_the_batch_before_acking(make: Make, wr
         client.deliver(mid)
     assert client.wait_acked(3) == [1, 2, 3]
     assert client.acked_before_durable == []
+
+
+# --- a full spool: backpressure, never loss ---------------------------------------------------------------------
+
+CAP = 64 * 1024  # the smallest cap the settings allow
+
+
+def big(mid: int) -> bytes:
+    return payload(mid) + b" " * 20_000  # three of these stay below the cap, four pass it
+
+
+def wait_until(predicate: Callable[[], bool]) -> None:
+    """Wait for the writer thread to reach a state (polling; the timeout is generous and never the thing tested)."""
+    pause = threading.Event()
+    for _ in range(int(WAIT_S / 0.01)):
+        if predicate():
+            return
+        pause.wait(0.01)
+    raise AssertionError("the writer thread never reached the state waited for")
+
+
+def sample(collector: Collector, name: str, **labels: str) -> float | None:
+    return collector.metrics.registry.get_sample_value(name, labels)
+
+
+def status(collector: Collector) -> dict[str, object]:
+    loaded: dict[str, object] = json.loads((collector.spool.folder / STATUS_FILE).read_bytes())
+    return loaded
+
+
+def count_calls(monkeypatch: pytest.MonkeyPatch, target: object, name: str) -> list[int]:
+    calls: list[int] = []
+    original = getattr(target, name)
+
+    def counting(*args: object) -> object:
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(target, name, counting)
+    return calls
+
+
+def test_a_full_spool_stops_acknowledging_until_replay_frees_space(
+        make: Make, writer: MemoryWriter, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    writer.up = False
+    caplog.set_level(logging.INFO, logger="sanitel.collector")
+    collector, client, clock = make(collector_batch_size=1, spool_max_bytes=CAP, idle_wake_s=0.01)
+    appends = count_calls(monkeypatch, collector.spool, "append")
+    for mid in range(1, 8):
+        client.deliver(mid, body=big(mid))
+    assert client.wait_acked(4) == [1, 2, 3, 4]  # the 4th came while the spool was still below its cap
+    wait_until(lambda: len(appends) >= 10)  # message 5 refused again and again: held, not dropped, not acked
+    assert client.acked() == [1, 2, 3, 4] and client.acked_before_durable == []
+    assert sample(collector, "sanitel_spool_full") == 1.0
+    assert sample(collector, "sanitel_spool_max_bytes") == CAP
+    assert status(collector)["full"] is True
+    full = [r for r in caplog.records if r.getMessage().startswith("spool full")]
+    assert len(full) == 1, "said once, not on every retry"
+    assert "SANITEL_SPOOL_MAX_BYTES" in full[0].getMessage() and "database back" in full[0].getMessage()
+
+    writer.up = True
+    clock.advance(2.0)  # past the pause between replay attempts: replay drains the spool, message 5 goes through
+    assert client.wait_acked(7) == list(range(1, 8))
+    assert writer.durable() == [big(mid) for mid in range(1, 8)]  # every message once, in order
+    wait_until(lambda: sample(collector, "sanitel_spool_full") == 0.0)  # set right after the acknowledgement
+    assert collector.spool.backlog_bytes() == 0 and status(collector)["full"] is False
+    assert any(r.getMessage().startswith("spool accepting again") for r in caplog.records)
+
+
+def test_a_disk_full_during_append_is_backpressure_not_loss(
+        make: Make, writer: MemoryWriter, monkeypatch: pytest.MonkeyPatch) -> None:
+    writer.up = False
+    collector, client, _ = make(idle_wake_s=0.01)
+
+    def half_then_enospc(fd: int, buf: bytes) -> None:
+        os.write(fd, buf[:len(buf) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(collector.spool, "_write_all", half_then_enospc)
+    for mid in (1, 2, 3):
+        client.deliver(mid)
+    wait_until(lambda: sample(collector, "sanitel_spool_full") == 1.0)
+    assert client.acked() == []
+    assert collector.spool.backlog_bytes() == 0  # the half-written batch was cut off again: nothing torn on disk
+    assert "full" in str(status(collector)["reason"])
+
+    monkeypatch.undo()  # space again
+    assert client.wait_acked(3) == [1, 2, 3]
+    assert client.acked_before_durable == []
+    wait_until(lambda: sample(collector, "sanitel_spool_full") == 0.0)  # set right after the acknowledgement
+
+
+def test_stopping_while_the_spool_is_full_leaves_the_held_messages_with_the_broker(
+        make: Make, writer: MemoryWriter) -> None:
+    writer.up = False
+    collector, client, _ = make(collector_batch_size=1, spool_max_bytes=CAP, idle_wake_s=0.01)
+    for mid in range(1, 8):
+        client.deliver(mid, body=big(mid))
+    assert client.wait_acked(4) == [1, 2, 3, 4]
+    wait_until(lambda: sample(collector, "sanitel_spool_full") == 1.0)
+    collector.stop(timeout=WAIT_S)
+    assert client.calls[-2:] == [("disconnect", None), ("loop_stop", None)]  # the writer thread ended
+    assert client.acked() == [1, 2, 3, 4]  # 5-7 were never durable: not acknowledged, the broker redelivers them
+
+
+# --- replay never stalls on what is in the spool ---------------------------------------------------------------
+
+
+def test_a_spooled_message_that_cannot_be_written_is_quarantined_and_the_collector_still_starts(
+        tmp_path: Path, make: Make, writer: MemoryWriter) -> None:
+    spool = Spool(tmp_path / "spool" / "unit")  # left by an earlier run, during a database outage
+    spool.append([(TOPIC, payload(1), RECEIVED_AT), (TOPIC, b"poison", RECEIVED_AT), (TOPIC, payload(3), RECEIVED_AT)])
+    spool.close()
+    (segment,) = spool.segments()
+    writer.poison = b"poison"
+    collector, client, _ = make()  # replays at start: must not fail
+    assert writer.durable() == [payload(1), payload(3)]
+    assert spool.segments() == []
+    (entry,) = read_quarantine(segment.with_suffix(".quarantine"))
+    assert entry.reason == "replay_error" and "ValueError" in entry.detail and b"poison" in entry.raw
+    assert sample(collector, "sanitel_spool_quarantined_records_total", reason="replay_error") == 1.0
+    for mid in (4, 5, 6):  # a whole batch: the clock stands still, so no partial batch is cut
+        client.deliver(mid)
+    assert client.wait_acked(3) == [4, 5, 6]
+    assert writer.durable() == [payload(mid) for mid in (1, 3, 4, 5, 6)]
+
+
+def test_damaged_spool_records_are_quarantined_and_replay_goes_on(
+        tmp_path: Path, make: Make, writer: MemoryWriter) -> None:
+    spool = Spool(tmp_path / "spool" / "unit")
+    spool.append([(TOPIC, payload(mid), RECEIVED_AT) for mid in range(1, 6)])
+    spool.close()
+    (segment,) = spool.segments()
+    records = spool.read_segment(segment).records
+    data = bytearray(segment.read_bytes())
+    data[records[1].offset + 20] ^= 0x01  # a bit flip in the middle of message 2
+    segment.write_bytes(bytes(data[:-3]))  # and message 5 torn (a crash mid-write)
+    collector, client, _ = make()
+    assert writer.durable() == [payload(1), payload(3), payload(4)]
+    entries = list(read_quarantine(segment.with_suffix(".quarantine")))
+    assert [(e.offset, e.reason) for e in entries] == [(records[1].offset, "corrupt"), (records[4].offset, "torn")]
+    assert sample(collector, "sanitel_spool_quarantined_records_total", reason="corrupt") == 1.0
+    assert sample(collector, "sanitel_spool_quarantined_records_total", reason="torn") == 1.0
+    for mid in (6, 7, 8):
+        client.deliver(mid)
+    assert client.wait_acked(3) == [6, 7, 8]
 
 
 # --- batching --------------------------------------------------------------------------------------------------
