@@ -40,9 +40,16 @@ class Settings(BaseSettings):
     collector_metrics_port: int = Field(9108, ge=0, le=65535, description="0 = no metrics endpoint")
     session_expiry_s: int = Field(7 * 24 * 3600, ge=0, description="broker keeps messages while the collector is away")
     auto_register_devices: bool = Field(True, description="unknown device ids are registered on first sight")
-    max_payload_bytes: int = Field(256 * 1024, ge=1024, description="larger messages are dead-lettered")
+    max_payload_bytes: int = Field(256 * 1024, ge=1024, description="larger messages are dead-lettered; the "
+                                   "local broker refuses those over this plus 16 KiB")
+    dead_letter_payload_bytes: int = Field(64 * 1024, ge=1024, description="a dead letter keeps this much of "
+                                           "the raw payload (with its full size and sha256), once per message")
+    dead_letters_per_message: int = Field(100, ge=1, description="rejected readings of one message stored one "
+                                          "row each; the rest are counted in one summary row")
     max_future_skew_s: int = Field(300, ge=0, description="readings further ahead than this are rejected")
     spool_dir: Path | None = Field(None, description="on-disk spool for database outages; default data_dir/spool")
+    spool_max_bytes: int = Field(1024**3, ge=64 * 1024, description="cap of each collector's spool; when it is "
+                                 "reached the collector stops acknowledging and the broker keeps the messages")
 
     # --- maintenance (rollups, retention, CEMS averages) ------------------------------------
     maintain_interval_s: float = Field(60.0, gt=0, description="how often the scheduled processor runs")

@@ -11,6 +11,14 @@ process, and publishes from separate processes at QoS 1. Measured in one run on 
   breakdown     decode and write cost per reading (cProfile-free: timed stages)
 
     .venv/bin/python bench/ingest/run.py [--n 100000] [--paced-seconds 20]
+
+Poison (issue 11: one message must never stall ingestion): ``--poison-every N`` measures only the sustained
+rate, clean and with 1 message in every N replaced by a poison message (rotating through the hostile cases of
+tests/integration/test_hostile_input.py: year-0001 ts, JSON nested 10,000 deep, NUL in a gateway item's
+device_id, a 6-level topic, an HJ 212 frame with DataTime 00010101000000, a NUL-padded text field), alternating
+clean and poisoned runs ``--repeats`` times, and prints the ratio of the medians (target: within 10 %):
+
+    .venv/bin/python bench/ingest/run.py --n 100000 --poison-every 1000 --repeats 3
 """
 
 from __future__ import annotations
@@ -58,7 +66,55 @@ def topic(seq: int) -> str:
     return f"sanitation/shenzhen/sweeper/sw-{seq % DEVICES:04d}/telemetry"
 
 
-def publisher(port: int, start: int, n: int, rate: float | None, done: mp.Queue[tuple[float, float]]) -> None:
+# Poison messages (--poison-every): (name, sweeper rows it must add, dead letters it must add). Each one is
+# a case of issue 11 that once stalled the collector or was lost; the NUL-padded reading must land.
+POISONS: tuple[tuple[str, int, int], ...] = (
+    ("year_0001_ts", 0, 1),
+    ("json_10000_deep", 0, 1),
+    ("gateway_nul_device_id", 1, 1),  # the batch's other reading lands
+    ("six_level_topic", 0, 1),
+    ("hj212_data_time_year_1", 0, 1),
+    ("nul_padded_text", 1, 0),
+)
+_DEEP = b"[" * 10_000 + b"]" * 10_000
+
+
+def poison(k: int, seq: int, pub_us: int) -> tuple[str, bytes]:
+    """The k-th poison message (rotating through POISONS). Each is unique (its seq is in it): the collector stores a
+    redelivered dead letter once, so identical poison messages would count as one."""
+    from sanitel.schemas.hj212 import encode_frame
+
+    name = POISONS[k % len(POISONS)][0]
+    device = f"sw-{seq % DEVICES:04d}"
+    ms = pub_us // 1000
+    if name == "year_0001_ts":
+        return topic(seq), b'{"ts":"0001-01-01T00:00:00+01:00","seq":%d}' % seq
+    if name == "json_10000_deep":
+        return topic(seq), b'{"seq":%d,"deep":' % seq + _DEEP + b"}"
+    if name == "gateway_nul_device_id":
+        items = [{"kind": "sweeper", "device_id": "gw-sw-\u0000bad", "ts": ms, "seq": seq},
+                 {"kind": "sweeper", "device_id": device, "ts": ms, "seq": seq, "soc_pct": 50}]
+        return "sanitation/shenzhen/gateway/gw-poison/batch", json.dumps({"readings": items}).encode()
+    if name == "six_level_topic":
+        return topic(seq) + "/extra", payload(seq, pub_us)
+    if name == "hj212_data_time_year_1":
+        cp = "DataTime=00010101000000;a21002-Rtd=50.0,a21002-Flag=N"
+        return "sanitation/shenzhen/cems/MNPOISON/hj212", encode_frame("31", "2011", "MNPOISON", "123456", cp,
+                                                                       qn=f"{seq:017d}")
+    body = json.loads(payload(seq, pub_us))
+    return topic(seq), json.dumps({**body, "fw": "2.1\u0000\u0000\u0000"}).encode()
+
+
+def poison_plan(n: int, every: int) -> tuple[int, int, int]:
+    """(poison messages, sweeper rows, dead letters) that n messages with 1 poison in every ``every`` must give."""
+    k_total = n // every if every else 0
+    rows = n - k_total + sum(POISONS[k % len(POISONS)][1] for k in range(k_total))
+    dead = sum(POISONS[k % len(POISONS)][2] for k in range(k_total))
+    return k_total, rows, dead
+
+
+def publisher(port: int, start: int, n: int, rate: float | None, done: mp.Queue[tuple[float, float]],
+              poison_every: int = 0) -> None:
     """Publish seq start..start+n at QoS 1 (optionally paced) and report when all PUBACKs arrived.
 
     Uses the simulators' lean MQTT 3.1.1 publisher: paho's own publish path tops out near the collector's
@@ -72,6 +128,9 @@ def publisher(port: int, start: int, n: int, rate: float | None, done: mp.Queue[
                 if delay > 0:
                     pub.idle(delay)
             seq = start + i
+            if poison_every and (i + 1) % poison_every == 0:
+                pub.publish(*poison(i // poison_every, seq, time.time_ns() // 1000))
+                continue
             pub.publish(topic(seq), payload(seq, time.time_ns() // 1000))
             if rate:
                 pub.service(0.0)  # paced: send now, not when the write buffer fills
@@ -79,13 +138,14 @@ def publisher(port: int, start: int, n: int, rate: float | None, done: mp.Queue[
         done.put((t0, time.perf_counter()))
 
 
-def publish_procs(port: int, n: int, procs: int = 1, rate: float | None = None, start: int = 0) -> list[mp.Process]:
+def publish_procs(port: int, n: int, procs: int = 1, rate: float | None = None, start: int = 0,
+                  poison_every: int = 0) -> list[mp.Process]:
     done: mp.Queue[tuple[float, float]] = mp.Queue()
     per = n // procs
     out = []
     for k in range(procs):
         p = mp.Process(target=publisher, args=(port, start + k * per, per if k < procs - 1 else n - per * k,
-                                               rate / procs if rate else None, done))
+                                               rate / procs if rate else None, done, poison_every))
         p.start()
         out.append(p)
     return out
@@ -139,7 +199,7 @@ def wait_rows(url: str, n: int, timeout: float = 600, interval: float = 0.02) ->
 
 def reset(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as c:
-        c.execute("TRUNCATE sweeper_telemetry, device_last_seen, dead_letters")
+        c.execute("TRUNCATE sweeper_telemetry, device_last_seen, dead_letters, dead_letter_payloads")
 
 
 def wait_ready(pg: PostgresServer, client_id: str) -> None:
@@ -254,6 +314,11 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--paced-seconds", type=int, default=20)
     ap.add_argument("--rate", type=float, default=2500)
+    ap.add_argument("--poison-every", type=int, default=0, metavar="N",
+                    help="only the sustained rate: clean vs 1 poison message in every N (see the docstring)")
+    ap.add_argument("--repeats", type=int, default=3, help="with --poison-every: clean/poisoned run pairs")
+    ap.add_argument("--poison-timeout", type=float, default=300,
+                    help="with --poison-every: seconds a run may take before it is reported as stalled")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="sanitel-bench-"))
     tmp.chmod(0o755)
@@ -264,6 +329,12 @@ def main() -> int:
     apply_migrations(pg.url)
     print(f"machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; n = {args.n}")
     results: dict[str, object] = {}
+    if args.poison_every:
+        try:
+            return poison_comparison(pg, mq, tmp, args.n, args.poison_every, args.repeats, args.poison_timeout)
+        finally:
+            mq.stop()
+            pg.stop()
     try:
         results["raw_receive_per_s"] = raw_receive(mq, args.n)
         print(f"raw receive (paho + msgspec decode, no DB):   {results['raw_receive_per_s']:>9,.0f} readings/s")
@@ -328,6 +399,68 @@ def main() -> int:
         mq.stop()
         pg.stop()
     return 0
+
+
+def wait_rows_and_dead(url: str, rows_n: int, dead_n: int, timeout: float) -> tuple[float | None, int, int]:
+    """Time when ``rows_n`` sweeper rows and ``dead_n`` dead letters are committed (None: not within timeout),
+    and the counts last seen."""
+    deadline = time.monotonic() + timeout
+    got_rows = got_dead = 0
+    with psycopg.connect(url, autocommit=True) as c:
+        while time.monotonic() < deadline:
+            got_rows = one_row(c.execute("SELECT count(*) FROM sweeper_telemetry"))[0]
+            if got_rows >= rows_n:
+                got_dead = one_row(c.execute("SELECT count(*) FROM dead_letters"))[0]
+                if got_dead >= dead_n:
+                    return time.perf_counter(), got_rows, got_dead
+            time.sleep(0.02)
+        got_dead = one_row(c.execute("SELECT count(*) FROM dead_letters"))[0]
+    return None, got_rows, got_dead
+
+
+def poison_comparison(pg: PostgresServer, mq: MosquittoServer, tmp: Path, n: int, every: int, repeats: int,
+                      timeout: float) -> int:
+    """Sustained rate (first publish → last row and dead letter committed), clean vs 1 poison in every ``every``,
+    alternating; the figure is the ratio of the medians. A poisoned run that stalls is reported, not timed."""
+    k_total, rows_n, dead_n = poison_plan(n, every)
+    print(f"poison: 1 in every {every:,}: {k_total} poison messages among {n:,}, rotating through "
+          f"{', '.join(p[0] for p in POISONS)}; expected {rows_n:,} rows and {dead_n} dead letters per poisoned run")
+    col = CollectorProc(pg, mq, tmp, "bench-poison")
+    wait_ready(pg, "bench-poison")
+    rates: dict[str, list[float]] = {"clean": [], "poisoned": []}
+    stalled = 0
+    try:
+        for r in range(repeats):
+            for mode in ("clean", "poisoned"):
+                reset(pg.url)
+                want_rows, want_dead = (n, 0) if mode == "clean" else (rows_n, dead_n)
+                start = 30_000_000 + (2 * r + (mode == "poisoned")) * n
+                t_first = time.perf_counter()
+                procs = publish_procs(mq.port, n, start=start, poison_every=every if mode == "poisoned" else 0)
+                t_last, got_rows, got_dead = wait_rows_and_dead(pg.url, want_rows, want_dead, timeout)
+                for p in procs:
+                    p.join()
+                if t_last is None:
+                    stalled += 1
+                    print(f"  run {r + 1} {mode}: did NOT complete within {timeout:.0f} s: {got_rows:,} of "
+                          f"{want_rows:,} rows, {got_dead} of {want_dead} dead letters (stalled or lost)")
+                    continue
+                rate = n / (t_last - t_first)
+                rates[mode].append(rate)
+                print(f"  run {r + 1} {mode}: {rate:,.0f} messages/s ({got_rows:,} rows, {got_dead} dead letters)")
+        alive = col.proc.poll() is None
+    finally:
+        col.stop()
+    if not rates["clean"] or not rates["poisoned"]:
+        print(f"poison figure: not measurable ({stalled} run(s) did not complete); collector alive: {alive}")
+        return 1
+    clean = sorted(rates["clean"])[len(rates["clean"]) // 2]
+    poisoned = sorted(rates["poisoned"])[len(rates["poisoned"]) // 2]
+    ratio = poisoned / clean
+    print(f"sustained, median of {repeats}: clean {clean:,.0f} /s, 1 poison in {every:,}: {poisoned:,.0f} /s "
+          f"= {ratio:.1%} of clean ({'within' if ratio >= 0.9 else 'NOT within'} 10 %); "
+          f"{stalled} run(s) stalled; collector alive at the end: {alive}")
+    return 0 if ratio >= 0.9 and not stalled else 1
 
 
 def paced_latencies(url: str, mq: MosquittoServer, n: int, rate: float, start: int) -> list[float]:
