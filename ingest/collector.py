@@ -42,11 +42,11 @@ from sanitel.ingest.metrics import CollectorMetrics
 from sanitel.mqtt_wire import BrokerTarget, paho_client
 from sanitel.processors.spool import BadSpan, Spool, SpooledMessage, SpoolFull, SpoolRecord
 from sanitel.processors.writer import DatabaseUnavailable, Message, ReadingWriter, WriteResult
-from sanitel.schemas.topics import DEVICE_KINDS, subscription
+from sanitel.schemas.topics import DEVICE_KINDS, SYSTEM_FAMILIES, subscription
 from sanitel.settings import Settings
 
 log = logging.getLogger("sanitel.collector")
-_TOPIC_KINDS = frozenset((*DEVICE_KINDS, "gateway", "alerts"))  # alerts: our own notifications, skipped
+_TOPIC_KINDS = frozenset((*DEVICE_KINDS, "gateway", *SYSTEM_FAMILIES))  # metric label values: known families only
 _IDLE_WAKE_S = 1.0  # the writer wakes at least this often: the spool must replay even when no traffic arrives
 
 T = TypeVar("T")
