@@ -37,14 +37,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run_evaluator(args: argparse.Namespace) -> int:
     from sanitel.alerts.service import EvaluatorService
-    from sanitel.db import apply_migrations
+    from sanitel.db import require_current_schema
     from sanitel.logs import setup_logging
     from sanitel.settings import load_settings
 
     overrides = {"evaluator_interval_s": args.interval} if args.interval is not None else {}
     settings = load_settings(**overrides)
     setup_logging()
-    apply_migrations(settings.effective_database_url)
+    require_current_schema(settings.database_url_for("evaluator"))
     service = EvaluatorService(settings, webhooks=args.webhook, metrics_port=args.metrics_port)
     if args.once:
         service.mqtt.wait_connected(5.0)
@@ -79,7 +79,7 @@ def list_rules(args: argparse.Namespace) -> int:
     if args.database:
         from sanitel.db import connect
 
-        with connect(settings.effective_database_url) as conn:
+        with connect(settings.database_url_for("evaluator")) as conn:
             ruleset, problems = load_rules(settings.rules_dir, conn)
     else:
         ruleset, problems = load_rules(settings.rules_dir)

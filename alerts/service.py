@@ -60,7 +60,7 @@ class EvaluatorService:
                  config: EvaluatorConfig | None = None, retry: RetryPolicy | None = None,
                  reload_every_s: float = 30.0, webhook_poll_s: float = 1.0) -> None:
         self.settings = settings
-        self.url = settings.effective_database_url
+        self.url = settings.database_url_for("evaluator")
         self.interval_s = settings.evaluator_interval_s
         self.config = config or EvaluatorConfig()
         self.metrics = Metrics()
@@ -71,7 +71,7 @@ class EvaluatorService:
         self.ruleset = self._load_rules_from_files()  # fail fast on bad files at start-up
         self._register_webhooks(webhooks)
         self.metrics_port = settings.evaluator_metrics_port if metrics_port is None else metrics_port
-        self.mqtt = MqttSink(settings.effective_mqtt_url, settings.city,
+        self.mqtt = MqttSink(settings.mqtt_url_for("evaluator"), settings.city,
                              client_id=f"sanitel-evaluator-{socket.gethostname()}-{os.getpid()}")
         self.webhooks = WebhookDispatcher(self.url, policy=retry, poll_s=webhook_poll_s,
                                           on_result=self._count_webhook)

@@ -10,7 +10,6 @@ from fastapi import FastAPI
 from psycopg_pool import AsyncConnectionPool
 
 from sanitel import __version__
-from sanitel.api.auth import VerifiedCache
 from sanitel.api.deps import ApiContext
 from sanitel.api.errors import install_error_handlers
 from sanitel.api.observability import ApiMetrics, RequestMetricsMiddleware
@@ -19,15 +18,18 @@ from sanitel.api.routes import (
     deposits,
     devices,
     emissions,
+    gateways,
     health,
     readings,
     reports,
     rules,
     silences,
     sites,
+    webhooks,
 )
 from sanitel.api.stream import AlertBroadcaster
 from sanitel.broker_auth import BrokerAuthFiles
+from sanitel.secret_hash import VerifiedCache
 from sanitel.settings import Settings, load_settings
 
 log = logging.getLogger("sanitel.api")
@@ -77,7 +79,7 @@ def create_app(settings: Settings | None = None, *, broker_auth: BrokerAuthFiles
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        url = settings.effective_database_url
+        url = settings.database_url_for("api")
         pool = AsyncConnectionPool(url, min_size=min(2, pool_size), max_size=pool_size, open=False,
                                    timeout=POOL_TIMEOUT_S, name="sanitel-api",
                                    kwargs={"autocommit": True, "options": _SESSION_OPTIONS},
@@ -96,6 +98,7 @@ def create_app(settings: Settings | None = None, *, broker_auth: BrokerAuthFiles
                   lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
-    for module in (sites, devices, readings, deposits, alerts, silences, rules, reports, emissions, health):
+    for module in (sites, devices, gateways, readings, deposits, alerts, silences, webhooks, rules, reports, emissions,
+                   health):
         app.include_router(module.router)
     return app

@@ -20,7 +20,7 @@ from sanitel.api.queries import devices as device_queries
 from sanitel.api.queries import keys as key_queries
 from sanitel.api.queries import sites as site_queries
 from sanitel.broker_auth import SERVICE_RULES, BrokerAuthFiles, hash_password, new_password
-from sanitel.db import apply_migrations
+from sanitel.db import require_current_schema
 from sanitel.errors import SanitelError
 from sanitel.schemas.topics import DEVICE_KINDS, ID_PATTERN, ROOT
 from sanitel.settings import Settings, load_settings
@@ -50,7 +50,7 @@ def _run_api(args: argparse.Namespace) -> int:
     from sanitel.api.app import create_app
 
     settings = load_settings()
-    apply_migrations(settings.effective_database_url)
+    require_current_schema(settings.database_url_for("api"))
     uvicorn.run(create_app(settings), host=args.host or settings.api_host, port=args.port or settings.api_port,
                 log_level=args.log_level, access_log=False,
                 # open alert streams never end by themselves: give them a few seconds, then stop
@@ -210,10 +210,10 @@ def _print_credentials(settings: Settings, username: str, password: str, topic_p
 # --- plumbing ----------------------------------------------------------------------------------------
 
 def _run(work: Callable[[psycopg.AsyncConnection], Awaitable[T]], settings: Settings | None = None) -> T:
-    """Run one unit of work on a fresh autocommit connection (migrations applied first)."""
+    """Run one unit of work on a fresh autocommit connection, as the API's role."""
     settings = settings or load_settings()
-    url = settings.effective_database_url
-    apply_migrations(url)
+    url = settings.database_url_for("api")
+    require_current_schema(url)
 
     async def main() -> T:
         try:

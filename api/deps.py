@@ -17,12 +17,13 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from sanitel.api.auth import Role, VerifiedCache, parse_token, role_allows
+from sanitel.api.auth import Role, parse_token, role_allows
 from sanitel.api.errors import ApiError
 from sanitel.api.observability import ApiMetrics
 from sanitel.api.queries import keys as key_queries
 from sanitel.api.stream import AlertBroadcaster
 from sanitel.broker_auth import BrokerAuthFiles
+from sanitel.secret_hash import VerifiedCache
 from sanitel.settings import Settings
 
 

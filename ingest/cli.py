@@ -9,7 +9,7 @@ import contextlib
 import signal
 import threading
 
-from sanitel.db import apply_migrations
+from sanitel.db import require_current_schema
 from sanitel.errors import SanitelError
 from sanitel.logs import setup_logging
 from sanitel.settings import load_settings
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
                                     "collector_metrics_port": args.metrics_port}.items() if v is not None}
     settings = load_settings(**overrides)
     setup_logging()
-    apply_migrations(settings.effective_database_url)
+    require_current_schema(settings.database_url_for("ingest"))
     collector = Collector(settings)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -59,7 +59,7 @@ def run_hj212_listener(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):  # SIGTERM/SIGINT: a clean stop
-            await run_listener(settings.effective_mqtt_url, settings.city, args.host, args.port)
+            await run_listener(settings.mqtt_url_for("hj212"), settings.city, args.host, args.port)
 
     try:
         asyncio.run(main())

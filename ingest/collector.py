@@ -107,7 +107,7 @@ def session_properties(settings: Settings) -> Properties:
 def paho_collector_client(settings: Settings, handlers: ClientHandlers) -> BufferedClient:
     """The client in service: MQTT 5, a persistent session (fixed client id, clean start off, session expiry),
     acknowledgements left to the collector."""
-    client = paho_client(BrokerTarget.parse(settings.effective_mqtt_url), settings.collector_client_id,
+    client = paho_client(BrokerTarget.parse(settings.mqtt_url_for("collector")), settings.collector_client_id,
                          client_class=BufferedClient, protocol=mqtt.MQTTv5, clean_start=False,
                          properties=session_properties(settings), manual_ack=True)
     client.on_connect = handlers.on_connect
@@ -186,7 +186,7 @@ class Collector:
         self.metrics = CollectorMetrics()
         self.limits = DecodeLimits(settings.max_payload_bytes, timedelta(seconds=settings.max_future_skew_s))
         self.writer: ReadingStore = writer if writer is not None else ReadingWriter(
-            settings.effective_database_url, collector_id=settings.collector_client_id,
+            settings.database_url_for("ingest"), collector_id=settings.collector_client_id,
             auto_register=settings.auto_register_devices, payload_keep_bytes=settings.dead_letter_payload_bytes,
             dead_letters_per_message=settings.dead_letters_per_message)
         self.spool = Spool(settings.effective_spool_dir / settings.collector_client_id,
@@ -206,7 +206,7 @@ class Collector:
         self._writer_thread = threading.Thread(target=self._write_loop, name="sanitel-writer", daemon=True)
         self._serve_metrics = serve_metrics and settings.collector_metrics_port > 0
         self._db_down_since: float | None = None
-        self._broker = BrokerTarget.parse(settings.effective_mqtt_url)  # for log lines
+        self._broker = BrokerTarget.parse(settings.mqtt_url_for("collector"))  # for log lines
         self.client = client_factory(settings, ClientHandlers(self._on_connect, self._on_subscribe,
                                                               self._on_disconnect, self._on_message))
 

@@ -9,7 +9,7 @@ import threading
 
 import psycopg
 
-from sanitel.db import apply_migrations
+from sanitel.db import require_current_schema
 from sanitel.logs import setup_logging
 from sanitel.settings import load_settings
 
@@ -25,9 +25,9 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     setup_logging()
-    apply_migrations(settings.effective_database_url)
+    require_current_schema(settings.database_url_for("processor"))
     if args.once:
-        with psycopg.connect(settings.effective_database_url, autocommit=True) as conn:
+        with psycopg.connect(settings.database_url_for("processor"), autocommit=True) as conn:
             result = run_pass(conn, settings)
         print(json.dumps({"ran": result.ran, "rollup_buckets": result.rollup_buckets,
                           "cems_watermark": result.cems_watermark.isoformat() if result.cems_watermark else None,

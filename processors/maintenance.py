@@ -65,7 +65,7 @@ def run_forever(settings: Settings, stop: threading.Event) -> None:
     """Every ``maintain_interval_s`` until ``stop``; a failed pass is logged and retried next time."""
     while not stop.is_set():
         try:
-            with psycopg.connect(settings.effective_database_url, autocommit=True) as conn:
+            with psycopg.connect(settings.database_url_for("processor"), autocommit=True) as conn:
                 result = run_pass(conn, settings)
             if result.ran:
                 log.info("maintenance pass: rollups %s, dropped %s", result.rollup_buckets, result.dropped)

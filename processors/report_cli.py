@@ -50,7 +50,7 @@ def _connect() -> psycopg.Connection:
     from sanitel.db import connect
     from sanitel.settings import load_settings
 
-    return connect(load_settings().effective_database_url, autocommit=True)
+    return connect(load_settings().database_url_for("api"), autocommit=True)
 
 
 def run_report(args: argparse.Namespace) -> int:

@@ -86,6 +86,26 @@ def apply_migrations(url: str) -> list[str]:
     return applied_now
 
 
+def pending_migrations(conn: psycopg.Connection) -> list[str]:
+    """Versions of the migrations this code ships that the database has not applied (read-only)."""
+    exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+    done = {v for (v,) in conn.execute("SELECT version FROM schema_migrations").fetchall()} \
+        if exists and exists[0] else set()
+    return [f"{m.version}_{m.name}" for m in load_migrations() if m.version not in done]
+
+
+def require_current_schema(url: str) -> None:
+    """Components run with roles that may not change the schema: they check it is current instead of
+    migrating, and say how to fix it when it is not."""
+    with connect(url, autocommit=True) as conn:
+        pending = pending_migrations(conn)
+    if pending:
+        raise SanitelError(
+            f"the database at {redact_url(url)} lacks migrations {', '.join(pending)}; run 'sanitel migrate' "
+            "(it connects as the owner role: SANITEL_DATABASE_URL)"
+        )
+
+
 def one_row(cursor: psycopg.Cursor[R]) -> R:
     """The row of a query that always returns exactly one (a function call, an aggregate): fetchone() not None."""
     row = cursor.fetchone()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -18,6 +18,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from sanitel.errors import ConfigError, SanitelError
 from sanitel.mqtt_wire import BrokerTarget
 from sanitel.urls import redact_url
+
+DatabaseRole = Literal["owner", "ingest", "api", "evaluator", "processor"]
+BrokerAccountName = Literal["collector", "hj212", "evaluator", "api_probe"]
 
 
 class Settings(BaseSettings):
@@ -30,6 +33,19 @@ class Settings(BaseSettings):
     pg_port: int = Field(55432, ge=1, le=65535, description="port of the local stack's PostgreSQL")
     mqtt_port: int = Field(11883, ge=1, le=65535, description="port of the local stack's Mosquitto")
     city: str = Field("shenzhen", pattern=r"^[a-z0-9_-]+$", description="{city} segment of the topics")
+    # Each component may connect as its own database role / broker account (docs/security.md); unset, an
+    # external deployment's component uses database_url / mqtt_url, and the local stack the generated ones.
+    ingest_database_url: str | None = Field(None, description="role of the collector (insert readings)")
+    api_database_url: str | None = Field(None, description="role of the API")
+    evaluator_database_url: str | None = Field(None, description="role of the alert evaluator")
+    processor_database_url: str | None = Field(None, description="role of the scheduled processor")
+    collector_mqtt_url: str | None = Field(None, description="broker account of the collector")
+    hj212_mqtt_url: str | None = Field(None, description="broker account of the HJ 212 listener")
+    evaluator_mqtt_url: str | None = Field(None, description="broker account of the alert publisher")
+    api_probe_mqtt_url: str | None = Field(None, description="broker account of the API's health probe")
+    broker_tls: bool = Field(False, description="the local broker also listens with TLS (mqtts://) on "
+                             "mqtt_tls_port, with a CA the stack generates under data_dir")
+    mqtt_tls_port: int = Field(18883, ge=1, le=65535, description="TLS port of the local stack's Mosquitto")
 
     # --- collector ------------------------------------------------------------------------
     collector_client_id: str = Field("sanitel-collector-1", description="fixed MQTT client id (session)")
@@ -39,7 +55,12 @@ class Settings(BaseSettings):
     collector_queue_max: int = Field(20_000, ge=100, description="messages buffered before backpressure")
     collector_metrics_port: int = Field(9108, ge=0, le=65535, description="0 = no metrics endpoint")
     session_expiry_s: int = Field(7 * 24 * 3600, ge=0, description="broker keeps messages while the collector is away")
-    auto_register_devices: bool = Field(True, description="unknown device ids are registered on first sight")
+    auto_register_devices: bool = Field(True, description="unknown device ids are registered on first sight "
+                                        "(never through a gateway batch)")
+    auto_register_per_minute: int = Field(60, ge=0, description="auto-registrations per collector and minute, "
+                                          "at most; readings of further unknown ids are dead-lettered")
+    registry_refresh_s: float = Field(300.0, gt=0, description="registry caches are reloaded in full this often "
+                                      "(changes arrive within seconds anyway, by LISTEN/NOTIFY)")
     max_payload_bytes: int = Field(256 * 1024, ge=1024, description="larger messages are dead-lettered; the "
                                    "local broker refuses those over this plus 16 KiB")
     dead_letter_payload_bytes: int = Field(64 * 1024, ge=1024, description="a dead letter keeps this much of "
@@ -51,6 +72,16 @@ class Settings(BaseSettings):
     spool_max_bytes: int = Field(1024**3, ge=64 * 1024, description="cap of each collector's spool; when it is "
                                  "reached the collector stops acknowledging and the broker keeps the messages")
 
+    # --- HJ 212 TCP listener --------------------------------------------------------------
+    hj212_max_connections: int = Field(256, ge=1, description="DAU connections at once; more are refused")
+    hj212_idle_timeout_s: float = Field(900.0, gt=0, description="a DAU silent this long is disconnected")
+    hj212_write_timeout_s: float = Field(30.0, gt=0, description="a DAU that does not read its replies for "
+                                         "this long is disconnected")
+    hj212_frames_per_minute: int = Field(600, ge=1, description="frames per connection and minute, at most; "
+                                         "the connection is closed when a DAU sends faster")
+    hj212_require_password: bool = Field(True, description="frames for an MN without a registered HJ 212 "
+                                         "password are refused (dead letter hj212_no_password)")
+
     # --- maintenance (rollups, retention, CEMS averages) ------------------------------------
     maintain_interval_s: float = Field(60.0, gt=0, description="how often the scheduled processor runs")
     raw_retention_days: int = Field(400, ge=1, description="readings older than this are dropped (whole chunks)")
@@ -60,13 +91,26 @@ class Settings(BaseSettings):
     # --- api ------------------------------------------------------------------------------
     api_host: str = Field("127.0.0.1", description="address the API listens on")
     api_port: int = Field(8000, ge=1, le=65535, description="port of the API")
+    api_max_body_bytes: int = Field(1024 * 1024, ge=1024, description="larger request bodies are refused (413) "
+                                    "before they are read")
+    api_metrics_port: int = Field(0, ge=0, le=65535, description="serve /metrics on this port of api_host "
+                                  "without a key; 0 = only at the API's /metrics, with a key")
+    api_key_cache_s: float = Field(60.0, ge=0, description="a verified API key is not re-hashed for this long "
+                                   "(revocation still applies at once)")
+    api_stream_recheck_s: float = Field(5.0, gt=0, description="an open alert stream re-checks its key this "
+                                        "often and is closed once the key is revoked")
 
     # --- alerts ---------------------------------------------------------------------------
     rules_dir: Path | None = Field(None, description="extra YAML rule files (defaults ship in alerts/rules)")
     evaluator_interval_s: float = Field(5.0, gt=0, description="alert evaluation period")
     evaluator_metrics_port: int = Field(9109, ge=0, le=65535, description="Prometheus port of the evaluator (0 = none)")
+    webhook_connect_timeout_s: float = Field(5.0, gt=0, description="a webhook receiver must accept within this")
+    webhook_read_timeout_s: float = Field(10.0, gt=0, description="… and answer within this")
+    webhook_max_response_bytes: int = Field(64 * 1024, ge=1024, description="read at most this much of a "
+                                            "receiver's answer")
 
-    @field_validator("database_url")
+    @field_validator("database_url", "ingest_database_url", "api_database_url", "evaluator_database_url",
+                     "processor_database_url")
     @classmethod
     def _check_database_url(cls, v: str | None) -> str | None:
         if v is None:
@@ -78,7 +122,7 @@ class Settings(BaseSettings):
             )
         return v
 
-    @field_validator("mqtt_url")
+    @field_validator("mqtt_url", "collector_mqtt_url", "hj212_mqtt_url", "evaluator_mqtt_url", "api_probe_mqtt_url")
     @classmethod
     def _check_mqtt_url(cls, v: str | None) -> str | None:
         if v is not None:
@@ -115,6 +159,15 @@ class Settings(BaseSettings):
     @property
     def effective_mqtt_url(self) -> str:
         return self.mqtt_url or f"mqtt://127.0.0.1:{self.mqtt_port}"
+
+    def database_url_for(self, role: DatabaseRole) -> str:
+        """The URL a component connects with: its own role's (``owner`` migrates)."""
+        explicit = None if role == "owner" else getattr(self, f"{role}_database_url")
+        return explicit or self.effective_database_url
+
+    def mqtt_url_for(self, account: BrokerAccountName) -> str:
+        """The broker URL a service connects with: its own account's."""
+        return getattr(self, f"{account}_mqtt_url") or self.effective_mqtt_url
 
     @property
     def effective_spool_dir(self) -> Path:

@@ -77,7 +77,7 @@ def _lag_check(ctx: ApiContext, newest: datetime | None, now: datetime) -> Check
 
 
 async def _broker_check(ctx: ApiContext) -> Check:
-    url = ctx.settings.effective_mqtt_url
+    url = ctx.settings.mqtt_url_for("api_probe")
     probe = await probe_broker(url)
     shown = redact_url(url)
     if not probe.reachable:
