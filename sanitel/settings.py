@@ -225,5 +225,17 @@ def markdown_table() -> str:
     return "\n".join(lines)
 
 
+def sample_yaml() -> str:
+    """``sanitel.sample.yaml`` (``python -m sanitel.settings --sample``): every key with its default."""
+    out = ["# sanitel settings — copy to sanitel.yaml (or point SANITEL_CONFIG at it). Environment variables",
+           "# SANITEL_<KEY> override this file. Every key is shown with its default.", ""]
+    for name, spec in Settings.model_fields.items():
+        default = spec.default.as_posix() if isinstance(spec.default, Path) else spec.default
+        out += [f"# {spec.description or name}", yaml.safe_dump({name: default}, allow_unicode=True).strip(), ""]
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
-    print(markdown_table())
+    import sys
+
+    print(sample_yaml() if "--sample" in sys.argv else markdown_table())
