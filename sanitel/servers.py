@@ -274,7 +274,11 @@ class MosquittoServer:
             "log_type warning",
         ]
         if self.password_file:
-            lines += ["allow_anonymous false", f"password_file {self.password_file}"]
+            lines += ["allow_anonymous false", f"password_file {self.password_file}",
+                      # a client's id is its user name: nobody can take over a service's (or device's) session
+                      "use_username_as_clientid true",
+                      # no retained messages: a device must not leave a message every new subscriber replays
+                      "retain_available false"]
         else:
             lines.append("allow_anonymous true")
         if self.acl_file:
