@@ -7,11 +7,20 @@ from __future__ import annotations
 
 import json
 from datetime import date, datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    field_validator,
+    model_serializer,
+)
 
 from sanitel.api.params import ApiTime, Ident, LongText, ShortText, contains_nul
+from sanitel.broker_auth import USERNAME_PATTERN
 
 T = TypeVar("T")
 
@@ -64,10 +73,19 @@ class SiteDetail(Site):
 
 # --- devices -----------------------------------------------------------------------------------------
 
+# An id that becomes a broker username (device or gateway registration): narrower than Ident, no ':'
+# (Mosquitto's password file separator); ids the collector auto-registered may still hold one.
+BrokerIdent = Annotated[str, StringConstraints(pattern=rf"^{USERNAME_PATTERN}$")]
+# HJ 212-2017 §6.3 (data segment): PW is up to 9 characters and cannot hold the segment separators ; , & =
+# (the codec's own check: schemas/hj212.py _PW).
+Hj212Password = Annotated[str, StringConstraints(pattern=r"^[^;,&=\x00-\x1f]{1,9}$")]
+
+
 class Device(BaseModel):
     model_config = _example({"device_id": "SW-0001", "kind": "sweeper", "site_id": "depot-futian",
                              "name": "Sweeper 1", "inactivity_timeout_s": 900, "metadata": {"vendor": "BYD"},
                              "auto_registered": False, "registered_at": _TS, "has_credentials": True,
+                             "gateway_id": None, "has_hj212_password": False,
                              "last_ts": _TS, "last_received": _TS, "online": True})
     device_id: str
     kind: DeviceKind
@@ -78,6 +96,9 @@ class Device(BaseModel):
     auto_registered: bool = Field(description="registered by the collector on first sight, not by an admin")
     registered_at: datetime
     has_credentials: bool = Field(description="MQTT credentials have been issued")
+    gateway_id: str | None = Field(description="the gateway whose batches may carry this device's readings")
+    has_hj212_password: bool = Field(description="an HJ 212 access password (PW) is registered; only its hash "
+                                                 "is stored and it is never returned")
     last_ts: datetime | None = Field(description="newest device time received")
     last_received: datetime | None = Field(description="when the device was last heard from")
     online: bool | None = Field(description="heard from within its inactivity timeout; null if never heard")
@@ -87,12 +108,17 @@ class DeviceRegistration(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"device_id": "SW-0001", "kind": "sweeper", "site_id": "depot-futian", "name": "Sweeper 1",
          "inactivity_timeout_s": 900, "metadata": {"vendor": "BYD", "plate": "粤B-D1234"}}]})
-    device_id: Ident = Field(description="also the MQTT username and the {device_id} topic segment")
+    device_id: BrokerIdent = Field(description="also the MQTT username and the {device_id} topic segment "
+                                               "(letters, digits, _ . -; no ':')")
     kind: DeviceKind
     site_id: Ident | None = None
     name: ShortText | None = None
     inactivity_timeout_s: int = Field(900, ge=10, le=30 * 86400)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    gateway_id: Ident | None = Field(None, description="a registered gateway that may send this device's readings")
+    hj212_password: Hj212Password | None = Field(
+        None, description="cems only: the HJ 212 access password (PW) its data unit sends; write-only, stored "
+                          "as a salted hash")
 
     @field_validator("metadata")
     @classmethod
@@ -101,7 +127,15 @@ class DeviceRegistration(BaseModel):
             raise ValueError("metadata must be under 8000 characters of JSON")
         if contains_nul(value):  # jsonb cannot hold U+0000
             raise ValueError("metadata must not contain NUL characters")
+        if "hj212_password" in value:  # metadata is shown to every viewer
+            raise ValueError("an HJ 212 password never goes into metadata: send it as the hj212_password field "
+                             "(or PUT /devices/{device_id}/hj212-password), which stores only a hash")
         return value
+
+
+class Hj212PasswordChange(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"password": "123456"}]})
+    password: Hj212Password = Field(description="the PW the data unit sends (1-9 characters, none of ; , & =)")
 
 
 class MqttCredentials(BaseModel):
@@ -111,12 +145,51 @@ class MqttCredentials(BaseModel):
     username: str
     password: str = Field(description="shown once; only a hash is stored")
     broker_url: str
-    topic_prefix: str = Field(description="the device may publish only below this prefix")
+    topic_prefix: str = Field(description="the device may publish only below this prefix (a gateway: only "
+                                          "<prefix>batch)")
     broker_reloaded: bool = Field(description="the broker was told to re-read its password file and ACL")
 
 
 class RegisteredDevice(BaseModel):
     device: Device
+    credentials: MqttCredentials
+
+
+# --- gateways ----------------------------------------------------------------------------------------
+
+MAX_GATEWAY_DEVICES = 10_000
+
+
+class Gateway(BaseModel):
+    model_config = _example({"gateway_id": "GW-futian-1", "name": "Futian bins LoRa gateway", "site_id": "futian",
+                             "registered_at": _TS, "has_credentials": True, "devices": ["BIN-0001", "BIN-0002"]})
+    gateway_id: str
+    name: str | None
+    site_id: str | None
+    registered_at: datetime
+    has_credentials: bool = Field(description="MQTT credentials have been issued")
+    devices: list[str] = Field(description="the devices whose readings its batches may carry")
+
+
+class GatewayDevices(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"devices": ["BIN-0001"]}]})
+    devices: list[Ident] = Field(max_length=MAX_GATEWAY_DEVICES,
+                                 description="registered device ids; a device is behind one gateway at most, so "
+                                             "listing one moves it here")
+
+
+class GatewayRegistration(GatewayDevices):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"gateway_id": "GW-futian-1", "name": "Futian bins LoRa gateway", "site_id": "futian",
+         "devices": ["BIN-0001", "BIN-0002"]}]})
+    gateway_id: BrokerIdent = Field(description="also its MQTT username and the {gateway_id} topic segment; "
+                                                "must not be a device id or a service account's name")
+    name: ShortText | None = None
+    site_id: Ident | None = None
+
+
+class RegisteredGateway(BaseModel):
+    gateway: Gateway
     credentials: MqttCredentials
 
 
@@ -159,14 +232,40 @@ class HistoryPoint(BaseModel):
     count: int = Field(description="readings in the bucket that had a value (valid readings, from a rollup)")
     status: str | None = Field(None, description="rollups only: valid, invalid, missing, not_operating, "
                                                  "in_progress")
+    provisional: bool = Field(False, description="present (true) only on a bucket a rollup serves but does not "
+                                                 "hold yet — late or live data, computed from the raw readings "
+                                                 "until the scheduled processor rolls it up; absent means final")
+
+    @model_serializer(mode="wrap")
+    def _only_when_provisional(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # the hot path returns up to 10,000 points: "provisional": false on each would say nothing
+        data: dict[str, Any] = handler(self)
+        if not self.provisional:
+            data.pop("provisional", None)
+        return data
+
+
+class HistorySource(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    from_: datetime = Field(alias="from", serialization_alias="from")
+    to: datetime
+    source: Literal["rollup", "raw"] = Field(description="rollup: a rollup table holds these buckets; raw: "
+                                                        "computed from the readings in this response")
+    table: str
 
 
 class History(BaseModel):
     model_config = ConfigDict(populate_by_name=True, json_schema_extra={"examples": [{
                              "device_id": "SW-0001", "metric": "soc_pct", "unit": "%", "aggregate": "avg",
-                             "bucket": "5m", "from": "2024-05-01T00:00:00+08:00", "to": "2024-05-02T00:00:00+08:00",
-                             "source": "sweeper_telemetry",
-                             "points": [{"ts": "2024-05-01T00:00:00+08:00", "value": 81.2, "count": 10}]}]})
+                             "bucket": "1h", "from": "2024-05-01T00:00:00+08:00", "to": "2024-05-02T00:00:00+08:00",
+                             "source": "sweeper_telemetry_5m + sweeper_telemetry",
+                             "sources": [{"from": "2024-05-01T00:00:00+08:00", "to": "2024-05-01T23:00:00+08:00",
+                                          "source": "rollup", "table": "sweeper_telemetry_5m"},
+                                         {"from": "2024-05-01T23:00:00+08:00", "to": "2024-05-02T00:00:00+08:00",
+                                          "source": "raw", "table": "sweeper_telemetry"}],
+                             "points": [{"ts": "2024-05-01T00:00:00+08:00", "value": 81.2, "count": 60},
+                                        {"ts": "2024-05-01T23:00:00+08:00", "value": 52.0, "count": 31,
+                                         "provisional": True}]}]})
     device_id: str
     metric: str
     unit: str | None
@@ -174,7 +273,9 @@ class History(BaseModel):
     bucket: str | None
     from_: datetime = Field(alias="from", serialization_alias="from")
     to: datetime
-    source: str = Field(description="the table the figures came from (a rollup table when one covers them)")
+    source: str = Field(description="the tables the figures came from, joined by ' + ' (a rollup table where "
+                                    "one holds them)")
+    sources: list[HistorySource] = Field(description="which source served which part of [from, to), in order")
     points: list[HistoryPoint]
     next_cursor: str | None = Field(None, description="raw readings only: the next page, null on the last")
 
@@ -372,12 +473,28 @@ class Check(BaseModel):
 
 
 class Health(BaseModel):
-    model_config = _example({"status": "ok", "time": _TS, "checks": {
+    model_config = _example({"status": "degraded", "time": _TS, "checks": {
         "database": {"status": "ok", "detail": "reachable", "data": {"timescaledb": "2.19.3", "license": "apache"}},
         "broker": {"status": "ok", "detail": "CONNACK accepted", "data": {"url": "mqtt://127.0.0.1:11883"}},
         "collector_lag": {"status": "ok", "detail": "last message 2.1 s ago", "data": {"lag_s": 2.1}},
         "spool": {"status": "ok", "detail": "empty", "data": {"files": 0, "bytes": 0}},
-        "dead_letters": {"status": "ok", "detail": "0 in the last hour", "data": {"last_hour": 0}}}})
+        "dead_letters": {"status": "ok", "detail": "0 in the last hour", "data": {"last_hour": 0}},
+        "collector": {"status": "ok", "detail": "the collector last passed 12 s ago (every 30 s)", "data": {
+            "last_pass_at": _TS, "lag_s": 12.0, "interval_s": 30.0, "overdue_after_s": 90.0, "instances": 1,
+            "stopped_instances": 0}},
+        "processor": {"status": "degraded", "detail": "the scheduled processor has never reported a pass: is it "
+                      "running (`sanitel maintain`), and can it reach the database?", "data": {
+                          "last_pass_at": None, "lag_s": None, "interval_s": None, "overdue_after_s": None,
+                          "instances": 0, "stopped_instances": 0}},
+        "evaluator": {"status": "ok", "detail": "the alert evaluator last passed 3 s ago (every 5 s)", "data": {
+            "last_pass_at": _TS, "lag_s": 3.0, "interval_s": 5.0, "overdue_after_s": 15.0, "instances": 1,
+            "stopped_instances": 0}}},
+        "problems": ["processor: the scheduled processor has never reported a pass: is it running (`sanitel "
+                     "maintain`), and can it reach the database?"]})
     status: CheckStatus = Field(description="worst of the checks; the HTTP status is 503 when `down`")
     time: datetime
-    checks: dict[str, Check]
+    checks: dict[str, Check] = Field(description="database, broker, collector_lag, spool, dead_letters, and each "
+                                     "background stage (collector, processor, evaluator: last pass, lag, interval, "
+                                     "instances; degraded when overdue or never seen)")
+    problems: list[str] = Field(default_factory=list,
+                                description="one line per check that is not ok: which one, and what to check")

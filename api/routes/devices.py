@@ -1,21 +1,35 @@
-"""Devices: list with filters and paging, detail, registration with MQTT credentials, credential rotation."""
+"""Devices: list with filters and paging, detail, registration with MQTT credentials, credential rotation, the
+HJ 212 access password (write-only)."""
 
 from __future__ import annotations
 
 from typing import Annotated
-from urllib.parse import urlsplit, urlunsplit
 
-import anyio
 from fastapi import APIRouter, Path, Query, status
 
-from sanitel.api.credentials import rotate_device_password, sync_broker_files
+from sanitel.api.credentials import (
+    hj212_password_hash,
+    mqtt_credentials,
+    new_password_hash,
+    rotate_device_password,
+    sync_broker_files,
+)
 from sanitel.api.deps import Admin, Context, Db, Viewer
 from sanitel.api.errors import ApiError, error_responses, not_found
-from sanitel.api.models import Device, DeviceKind, DeviceRegistration, MqttCredentials, Page, RegisteredDevice
+from sanitel.api.models import (
+    Device,
+    DeviceKind,
+    DeviceRegistration,
+    Hj212PasswordChange,
+    MqttCredentials,
+    Page,
+    RegisteredDevice,
+)
 from sanitel.api.params import DEFAULT_PAGE, Cursor, Ident, Limit, decode_cursor, encode_cursor
 from sanitel.api.queries import devices as queries
+from sanitel.api.queries import gateways as gateway_queries
 from sanitel.api.queries import sites as site_queries
-from sanitel.broker_auth import hash_password, new_password
+from sanitel.broker_auth import USERNAME_PATTERN, valid_username
 from sanitel.schemas.topics import ROOT
 
 router = APIRouter(prefix="/devices", tags=["devices"], responses=error_responses(401, 403, 422))
@@ -51,19 +65,30 @@ async def get_device(device_id: DeviceId, conn: Db, _: Viewer) -> Device:
              summary="Register a device and issue its MQTT credentials (admin)",
              description="The password is in this response only. A device the collector auto-registered on "
                          "first sight can be registered (claimed) once; registering it again is a conflict — "
-                         "rotate its credentials instead.",
+                         "rotate its credentials instead. The id is also the broker username: it must not be "
+                         "a gateway's or a service account's. `hj212_password` (cems only) is stored as a "
+                         "salted hash and never returned; it must not be put in `metadata`.",
              responses=error_responses(409))
 async def register_device(body: DeviceRegistration, ctx: Context, conn: Db, _: Admin) -> RegisteredDevice:
     if body.site_id is not None and not await site_queries.site_exists(conn, body.site_id):
         raise ApiError(422, f"site {body.site_id!r} does not exist", field="body.site_id")
-    if await queries.username_taken_by_service(conn, body.device_id):
-        raise ApiError(409, f"{body.device_id!r} is the name of a broker service account; choose another id")
-    password = new_password()
-    password_hash = await anyio.to_thread.run_sync(hash_password, password)
+    if body.gateway_id is not None and not await gateway_queries.gateway_exists(conn, body.gateway_id):
+        raise ApiError(422, f"gateway {body.gateway_id!r} does not exist; register it with POST /gateways",
+                       field="body.gateway_id")
+    if body.hj212_password is not None and body.kind != "cems":
+        raise ApiError(422, "only a cems device speaks HJ 212: hj212_password needs kind 'cems'",
+                       field="body.hj212_password")
+    password, password_hash = await new_password_hash()
+    hj212_hash = await hj212_password_hash(body.hj212_password) if body.hj212_password is not None else None
     async with conn.transaction():
+        await queries.lock_usernames(conn)
+        owner = await queries.username_owner(conn, body.device_id)
+        if owner in ("gateway", "service"):
+            raise ApiError(409, f"{body.device_id!r} is the broker username of a {owner}; choose another id")
         created = await queries.register_device(
             conn, device_id=body.device_id, kind=body.kind, site_id=body.site_id, name=body.name,
-            inactivity_timeout_s=body.inactivity_timeout_s, metadata=body.metadata, password_hash=password_hash)
+            inactivity_timeout_s=body.inactivity_timeout_s, metadata=body.metadata, password_hash=password_hash,
+            gateway_id=body.gateway_id, hj212_password_hash=hj212_hash)
     if not created:
         raise ApiError(409, f"device {body.device_id!r} is already registered; "
                        f"POST /devices/{body.device_id}/credentials issues new credentials")
@@ -76,6 +101,9 @@ async def register_device(body: DeviceRegistration, ctx: Context, conn: Db, _: A
              summary="Issue new MQTT credentials for a device (admin); the old password stops working",
              responses=error_responses(404))
 async def rotate_credentials(device_id: DeviceId, ctx: Context, conn: Db, _: Admin) -> MqttCredentials:
+    if not valid_username(device_id):  # an auto-registered id with ':' cannot stand in the password file
+        raise ApiError(422, f"{device_id!r} cannot be a broker username (it must match {USERNAME_PATTERN}); "
+                       "register the device under another id", field="path.device_id")
     password = await rotate_device_password(conn, device_id)
     if password is None:
         raise not_found("device", device_id)
@@ -84,16 +112,22 @@ async def rotate_credentials(device_id: DeviceId, ctx: Context, conn: Db, _: Adm
     return _credentials(ctx, device, password, reloaded)
 
 
+@router.put("/{device_id}/hj212-password", response_model=Device,
+            summary="Set a CEMS device's HJ 212 access password (admin); only a salted hash is stored",
+            description="The collector checks the PW of every HJ 212 frame for this MN against it; the change "
+                        "reaches the collectors within seconds. The password is never returned.",
+            responses=error_responses(404))
+async def set_hj212_password(device_id: DeviceId, body: Hj212PasswordChange, conn: Db, _: Admin) -> Device:
+    kind = await queries.device_kind(conn, device_id)
+    if kind is None:
+        raise not_found("device", device_id)
+    if kind != "cems":
+        raise ApiError(422, f"device {device_id!r} is a {kind}; only a cems device speaks HJ 212",
+                       field="path.device_id")
+    await queries.set_hj212_password(conn, device_id, await hj212_password_hash(body.password))
+    return Device.model_validate(await queries.get_device(conn, device_id))
+
+
 def _credentials(ctx: Context, device: Device, password: str, reloaded: bool) -> MqttCredentials:
-    return MqttCredentials(username=device.device_id, password=password,
-                           broker_url=_without_userinfo(ctx.settings.effective_mqtt_url),
-                           topic_prefix=f"{ROOT}/{ctx.settings.city}/{device.kind}/{device.device_id}/",
-                           broker_reloaded=reloaded)
-
-
-def _without_userinfo(url: str) -> str:
-    # the API's own broker login must never leak into a device's credentials
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return mqtt_credentials(ctx.settings, device.device_id,
+                            f"{ROOT}/{ctx.settings.city}/{device.kind}/{device.device_id}/", password, reloaded)

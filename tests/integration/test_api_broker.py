@@ -1,4 +1,5 @@
-"""Device credentials on a real Mosquitto: the password file and pattern ACL sanitel generates.
+"""Device credentials on a real Mosquitto: the password file and per-account ACL sanitel generates (the attacks
+on it are in tests/integration/security/test_gateways_acl.py).
 
 Device A may publish under its own topic only; an unknown client, or a wrong password, is refused; a
 device registered through the API can connect as soon as the API has rewritten the files and sent
@@ -68,7 +69,7 @@ def broker(fresh_db: str, tmp_path: Path, make_mosquitto: Callable[..., Mosquitt
         return password
 
     secrets["sanitel-collector"] = asyncio.run(prepare())
-    tmp_path.chmod(0o755)  # the broker may drop to its own user and must read the files
+    tmp_path.chmod(0o755)  # the files themselves are 0600: the broker runs as this user (as root: "user root")
     server = make_mosquitto(password_file=files.password_file, acl_file=files.acl_file)
     yield server, BrokerAuthFiles(files.password_file, files.acl_file, server.pid_file), secrets
     server.kill()
