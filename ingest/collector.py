@@ -13,6 +13,11 @@ sending once Receive Maximum messages are unacknowledged and keeps the rest in t
 the database returns, and acknowledging resumes. Replay never stalls on content: damaged records are quarantined
 by the spool, and a message whose write fails for its content is isolated (bisection) and quarantined too.
 
+Heartbeat (issue 17): every ``collector_heartbeat_s`` while connected to the broker and writing to the database (not
+spooling), the writer thread records the stage ``collector`` in ``stage_heartbeats`` (instance: the client id), on a
+small connection of its own — checked once per batch or idle wake, so no per-message cost, and never the writer's
+connection from another thread. /health, /metrics and the evaluator's ``stage_overdue`` alert read it.
+
 Seams (Telegraf's mqtt_consumer gets its client the same way): the MQTT client comes from a factory
 (``paho_collector_client`` in service) and needs only what ``MqttClient`` lists; the writer is anything with
 ``ReadingStore``'s three methods; both clocks are parameters. Unit tests drive the batching and ack policy
@@ -21,6 +26,7 @@ with a fake client, an in-memory writer and a clock they move by hand.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -32,14 +38,17 @@ from pathlib import Path
 from typing import Generic, Protocol, TypeVar, cast
 
 import paho.mqtt.client as mqtt
+import psycopg
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from prometheus_client import start_http_server
 
+from sanitel.heartbeats import record_pass
 from sanitel.ingest.buffered_client import BufferedClient
 from sanitel.ingest.decode import DecodeLimits, decode_message
 from sanitel.ingest.metrics import CollectorMetrics
 from sanitel.mqtt_wire import BrokerTarget, paho_client
+from sanitel.processors.registry import DeviceRegistry
 from sanitel.processors.spool import BadSpan, Spool, SpooledMessage, SpoolFull, SpoolRecord
 from sanitel.processors.writer import DatabaseUnavailable, Message, ReadingWriter, WriteResult
 from sanitel.schemas.topics import DEVICE_KINDS, SYSTEM_FAMILIES, subscription
@@ -94,6 +103,46 @@ class ReadingStore(Protocol):
         """Commit the batch in one transaction (readings and dead letters); DatabaseUnavailable leaves nothing."""
 
     def close(self) -> None: ...
+
+
+class StageHeartbeat(Protocol):
+    """Where the collector says it is alive: ``DatabaseHeartbeat`` in service. Called from the writer thread only."""
+
+    def beat(self, at: datetime, started_at: datetime) -> bool:
+        """Record a heartbeat; False when it could not be recorded."""
+
+    def close(self) -> None: ...
+
+
+class DatabaseHeartbeat:
+    """The collector's row in ``stage_heartbeats``, written on an autocommit connection of its own (opened on first
+    use, dropped on any error and reopened at the next beat)."""
+
+    def __init__(self, url: str, instance: str, interval_s: float) -> None:
+        self.url = url
+        self.instance = instance
+        self.interval_s = interval_s
+        self._conn: psycopg.Connection | None = None
+
+    def beat(self, at: datetime, started_at: datetime) -> bool:
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5,
+                                             application_name=f"sanitel {self.instance} heartbeat")
+            record_pass(self._conn, "collector", self.instance, interval_s=self.interval_s, at=at,
+                        started_at=started_at)
+            return True
+        except psycopg.Error as exc:
+            log.warning("collector heartbeat not recorded (%s); /health will call the collector overdue if this "
+                        "goes on", str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__)
+            self.close()
+            return False
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+            self._conn = None
 
 
 def session_properties(settings: Settings) -> Properties:
@@ -181,14 +230,27 @@ class Collector:
     def __init__(self, settings: Settings, *, serve_metrics: bool = True,
                  client_factory: ClientFactory = paho_collector_client, writer: ReadingStore | None = None,
                  monotonic: Callable[[], float] = time.monotonic, now: Callable[[], datetime] = _utc_now,
-                 idle_wake_s: float = _IDLE_WAKE_S) -> None:
+                 idle_wake_s: float = _IDLE_WAKE_S, heartbeat: StageHeartbeat | None = None) -> None:
         self.settings = settings
         self.metrics = CollectorMetrics()
         self.limits = DecodeLimits(settings.max_payload_bytes, timedelta(seconds=settings.max_future_skew_s))
-        self.writer: ReadingStore = writer if writer is not None else ReadingWriter(
-            settings.database_url_for("ingest"), collector_id=settings.collector_client_id,
-            auto_register=settings.auto_register_devices, payload_keep_bytes=settings.dead_letter_payload_bytes,
-            dead_letters_per_message=settings.dead_letters_per_message)
+        # the device registry's cache follows changes by LISTEN/NOTIFY (started with the collector)
+        self.registry: DeviceRegistry | None = None
+        if writer is None:
+            url = settings.database_url_for("ingest")
+            self.registry = DeviceRegistry(url, refresh_s=settings.registry_refresh_s, clock=monotonic)
+            writer = ReadingWriter(
+                url, collector_id=settings.collector_client_id, auto_register=settings.auto_register_devices,
+                payload_keep_bytes=settings.dead_letter_payload_bytes,
+                dead_letters_per_message=settings.dead_letters_per_message, registry=self.registry,
+                auto_register_per_minute=settings.auto_register_per_minute,
+                require_hj212_password=settings.hj212_require_password, clock=monotonic)
+            if heartbeat is None:
+                heartbeat = DatabaseHeartbeat(url, settings.collector_client_id, settings.collector_heartbeat_s)
+        self.writer: ReadingStore = writer
+        self.heartbeat = heartbeat  # None (an injected writer without one): no heartbeats
+        self._next_beat: float | None = None  # monotonic time of the next heartbeat; None: at once
+        self._started_at: datetime | None = None
         self.spool = Spool(settings.effective_spool_dir / settings.collector_client_id,
                            max_bytes=settings.spool_max_bytes)
         self.metrics.spool_max_bytes.set(settings.spool_max_bytes)
@@ -249,8 +311,11 @@ class Collector:
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self, wait_connected: float = 10.0) -> None:
+        self._started_at = self._now()
         if self._serve_metrics:
             start_http_server(self.settings.collector_metrics_port, addr="127.0.0.1", registry=self.metrics.registry)
+        if self.registry is not None:
+            self.registry.start()
         if not self.writer.ping():
             log.warning("database not reachable at start; spooling until it is")
             self._db_down_since = self._monotonic()
@@ -278,6 +343,10 @@ class Collector:
         self.client.disconnect()
         self.client.loop_stop()
         self.writer.close()
+        if self.heartbeat is not None:
+            self.heartbeat.close()  # the writer thread, its only user, has ended
+        if self.registry is not None:
+            self.registry.stop()
         self.spool.close()
 
     def wait_connected(self, timeout: float) -> bool:
@@ -291,6 +360,7 @@ class Collector:
     def _write_loop(self) -> None:
         closed = False
         while not closed:
+            self._beat_if_due()
             if self._held:
                 held, self._held = self._held, []
                 self._flush(held)
@@ -306,6 +376,17 @@ class Collector:
             for r in batch:
                 self.metrics.received.labels(_topic_kind(r.topic)).inc()
             self._flush(batch)
+
+    def _beat_if_due(self) -> None:
+        """A heartbeat every ``collector_heartbeat_s`` while subscribed and writing to the database: a collector
+        that spools (database unreachable) or has lost the broker takes in nothing, so it does not report."""
+        if self.heartbeat is None or not self._connected.is_set() or self._db_down_since is not None:
+            return
+        if self._next_beat is not None and self._monotonic() < self._next_beat:
+            return
+        self._next_beat = self._monotonic() + self.settings.collector_heartbeat_s  # after a failure too: no storm
+        now = self._now()
+        self.heartbeat.beat(now, self._started_at or now)
 
     def _flush(self, batch: list[_Received]) -> None:
         """Make the batch durable, then acknowledge it in order; a batch that fails stays unacknowledged, and one
@@ -356,6 +437,10 @@ class Collector:
             self.metrics.rejected.labels(kind, reason).inc(n)
         for lag in result.lags_s:
             self.metrics.lag.observe(lag)
+        if result.auto_registered:
+            self.metrics.devices_auto_registered.inc(result.auto_registered)
+        if result.auto_register_refused:
+            self.metrics.auto_register_refused.inc(result.auto_register_refused)
         return result
 
     def _spool(self, raw: list[SpooledMessage]) -> None:

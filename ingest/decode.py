@@ -81,6 +81,8 @@ REASONS = {
     "ts_too_old": "ts is before 2000-01-01",
     "unknown_device": "the device is not registered and auto-registration is off",
     "kind_mismatch": "the device is registered as another kind",
+    "not_behind_gateway": "a gateway batch holds a reading of a device not registered behind that gateway",
+    "auto_register_limited": "the device is not registered and the collector's auto-registration limit was reached",
     "storage_rejected": "the database refused the row",
     "internal_error": "the decoder failed unexpectedly (a bug): the reason names the exception class",
 }
@@ -446,7 +448,9 @@ def _decode_gateway_batch(topic: GatewayTopic, body: Any, ctx: _Context, out: De
             reading_type = BY_KIND_STREAM.get((envelope.kind, stream))
             if reading_type is None:
                 raise _Reject("bad_topic", f"{envelope.kind} devices do not publish on the {stream!r} stream")
-            out.rows.append(_to_row(reading_type, item, envelope.device_id, ctx, i, envelope=True))
+            row = _to_row(reading_type, item, envelope.device_id, ctx, i, envelope=True)
+            row.gateway_id = topic.gateway_id  # the writer accepts it only for a device registered behind this gateway
+            out.rows.append(row)
         except _Reject as exc:
             out.rejections.append(_rejection(exc.code, f"readings[{i}]: {exc}", i, kind, device))
         except Exception as exc:  # a decoder bug costs this reading, not the others

@@ -45,6 +45,13 @@ class CollectorMetrics:
         self.spool_quarantined = Counter("sanitel_spool_quarantined_records",
                                          "damaged or unreplayable spool records moved to a quarantine file",
                                          ["reason"], registry=r)
+        self.devices_auto_registered = Counter("sanitel_devices_auto_registered",
+                                               "unknown devices registered on first sight (device topics only)",
+                                               registry=r)
+        self.auto_register_refused = Counter("sanitel_auto_register_refused",
+                                             "unknown devices not registered because SANITEL_AUTO_REGISTER_PER_MINUTE "
+                                             "was reached (counted once per batch; their readings are dead-lettered "
+                                             "as auto_register_limited)", registry=r)
         self.queue_depth = Gauge("sanitel_queue_depth", "messages received and not yet written", registry=r)
         self.broker_connected = Gauge("sanitel_broker_connected", "1 while connected to the broker", registry=r)
         self.database_up = Gauge("sanitel_database_up", "1 while the database is reachable", registry=r)

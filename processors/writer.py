@@ -5,6 +5,18 @@ One transaction per batch: rows are binary-COPYed into per-session staging table
 unknown devices are registered, rejected readings go to the dead letters and ``device_last_seen`` is upserted,
 all in that one transaction. Only after ``write`` returns may the caller acknowledge the messages.
 
+Who may speak for a device (issue 12; the registry is ``processors.registry``, kept current by LISTEN/NOTIFY):
+
+- A reading from a gateway batch (``sanitation/{city}/gateway/{gw}/batch``) is accepted only for a device registered
+  behind that gateway (``devices.gateway_id``); any other — unknown ones included — is ``not_behind_gateway``. A
+  gateway batch never registers a device.
+- A reading on a device's own topic registers its unknown device when ``auto_register`` is on, at most
+  ``auto_register_per_minute`` devices per writer (a token bucket: a burst of that many, then that many a minute);
+  beyond it, ``auto_register_limited``. Tokens are spent only by a committed registration.
+- An HJ 212 frame's PW is checked against ``devices.hj212_password_hash``: wrong or absent →
+  ``hj212_wrong_password``; no hash while ``require_hj212_password`` → ``hj212_no_password`` (an unregistered MN
+  then is never auto-registered and is refused the same way). The stored value is never echoed.
+
 What is in a batch never stops it. When the database refuses a batch for its content — any error but an
 unavailable database: a value PostgreSQL cannot store, a constraint the schema did not catch, an identifier
 it cannot register — the transaction is rolled back whole and the batch is isolated at the reading level:
@@ -37,6 +49,8 @@ import contextlib
 import hashlib
 import logging
 import re
+import threading
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +61,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from sanitel.processors.derive import DERIVATIONS
+from sanitel.processors.registry import DeviceEntry, DeviceRegistry, Hj212Check
 from sanitel.schemas.readings import READING_TYPES, table_columns
 from sanitel.schemas.records import Decoded, Rejection, Row
 
@@ -76,6 +91,8 @@ class WriteResult:
     accepted: Counter[str] = field(default_factory=Counter)  # readings by kind
     rejected: Counter[tuple[str, str]] = field(default_factory=Counter)  # (kind, reason_code), every rejection
     lags_s: list[float] = field(default_factory=list)  # device time → commit, sampled
+    auto_registered: int = 0  # devices this batch registered
+    auto_register_refused: int = 0  # unknown devices not registered: the auto-registration limit was reached
 
 
 _COLUMNS = {t.table: table_columns(t) for t in READING_TYPES}
@@ -114,6 +131,33 @@ def database_unavailable(exc: BaseException, connection_lost: bool) -> bool:
     if state is None:  # raised by the driver, not the server: only a lost connection counts
         return isinstance(exc, psycopg.OperationalError)
     return state.startswith(_UNAVAILABLE_PREFIXES) or state in _UNAVAILABLE_STATES
+
+
+class TokenBucket:
+    """At most ``capacity`` at once, refilled at ``per_minute`` a minute (``clock``: monotonic seconds). Thread-safe."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.capacity = max(0, per_minute)
+        self._rate_s = self.capacity / 60.0
+        self._clock = clock
+        self._tokens = float(self.capacity)
+        self._at = clock()
+        self._lock = threading.Lock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(float(self.capacity), self._tokens + max(0.0, now - self._at) * self._rate_s)
+        self._at = now
+
+    def available(self) -> int:
+        with self._lock:
+            self._refill()
+            return int(self._tokens)
+
+    def take(self, n: int) -> None:
+        with self._lock:
+            self._refill()
+            self._tokens = max(0.0, self._tokens - n)
 
 
 class AttemptFailed(Exception):
@@ -188,19 +232,39 @@ class _Attempt:
     problems: list[tuple[int, Rejection]]
 
 
+@dataclass(slots=True)
+class _Devices:
+    """The registry as one attempt sees it: every device of its readings that is registered (``entries``), what
+    was read in its transaction (``read``: cached only after it commits, read at ``token``), the devices it
+    registers and the unknown ones the limit refused."""
+
+    entries: dict[str, DeviceEntry]
+    read: dict[str, DeviceEntry]
+    token: int
+    registered: list[str]
+    limited: frozenset[str]
+
+
 class ReadingWriter:
-    """Owns one connection. Not thread-safe: one writer per writer thread."""
+    """Owns one connection. Not thread-safe: one writer per writer thread.
+
+    ``registry``: shared device cache (the collector starts it, so it follows registry changes); by default one of
+    its own, not listening, whose entries live at most ``registry.refresh_s``. ``clock``: monotonic seconds, for the
+    auto-registration limit."""
 
     def __init__(self, url: str, *, collector_id: str, auto_register: bool, payload_keep_bytes: int = 64 * 1024,
-                 dead_letters_per_message: int = 100) -> None:
+                 dead_letters_per_message: int = 100, registry: DeviceRegistry | None = None,
+                 auto_register_per_minute: int = 60, require_hj212_password: bool = True,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.url = url
         self.collector_id = collector_id
         self.auto_register = auto_register
         self.payload_keep_bytes = payload_keep_bytes
         self.dead_letters_per_message = dead_letters_per_message
+        self.require_hj212_password = require_hj212_password
+        self.registry = registry if registry is not None else DeviceRegistry(url, clock=clock)
+        self._registrations = TokenBucket(auto_register_per_minute, clock)
         self._conn: psycopg.Connection | None = None
-        self._device_kinds: dict[str, str] = {}
-        self._hj212_passwords: dict[str, str | None] = {}
         self._copy_types: dict[str, list[int]] = {}
 
     # --- connection ------------------------------------------------------------------------
@@ -287,15 +351,14 @@ class ReadingWriter:
         copied: dict[str, list[int]] = defaultdict(list)  # table → positions in ``items``, in COPY order
         progress = _Progress()
         try:
-            known, found = self._resolve_devices(conn, items)
+            devices = self._resolve_devices(conn, items)
             rows: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
             problems: list[tuple[int, Rejection]] = []
             last_seen: dict[str, tuple[datetime, int, datetime]] = {}
             for position, item in enumerate(items):
                 progress.position = position
                 row = item.row
-                kind, password = known.get(row.device_id, (None, None))
-                problem = _registry_problem(row, kind, password)
+                problem = self._registry_problem(row, devices.entries.get(row.device_id), devices.limited)
                 if problem is not None:
                     problems.append((item.message, problem))
                     continue
@@ -328,10 +391,15 @@ class ReadingWriter:
         except Exception as exc:
             self._recover(exc)  # raises DatabaseUnavailable when that is what it was
             raise AttemptFailed(exc, _culprit(exc, copied, progress)) from exc
-        # committed: only now may the cache learn what this transaction registered
-        for device_id, (kind, password) in found.items():
-            self._device_kinds[device_id] = kind
-            self._hj212_passwords[device_id] = password
+        # committed: only now may the cache learn what this transaction read and registered
+        self.registry.remember(devices.read, devices.token)
+        self._registrations.take(len(devices.registered))
+        result.auto_registered = len(devices.registered)
+        result.auto_register_refused = len(devices.limited)
+        if devices.limited:
+            log.warning("auto-registration limit reached (%d a minute): %d unknown devices not registered, their "
+                        "readings dead-lettered as auto_register_limited", self._registrations.capacity,
+                        len(devices.limited))
         committed = datetime.now(UTC)
         step = max(1, sum(len(r) for r in rows.values()) // _LAG_SAMPLES_PER_BATCH)
         result.lags_s = [(committed - r[1]).total_seconds() for rs in rows.values() for r in rs[::step]]
@@ -368,26 +436,65 @@ class ReadingWriter:
             (ids, [last_seen[i][0] for i in ids], [last_seen[i][1] for i in ids], [last_seen[i][2] for i in ids]),
         )
 
-    def _resolve_devices(self, conn: psycopg.Connection, items: list[_Item]
-                         ) -> tuple[dict[str, tuple[str, str | None]], dict[str, tuple[str, str | None]]]:
-        """Registered kind and HJ 212 password of every device of these readings (auto-registering unknown ones
-        when allowed, in the attempt's transaction), and which of them the cache does not know yet."""
-        wanted = {item.row.device_id: item.row.kind for item in items}
-        known = {d: (self._device_kinds[d], self._hj212_passwords.get(d)) for d in wanted if d in self._device_kinds}
-        missing = sorted(d for d in wanted if d not in self._device_kinds)
-        found: dict[str, tuple[str, str | None]] = {}
-        if missing:
-            if self.auto_register:
-                conn.execute(
+    def _resolve_devices(self, conn: psycopg.Connection, items: list[_Item]) -> _Devices:
+        """The registry entry of every device of these readings, from the cache or read in the attempt's
+        transaction, registering unknown ones where allowed (in that transaction) up to the limit."""
+        ids: set[str] = set()
+        candidates: dict[str, str] = {}  # device → kind, for the readings that may register their device
+        for item in items:
+            row = item.row
+            ids.add(row.device_id)
+            # never through a gateway batch; an HJ 212 MN only when passwords are not required
+            if row.gateway_id is None and not (row.via_hj212 and self.require_hj212_password):
+                candidates.setdefault(row.device_id, row.kind)
+        token, cached = self.registry.cached(ids)
+        missing = sorted(ids - cached.keys())
+        read = self.registry.lookup(missing, conn) if missing else {}
+        registered: list[str] = []
+        limited: frozenset[str] = frozenset()
+        unknown = [d for d in missing if d not in read and d in candidates]
+        if unknown and self.auto_register:
+            allowed = self._registrations.available()
+            register, limited = unknown[:allowed], frozenset(unknown[allowed:])
+            if register:
+                registered = [r[0] for r in conn.execute(
                     "INSERT INTO devices (device_id, kind, auto_registered) "
-                    "SELECT d, k, true FROM unnest(%s::text[], %s::text[]) AS t (d, k) ON CONFLICT DO NOTHING",
-                    (missing, [wanted[i] for i in missing]),
-                )
-            for device_id, kind, password in conn.execute(
-                    "SELECT device_id, kind, metadata->>'hj212_password' FROM devices WHERE device_id = ANY(%s)",
-                    (missing,)).fetchall():
-                found[device_id] = (kind, password)
-        return known | found, found
+                    "SELECT d, k, true FROM unnest(%s::text[], %s::text[]) AS t (d, k) ON CONFLICT DO NOTHING "
+                    "RETURNING device_id", (register, [candidates[d] for d in register])).fetchall()]
+                read |= self.registry.lookup(register, conn)  # also those another collector registered meanwhile
+        return _Devices(cached | read, read, token, registered, limited)
+
+    def _registry_problem(self, row: Row, entry: DeviceEntry | None, limited: frozenset[str]) -> Rejection | None:
+        device = row.device_id
+        if row.gateway_id is not None and (entry is None or entry.gateway_id != row.gateway_id):
+            # the same words whether the device is unknown or behind another gateway: nothing to enumerate
+            return Rejection("not_behind_gateway", f"device {device!r} is not registered behind gateway "
+                             f"{row.gateway_id!r}; a gateway may only send readings of its own devices (register "
+                             "the device with that gateway)", row.index, row.kind, device)
+        if row.via_hj212:
+            check = self.registry.check_password(device, entry, row.hj212_pw,
+                                                 require_password=self.require_hj212_password)
+            if check is Hj212Check.WRONG_PASSWORD:
+                shown = "absent" if row.hj212_pw is None else "wrong"
+                return Rejection("hj212_wrong_password", f"PW is {shown} for MN {device} (it does not match the "
+                                 "registered HJ 212 password)", row.index, row.kind, device)
+            if check is Hj212Check.NO_PASSWORD or (check is Hj212Check.UNKNOWN_DEVICE and self.require_hj212_password):
+                registered = "has no registered HJ 212 password" if entry is not None else "is not registered"
+                return Rejection("hj212_no_password", f"MN {device} {registered}, and frames need one "
+                                 "(SANITEL_HJ212_REQUIRE_PASSWORD); set it with the device's HJ 212 password",
+                                 row.index, row.kind, device)
+        if entry is None:
+            if device in limited:
+                return Rejection("auto_register_limited", f"device {device!r} is not registered, and this collector "
+                                 f"registered {self._registrations.capacity} devices in the last minute "
+                                 "(SANITEL_AUTO_REGISTER_PER_MINUTE); register it with 'sanitel devices register' or "
+                                 "the API", row.index, row.kind, device)
+            return Rejection("unknown_device", f"device {device!r} is not registered (auto-registration is off); "
+                             "register it with 'sanitel devices register' or the API", row.index, row.kind, device)
+        if entry.kind != row.kind:
+            return Rejection("kind_mismatch", f"device {device!r} is registered as a {entry.kind}, "
+                             f"not a {row.kind}", row.index, row.kind, device)
+        return None
 
     # --- dead letters ----------------------------------------------------------------------
     def _write_dead_letters(self, messages: list[Message], dead: list[list[Rejection]], result: WriteResult) -> None:
@@ -512,20 +619,6 @@ def _refusal(row: Row, exc: BaseException) -> Rejection:
                      row.device_id)
 
 
-def _registry_problem(row: Row, registered_kind: str | None, hj212_password: str | None) -> Rejection | None:
-    if registered_kind is None:
-        return Rejection("unknown_device", f"device {row.device_id!r} is not registered (auto-registration is off); "
-                         "register it with 'sanitel devices register' or the API", row.index, row.kind, row.device_id)
-    if registered_kind != row.kind:
-        return Rejection("kind_mismatch", f"device {row.device_id!r} is registered as a {registered_kind}, "
-                         f"not a {row.kind}", row.index, row.kind, row.device_id)
-    if row.via_hj212 and hj212_password is not None and row.hj212_pw != hj212_password:
-        shown = "absent" if row.hj212_pw is None else "wrong"
-        return Rejection("hj212_wrong_password", f"PW is {shown} for MN {row.device_id} (devices.metadata"
-                         ".hj212_password)", row.index, row.kind, row.device_id)
-    return None
-
-
 def _message_key(message: Message, part: str, nth: int) -> str:
     """Unique per rejection of a message: topic, index and reason, and the whole payload (the n-th repeat of the
     same index and reason gets a suffix; the first keeps the key earlier versions gave it)."""
@@ -565,3 +658,5 @@ def _merge(into: WriteResult, other: WriteResult) -> None:
     into.accepted.update(other.accepted)
     into.rejected.update(other.rejected)
     into.lags_s.extend(other.lags_s)
+    into.auto_registered += other.auto_registered
+    into.auto_register_refused += other.auto_register_refused

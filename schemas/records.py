@@ -31,6 +31,7 @@ class Row:
     index: int | None = None
     via_hj212: bool = False  # decoded from an HJ 212 frame: its PW is checked against the registry
     hj212_pw: str | None = None
+    gateway_id: str | None = None  # from a gateway batch: the gateway that sent it (it may speak only for its devices)
 
 
 @dataclass(slots=True)

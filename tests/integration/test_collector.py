@@ -122,6 +122,10 @@ def test_bad_input_goes_to_dead_letters_and_the_collector_keeps_going(
 
 def test_a_batch_with_one_bad_reading_lands_the_good_ones_and_dead_letters_the_bad_with_its_index(
         fresh_db: str, mqtt_server: MosquittoServer, make_collector: Callable[..., Collector]) -> None:
+    with psycopg.connect(fresh_db) as conn:  # a gateway batch is accepted only for the devices behind it
+        conn.execute("INSERT INTO gateways (gateway_id) VALUES ('gw-9')")
+        conn.execute("INSERT INTO devices (device_id, kind, gateway_id) "
+                     "SELECT 'bin-' || i || '-k', 'bin', 'gw-9' FROM generate_series(0, 5) i")
     make_collector(fresh_db, mqtt_server.url)
     ts = device_ms(-30)
     batch = {"gateway_id": "gw-9", "readings": [
@@ -211,10 +215,11 @@ def test_sigterm_flushes_acks_and_exits_zero_and_a_restart_takes_the_rest(
 def test_hj212_frames_land_and_a_wrong_password_is_dead_lettered(
         fresh_db: str, mqtt_server: MosquittoServer, make_collector: Callable[..., Collector]) -> None:
     from sanitel.schemas.hj212 import encode_frame
+    from sanitel.secret_hash import hash_secret
 
     with psycopg.connect(fresh_db) as conn:
-        conn.execute("INSERT INTO devices (device_id, kind, metadata) VALUES "
-                     "('MN4403001', 'cems', '{\"hj212_password\": \"123456\"}')")
+        conn.execute("INSERT INTO devices (device_id, kind, hj212_password_hash) VALUES ('MN4403001', 'cems', %s)",
+                     (hash_secret("123456"),))
     make_collector(fresh_db, mqtt_server.url)
     # HJ 212 DataTime is the plant's local time (Asia/Shanghai by default)
     local_cn = DEVICE_TIME.astimezone(ZoneInfo("Asia/Shanghai")).strftime("%Y%m%d%H%M%S")

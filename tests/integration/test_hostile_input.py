@@ -13,6 +13,10 @@ implementation. For each case the hostile message is published with a valid read
       row or dead letter appears (nothing redelivered, nothing doubled).
 
 Device times are fixed instants in the past (2026-01-15); no test reads or controls the wall clock.
+
+The registry is set up as a deployment with the secure defaults of issue 12 needs it (tests/support/hostile.py):
+the gateways with their devices behind them, the HJ 212 MNs with their password hashes; devices on their own
+topics are auto-registered (the default), well under the per-minute limit.
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ from tests.support.hostile import (
     one,
     publish_oversized,
     read_frame,
+    register_gateway,
+    register_hj212,
     schema_valid,
 )
 from tests.support.mqtt_tools import count, wait_for
@@ -248,6 +254,10 @@ def test_nul_in_one_reading_of_an_array_all_readings_land(harness: Harness) -> N
             expected_dead_topics=set())
 
 
+# the devices of _gateway_items, registered behind the gateway that sends them (a gateway speaks only for those)
+GATEWAY_DEVICES = {"gw-bin-1": "bin", "gw-ts-1": "transfer_station", "gw-sw-1": "sweeper"}
+
+
 def _gateway_items(nul_item: dict[str, object]) -> list[dict[str, object]]:
     return [
         {"kind": "bin", "device_id": "gw-bin-1", "stream": "status", "ts": DEVICE_MS, "fill_level_pct": 50.0},
@@ -263,6 +273,7 @@ def test_nul_in_one_reading_of_a_gateway_batch_all_readings_land(harness: Harnes
     for item, schema in zip(items, ["bin_status", "station_telemetry", "sweeper_telemetry"], strict=True):
         assert schema_valid(f"{schema}.schema.json", item)
     assert schema_valid("gateway_batch.schema.json", {"gateway_id": "gw-nul", "readings": items})
+    register_gateway(h.db_url, "gw-nul", GATEWAY_DEVICES)
     bad = h.gateway_topic("gw-nul")
     h.publish([(bad, j({"gateway_id": "gw-nul", "readings": items})), h.valid("ok-behind")])
 
@@ -281,6 +292,7 @@ def test_nul_in_one_reading_of_a_gateway_batch_all_readings_land(harness: Harnes
 def test_nul_in_a_gateway_items_device_id_rejects_that_item_alone(harness: Harness) -> None:
     h = harness
     items = _gateway_items({"kind": "sweeper", "device_id": "gw-sw-\u0000bad", "ts": DEVICE_MS, "seq": 1})
+    register_gateway(h.db_url, "gw-nul-id", GATEWAY_DEVICES)
     bad = h.gateway_topic("gw-nul-id")
     h.publish([(bad, j({"gateway_id": "gw-nul-id", "readings": items})), h.valid("ok-behind")])
     time.sleep(1.0)  # an unrelated message in a later batch: it must not commit anything half-written before it
@@ -556,11 +568,13 @@ def test_extreme_dates_numbers_and_lone_surrogates_are_dead_lettered_not_raised(
 
 # HJ 212 DataTime is the plant's local time (Asia/Shanghai): 16:00 there is DEVICE_TIME (08:00 UTC).
 DATA_TIME = "20260115160000"
+# the PW of every frame here (HJ 212-2017 §6.3); each MN is registered with its salted hash, as frames need
+HJ212_PW = "123456"
 GOOD_CODES = "a21002-Rtd=50.0,a21002-Flag=N;a21026-Rtd=12.0,a21026-Flag=N;a19001-Rtd=9.5,a19001-Flag=N"
 
 
 def hj212_frame(mn: str, cp: str) -> bytes:
-    return hj212.encode_frame("31", "2011", mn, "123456", cp)
+    return hj212.encode_frame("31", "2011", mn, HJ212_PW, cp)
 
 
 def _cems(h: Harness, mn: str) -> tuple[object, ...] | None:
@@ -598,6 +612,7 @@ def test_hj212_frame_over_mqtt_lands_with_what_it_can(harness: Harness, case: st
                                                       check: Callable[[tuple[object, ...]], str | None]) -> None:
     h = harness
     mn = f"MN{case.replace('_', '')[:20]}"
+    register_hj212(h.db_url, HJ212_PW, mn, "MNOK")
     bad = h.hj212_topic(mn)
     h.publish([(bad, hj212_frame(mn, cp)), (h.hj212_topic("MNOK"), hj212_frame("MNOK", f"DataTime={DATA_TIME};"
                                                                                        f"{GOOD_CODES}")),
@@ -618,6 +633,7 @@ def test_hj212_frame_over_mqtt_lands_with_what_it_can(harness: Harness, case: st
 
 def test_hj212_frame_over_mqtt_with_data_time_year_1_is_dead_lettered(harness: Harness) -> None:
     h = harness
+    register_hj212(h.db_url, HJ212_PW, "MNYEAR1", "MNOK")  # a registered MN: refused for its DataTime alone
     bad = h.hj212_topic("MNYEAR1")
     h.publish([(bad, hj212_frame("MNYEAR1", f"DataTime=00010101000000;{GOOD_CODES}")),
                (h.hj212_topic("MNOK"), hj212_frame("MNOK", f"DataTime={DATA_TIME};{GOOD_CODES}")),
@@ -633,12 +649,13 @@ def test_hj212_frame_over_mqtt_with_data_time_year_1_is_dead_lettered(harness: H
 def test_hj212_over_tcp_year_1_frame_gets_no_success_reply_and_the_listener_keeps_serving(
         harness: Harness, scratch_dir: Path) -> None:
     h = harness
-    listener = ListenerProcess(h.broker.url, h.city, scratch_dir)
+    register_hj212(h.db_url, HJ212_PW, "DAUYEAR1", "DAUOK2")
+    listener = ListenerProcess(h.db_url, h.broker.url, h.city, scratch_dir)
     try:
         listener.wait_ready()
-        bad = hj212.encode_frame("31", "2011", "DAUYEAR1", "123456", f"DataTime=00010101000000;{GOOD_CODES}",
+        bad = hj212.encode_frame("31", "2011", "DAUYEAR1", HJ212_PW, f"DataTime=00010101000000;{GOOD_CODES}",
                                  qn="20260115160000001", flag=5)
-        good = hj212.encode_frame("31", "2011", "DAUYEAR1", "123456", f"DataTime={DATA_TIME};{GOOD_CODES}",
+        good = hj212.encode_frame("31", "2011", "DAUYEAR1", HJ212_PW, f"DataTime={DATA_TIME};{GOOD_CODES}",
                                   qn="20260115160000002", flag=5)
         replies: list[tuple[str, str | None, dict[str, str]]] = []
         with socket.create_connection(("127.0.0.1", listener.port), timeout=10) as sock:
@@ -657,7 +674,7 @@ def test_hj212_over_tcp_year_1_frame_gets_no_success_reply_and_the_listener_keep
         if listener.proc.poll() is not None:
             problems.append(f"the listener exited ({listener.proc.returncode})")
         else:  # still serving: a new connection, a new valid frame
-            again = hj212.encode_frame("31", "2011", "DAUOK2", "123456", f"DataTime={DATA_TIME};{GOOD_CODES}",
+            again = hj212.encode_frame("31", "2011", "DAUOK2", HJ212_PW, f"DataTime={DATA_TIME};{GOOD_CODES}",
                                        qn="20260115160000003", flag=5)
             with socket.create_connection(("127.0.0.1", listener.port), timeout=10) as sock:
                 sock.sendall(again)
@@ -687,6 +704,7 @@ def test_poison_spooled_during_a_database_outage_is_dead_lettered_on_replay_and_
     pg = make_postgres()
     h = _make_harness(pg.url, mqtt_server, scratch_dir)
     try:
+        register_gateway(pg.url, "gw-spool", GATEWAY_DEVICES)  # before the outage, as an operator would
         h.start(first=True)
         assert h.collector is not None
         pg.stop()

@@ -45,6 +45,19 @@ def gateway(gateway_id: str, devices: list[str], offset_s: int = 0) -> Message:
     return message(f"sanitation/{CITY}/gateway/{gateway_id}/batch", {"gateway_id": gateway_id, "readings": readings})
 
 
+# gateways and the devices registered behind them (a gateway batch never registers a device)
+BEHIND = {"gw-1": [f"bin-{i}" for i in range(6)], "gw-3": [f"bin-3{i}" for i in range(40)]}
+REGISTERED = sum(map(len, BEHIND.values()))
+
+
+def register_behind(db: str, behind: dict[str, list[str]]) -> None:
+    with psycopg.connect(db) as conn:
+        for gateway_id, devices in behind.items():
+            conn.execute("INSERT INTO gateways (gateway_id) VALUES (%s)", (gateway_id,))
+            conn.execute("INSERT INTO devices (device_id, kind, gateway_id) SELECT d, 'bin', %s FROM unnest(%s::text[]) d",
+                         (gateway_id, devices))
+
+
 def good_batch() -> list[Message]:
     """Good readings from several messages: a sweeper, a gateway batch of six bins, an array of bin statuses."""
     return [
@@ -86,6 +99,8 @@ def dead_letters(db: str) -> list[tuple[Any, ...]]:
 def make_writer(fresh_db: str) -> Iterator[Callable[..., ReadingWriter]]:
     made: list[ReadingWriter] = []
 
+    register_behind(fresh_db, BEHIND)
+
     def make(**kwargs: Any) -> ReadingWriter:
         writer = ReadingWriter(fresh_db, collector_id="test-writer", auto_register=True, **kwargs)
         made.append(writer)
@@ -122,7 +137,7 @@ def test_one_refused_reading_is_dead_lettered_alone_and_the_rest_of_the_batch_la
 
     assert counts(fresh_db) == {
         "sweeper_telemetry": 1, "bin_deposits": 5, "bin_status": 3, "station_telemetry": 0, "camera_detections": 0,
-        "cems_readings": 0, "dead_letters": 1, "dead_letter_payloads": 1, "devices": 1 + 5 + 1,
+        "cems_readings": 0, "dead_letters": 1, "dead_letter_payloads": 1, "devices": REGISTERED + 2,
         "device_last_seen": 1 + 5 + 1}
     [(topic, code, reason, index, kind, device, payload, size)] = dead_letters(fresh_db)
     assert (topic, code, index, kind) == (batch[1].topic, "storage_rejected", at, "bin")
@@ -132,22 +147,15 @@ def test_one_refused_reading_is_dead_lettered_alone_and_the_rest_of_the_batch_la
     assert result.accepted == {"sweeper": 1, "bin": 8}
     assert result.rejected == {("bin", "storage_rejected"): 1}
     assert sum(result.inserted.values()) == 9
+    assert result.auto_registered == 2  # sw-1 and bin-s, each by the one attempt that committed it
 
-    with psycopg.connect(fresh_db) as conn:
-        registered = {r[0] for r in conn.execute("SELECT device_id FROM devices").fetchall()}
-    # the poisoned reading's device, registered by the failed attempts only, was rolled back with them
-    assert registered == {"sw-1", "bin-s", *(f"bin-{i}" for i in range(6) if i != at)}
-
-    # a second, unrelated batch commits nothing of the failed attempts, and the device cache learnt nothing
-    # from them: the poisoned reading's device is registered now that one of its readings lands
+    # a second, unrelated batch commits nothing of the failed attempts: the poisoned reading's device gets its
+    # reading now that it is a good one
     before = counts(fresh_db)
-    later = writer.write([gateway("gw-2", ["bin-9", f"bin-{at}"], offset_s=60)])
-    assert later.rejected == {} and later.inserted == {"bin_deposits": 2}
+    later = writer.write([gateway("gw-1", [f"bin-{at}"], offset_s=60)])
+    assert later.rejected == {} and later.inserted == {"bin_deposits": 1}
     after = counts(fresh_db)
-    assert after == before | {"bin_deposits": 7, "devices": 9, "device_last_seen": 9}
-    with psycopg.connect(fresh_db) as conn:
-        assert one_row(conn.execute("SELECT count(*) FROM devices WHERE device_id IN (%s, 'bin-9')",
-                                    (f"bin-{at}",)))[0] == 2
+    assert after == before | {"bin_deposits": 6, "device_last_seen": 8}
 
     # redelivered, the same batch adds nothing: no second row, no second dead letter
     again = writer.write(batch)
@@ -284,7 +292,7 @@ def test_migration_moves_existing_payloads_once_capped_and_keeps_every_dead_lett
                 conn.execute("INSERT INTO dead_letters (received_at, topic, payload, reason_code, reason, "
                              "message_key) VALUES (%s, 't', %s, 'invalid_json', 'r', %s)", (at, payload, f"k{i}"))
 
-        assert apply_migrations(url) == ["0050"]
+        assert apply_migrations(url)[0] == "0050"  # then the later ones
         assert apply_migrations(url) == []
 
         with psycopg.connect(url) as conn:
@@ -324,3 +332,25 @@ def test_a_database_lost_while_isolating_is_the_only_error_and_the_batch_then_la
     result: WriteResult = writer.write(batch)  # reconnects; the redelivered batch is written exactly once
     assert result.rejected == {("bin", "storage_rejected"): 1}
     assert counts(fresh_db)["bin_deposits"] == 5 and counts(fresh_db)["dead_letters"] == 1
+
+
+def test_a_refused_readings_registration_is_rolled_back_and_spends_no_registration(
+        fresh_db: str, make_writer: Callable[..., ReadingWriter]) -> None:
+    """Nothing of a failed attempt survives it, auto-registrations included, and only committed registrations
+    count against the limit (the clock does not move: no token comes back)."""
+    writer = make_writer(auto_register_per_minute=2, clock=lambda: 0.0)
+    good = message(f"sanitation/{CITY}/sweeper/sw-1/telemetry", {"ts": ts(0), "seq": 1, "soc_pct": 80})
+    bad = message(f"sanitation/{CITY}/sweeper/sw-2/telemetry", {"ts": ts(0), "seq": 2, "soc_pct": 80})
+    [row] = bad.decoded.rows
+    bad.decoded.rows[0] = dataclasses.replace(row, values=(*row.values[:2], 2**70, *row.values[3:]))  # seq
+
+    result = writer.write([good, bad])
+
+    assert result.rejected == {("sweeper", "storage_rejected"): 1} and result.auto_registered == 1
+    with psycopg.connect(fresh_db) as conn:
+        mine = {r[0] for r in conn.execute("SELECT device_id FROM devices WHERE auto_registered").fetchall()}
+    assert mine == {"sw-1"}
+    later = writer.write([message(f"sanitation/{CITY}/sweeper/sw-{i}/telemetry", {"ts": ts(i), "soc_pct": 1})
+                          for i in (3, 4)])
+    assert later.auto_registered == 1 and later.auto_register_refused == 1
+    assert later.rejected == {("sweeper", "auto_register_limited"): 1}

@@ -4,6 +4,12 @@ Everything here talks to the system from the outside, as a device, an operator o
 a real ``sanitel collector`` process (so a crash takes down the collector, not the test run), the
 broker over MQTT, the database over SQL, the published contract in ``docs/``. Nothing here imports
 the collector's or the decoder's code.
+
+The registry is set up as an operator sets up a deployment with the secure defaults (issue 12): a gateway and
+the devices behind it are registered before it sends (a gateway batch is accepted only for those and never
+registers a device), and every HJ 212 MN is registered with the salted hash of the PW its frames carry. Devices
+publishing on their own topic are left to auto-registration, which stays well under its per-minute limit here
+(each test's collector sees a few dozen device ids at most).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import psycopg
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from sanitel.secret_hash import hash_secret
 from sanitel.servers import MosquittoServer, free_port
 from tests.support.mqtt_tools import count, publish, start_collector_process, wait_for
 
@@ -249,6 +256,24 @@ def dead_letter_payload_bytes(db_url: str) -> int:
     return total
 
 
+def register_gateway(db_url: str, gateway_id: str, devices: dict[str, str]) -> None:
+    """Register ``gateway_id`` with ``devices`` (id → kind) behind it (``devices.gateway_id``), as an operator
+    does before the gateway's first batch."""
+    with psycopg.connect(db_url) as conn:
+        conn.execute("INSERT INTO gateways (gateway_id) VALUES (%s)", (gateway_id,))
+        conn.execute("INSERT INTO devices (device_id, kind, gateway_id) "
+                     "SELECT d, k, %s FROM unnest(%s::text[], %s::text[]) AS t (d, k)",
+                     (gateway_id, list(devices), list(devices.values())))
+
+
+def register_hj212(db_url: str, password: str, *mns: str) -> None:
+    """Register each MN as a CEMS device with the salted hash of its HJ 212 password (the PW of its frames)."""
+    with psycopg.connect(db_url) as conn:
+        for mn in mns:
+            conn.execute("INSERT INTO devices (device_id, kind, hj212_password_hash) VALUES (%s, 'cems', %s)",
+                         (mn, hash_secret(password)))
+
+
 def one(db_url: str, sql: str, *params: object) -> tuple[Any, ...]:
     with psycopg.connect(db_url) as conn:
         row = conn.execute(sql, params).fetchone()
@@ -355,12 +380,14 @@ class Harness:
 # --- HJ 212 over TCP: the listener as a process --------------------------------------------------
 
 class ListenerProcess:
-    """``sanitel hj212-listener`` as a real process (its crash must not be the test run's)."""
+    """``sanitel hj212-listener`` as a real process (its crash must not be the test run's). It reads the device
+    registry (the MNs' HJ 212 password hashes) from ``db_url`` and publishes the frames with ``mqtt_url``."""
 
-    def __init__(self, mqtt_url: str, city: str, log_dir: Path) -> None:
+    def __init__(self, db_url: str, mqtt_url: str, city: str, log_dir: Path) -> None:
         self.port = free_port()
         self.log_path = log_dir / f"hj212-listener-{self.port}.log"
-        env = {**os.environ, "SANITEL_MQTT_URL": mqtt_url, "SANITEL_CITY": city}
+        env = {**os.environ, "SANITEL_DATABASE_URL": db_url, "SANITEL_MQTT_URL": mqtt_url, "SANITEL_CITY": city,
+               "SANITEL_DATA_DIR": str(log_dir)}
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen([sys.executable, "-m", "sanitel.cli", "hj212-listener", "--port", str(self.port)],
                                      env=env, stdout=log, stderr=log)
