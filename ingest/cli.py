@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--metrics-port", type=int, help="Prometheus port (0 = none)")
     p.set_defaults(func=run)
 
-    tcp = sub.add_parser("hj212-listener", help="TCP listener for HJ 212-2017 data acquisition units")
+    tcp = sub.add_parser("hj212-listener", help="TCP listener for HJ 212-2017 data acquisition units "
+                         "(limits: settings hj212_*)")
     tcp.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 to accept DAUs)")
     tcp.add_argument("--port", type=int, default=9212)
     tcp.set_defaults(func=run_hj212_listener)
@@ -51,6 +52,8 @@ def run_hj212_listener(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     setup_logging()
+    # the listener reads the device registry (HJ 212 passwords) with the ingest role, as the collector does
+    require_current_schema(settings.database_url_for("ingest"))
 
     async def main() -> None:
         task = asyncio.current_task()
@@ -59,7 +62,7 @@ def run_hj212_listener(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):  # SIGTERM/SIGINT: a clean stop
-            await run_listener(settings.mqtt_url_for("hj212"), settings.city, args.host, args.port)
+            await run_listener(settings, args.host, args.port)
 
     try:
         asyncio.run(main())

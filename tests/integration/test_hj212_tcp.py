@@ -1,5 +1,6 @@
 """The HJ 212 TCP listener against a real private Mosquitto: frames a DAU sends over TCP arrive on
-``sanitation/{city}/cems/{mn}/hj212`` unchanged, and the DAU is answered only after the broker's PUBACK."""
+``sanitation/{city}/cems/{mn}/hj212`` unchanged, and the DAU is answered only after the broker's PUBACK (MQTT 5).
+Broker ACLs, limits and the registry checks: tests/integration/security/test_hj212_listener.py."""
 
 from __future__ import annotations
 
@@ -14,25 +15,39 @@ import psycopg
 import pytest
 
 from sanitel.ingest.hj212_tcp import Hj212Listener
+from sanitel.processors.registry import DeviceRegistry
 from sanitel.schemas import hj212
+from sanitel.secret_hash import hash_secret
 from sanitel.servers import MosquittoServer
 from tests.support.mqtt_tools import count, wait_for
 
 CITY = "testcity"
+PW = "123456"
 CP = "DataTime=20240501080000;a21002-Rtd=52.1,a21002-ZsRtd=40.0,a21002-Flag=N;a19001-Rtd=8.0,a19001-Flag=N"
 
 
 def frame(qn: str, flag: int = 5, mn: str = "LHK-L1", cp: str = CP) -> bytes:
-    return hj212.encode_frame("31", "2011", mn, "123456", cp, qn=qn, flag=flag)
+    return hj212.encode_frame("31", "2011", mn, PW, cp, qn=qn, flag=flag)
 
 
 def _host_port(server: MosquittoServer) -> tuple[str, int]:
     return "127.0.0.1", server.port
 
 
+def register_dau(db_url: str, mn: str, password: str = PW) -> None:
+    """A CEMS data unit with its HJ 212 password (a salted hash): the collector refuses frames of any other MN
+    (settings.hj212_require_password, on by default)."""
+    with psycopg.connect(db_url) as conn:
+        conn.execute("INSERT INTO devices (device_id, kind, hj212_password_hash) VALUES (%s, 'cems', %s)",
+                     (mn, hash_secret(password)))
+
+
 @asynccontextmanager
-async def running(server: MosquittoServer, publish_timeout: float = 5.0) -> AsyncIterator[Hj212Listener]:
-    listener = Hj212Listener(server.url, CITY, port=0, publish_timeout=publish_timeout)
+async def running(server: MosquittoServer, publish_timeout: float = 5.0,
+                  db_url: str | None = None) -> AsyncIterator[Hj212Listener]:
+    """A listener; with ``db_url`` it checks frames against that database's registry, as deployed."""
+    registry = DeviceRegistry(db_url) if db_url is not None else None
+    listener = Hj212Listener(server.url, CITY, port=0, publish_timeout=publish_timeout, registry=registry)
     await listener.start()
     try:
         yield listener
@@ -179,13 +194,14 @@ async def test_no_acknowledgement_without_the_brokers_puback(make_mosquitto: Cal
 async def test_tcp_frames_land_in_the_database_through_the_collector(
         fresh_db: str, mqtt_server: MosquittoServer, make_collector: Callable[..., Any]) -> None:
     """End to end: DAU → TCP listener → broker → collector → cems_readings / dead_letters."""
+    register_dau(fresh_db, "DAU-E2E")
     make_collector(fresh_db, mqtt_server.url, city=CITY)
     now = datetime(2026, 3, 10, tzinfo=UTC)  # a fixed past instant: 08:00 in the plant's time zone
     data_time = hj212.format_data_time(now)
     assert data_time == "20260310080000"
     good = frame("20240501080000008", mn="DAU-E2E", cp=CP.replace("20240501080000", data_time))
     bad = good.replace(b"52.1", b"52.9")  # CRC no longer matches
-    async with running(mqtt_server) as listener:
+    async with running(mqtt_server, db_url=fresh_db) as listener:
         reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
         writer.write(good + bad)
         await writer.drain()
@@ -214,13 +230,14 @@ async def test_one_field_never_costs_the_reading_end_to_end(
     codes kept raw, an implausible O2 nulled with its raw value and reason, a zero-drift SO2 stored as 0,
     milliseconds in DataTime; an impossible DataTime is refused (9011) and dead-lettered, and the frame
     right behind it still lands."""
+    register_dau(fresh_db, "DAU-E2E")
     make_collector(fresh_db, mqtt_server.url, city=CITY)
     cp = ("DataTime=20260310080000250;a21002-Rtd=52.1,a21002-ZsRtd=40.0,a21002-Flag=N;a19001-Rtd=21.05,"
           "a19001-Flag=N;a21026-Rtd=-0.3,a21026-Flag=N;a01902-Rtd=912.3;i33101-Rtd=880.5,i33101-Flag=N")
     good = frame("20260310080000250", mn="DAU-E2E", cp=cp)
     impossible = frame("20260310080000251", mn="DAU-E2E", cp=cp.replace("20260310080000250", "00010101000000"))
     behind = frame("20260310080000252", mn="DAU-E2E", cp=CP.replace("20240501080000", "20260310080100"))
-    async with running(mqtt_server) as listener:
+    async with running(mqtt_server, db_url=fresh_db) as listener:
         reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
         writer.write(good + impossible + behind)
         await writer.drain()
