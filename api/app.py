@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -12,7 +15,8 @@ from psycopg_pool import AsyncConnectionPool
 from sanitel import __version__
 from sanitel.api.deps import ApiContext
 from sanitel.api.errors import install_error_handlers
-from sanitel.api.observability import ApiMetrics, RequestMetricsMiddleware
+from sanitel.api.guard import GuardMiddleware, KeyVerifier
+from sanitel.api.observability import ApiMetrics, RequestMetricsMiddleware, TimedCache
 from sanitel.api.routes import (
     alerts,
     deposits,
@@ -43,10 +47,17 @@ POOL_TIMEOUT_S = 2.0
 DESCRIPTION = """
 Telemetry, alerts and reports for city sanitation fleets and facilities.
 
-**Auth.** Every endpoint except `/health` and `/metrics` needs an API key, sent as
-`Authorization: Bearer sntl_…` or `X-API-Key: sntl_…`. Keys are created with `sanitel keys create`.
-Roles: *viewer* reads; *supervisor* also acknowledges, assigns and silences alerts; *admin* also registers
-devices and changes rules. A missing or invalid key is 401, a key with too low a role 403.
+**Auth.** Every endpoint needs an API key, sent as `Authorization: Bearer sntl_…` or `X-API-Key: sntl_…`,
+except `/health`, which without a key says only `{"status": "ok"|"degraded"|"down"}` (its checks need a
+key), and the docs. `/metrics` needs a viewer key (or is served without one on `api_metrics_port`).
+Keys are created with `sanitel keys create`. Roles: *viewer* reads; *supervisor* also acknowledges, assigns
+and silences alerts; *admin* also registers devices and gateways and changes rules and webhooks. A missing
+or invalid key is 401, a key with too low a role 403. The key is checked before a request body is read:
+a POST, PUT, PATCH or DELETE without a valid key is 401 whatever its body. A revoked key stops working at
+once, and an open alert stream whose key is revoked ends within seconds (`event: revoked`).
+
+**Limits.** A request body larger than the setting `api_max_body_bytes` (default 1 MiB) is refused with
+413 before it is parsed.
 
 **Errors** always have the shape `{"error": {"code": "…", "message": "…", "field": "query.limit"}}`;
 `field` names the offending parameter when there is one.
@@ -70,9 +81,10 @@ TAGS = [
 
 
 def create_app(settings: Settings | None = None, *, broker_auth: BrokerAuthFiles | None = None,
-               pool_size: int = 16) -> FastAPI:
+               pool_size: int = 16, clock: Callable[[], float] = time.monotonic) -> FastAPI:
     """The API. ``broker_auth`` defaults to the local stack's broker files; ``pool_size`` caps the database
-    connections this process uses."""
+    connections this process uses; ``clock`` (monotonic seconds) times the caches of verified keys and of
+    /health's checks (tests pass their own)."""
     settings = settings or load_settings()
     broker_auth = broker_auth or BrokerAuthFiles.for_data_dir(settings.data_dir)
     metrics = ApiMetrics()
@@ -87,16 +99,27 @@ def create_app(settings: Settings | None = None, *, broker_auth: BrokerAuthFiles
         # Not waiting: the API starts (and /health says why) even while the database is down.
         await pool.open(wait=False)
         broadcaster = AlertBroadcaster(url)
-        app.state.sanitel = ApiContext(settings, url, pool, VerifiedCache(), broker_auth, broadcaster, metrics)
-        try:
+        keys = KeyVerifier(pool, VerifiedCache(ttl_s=settings.api_key_cache_s, clock=clock),
+                           recheck_s=settings.api_stream_recheck_s)
+        context = ApiContext(settings, url, pool, keys, broker_auth, broadcaster, metrics,
+                             checks=TimedCache(health.CHECKS_CACHE_S, clock),
+                             gauges=TimedCache(health.CHECKS_CACHE_S, clock))
+        app.state.sanitel = context
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(pool.close)
+            stack.push_async_callback(broadcaster.close)
+            stack.push_async_callback(keys.close)
+            if settings.api_metrics_port:
+                stack.enter_context(health.serve_metrics_port(metrics, settings.api_host, settings.api_metrics_port))
+                refresher = asyncio.create_task(health.refresh_gauges_forever(context), name="metrics-refresh")
+                stack.callback(refresher.cancel)
             yield
-        finally:
-            await broadcaster.close()
-            await pool.close()
 
     app = FastAPI(title="sanitel API", version=__version__, description=DESCRIPTION, openapi_tags=TAGS,
                   lifespan=lifespan)
     install_error_handlers(app)
+    # the last added runs first: metrics count every request, also those the guard refuses before routing
+    app.add_middleware(GuardMiddleware, max_body_bytes=settings.api_max_body_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     for module in (sites, devices, gateways, readings, deposits, alerts, silences, webhooks, rules, reports, emissions,
                    health):

@@ -1,7 +1,8 @@
 """One JSON error shape for every failure: ``{"error": {"code", "message", "field"?}}``.
 
 Routes raise ``ApiError``; FastAPI's own errors (404 for unknown paths, 405, 422 validation) and anything
-unexpected are converted here, so a client never sees a stack trace or a different shape.
+unexpected are converted here, so a client never sees a stack trace or a different shape. ``api.guard``
+answers its 401 / 413 / 503 before any route runs with the same ``error_json``.
 """
 
 from __future__ import annotations
@@ -109,12 +110,20 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return error_json(422, "validation_error", message, field or None)
 
 
-async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+# What cannot reach the database: answered 503, never 500 (also by ``api.guard``, before any route runs).
+DATABASE_UNAVAILABLE = (psycopg.OperationalError, psycopg_pool.PoolTimeout)
+
+
+def database_unavailable_json(exc: Exception, method: str, path: str) -> JSONResponse:
     if isinstance(exc, psycopg.errors.QueryCanceled):
         return error_json(503, "query_timeout", "the query took too long; narrow the time range or filters")
-    log.warning("database unavailable during %s %s: %s", request.method, request.url.path, exc)
+    log.warning("database unavailable during %s %s: %s", method, path, exc)
     return error_json(503, "database_unavailable", "the database is unavailable; retry shortly",
                       headers={"Retry-After": "5"})
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    return database_unavailable_json(exc, request.method, request.url.path)
 
 
 async def _rejected_by_database(request: Request, exc: Exception) -> JSONResponse:
@@ -136,8 +145,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(psycopg.OperationalError, _database_unavailable)
-    app.add_exception_handler(psycopg_pool.PoolTimeout, _database_unavailable)
+    for unavailable in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(unavailable, _database_unavailable)
     app.add_exception_handler(psycopg.errors.DataError, _rejected_by_database)
     app.add_exception_handler(psycopg.errors.IntegrityError, _rejected_by_database)
     app.add_exception_handler(Exception, _unexpected)

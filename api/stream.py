@@ -5,6 +5,8 @@ alert change (``alerts.history.record``). One listener connection receives them 
 bounded queue per client, so a thousand dashboards cost one database connection, and a client that stops
 reading is dropped instead of growing memory. If the listener loses the database it reconnects with
 backoff and tells every client to re-fetch (``event: resync``), since notifications sent meanwhile are lost.
+A stream whose API key is revoked is ended by ``api.guard`` (``event: revoked``), which re-checks the keys of
+all open streams every ``api_stream_recheck_s``; the subscription ends with the response.
 """
 
 from __future__ import annotations

@@ -16,6 +16,13 @@ async def get_key(conn: AsyncConnection, key_id: str) -> dict[str, Any] | None:
     return await cur.fetchone()
 
 
+async def get_keys(conn: AsyncConnection, key_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Several key rows in one statement (the periodic re-check of open streams' keys)."""
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute("SELECT key_id, secret_hash, revoked_at FROM api_keys WHERE key_id = ANY(%s)", (key_ids,))
+    return {row["key_id"]: row for row in await cur.fetchall()}
+
+
 async def insert_key(conn: AsyncConnection, key_id: str, name: str, role: str, secret_hash: str) -> None:
     await conn.execute("INSERT INTO api_keys (key_id, name, role, secret_hash) VALUES (%s, %s, %s, %s)",
                        (key_id, name, role, secret_hash))

@@ -13,13 +13,11 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from sanitel.api.app import create_app
 from sanitel.db import one_row
-from sanitel.servers import free_port
-from tests.support.api_helpers import api_settings, assert_error, auth, mint_key
+from tests.support.api_helpers import api_settings, assert_error, auth, mint_key, serve
 from tests.support.db_clock import database_now
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
@@ -194,20 +192,8 @@ POOL_SIZE = 2  # small, to show that open streams do not hold pooled connections
 @pytest.fixture
 def live_api(alerts_db: str, tmp_path: Path) -> Iterator[str]:
     """The app served by uvicorn on a free port (an endless SSE response needs a real server)."""
-    port = free_port()
-    app = create_app(api_settings(alerts_db, tmp_path), pool_size=POOL_SIZE)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port,
-                            log_level="warning", lifespan="on", timeout_graceful_shutdown=1)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with serve(create_app(api_settings(alerts_db, tmp_path), pool_size=POOL_SIZE)) as url:
+        yield url
 
 
 def read_events(url: str, headers: dict[str, str], events: queue.Queue[tuple[str, str]],

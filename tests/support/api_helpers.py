@@ -9,11 +9,17 @@ flag) is set up against the database's clock by the test that asserts it.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import uvicorn
+from fastapi import FastAPI
 
 from sanitel.api.auth import new_key
 from sanitel.servers import free_port
@@ -106,3 +112,30 @@ def assert_error(response: Any, status: int, code: str, field: str | None = None
     if field is not None:
         assert body["error"]["field"] == field
     return body["error"]
+
+
+@contextlib.contextmanager
+def serve(app: FastAPI) -> Iterator[str]:
+    """``app`` served by uvicorn on a free port, in a thread; yields its base URL. For what needs a real
+    server: endless SSE responses, concurrent clients, raw sockets."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
+                            timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.02)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def revoke_key(db_url: str, token: str) -> None:
+    """Revoke the key of ``token``, as ``sanitel keys revoke`` does."""
+    with psycopg.connect(db_url) as conn:
+        conn.execute("UPDATE api_keys SET revoked_at = now() WHERE key_id = %s", (token.split("_")[1],))
