@@ -14,6 +14,21 @@
 The caller holds the pass transaction; two evaluators are kept apart by a transaction-level advisory
 lock taken on the same connection that writes (``run_pass``): if that connection dies, its writes die
 with it, so a second evaluator taking over can never double-fire.
+
+One bad rule never stops the others: each rule is evaluated in a savepoint, and a rule that raises
+(anything but a lost connection) is rolled back and quarantined — left out until its definition changes
+or ``quarantine_retry`` has passed. Rules that did not validate on load (``RuleSet.problems``) and rules
+quarantined here each raise the built-in alert ``rule_quarantined`` (subject ``rule:<id>``, warning),
+which resolves once the rule validates and evaluates again.
+
+Nothing hides a stage that stopped (issue 17), two more built-in alerts:
+- ``stage_overdue`` (subject ``stage:collector`` / ``stage:processor``, critical): the stage's newest heartbeat
+  (``sanitel/heartbeats.py``) is older than ``stage_overdue_factor`` × its interval, or it never reported; resolved
+  when it reports again. The evaluator cannot say it has stopped itself: /health and Prometheus do.
+- ``cems_averages_behind`` (subject ``device:<id>``, warning): a CEMS unit's readings are newer than its computed
+  averages (``queries.averages_behind``). Its averages periods from the first such reading on are not judged —
+  averages not computed yet are not "missing" or "invalid" data — and once readings have waited longer than
+  ``averages_behind_after`` this alert says so; resolved when the averages catch up.
 """
 
 from __future__ import annotations
@@ -36,8 +51,13 @@ from sanitel.alerts.lifecycle import Alert, Candidate, Lifecycle, alerts_for, fi
 from sanitel.alerts.notify.outbox import load_webhooks
 from sanitel.alerts.queries import Change, Request
 from sanitel.alerts.rules import (
+    AVERAGES_BEHIND_RULE,
     AVERAGES_TABLE,
+    BUILTIN_RULES,
     DEVICE_TABLES,
+    QUARANTINE_RULE,
+    STAGE_OVERDUE_RULE,
+    BuiltinRule,
     EventCountRule,
     Limits,
     OfflineRule,
@@ -54,6 +74,7 @@ from sanitel.alerts.subjects import Registry, Subject, subject_key
 from sanitel.alerts.timeline import Cursor, Episode, Policy, Sample, Status, advance, judge
 from sanitel.db import one_row
 from sanitel.durations import format_duration
+from sanitel.heartbeats import Stage, judge_stages, read_heartbeats
 from sanitel.schemas.readings import BY_TABLE
 
 log = logging.getLogger("sanitel.alerts")
@@ -61,6 +82,8 @@ log = logging.getLogger("sanitel.alerts")
 EVALUATOR_LOCK_ID = 0x5A41E7  # pg advisory lock: one evaluation pass at a time, across processes
 _TICK = timedelta(microseconds=1)
 _EPOCH_ORIGIN = datetime(2000, 1, 3)  # time_bucket's origin (a Monday), in local time
+# the stages ``stage_overdue`` watches: the evaluator cannot alert about itself (/health and /metrics do)
+WATCHED_STAGES: tuple[Stage, ...] = ("collector", "processor")
 
 
 @dataclass(frozen=True)
@@ -70,6 +93,37 @@ class EvaluatorConfig:
     # … or as soon as a reading after its end arrived from its subject
     settle: timedelta = timedelta(seconds=30)  # see queries.safe_upto
     write_margin: timedelta = timedelta(seconds=5)  # longest a reading's write transaction takes to commit
+    quarantine_retry: timedelta = timedelta(minutes=15)  # a rule that failed is tried again after this
+    # stage_overdue: a stage is overdue after this many of its intervals; None: stages are not watched (an
+    # evaluator of rules alone, as most tests run it; the service sets settings.stage_overdue_factor)
+    stage_overdue_factor: float | None = None
+    # cems_averages_behind fires once unaveraged readings were stored this long ago (write time); the service
+    # sets maintain_interval_s × stage_overdue_factor, so a processor on schedule never raises it
+    averages_behind_after: timedelta = timedelta(minutes=3)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    rule_hash: str  # the definition that failed: a changed one is tried at once
+    at: datetime  # pass time of the failure
+    error: str
+
+
+@dataclass
+class Quarantine:
+    """Rules that failed while evaluated (rule id → failure). Kept by the service across passes; a fresh one
+    per pass simply tries every rule again."""
+
+    failures: dict[str, Failure] = field(default_factory=dict)
+
+    def holds(self, rule: RuleModel, now: datetime, retry: timedelta) -> bool:
+        """Is the rule still left out? Not once it changed or ``retry`` has passed since it failed."""
+        failure = self.failures.get(rule.id)
+        return failure is not None and failure.rule_hash == _rule_hash(rule) and now - failure.at < retry
+
+    def forget_missing(self, rule_ids: Iterable[str]) -> None:
+        keep = set(rule_ids)
+        self.failures = {k: v for k, v in self.failures.items() if k in keep}
 
 
 @dataclass
@@ -93,6 +147,8 @@ class _Pass:
     grace: timedelta
     write_margin: timedelta
     subjects: int = 0
+    # per CEMS device: readings its stored averages do not reflect yet (its averages periods from them on wait)
+    averages_behind: dict[str, queries.AveragesBehind] = field(default_factory=dict)
 
 
 @dataclass
@@ -118,10 +174,12 @@ class _Work:
 class Evaluator:
     """Evaluates a rule set against one database. Not thread-safe: one connection, one pass at a time."""
 
-    def __init__(self, conn: psycopg.Connection, ruleset: RuleSet, config: EvaluatorConfig | None = None) -> None:
+    def __init__(self, conn: psycopg.Connection, ruleset: RuleSet, config: EvaluatorConfig | None = None,
+                 quarantine: Quarantine | None = None) -> None:
         self.conn = conn
         self.ruleset = ruleset
         self.config = config or EvaluatorConfig()
+        self.quarantine = quarantine if quarantine is not None else Quarantine()
 
     # --- the pass -----------------------------------------------------------------------------
     def run_pass(self, now: datetime | None = None) -> PassReport:
@@ -133,8 +191,14 @@ class Evaluator:
             upto = queries.safe_upto(self.conn, self.config.settle)
             now = now or datetime.now(UTC)
             ctx = self._context(now, upto)
+            ctx.averages_behind = self._averages_behind(ctx)
+            self.quarantine.forget_missing(r.id for r in self.ruleset.enabled())
             for rule in self.ruleset.enabled():
-                self._evaluate(ctx, rule)
+                if not self.quarantine.holds(rule, now, self.config.quarantine_retry):
+                    self._evaluate(ctx, rule)
+            self._quarantine_alerts(ctx)
+            self._stage_alerts(ctx)
+            self._averages_behind_alerts(ctx)
             self._retire_removed_rules(ctx)
             self._remind(ctx)
             self._save_watermarks(ctx)
@@ -164,6 +228,7 @@ class Evaluator:
             " updated_at = now()", [(source, ctx.upto) for source in ctx.changes])
 
     def _evaluate(self, ctx: _Pass, rule: RuleModel) -> None:
+        transitions, subjects = len(ctx.lifecycle.transitions), ctx.subjects
         try:
             with self.conn.transaction():  # a savepoint: one broken rule never stops the others
                 if isinstance(rule, OfflineRule):
@@ -174,15 +239,117 @@ class Evaluator:
                     _evaluate_windows(ctx, rule)
                 else:
                     _evaluate_readings(ctx, rule)
-        except psycopg.Error as exc:
-            if isinstance(exc, psycopg.OperationalError):
-                raise
-            log.error("rule %s could not be evaluated: %s", rule.id, exc)
+        except psycopg.OperationalError as exc:
+            if not isinstance(exc, psycopg.errors.QueryCanceled):
+                raise  # the connection is gone: the pass as a whole is retried
+            self._failed(ctx, rule, exc, transitions, subjects)  # a statement timeout: this rule's query
+        except Exception as exc:  # anything this rule raises is its fault: a savepoint rolled it back …
+            if self.conn.closed or self.conn.broken or isinstance(exc, psycopg.InterfaceError):
+                raise  # … unless the connection went: no rule is to blame, the pass is retried
+            self._failed(ctx, rule, exc, transitions, subjects)
+        else:
+            if self.quarantine.failures.pop(rule.id, None) is not None:
+                log.info("rule %s evaluates again: out of quarantine", rule.id)
+
+    def _failed(self, ctx: _Pass, rule: RuleModel, exc: Exception, transitions: int, subjects: int) -> None:
+        del ctx.lifecycle.transitions[transitions:]  # rolled back with the savepoint
+        ctx.subjects = subjects
+        error = f"{type(exc).__name__}: {exc}".strip()
+        known = self.quarantine.failures.get(rule.id)
+        if known is None or known.error != error:
+            log.error("rule %s failed and is quarantined (the other rules go on): %s", rule.id, error,
+                      exc_info=not isinstance(exc, psycopg.Error))
+        self.quarantine.failures[rule.id] = Failure(_rule_hash(rule), ctx.now, error)
+
+    def _quarantine_alerts(self, ctx: _Pass) -> None:
+        """One firing ``rule_quarantined`` alert per quarantined rule; resolved once the rule is back."""
+        problems = dict(self.ruleset.problems)
+        problems.update({rule_id: f"failed while evaluated: {f.error}" for rule_id, f in self.quarantine.failures.items()})
+        standing = {a.subject: a for a in open_alerts(self.conn, QUARANTINE_RULE.id)}
+        for key, problem in sorted(problems.items()):
+            subject = Subject(subject_key("rule", key), None, None, None)
+            labels = {"rule": key, **QUARANTINE_RULE.labels, "rule_id": QUARANTINE_RULE.id,
+                      "severity": QUARANTINE_RULE.severity}
+            first_line = problem.strip().splitlines()[0] if problem.strip() else "?"
+            summary = render_summary(QUARANTINE_RULE, {"rule": key, "problem": first_line})[:500]
+            candidate = Candidate(QUARANTINE_RULE, subject, fingerprint(QUARANTINE_RULE.id, subject.key), labels, None,
+                                  Episode(ctx.now, ctx.now, None, None, None, None), summary)
+            alert = standing.pop(subject.key, None)
+            if alert is None:
+                ctx.lifecycle.open(candidate)
+            else:
+                ctx.lifecycle.update(alert, candidate)
+        for alert in standing.values():
+            ctx.lifecycle.resolve(alert, ctx.now, reason="the rule validates and evaluates again")
+
+    def _stage_alerts(self, ctx: _Pass) -> None:
+        """One firing ``stage_overdue`` alert per watched stage that is overdue or missing; resolved when it
+        reports again (its heartbeat, on its own clock, against this pass's ``now``)."""
+        factor = self.config.stage_overdue_factor
+        if factor is None:
+            return
+        rule = STAGE_OVERDUE_RULE
+        standing = {a.subject: a for a in open_alerts(self.conn, rule.id)}
+        for state in judge_stages(read_heartbeats(self.conn), ctx.now, overdue_factor=factor):
+            if state.stage not in WATCHED_STAGES:
+                continue
+            key = subject_key("stage", state.stage)
+            alert = standing.pop(key, None)
+            if state.status == "ok":
+                if alert is not None:
+                    ctx.lifecycle.resolve(alert, ctx.now, reason=f"the {state.name} reports again")
+                continue
+            labels = {"stage": state.stage, **rule.labels, "rule_id": rule.id, "severity": rule.severity}
+            limits = Limits(state.overdue_after_s, None) if state.overdue_after_s is not None else None
+            candidate = Candidate(rule, Subject(key, None, None, None), fingerprint(rule.id, key), labels, limits,
+                                  Episode(ctx.now, ctx.now, None, None, None, state.lag_s),
+                                  render_summary(rule, {"detail": state.detail})[:500])
+            if alert is None:
+                ctx.lifecycle.open(candidate)
+            else:
+                ctx.lifecycle.update(alert, candidate)
+        for alert in standing.values():  # a stage no longer watched
+            ctx.lifecycle.resolve(alert, ctx.now, reason="the stage is not watched any more")
+
+    def _averages_behind(self, ctx: _Pass) -> dict[str, queries.AveragesBehind]:
+        """The CEMS devices under an enabled averages rule whose readings are newer than their averages."""
+        if AVERAGES_TABLE not in ctx.changes:  # no cems_averages table: nothing is averaged here
+            return {}
+        rules = [r for r in self.ruleset.enabled() if isinstance(r, WindowRule) and r.source == AVERAGES_TABLE]
+        devices = sorted(d for d, device in ctx.registry.devices.items()
+                         if device.kind == "cems" and any(ctx.registry.in_scope(r, d) for r in rules))
+        return queries.averages_behind(self.conn, devices, ctx.horizon, ctx.upto)
+
+    def _averages_behind_alerts(self, ctx: _Pass) -> None:
+        """``cems_averages_behind`` per device whose unaveraged readings have waited longer than
+        ``averages_behind_after`` (write times, the database's clock); resolved once its averages caught up."""
+        rule = AVERAGES_BEHIND_RULE
+        waited = ctx.upto - self.config.averages_behind_after
+        standing = {a.subject: a for a in open_alerts(self.conn, rule.id)}
+        for device_id, late in sorted(ctx.averages_behind.items()):
+            if late.oldest_stored >= waited:
+                continue  # as fresh as a processor on schedule leaves them
+            subject = ctx.registry.subject(subject_key("device", device_id), "cems")
+            labels = _labels(ctx, rule, subject)
+            context = {**labels, "readings": late.readings, "first_ts": late.first_ts.isoformat(),
+                       "last_ts": late.last_ts.isoformat()}
+            candidate = Candidate(rule, subject, fingerprint(rule.id, subject.key), labels, None,
+                                  Episode(ctx.now, ctx.now, None, None, None, float(late.readings)),
+                                  render_summary(rule, context)[:500])
+            alert = standing.pop(subject.key, None)
+            if alert is None:
+                ctx.lifecycle.open(candidate)
+            else:
+                ctx.lifecycle.update(alert, candidate)
+        for alert in standing.values():
+            ctx.lifecycle.resolve(alert, ctx.now, reason="the averages caught up with the readings")
 
     # --- housekeeping -------------------------------------------------------------------------
     def _retire_removed_rules(self, ctx: _Pass) -> None:
         enabled = {r.id: r for r in self.ruleset.enabled()}
         for alert in open_alerts(self.conn):
+            if alert.rule_id in BUILTIN_RULES or (alert.rule_id not in enabled and alert.rule_id in self.ruleset.problems):
+                continue  # the engine's own; or a rule that does not validate now: its alerts wait for it
             rule = enabled.get(alert.rule_id)
             if rule is None:
                 ctx.lifecycle.resolve(alert, ctx.now, reason="rule removed or disabled")
@@ -191,7 +358,7 @@ class Evaluator:
 
     def _remind(self, ctx: _Pass) -> None:
         for alert in open_alerts(self.conn):
-            rule = self.ruleset.rules.get(alert.rule_id)
+            rule = self.ruleset.rules.get(alert.rule_id) or BUILTIN_RULES.get(alert.rule_id)
             if rule is not None and alert.state == "firing":
                 ctx.lifecycle.remind(alert, rule.reminder_every.total_seconds())
 
@@ -304,7 +471,7 @@ def _existing(ctx: _Pass, rule: RuleModel, works: dict[str, _Work]) -> dict[str,
     return alerts_for(ctx.conn, [fingerprint(rule.id, k) for k in works], ctx.horizon - timedelta(days=1))
 
 
-def _labels(ctx: _Pass, rule: RuleModel, subject: Subject) -> dict[str, str]:
+def _labels(ctx: _Pass, rule: RuleModel | BuiltinRule, subject: Subject) -> dict[str, str]:
     labels = ctx.registry.labels(subject)
     labels.update(rule.labels)
     labels["rule_id"] = rule.id
@@ -611,10 +778,13 @@ def _evaluate_averages(ctx: _Pass, rule: WindowRule) -> None:
     episodes: dict[str, list[Episode]] = {}
     for key, work in works.items():
         samples = []
+        late = ctx.averages_behind.get(cast(str, work.subject.device_id))
         for row in rows.get(cast(str, work.subject.device_id), ()):
-            if row.status == "in_progress" or not row.final:
-                # not over, or computed before the unit reported past its end (a backlog still arriving
-                # would make it look "missing"): neither it nor any later period is judged yet
+            if row.status == "in_progress" or not row.final or (late is not None and row.end > late.first_ts):
+                # not over; or computed before the unit reported past its end (a backlog still arriving
+                # would make it look "missing"); or readings from inside or before it were stored after it
+                # was computed (the averages are behind: cems_averages_behind): neither it nor any later
+                # period is judged yet
                 work.revisit = True
                 break
             value, status = _average_verdict(rule, work.limits, row)

@@ -25,7 +25,7 @@ from psycopg.types.json import Jsonb
 
 from sanitel.alerts import history
 from sanitel.alerts.notify.outbox import Webhook, enqueue, load_webhooks
-from sanitel.alerts.rules import Limits, RuleModel
+from sanitel.alerts.rules import BuiltinRule, Limits, RuleModel
 from sanitel.alerts.silences import Silences
 from sanitel.alerts.subjects import Subject
 from sanitel.alerts.timeline import Episode
@@ -114,7 +114,7 @@ def open_alerts(conn: psycopg.Connection, rule_id: str | None = None) -> list[Al
 class Candidate:
     """What evaluation found for one subject: an episode of a rule's condition and how to describe it."""
 
-    rule: RuleModel
+    rule: RuleModel | BuiltinRule
     subject: Subject
     fingerprint: str
     labels: dict[str, str]

@@ -343,6 +343,57 @@ def averages_rows(conn: psycopg.Connection, rule: WindowRule, requests: Sequence
     return out
 
 
+# The scheduled processor's watermark of CEMS averages in ``maintenance_watermarks``: the newest ``stored_at`` it has
+# averaged (processors/cems_averages.py ``WATERMARK_NAME``; restated: alerts do not import processor code).
+AVERAGES_WATERMARK = "cems_averages"
+
+
+@dataclass(frozen=True, slots=True)
+class AveragesBehind:
+    """A CEMS device's base readings that its stored averages do not reflect yet."""
+
+    device_id: str
+    readings: int
+    first_ts: datetime  # device times of those readings
+    last_ts: datetime
+    oldest_stored: datetime  # write time of the one waiting longest
+
+
+def averages_behind(conn: psycopg.Connection, devices: Sequence[str], horizon: datetime,
+                    upto: datetime) -> dict[str, AveragesBehind]:
+    """Per device, the base readings (rtd, minute; device time after ``horizon``, stored before ``upto``) that its
+    averages do not reflect: stored after the processor's watermark — it has not read them — and after the
+    averages of their day were computed, or their day has none.
+
+    The watermark bound keeps the read to rows written since the last pass (BRIN on ``stored_at``, or the
+    ``(device_id, stored_at)`` index of migration 0062) and tells a unit that reports nothing to average from one
+    not processed yet. A day's averages are written in one transaction, so its ``1d`` rows carry the day's
+    ``computed_at``; hour buckets map onto local days for whole-hour offsets, as the processor assumes. A row
+    stored before the watermark but committed after the pass read is averaged by the next pass's overlap and
+    is not reported here."""
+    if not devices:
+        return {}
+    rows = conn.execute(
+        """WITH late AS MATERIALIZED (
+               SELECT r.device_id, r.ts, r.stored_at FROM cems_readings r
+               WHERE r.device_id = ANY(%(devices)s) AND r.ts >= %(horizon)s AND r.stored_at < %(upto)s
+                 AND r.stored_at > coalesce((SELECT watermark FROM maintenance_watermarks WHERE name = %(mark)s),
+                                            '-infinity')
+                 AND r.data_kind IN ('rtd', 'minute')),
+           hours AS (
+               SELECT h.device_id, h.hour,
+                      (SELECT max(a.computed_at) FROM cems_averages a
+                       WHERE a.device_id = h.device_id AND a.period = '1d'
+                         AND a.period_start <= h.hour AND a.period_end > h.hour) AS computed_at
+               FROM (SELECT DISTINCT device_id, time_bucket('1 hour', ts) AS hour FROM late) h)
+           SELECT l.device_id, count(*), min(l.ts), max(l.ts), min(l.stored_at)
+           FROM late l JOIN hours h ON h.device_id = l.device_id AND h.hour = time_bucket('1 hour', l.ts)
+           WHERE l.stored_at > coalesce(h.computed_at, '-infinity')
+           GROUP BY l.device_id""",
+        {"devices": list(devices), "horizon": horizon, "upto": upto, "mark": AVERAGES_WATERMARK}).fetchall()
+    return {d: AveragesBehind(d, n, first, last, oldest) for d, n, first, last, oldest in rows}
+
+
 # --------------------------------------------------------------------------------------------
 # Offline
 # --------------------------------------------------------------------------------------------

@@ -375,10 +375,11 @@ def _did_you_mean(name: str, choices: Iterable[str]) -> str:
 # Summaries
 # --------------------------------------------------------------------------------------------
 
+SITE_LABELS = ("district", "estate", "urban_village", "sorting_point", "transfer_station", "depot", "plant", "line")
 SUMMARY_FIELDS = frozenset({"value", "peak", "threshold", "clear", "device_id", "site_id", "subject", "window",
                             "rule_id", "severity", "for", "standard", "kind", "device", "site", "point",
-                            "timeout_s", *("district", "estate", "urban_village", "sorting_point",
-                                           "transfer_station", "depot", "plant", "line")})
+                            "timeout_s", *SITE_LABELS})
+_MAX_FORMAT_NUMBER = re.compile(r"\d{4,}")  # a width or precision of 1000 or more
 
 
 class _Defaulting(dict[str, Any]):
@@ -392,8 +393,11 @@ def _summary_fields(rule: RuleModel) -> frozenset[str]:
     return SUMMARY_FIELDS | params | set(rule.labels)
 
 
-def render_summary(rule: RuleModel, context: Mapping[str, Any]) -> str:
-    """The rule's summary with its placeholders filled; a value that cannot be formatted stays as is."""
+def render_summary(rule: RuleModel | BuiltinRule, context: Mapping[str, Any]) -> str:
+    """The rule's summary with its placeholders filled; a value that is missing or cannot be formatted (e.g.
+    ``{value:.1f}`` of a window without data) leaves the summary as written. Summaries are checked on load
+    (``_check_summary``), so anything else raised here is a fault of the rule, which the evaluator
+    quarantines."""
     values = _Defaulting({k: v for k, v in context.items() if v is not None})
     try:
         return string.Formatter().vformat(rule.summary, (), values)
@@ -401,16 +405,101 @@ def render_summary(rule: RuleModel, context: Mapping[str, Any]) -> str:
         return rule.summary
 
 
+def _placeholders(template: str) -> list[tuple[str, str]]:
+    """Every ``{field!conversion:spec}`` of a template, nested specs included: (field, spec)."""
+    found: list[tuple[str, str]] = []
+    for _, name, spec, _ in string.Formatter().parse(template):
+        if name is None:
+            continue
+        found.append((name, spec or ""))
+        if spec and "{" in spec:
+            found.extend(_placeholders(spec))
+    return found
+
+
+def _sample_context(rule: RuleModel) -> dict[str, Any]:
+    """What the evaluator passes to a summary of this kind of rule (``evaluator._candidate``), with plausible
+    values: an offline alert has a timeout but no value, peak or clear level."""
+    context: dict[str, Any] = {name: f"sample-{name}" for name in
+                               ("device_id", "site_id", "subject", "kind", "device", "site", "point", *SITE_LABELS)}
+    context.update(rule.labels)
+    context.update({"rule_id": rule.id, "severity": rule.severity, "for": "5m", "standard": rule.standard or "GB 0-0"})
+    if isinstance(rule, OfflineRule):
+        context.update({"threshold": 900, "timeout_s": 900})
+        return context
+    context.update({"value": 12.5, "peak": 13.5, "threshold": 10.0, "clear": 9.0})
+    if isinstance(rule, WindowRule | EventCountRule):
+        context["window"] = rule.window
+    for limit in (rule.threshold, rule.clear):
+        if isinstance(limit, Lookup):
+            context[limit.param] = limit.default or next(iter(limit.values))
+    return context
+
+
 def _check_summary(rule: RuleModel) -> None:
+    """Placeholders are known fields, without attribute or index access, and the summary renders against a
+    sample of what a rule of its kind gets — so no summary can fail when an alert is raised."""
     allowed = _summary_fields(rule)
     try:
-        names = {name.split(".")[0].split("[")[0] for _, name, _, _ in string.Formatter().parse(rule.summary)
-                 if name}
+        fields = _placeholders(rule.summary)
     except ValueError as exc:
-        raise ValueError(f"not a valid template ({exc}) — fix: write placeholders like {{value:.1f}}") from None
-    unknown = sorted(names - allowed)
-    if unknown:
-        raise ValueError(f"unknown placeholder {{{unknown[0]}}} — fix: use one of {', '.join(sorted(allowed))}")
+        raise ValueError(f"not a valid template ({exc}) — fix: write placeholders like {{value:.1f}}, and "
+                         "'{{' / '}}' for literal braces") from None
+    for name, spec in fields:
+        base = re.split(r"[.\[]", name, maxsplit=1)[0]
+        if not base or base.isdigit():
+            raise ValueError(f"positional placeholder {{{name}}} — fix: name a field, one of "
+                             f"{', '.join(sorted(allowed))}")
+        if base not in allowed:
+            raise ValueError(f"unknown placeholder {{{base}}} — fix: use one of {', '.join(sorted(allowed))}")
+        if base != name:
+            raise ValueError(f"placeholder {{{name}}}: attribute and index access is not allowed — fix: write "
+                             f"{{{base}}} (with a format like {{{base}:.1f}} for numbers)")
+        if _MAX_FORMAT_NUMBER.search(spec):
+            raise ValueError(f"placeholder {{{name}:{spec}}}: width or precision above 999 — fix: a smaller one")
+    try:
+        string.Formatter().vformat(rule.summary, (), _Defaulting(_sample_context(rule)))
+    except Exception as exc:  # whatever rendering raises is a problem of this summary
+        raise ValueError(f"cannot be rendered for a rule of kind {rule.kind} ({type(exc).__name__}: {exc}) — fix: use "
+                         "placeholders this kind of rule has (an offline rule has no value, peak or clear), "
+                         "with a format that suits them (numbers: {value:.1f}; text: {device_id})") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Built-in rules: the engine's own alerts (not loadable from files or the API)
+# --------------------------------------------------------------------------------------------
+
+
+class BuiltinRule(RuleBase):
+    kind: Literal["builtin"] = "builtin"
+
+
+# A rule that does not validate (a file, an API row) or fails while evaluated is quarantined: kept out of
+# evaluation, the other rules go on, and this alert fires for it (subject rule:<id>) until it is fixed.
+QUARANTINE_RULE = BuiltinRule(
+    id="rule_quarantined", severity="warning", labels={"team": "operations"},
+    summary="rule {rule} is quarantined: {problem}",
+    description="An alert rule does not validate or failed while evaluated; the other rules are evaluated as usual.")
+# A background stage has stopped reporting passes (``sanitel/heartbeats.py``; subject stage:<stage>), raised for the
+# collector and the scheduled processor; it resolves when the stage reports again. Critical: with the collector
+# stopped nothing is ingested (every device soon looks offline: this alert names the cause), and with the processor
+# stopped no CEMS average is computed, so no emission limit (GB 18485-2014, 2010/75/EU) is checked at all — the
+# monitoring itself is blind. The evaluator cannot raise it about itself: /health and Prometheus do.
+STAGE_OVERDUE_RULE = BuiltinRule(
+    id="stage_overdue", severity="critical", labels={"team": "operations"},
+    summary="{detail}",
+    description="A background stage (collector, scheduled processor) is overdue or has never reported a pass.")
+# A CEMS unit's readings are newer than its computed averages (the emission rules' input): its periods are not
+# judged meanwhile — rather than "missing" or "invalid" verdicts on averages not computed yet — and this alert
+# says so per device (subject device:<id>, like the emission rules). It resolves once the averages catch up.
+AVERAGES_BEHIND_RULE = BuiltinRule(
+    id="cems_averages_behind", severity="warning", labels={"team": "operations"},
+    summary="emission averages of {device_id} are behind its readings: {readings} readings from {first_ts} to "
+            "{last_ts} not averaged yet, so its emission rules wait (is the scheduled processor running?)",
+    description="CEMS readings were stored that the scheduled processor has not averaged yet; the emission "
+                "rules of the device are not judged until it has.")
+BUILTIN_RULES: dict[str, BuiltinRule] = {r.id: r for r in (QUARANTINE_RULE, STAGE_OVERDUE_RULE,
+                                                           AVERAGES_BEHIND_RULE)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -490,6 +579,9 @@ def validate_rule_dict(data: Any, *, origin: str = "rule") -> RuleModel:
     rule_id = data.get("id", "?") if isinstance(data, dict) else "?"
     if not isinstance(data, dict):
         raise ConfigError(f"{origin}: a rule must be a mapping of key: value, not {type(data).__name__}")
+    if isinstance(rule_id, str) and rule_id in BUILTIN_RULES:
+        raise ConfigError(f"{origin}: rule {rule_id!r}: key 'id': {rule_id!r} is the alert engine's own rule — fix: "
+                          "choose another id")
     try:
         rule = _RULE.validate_python(data)
         _check_summary(rule)
@@ -574,10 +666,13 @@ def _known_keys(kind: object) -> list[str]:
 
 @dataclass
 class RuleSet:
-    """The rules in force: id → rule, and where each came from (file path or ``database``)."""
+    """The rules in force: id → rule, and where each came from (file path or ``database``); and the rules
+    left out because they do not validate (``problems``: rule id, or ``file:<name>`` for a file that could
+    not be read at all → why), which the evaluator quarantines."""
 
     rules: dict[str, RuleModel] = field(default_factory=dict)
     origins: dict[str, str] = field(default_factory=dict)
+    problems: dict[str, str] = field(default_factory=dict)
 
     def enabled(self) -> list[RuleModel]:
         return [r for r in self.rules.values() if r.enabled]
@@ -590,8 +685,7 @@ class RuleSet:
         self.origins[rule.id] = origin
 
 
-def load_rule_file(path: Path) -> list[RuleModel]:
-    """Rules of one YAML file: ``{pack: …, rules: [ … ]}`` or a bare list of rules."""
+def _read_rule_items(path: Path) -> list[Any]:
     try:
         loaded = yaml.safe_load(path.read_text())
     except OSError as exc:
@@ -601,6 +695,18 @@ def load_rule_file(path: Path) -> list[RuleModel]:
     items = loaded.get("rules") if isinstance(loaded, dict) else loaded
     if not isinstance(items, list):
         raise ConfigError(f"{path}: expected 'rules: [ … ]' (a list of rules) at the top level")
+    return items
+
+
+def _item_key(item: Any, path: Path, index: int) -> str:
+    """The quarantine key of a rule that does not validate: its id, or where it is when it has none."""
+    rule_id = item.get("id") if isinstance(item, dict) else None
+    return rule_id if isinstance(rule_id, str) and rule_id else f"file:{path.name}#{index + 1}"
+
+
+def load_rule_file(path: Path) -> list[RuleModel]:
+    """Rules of one YAML file: ``{pack: …, rules: [ … ]}`` or a bare list of rules."""
+    items = _read_rule_items(path)
     problems: list[str] = []
     rules: list[RuleModel] = []
     for item in items:
@@ -624,7 +730,7 @@ def rule_files(rules_dir: Path | None) -> list[Path]:
 
 
 def load_files(paths: Iterable[Path]) -> RuleSet:
-    """Rules of these files; all problems of all files are reported together."""
+    """Rules of these files; all problems of all files are reported together (``sanitel rules validate``)."""
     ruleset = RuleSet()
     problems: list[str] = []
     for path in paths:
@@ -638,9 +744,39 @@ def load_files(paths: Iterable[Path]) -> RuleSet:
     return ruleset
 
 
+def load_files_tolerant(rules_dir: Path | None, previous: RuleSet | None = None) -> RuleSet:
+    """The engine's loader: every rule that validates is in force; each one that does not is left out and
+    named in ``problems`` (the evaluator quarantines it and raises an alert about it) — one bad rule never
+    stops the others. A file that cannot be read at all keeps the rules ``previous`` had from it."""
+    ruleset = RuleSet()
+    try:
+        paths = rule_files(rules_dir)
+    except ConfigError as exc:
+        ruleset.problems["file:rules_dir"] = str(exc)
+        paths = default_rule_files()
+    for path in paths:
+        try:
+            items = _read_rule_items(path)
+        except ConfigError as exc:
+            ruleset.problems[f"file:{path.name}"] = str(exc)
+            kept = [previous.rules[rid] for rid, origin in previous.origins.items()
+                    if origin == str(path)] if previous else []
+            for rule in kept:  # as it was: better than nothing
+                if rule.id not in ruleset.rules:
+                    ruleset.add(rule, str(path))
+            continue
+        for index, item in enumerate(items):
+            try:
+                ruleset.add(validate_rule_dict(item, origin=str(path)), str(path))
+            except ConfigError as exc:
+                ruleset.problems[_item_key(item, path, index)] = str(exc)
+    return ruleset
+
+
 def load_database_rules(conn: Any, ruleset: RuleSet) -> list[str]:
     """Add the ``alert_rules`` rows (replacing shipped rules of the same id); returns the problems of rows
-    that do not validate — those rows are skipped, so one bad API edit never stops the engine."""
+    that do not validate — those rows are skipped (a shipped rule of the same id stays in force) and, when
+    enabled, named in ``ruleset.problems``, so one bad API edit never stops the engine."""
     problems: list[str] = []
     for rule_id, definition, enabled in conn.execute(
             "SELECT rule_id, definition, enabled FROM alert_rules ORDER BY rule_id").fetchall():
@@ -648,7 +784,11 @@ def load_database_rules(conn: Any, ruleset: RuleSet) -> list[str]:
             rule = validate_rule_dict({**definition, "id": rule_id}, origin=f"alert_rules row {rule_id!r}")
         except ConfigError as exc:
             problems.append(str(exc))
+            if enabled:
+                kept = f"the rule of {ruleset.origins[rule_id]} stays in force; " if rule_id in ruleset.rules else ""
+                ruleset.problems[rule_id] = f"{kept}{exc}"
             continue
+        ruleset.problems.pop(rule_id, None)  # a stored rule that validates replaces a broken file rule of its id
         ruleset.add(rule.model_copy(update={"enabled": rule.enabled and enabled}), "database", replace=True)
     return problems
 

@@ -7,23 +7,62 @@ covers the alert's whole episode (device time): readings from a maintenance wind
 stay quiet, while a condition still present after the window is announced, as Alertmanager would.
 
 Matchers: ``[{"label": "site_id", "op": "=", "value": "ts-001"}, …]`` with op ``=``, ``!=``, ``=~``,
-``!~`` (regular expressions match the whole value, as in Alertmanager).
+``!~`` (regular expressions match the whole value, as in Alertmanager). Webhooks filter with the same
+matchers.
+
+Regular expressions run on RE2 (google-re2), never on Python's ``re``: RE2 matches in time linear in
+the length of the value, whatever the pattern, so a matcher such as ``(.*.*)*x`` — which makes a
+backtracking engine take exponential time — cannot stall the evaluator, which matches every silence
+against every alert while it holds the evaluation lock. The price is RE2's syntax: no backreferences
+or look-arounds (https://github.com/google/re2/wiki/Syntax); such patterns are refused when the silence
+or webhook is created, with the matcher named.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
+import re2  # type: ignore[import-untyped]  # google-re2 ships no type information
 from psycopg.types.json import Jsonb
 
 from sanitel.errors import ConfigError
 
 MATCHER_OPS = ("=", "!=", "=~", "!~")
+REGEX_OPS = ("=~", "!~")
+MAX_PATTERN_CHARS = 1024  # RE2 compiles in memory proportional to the pattern; values here are short anyway
+
+
+def _re2_options() -> Any:
+    options = re2.Options()
+    options.log_errors = False  # a refused pattern is reported to whoever wrote it, not to stderr
+    return options
+
+
+_OPTIONS = _re2_options()
+
+
+class MatcherError(ConfigError):
+    """A matcher that cannot be used; ``index`` and ``key`` name it (API: ``matchers.<index>.<key>``)."""
+
+    def __init__(self, index: int, key: str, message: str) -> None:
+        super().__init__(f"matcher {index}: {message}")
+        self.index = index
+        self.key = key
+
+
+def compile_pattern(pattern: str) -> Any:
+    """An RE2 program matching the whole of a value (``fullmatch``); ValueError says why RE2 refuses it."""
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise ValueError(f"longer than {MAX_PATTERN_CHARS} characters")
+    try:
+        return re2.compile(pattern, _OPTIONS)
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else exc
+        raise ValueError(reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +70,12 @@ class Matcher:
     label: str
     op: str
     value: str
+    # the compiled RE2 program of a regex matcher (=~, !~); compiled on construction
+    program: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.op in REGEX_OPS:
+            object.__setattr__(self, "program", compile_pattern(self.value))
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         actual = str(labels.get(self.label, ""))  # a missing label matches as the empty string
@@ -38,27 +83,27 @@ class Matcher:
             return actual == self.value
         if self.op == "!=":
             return actual != self.value
-        found = re.fullmatch(self.value, actual) is not None
-        return found if self.op == "=~" else not found
+        found = self.program.fullmatch(actual) is not None
+        return bool(found) if self.op == "=~" else not found
 
 
-def parse_matchers(raw: Any) -> list[Matcher]:
-    """Validate matchers from the API or a file; ConfigError names the matcher and the fix."""
-    if not isinstance(raw, list) or not raw:
+def parse_matchers(raw: Any, *, allow_empty: bool = False) -> list[Matcher]:
+    """Validate matchers from the API, the CLI or a stored row; MatcherError names the matcher, its key and
+    the fix."""
+    if not isinstance(raw, list) or (not raw and not allow_empty):
         raise ConfigError("matchers must be a non-empty list of {label, op, value}")
     out = []
     for i, item in enumerate(raw):
         if not isinstance(item, Mapping) or not {"label", "value"} <= set(item):
-            raise ConfigError(f"matcher {i}: needs 'label' and 'value' (and 'op', default '=')")
+            raise MatcherError(i, "label", "needs 'label' and 'value' (and 'op', default '=')")
         op = str(item.get("op", "="))
         if op not in MATCHER_OPS:
-            raise ConfigError(f"matcher {i}: op {op!r} is not one of {', '.join(MATCHER_OPS)}")
-        if op in ("=~", "!~"):
-            try:
-                re.compile(str(item["value"]))
-            except re.error as exc:
-                raise ConfigError(f"matcher {i}: {item['value']!r} is not a regular expression: {exc}") from None
-        out.append(Matcher(str(item["label"]), op, str(item["value"])))
+            raise MatcherError(i, "op", f"op {op!r} is not one of {', '.join(MATCHER_OPS)}")
+        try:
+            out.append(Matcher(str(item["label"]), op, str(item["value"])))
+        except ValueError as exc:
+            raise MatcherError(i, "value", f"{item['value']!r} is not a regular expression RE2 accepts ({exc}) — fix: "
+                                           "RE2 syntax, without backreferences or look-arounds") from None
     return out
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, status
 
+from sanitel.alerts.silences import MatcherError, parse_matchers
 from sanitel.api.deps import Db, Supervisor, Viewer
 from sanitel.api.errors import ApiError, error_responses, not_found
 from sanitel.api.models import Page, Silence, SilenceIn
@@ -39,7 +39,8 @@ async def get_silence(silence_id: SilenceId, conn: Db, _: Viewer) -> Silence:
 @router.post("", response_model=Silence, status_code=status.HTTP_201_CREATED,
              summary="Create a silence (supervisor)",
              description=f"Alerts matching every matcher are not notified between `starts_at` (default now) and "
-                         f"`ends_at`. At most {MAX_SILENCE.days} days long; `=~`/`!~` take a regular expression.")
+                         f"`ends_at`. At most {MAX_SILENCE.days} days long; `=~`/`!~` take a regular expression "
+                         f"matching the whole value, in RE2 syntax (linear time: no backreferences or look-arounds).")
 async def create_silence(body: SilenceIn, conn: Db, who: Supervisor) -> Silence:
     _check(body, existing_start=None)
     row = await queries.create_silence(conn, _matchers(body), body.starts_at, body.ends_at, who.name, body.comment)
@@ -84,9 +85,7 @@ def _check(body: SilenceIn, existing_start: datetime | None) -> None:
         raise ApiError(422, "ends_at is in the past; a silence must end in the future", field="body.ends_at")
     if body.ends_at - start > MAX_SILENCE:
         raise ApiError(422, f"a silence may last at most {MAX_SILENCE.days} days", field="body.ends_at")
-    for i, matcher in enumerate(body.matchers):
-        if matcher.op in ("=~", "!~"):
-            try:
-                re.compile(matcher.value)
-            except re.error as exc:
-                raise ApiError(422, f"not a regular expression: {exc}", field=f"body.matchers.{i}.value") from None
+    try:
+        parse_matchers(_matchers(body))  # the alert engine's own check: RE2 compiles every regex
+    except MatcherError as exc:
+        raise ApiError(422, str(exc), field=f"body.matchers.{exc.index}.{exc.key}") from None

@@ -24,9 +24,10 @@ import pytest
 
 from sanitel.alerts.notify.mqtt import MqttSink, deliver_pending
 from sanitel.alerts.notify.outbox import upsert_webhook
-from sanitel.alerts.notify.webhook import RetryPolicy, WebhookDispatcher
+from sanitel.alerts.notify.webhook import HttpLimits, RetryPolicy, WebhookDispatcher
 from sanitel.api.stream import AlertBroadcaster, StreamEvent
 from sanitel.db import one_row
+from sanitel.heartbeats import record_pass
 from sanitel.servers import MosquittoServer, free_port
 from tests.support.alerts_db import add_device, alerts, at, insert, ruleset, run
 from tests.support.db_clock import database_now
@@ -195,8 +196,8 @@ def test_webhook_gives_up_on_a_4xx(fresh_db: str) -> None:
         upsert_webhook(conn, "gone", "http://127.0.0.1:9/nothing-listens", max_attempts=2)
     _fire(fresh_db, [0])
     run(fresh_db, ruleset(FIRE))
-    dispatcher = WebhookDispatcher(fresh_db, policy=RetryPolicy(base_backoff_s=0.1, jitter=0.0, timeout_s=1),
-                                   poll_s=0.05)
+    dispatcher = WebhookDispatcher(fresh_db, policy=RetryPolicy(base_backoff_s=0.1, jitter=0.0),
+                                   limits=HttpLimits(connect_timeout_s=1, read_timeout_s=1), poll_s=0.05)
     dispatcher.start()
     try:
         def failed() -> bool:
@@ -217,7 +218,8 @@ def test_dead_webhook_blocks_neither_mqtt_nor_other_webhooks(fresh_db: str, subs
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         upsert_webhook(conn, "a-dead", dead.url)
         upsert_webhook(conn, "b-healthy", healthy.url)
-    dispatcher = WebhookDispatcher(fresh_db, policy=RetryPolicy(base_backoff_s=5, timeout_s=6), poll_s=0.05)
+    dispatcher = WebhookDispatcher(fresh_db, policy=RetryPolicy(base_backoff_s=5), limits=HttpLimits(read_timeout_s=6),
+                                   poll_s=0.05)
     dispatcher.start()
     try:
         _fire(fresh_db, [0])
@@ -270,6 +272,9 @@ def test_evaluator_process_notifies_serves_metrics_and_exits_on_sigterm(
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         add_device(conn, "bin-1", "bin")
         insert(conn, "bin_status", "bin-1", [{"ts": now, "received_at": now, "fire_alarm": True}])
+        # the collector and the scheduled processor have just passed: no stage_overdue alert about them
+        record_pass(conn, "collector", "c1", interval_s=30, at=now, started_at=now)
+        record_pass(conn, "processor", "p1", interval_s=60, at=now, started_at=now)
     port = free_port()
     env = {**os.environ, "SANITEL_DATABASE_URL": fresh_db, "SANITEL_MQTT_URL": mqtt_server.url,
            "SANITEL_CITY": CITY, "SANITEL_RULES_DIR": str(rules_dir), "SANITEL_DATA_DIR": str(tmp_path)}

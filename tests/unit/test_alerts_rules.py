@@ -18,6 +18,7 @@ from sanitel.alerts.rules import (
     default_rule_files,
     limits_for,
     load_files,
+    load_files_tolerant,
     render_summary,
     validate_rule_dict,
 )
@@ -46,6 +47,16 @@ def _error(rule: dict[str, Any], origin: str = "packs/fleet.yaml") -> str:
     ({"clear": 15}, "clear", "clear 15 must be at or above threshold 20"),
     ({"clearing": 25}, "clearing", "remove it (did you mean 'clear'?)"),
     ({"summary": "SOC {soc}"}, "summary", "unknown placeholder {soc}"),
+    # each of these passed the placeholder-name check before and crashed the evaluator when an alert was raised
+    ({"summary": "SOC {value.foo}"}, "summary", "attribute and index access is not allowed — fix: write {value}"),
+    ({"summary": "SOC {device_id[40]}"}, "summary", "attribute and index access is not allowed"),
+    ({"summary": "SOC {value:{value.real}}"}, "summary", "placeholder {value.real}"),
+    ({"summary": "SOC {}"}, "summary", "positional placeholder {}"),
+    ({"summary": "SOC {value:d}"}, "summary", "cannot be rendered for a rule of kind threshold"),
+    ({"summary": "SOC {device_id:.1f}"}, "summary", "Unknown format code 'f'"),
+    ({"summary": "SOC {value!z}"}, "summary", "cannot be rendered"),
+    ({"summary": "SOC {value:>99999999}"}, "summary", "width or precision above 999"),
+    ({"id": "rule_quarantined"}, "id", "is the alert engine's own rule — fix: choose another id"),
     ({"where": {"speed": 0}}, "where.speed", "did you mean 'speed_kmh'"),
     ({"id": "Low SOC!"}, "id", "use lower-case letters"),
 ])
@@ -53,6 +64,16 @@ def test_errors_name_file_rule_key_and_fix(change: dict[str, Any], key: str, wor
     message = _error({**BASE, **change})
     assert message.startswith("packs/fleet.yaml: rule ")
     assert f"key '{key}'" in message and words in message and "— fix: " in message
+
+
+def test_summaries_render_against_a_sample_of_their_kind() -> None:
+    offline = {"id": "x.off", "kind": "offline", "severity": "minor"}
+    validate_rule_dict({**offline, "summary": "{device_id}: silent for {timeout_s:.0f} s"})
+    message = _error({**offline, "summary": "{device_id}: {value:.1f}"})  # an offline alert has no value
+    assert "key 'summary'" in message and "rule of kind offline" in message and "— fix: " in message
+    window = {"id": "x.w", "kind": "window", "severity": "minor", "source": "station_telemetry", "field": "noise_dba",
+              "window": "1h", "threshold": {"param": "noise_class", "values": {"2": 60}, "default": "2"}}
+    validate_rule_dict({**window, "summary": "{site_id} class {noise_class}: {value:.1f} dB over {window}"})
 
 
 def test_missing_key_says_to_add_it() -> None:
@@ -85,6 +106,24 @@ def test_file_errors_are_reported_together_with_the_file(tmp_path: Path) -> None
     not_yaml.write_text("rules: [\n")
     with pytest.raises(ConfigError, match=f"{not_yaml}: not valid YAML"):
         load_files([not_yaml])
+
+
+def test_the_engine_loads_every_rule_that_validates_and_names_the_rest(tmp_path: Path) -> None:
+    (tmp_path / "site.yaml").write_text(
+        "rules:\n  - {id: a.good, kind: offline, summary: s, severity: minor}\n"
+        "  - {id: a.bad, kind: offline, summary: '{value.foo}', severity: minor}\n  - {kind: offline}\n")
+    (tmp_path / "broken.yaml").write_text("rules: [\n")
+    ruleset = load_files_tolerant(tmp_path)
+    assert "a.good" in ruleset.rules and "device_offline" in ruleset.rules  # the shipped packs as well
+    assert set(ruleset.problems) == {"a.bad", "file:site.yaml#3", "file:broken.yaml"}
+    assert "rule 'a.bad': key 'summary'" in ruleset.problems["a.bad"]
+    assert "not valid YAML" in ruleset.problems["file:broken.yaml"]
+    # a file that cannot be read keeps the rules it had on the last load
+    (tmp_path / "broken.yaml").write_text("rules:\n  - {id: b.kept, kind: offline, summary: s, severity: minor}\n")
+    before = load_files_tolerant(tmp_path)
+    (tmp_path / "broken.yaml").write_text("rules: [\n")
+    assert "b.kept" in load_files_tolerant(tmp_path, before).rules
+    assert "b.kept" not in load_files_tolerant(tmp_path).rules
 
 
 def test_duplicate_ids_across_files(tmp_path: Path) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sanitel.alerts.silences import Matcher, Silence, Silences, parse_matchers
+from sanitel.alerts.silences import Matcher, MatcherError, Silence, Silences, parse_matchers
 from sanitel.errors import ConfigError
 
 
@@ -42,3 +43,40 @@ def test_silence_window_is_half_open() -> None:
     assert silences.muting({"a": "x"}, later, (start, start + timedelta(minutes=30))) is silence
     assert silences.muting({"a": "x"}, later, (start, start + timedelta(hours=2))) is None
     assert silences.muting({"a": "x"}, later, (start, None)) is None
+
+
+# --- the regex engine: RE2, linear time ---------------------------------------------------------------------
+# `(.*.*)*x` against a value without an x makes a backtracking engine (Python's re) try exponentially many ways
+# to split the value: with re, 16 characters already take seconds and a 64-character device id would take
+# longer than the age of the universe. RE2 answers in time linear in the value.
+
+CATASTROPHIC = "(.*.*)*x"
+
+
+def test_regex_matchers_are_compiled_by_re2() -> None:
+    (matcher,) = parse_matchers([{"label": "device_id", "op": "=~", "value": "bin-.*"}])
+    assert type(matcher.program).__module__.partition(".")[0] == "re2"
+    assert matcher.matches({"device_id": "bin-7"}) and not matcher.matches({"device_id": "xbin-7"})  # whole value
+
+
+def test_patterns_only_a_backtracking_engine_accepts_are_refused_naming_the_matcher() -> None:
+    # a backreference and a look-ahead: Python's re compiles both, RE2 (linear time) cannot have them
+    for pattern in (r"(a)\1", "a(?=b)"):
+        with pytest.raises(MatcherError) as caught:
+            parse_matchers([{"label": "a", "value": "x"}, {"label": "site_id", "op": "!~", "value": pattern}])
+        assert (caught.value.index, caught.value.key) == (1, "value")
+        assert "matcher 1:" in str(caught.value) and "RE2" in str(caught.value) and "fix:" in str(caught.value)
+
+
+@pytest.mark.parametrize("op", ["=~", "!~"])
+def test_a_catastrophic_pattern_against_a_long_value_completes(op: str) -> None:
+    silences = Silences([Silence(1, tuple(parse_matchers([{"label": "device_id", "op": op, "value": CATASTROPHIC}])),
+                                 datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC))])
+    labels = {"device_id": "a" * 100_000}
+    outcome: list[Silence | None] = []
+    worker = threading.Thread(target=lambda: outcome.append(silences.muting(labels, datetime(2026, 1, 1, 1, tzinfo=UTC))),
+                              daemon=True)
+    worker.start()
+    worker.join(120)  # generous: RE2 needs well under a second; Python's re would never finish
+    assert not worker.is_alive() and len(outcome) == 1
+    assert (outcome[0] is not None) is (op == "!~")  # no x at the end: =~ does not match, !~ does

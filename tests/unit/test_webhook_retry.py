@@ -1,49 +1,58 @@
-"""The webhook sink's retry policy — which answers are retried, the backoff schedule, when it gives up — driven with a
-fake receiver behind ``post_json``'s ``urlopen`` and a virtual clock (as Alertmanager's notifier tests do): no HTTP
-server, no database, no sleeping. In service the same decisions are stored as each delivery's ``next_attempt_at``."""
+"""The webhook sink's retry policy — which answers are retried, the backoff schedule, when it gives up — and the
+signature of every POST, driven with a fake receiver in place of the HTTP transport and a virtual clock (as
+Alertmanager's notifier tests do): no HTTP server, no database, no sleeping. In service the same decisions are
+stored as each delivery's ``next_attempt_at``; tests/integration/security/test_alerts_security.py sends the
+real POSTs."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from datetime import timedelta
-from email.message import Message
 
 import pytest
 
-from sanitel.alerts.notify.webhook import DeliveryError, RetryPolicy, error_for_status, post_json
+from sanitel.alerts.notify.outbox import Webhook
+from sanitel.alerts.notify.webhook import (
+    DeliveryError,
+    HttpAnswer,
+    HttpLimits,
+    RetryPolicy,
+    error_for_status,
+    post_notification,
+)
 
 URL = "http://receiver.test/hook"
 BODY = {"version": "4", "status": "firing", "alerts": [{"fingerprint": "abc"}]}
-
-
-class Response:
-    def read(self) -> bytes:
-        return b"ok"
+SECRET = "whsec_unit-test-secret-0123456789abcdef"
+WEBHOOK = Webhook("ops", URL, (), ("rule_id",), True, 10, secret=SECRET)
+LIMITS = HttpLimits(connect_timeout_s=1.5, read_timeout_s=3.5, max_response_bytes=4096)
+T = 1_767_225_600  # the virtual clock's start (unix seconds)
 
 
 class Receiver:
-    """A fake HTTP receiver: ``answer(now)`` gives the status code (or raises) for a POST at virtual time ``now``."""
+    """A fake receiver behind the transport: ``answer(now)`` gives the status code (or raises) for a POST at virtual
+    time ``now``."""
 
-    def __init__(self, answer: Callable[[float], int]) -> None:
+    def __init__(self, answer: Callable[[float], int], location: str | None = None) -> None:
         self.answer = answer
+        self.location = location
         self.now = 0.0
-        self.requests: list[tuple[float, urllib.request.Request, float]] = []
+        self.requests: list[tuple[float, str, bytes, dict[str, str], HttpLimits]] = []
 
-    @contextmanager
-    def urlopen(self, request: urllib.request.Request, /, *, timeout: float) -> Iterator[Response]:
-        self.requests.append((self.now, request, timeout))
+    def __call__(self, url: str, body: bytes, headers: Mapping[str, str], limits: HttpLimits, /) -> HttpAnswer:
+        self.requests.append((self.now, url, body, dict(headers), limits))
         status = self.answer(self.now)
-        if status >= 300:
-            raise urllib.error.HTTPError(request.full_url, status, f"status {status}", Message(), None)
-        yield Response()
+        return HttpAnswer(status, f"status {status}", self.location, b"")
+
+    def clock(self) -> float:
+        return T + self.now
 
 
-def post(receiver: Receiver, policy: RetryPolicy | None = None) -> None:
-    post_json(URL, BODY, (policy or RetryPolicy()).timeout_s, urlopen=receiver.urlopen)
+def post(receiver: Receiver) -> None:
+    post_notification(WEBHOOK, BODY, LIMITS, transport=receiver, clock=receiver.clock)
 
 
 def deliver(receiver: Receiver, policy: RetryPolicy, max_attempts: int) -> tuple[str, list[float]]:
@@ -53,14 +62,14 @@ def deliver(receiver: Receiver, policy: RetryPolicy, max_attempts: int) -> tuple
     while True:
         attempt += 1
         try:
-            post(receiver, policy)
+            post(receiver)
         except DeliveryError as error:
             step = policy.after_failure(attempt, max_attempts, error)
             if step.give_up:
-                return "failed", [t for t, _, _ in receiver.requests]
+                return "failed", [r[0] for r in receiver.requests]
             receiver.now += step.delay.total_seconds()
         else:
-            return "delivered", [t for t, _, _ in receiver.requests]
+            return "delivered", [r[0] for r in receiver.requests]
 
 
 NO_JITTER = RetryPolicy(base_backoff_s=2.0, max_backoff_s=600.0, jitter=0.0)
@@ -73,36 +82,51 @@ NO_JITTER = RetryPolicy(base_backoff_s=2.0, max_backoff_s=600.0, jitter=0.0)
     (500, False), (502, False), (503, False), (504, False),  # the receiver is having a bad moment
     (408, False), (429, False),  # timed out / slow down: the 4xx that mean "later"
     (400, True), (401, True), (403, True), (404, True), (410, True), (422, True),  # retrying will not fix these
-    (301, False),  # a redirect urllib did not follow is not the receiver refusing the body
+    (301, False), (302, False), (307, False),  # a redirect, not followed: a failed attempt, not a refusal
 ])
 def test_which_status_codes_are_retried(status: int, permanent: bool) -> None:
     with pytest.raises(DeliveryError) as caught:
         post(Receiver(lambda now: status))
     assert caught.value.permanent is permanent
     assert str(caught.value).startswith(f"HTTP {status}")
-    assert error_for_status(status, "x").permanent is permanent
+    if status < 400:
+        assert error_for_status(status, "x").permanent is False
+    else:
+        assert error_for_status(status, "x").permanent is permanent
 
 
-@pytest.mark.parametrize("error", [
-    urllib.error.URLError(ConnectionRefusedError(111, "Connection refused")), TimeoutError("timed out"),
-    ConnectionResetError(104, "Connection reset by peer"),
-])
-def test_network_failures_are_retried(error: Exception) -> None:
-    def unreachable(now: float) -> int:
-        raise error
-
+def test_a_redirect_is_not_followed_and_the_reason_says_where_it_pointed() -> None:
+    receiver = Receiver(lambda now: 302, location="http://elsewhere.test/new")
     with pytest.raises(DeliveryError) as caught:
-        post(Receiver(unreachable))
-    assert not caught.value.permanent
+        post(receiver)
+    assert "redirect to http://elsewhere.test/new not followed" in str(caught.value)
+    assert [r[1] for r in receiver.requests] == [URL]  # one POST, to the webhook's own URL
 
 
-def test_a_2xx_is_delivered_as_one_json_post_with_the_policy_timeout() -> None:
+def test_a_2xx_is_delivered_as_one_json_post_with_the_limits() -> None:
     receiver = Receiver(lambda now: 200)
-    post(receiver, RetryPolicy(timeout_s=3.5))
-    ((_, request, timeout),) = receiver.requests
-    assert (request.get_method(), request.full_url, timeout) == ("POST", URL, 3.5)
-    assert request.get_header("Content-type") == "application/json"
-    assert isinstance(request.data, bytes) and json.loads(request.data) == BODY
+    post(receiver)
+    ((_, url, body, headers, limits),) = receiver.requests
+    assert (url, limits) == (URL, LIMITS)
+    assert headers["Content-Type"] == "application/json"
+    assert json.loads(body) == BODY
+
+
+def test_every_post_is_signed_with_the_webhook_secret_over_timestamp_and_body() -> None:
+    receiver = Receiver(lambda now: 200)
+    receiver.now = 42
+    post(receiver)
+    (_, _, body, headers, _), = receiver.requests
+    assert headers["X-Sanitel-Timestamp"] == str(T + 42)
+    # what a receiver computes, written out independently of the sender's code
+    expected = hmac.new(SECRET.encode(), f"{T + 42}.".encode() + body, hashlib.sha256).hexdigest()
+    assert headers["X-Sanitel-Signature"] == f"sha256={expected}"
+    other = hmac.new(b"another secret", f"{T + 42}.".encode() + body, hashlib.sha256).hexdigest()
+    assert headers["X-Sanitel-Signature"] != f"sha256={other}"
+
+
+def test_the_secret_never_shows_in_a_webhooks_repr() -> None:
+    assert SECRET not in repr(WEBHOOK)
 
 
 # --- the backoff schedule ------------------------------------------------------------------------------------
