@@ -46,11 +46,12 @@ def _day(text: str) -> date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a day YYYY-MM-DD") from None
 
 
-def _connect() -> psycopg.Connection:
+def _connect(*, recompute: bool) -> psycopg.Connection:
+    """Reports read as the API's role; recomputing averages writes them, which only the processor's role may."""
     from sanitel.db import connect
     from sanitel.settings import load_settings
 
-    return connect(load_settings().database_url_for("api"), autocommit=True)
+    return connect(load_settings().database_url_for("processor" if recompute else "api"), autocommit=True)
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -59,7 +60,7 @@ def run_report(args: argparse.Namespace) -> int:
 
     if args.format == "png" and args.out is None:
         raise SanitelError("--format png writes a binary file: give --out FILE")
-    with _connect() as conn:
+    with _connect(recompute=args.recompute) as conn:
         if args.recompute:
             for device_id in compliance.plant_devices(conn, args.plant, args.line):
                 start, end = local_day_bounds(args.day, compliance.plant_timezone(conn, args.plant))
@@ -95,7 +96,7 @@ def run_recompute(args: argparse.Namespace) -> int:
     last = args.last or args.first
     if last < args.first:
         raise SanitelError("--to is before --from")
-    with _connect() as conn:
+    with _connect(recompute=True) as conn:
         tz = device_placement(conn, args.device).tz
         start, _ = local_day_bounds(args.first, tz)
         _, end = local_day_bounds(last, tz)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg import sql
 
 from sanitel.errors import SanitelError
+from sanitel.local_secrets import COMPONENT_ROLES, role_name
 from sanitel.urls import redact_url
 
 MIGRATION_LOCK_ID = 0x5A417E1  # advisory lock: one process migrates at a time
@@ -104,6 +107,25 @@ def require_current_schema(url: str) -> None:
             f"the database at {redact_url(url)} lacks migrations {', '.join(pending)}; run 'sanitel migrate' "
             "(it connects as the owner role: SANITEL_DATABASE_URL)"
         )
+
+
+def set_password(conn: psycopg.Connection, role: str, password: str) -> None:
+    """Give ``role`` this password and LOGIN. The SCRAM verifier is computed here (libpq, as psql's \\password does),
+    so the plain password never reaches the server, its statement log or pg_stat_activity."""
+    verifier = conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256").decode()
+    conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(verifier)))
+
+
+def provision_component_roles(owner_url: str, passwords: Mapping[str, str]) -> None:
+    """Let each component role (``sanitel_<component>``, created NOLOGIN by migration 0070) log in with its password;
+    run after the migrations, as a role that may alter roles (the local stack: its superuser). Safe to repeat: a
+    changed password replaces the old one (that is how the local stack rotates them)."""
+    unknown = set(passwords) - set(COMPONENT_ROLES)
+    if unknown:
+        raise ValueError(f"no database role for {', '.join(sorted(unknown))}")
+    with connect(owner_url, autocommit=True) as conn:
+        for component, password in sorted(passwords.items()):
+            set_password(conn, role_name(component), password)
 
 
 def one_row(cursor: psycopg.Cursor[R]) -> R:

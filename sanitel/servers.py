@@ -13,12 +13,20 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
+from urllib.parse import quote
 
+import psycopg
+from psycopg import sql
+
+from sanitel.db import set_password
 from sanitel.errors import SanitelError
+from sanitel.local_secrets import SUPERUSER, TlsFiles
 
 PG_SUPPORTED_MAJORS = (14, 15, 16, 17)  # what TimescaleDB 2.19 builds against
 # Mosquitto's limits sit this far above the collector's payload limit (SANITEL_MAX_PAYLOAD_BYTES): a payload a
@@ -113,14 +121,23 @@ def timescaledb_installed(bindir: Path) -> bool:
     return bool(sharedir) and Path(sharedir, "extension", "timescaledb.control").exists()
 
 
+PgAuth = Literal["trust", "scram-sha-256"]
+
+
 @dataclass
 class PostgresServer:
-    """A private PostgreSQL cluster with ``timescaledb`` preloaded, data in ``data_dir``."""
+    """A private PostgreSQL cluster with ``timescaledb`` preloaded, data in ``data_dir``.
+
+    ``auth="scram-sha-256"`` (the local stack) makes every connection, TCP and Unix socket alike, prove a password;
+    the superuser's is ``superuser_password``. ``trust`` (the test fixtures: fast, and any role may connect without
+    one) lets in whoever can reach 127.0.0.1."""
 
     data_dir: Path
     port: int
     dbname: str = "sanitel"
     fsync: bool = True
+    auth: PgAuth = "trust"
+    superuser_password: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).absolute()
@@ -129,7 +146,12 @@ class PostgresServer:
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{self.dbname}"
+        """The superuser's URL, with its password when there is one (show it only through redact_url)."""
+        return self.url_for(SUPERUSER, self.superuser_password if self.auth != "trust" else None)
+
+    def url_for(self, user: str, password: str | None = None, dbname: str | None = None) -> str:
+        userinfo = f"{user}:{quote(password, safe='')}" if password else user
+        return f"postgresql://{userinfo}@127.0.0.1:{self.port}/{dbname or self.dbname}"
 
     def _run(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         cmd = [str(self.bindir / args[0]), *args[1:]]
@@ -162,8 +184,13 @@ class PostgresServer:
                     f"the postgres user cannot write {self.data_dir} (a parent folder is not traversable); "
                     "set SANITEL_DATA_DIR to a folder under /var/tmp or make the parents world-executable"
                 )
-        self._run("initdb", "-D", str(self.data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                  "--no-locale", "--no-sync")
+        if self.auth == "trust":
+            self._run("initdb", "-D", str(self.data_dir), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8",
+                      "--no-locale", "--no-sync")
+        else:
+            with self._password_file() as pwfile:
+                self._run("initdb", "-D", str(self.data_dir), "-U", SUPERUSER, f"--auth-host={self.auth}",
+                          f"--auth-local={self.auth}", f"--pwfile={pwfile}", "-E", "UTF8", "--no-locale", "--no-sync")
         conf = {
             "listen_addresses": "'127.0.0.1'",
             "unix_socket_directories": f"'{self.data_dir}'",
@@ -175,6 +202,7 @@ class PostgresServer:
             "synchronous_commit": "on",
             "log_min_messages": "warning",
             "max_wal_size": "2GB",
+            "password_encryption": "'scram-sha-256'",
         }
         with open(self.data_dir / "postgresql.conf", "a") as fh:
             fh.write("\n# sanitel local stack\n")
@@ -184,6 +212,8 @@ class PostgresServer:
         return self.initialised() and self._run("pg_ctl", "-D", str(self.data_dir), "status", check=False).returncode == 0
 
     def start(self, timeout: float = 60) -> None:
+        if self.auth != "trust" and not self.superuser_password:
+            raise ValueError(f"auth {self.auth} needs a superuser_password")
         self.init()
         if self.running():
             return
@@ -196,13 +226,56 @@ class PostgresServer:
         if not self.running() or not _wait_for_port(self.port, timeout):
             tail = self.log_file.read_text(errors="replace")[-1500:] if self.log_file.exists() else ""
             raise SanitelError(f"PostgreSQL did not start on port {self.port}; its log says:\n{tail}")
+        self._enforce_password_auth()
         self._ensure_database()
 
+    @contextlib.contextmanager
+    def _password_file(self) -> Iterator[Path]:
+        """The superuser's password in a file initdb (running as the postgres user) can read, 0600, removed after."""
+        fd, name = tempfile.mkstemp(dir=self.data_dir.parent, prefix=f".{self.data_dir.name}-pw.")
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(f"{self.superuser_password}\n")
+            _hand_to_user(path, "postgres")
+            yield path
+        finally:
+            path.unlink(missing_ok=True)
+
+    def _enforce_password_auth(self) -> None:
+        """A cluster made with ``trust`` (before the local stack used passwords) is switched to ``self.auth``: the
+        superuser gets its password (over the still-trusting connection), pg_hba.conf stops trusting, and the
+        server reloads it."""
+        if self.auth == "trust":
+            return
+        hba = self.data_dir / "pg_hba.conf"
+        lines = hba.read_text().splitlines(keepends=True)
+        trusting = [i for i, line in enumerate(lines) if not line.lstrip().startswith("#")
+                    and "trust" in line.split()]
+        if not trusting:
+            return
+        with psycopg.connect(self.url_for(SUPERUSER, dbname="postgres"), autocommit=True, connect_timeout=10) as conn:
+            set_password(conn, SUPERUSER, self.superuser_password or "")
+        for i in trusting:
+            fields = lines[i].split()
+            fields[fields.index("trust")] = self.auth
+            lines[i] = " ".join(fields) + "\n"
+        hba.write_text("".join(lines))
+        self._run("pg_ctl", "-D", str(self.data_dir), "reload")
+
     def _ensure_database(self) -> None:
-        out = self._run("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres",
-                        "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{self.dbname}'").stdout.strip()
-        if out != "1":
-            self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", self.dbname)
+        try:
+            conn = psycopg.connect(self.url_for(SUPERUSER, self.superuser_password, "postgres"), autocommit=True,
+                                   connect_timeout=10)
+        except psycopg.OperationalError as exc:
+            hint = (" (the superuser password of the local stack's secrets does not open this cluster: restore the "
+                    "secrets file it was made with, or move the cluster away to make a new one)"
+                    if "password authentication failed" in str(exc) else "")
+            raise SanitelError(f"cannot connect to PostgreSQL on port {self.port}: {' '.join(str(exc).split())}"
+                               f"{hint}") from None
+        with conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.dbname,)).fetchone() is None:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.dbname)))
 
     def stop(self, mode: str = "fast") -> None:
         if self.running():
@@ -233,6 +306,9 @@ class MosquittoServer:
     password_file: Path | None = None
     acl_file: Path | None = None
     max_payload_bytes: int = 256 * 1024  # the collector's limit (SANITEL_MAX_PAYLOAD_BYTES)
+    # a second listener with TLS (server certificate and key, and the CA that signed it) on tls_port
+    tls: TlsFiles | None = None
+    tls_port: int | None = None
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).absolute()
@@ -257,6 +333,8 @@ class MosquittoServer:
 
     def write_config(self) -> None:
         _check_writable(self.data_dir)
+        if (self.tls is None) != (self.tls_port is None):
+            raise ValueError("a TLS listener needs both tls (the files) and tls_port")
         lines = [
             f"listener {self.port} 127.0.0.1",
             "persistence true",
@@ -283,9 +361,18 @@ class MosquittoServer:
             lines.append("allow_anonymous true")
         if self.acl_file:
             lines.append(f"acl_file {self.acl_file}")
+        if self.tls is not None:
+            # the options after a listener line are that listener's: clients must trust our CA, need no certificate
+            # (Mosquitto 2.0 speaks TLS 1.2 and 1.3 there by default)
+            lines += [f"listener {self.tls_port} 127.0.0.1", f"cafile {self.tls.ca_cert}",
+                      f"certfile {self.tls.server_cert}", f"keyfile {self.tls.server_key}"]
         if _running_as_root():
             lines.append("user root")  # data under a folder root owns; nothing is exposed beyond 127.0.0.1
-        self.conf_file.write_text("\n".join(lines) + "\n")
+        # 0600: it names the password file, the ACL and the key (the broker runs as the user that writes it)
+        fd = os.open(self.conf_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
 
     def pid(self) -> int | None:
         try:
@@ -311,19 +398,20 @@ class MosquittoServer:
             return
         if not Path(self.binary).exists():
             raise SanitelError("mosquitto is not installed: run scripts/install.sh")
-        if port_in_use(self.port):
-            raise SanitelError(
-                f"port {self.port} is already in use: set SANITEL_MQTT_PORT to a free port or stop what listens there"
-            )
+        for port, setting in ((self.port, "SANITEL_MQTT_PORT"), (self.tls_port, "SANITEL_MQTT_TLS_PORT")):
+            if port is not None and port_in_use(port):
+                raise SanitelError(f"port {port} is already in use: set {setting} to a free port or stop what "
+                                   "listens there")
         self.write_config()
         log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child process
         proc = subprocess.Popen([self.binary, "-c", str(self.conf_file)], stdout=log, stderr=log,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         self.pid_file.write_text(str(proc.pid))
-        if not _wait_for_port(self.port, timeout, alive=lambda: proc.poll() is None):
-            tail = self.log_file.read_text(errors="replace")[-1500:]
-            raise SanitelError(f"Mosquitto did not start on port {self.port}; its log says:\n{tail}")
+        for port in (self.port, self.tls_port):
+            if port is not None and not _wait_for_port(port, timeout, alive=lambda: proc.poll() is None):
+                tail = self.log_file.read_text(errors="replace")[-1500:]
+                raise SanitelError(f"Mosquitto did not start on port {port}; its log says:\n{tail}")
 
     def _signal(self, sig: int, timeout: float) -> None:
         pid = self.pid()

@@ -9,18 +9,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import yaml
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from sanitel.errors import ConfigError, SanitelError
+from sanitel.local_secrets import BROKER_ACCOUNTS, SUPERUSER, LocalSecrets, TlsFiles, load_local_secrets, role_name
 from sanitel.mqtt_wire import BrokerTarget
 from sanitel.urls import redact_url
 
 DatabaseRole = Literal["owner", "ingest", "api", "evaluator", "processor"]
-BrokerAccountName = Literal["collector", "hj212", "evaluator", "api_probe"]
+BrokerAccountName = Literal["collector", "hj212", "evaluator", "api_probe", "simulator"]
 
 
 class Settings(BaseSettings):
@@ -43,6 +44,8 @@ class Settings(BaseSettings):
     hj212_mqtt_url: str | None = Field(None, description="broker account of the HJ 212 listener")
     evaluator_mqtt_url: str | None = Field(None, description="broker account of the alert publisher")
     api_probe_mqtt_url: str | None = Field(None, description="broker account of the API's health probe")
+    simulator_mqtt_url: str | None = Field(None, description="broker account of `sanitel simulate` without "
+                                           "--credentials (load runs: may publish as any device)")
     broker_tls: bool = Field(False, description="the local broker also listens with TLS (mqtts://) on "
                              "mqtt_tls_port, with a CA the stack generates under data_dir")
     mqtt_tls_port: int = Field(18883, ge=1, le=65535, description="TLS port of the local stack's Mosquitto")
@@ -84,6 +87,10 @@ class Settings(BaseSettings):
 
     # --- maintenance (rollups, retention, CEMS averages) ------------------------------------
     maintain_interval_s: float = Field(60.0, gt=0, description="how often the scheduled processor runs")
+    collector_heartbeat_s: float = Field(30.0, gt=0, description="how often a collector reports that it is alive")
+    stage_overdue_factor: float = Field(3.0, gt=1, description="a background stage (collector, scheduled "
+                                        "processor, evaluator) whose last pass is older than this many of its "
+                                        "intervals is overdue: /health degraded, alert stage_overdue")
     raw_retention_days: int = Field(400, ge=1, description="readings older than this are dropped (whole chunks)")
     rollup_retention_days: int = Field(3650, ge=1, description="rollups and CEMS averages kept this long")
     dead_letter_retention_days: int = Field(90, ge=1, description="rejected messages kept this long")
@@ -122,7 +129,8 @@ class Settings(BaseSettings):
             )
         return v
 
-    @field_validator("mqtt_url", "collector_mqtt_url", "hj212_mqtt_url", "evaluator_mqtt_url", "api_probe_mqtt_url")
+    @field_validator("mqtt_url", "collector_mqtt_url", "hj212_mqtt_url", "evaluator_mqtt_url", "api_probe_mqtt_url",
+                     "simulator_mqtt_url")
     @classmethod
     def _check_mqtt_url(cls, v: str | None) -> str | None:
         if v is not None:
@@ -153,21 +161,61 @@ class Settings(BaseSettings):
         return self.mqtt_url is None
 
     @property
+    def local_secrets(self) -> LocalSecrets | None:
+        """The local stack's generated credentials (sanitel/local_secrets.py); None before its first start."""
+        return load_local_secrets(self.data_dir)
+
+    @property
     def effective_database_url(self) -> str:
-        return self.database_url or f"postgresql://postgres@127.0.0.1:{self.pg_port}/sanitel"
+        """The owner's URL (it migrates): database_url, or the local stack's superuser with its generated password."""
+        if self.database_url:
+            return self.database_url
+        stored = self.local_secrets
+        return self._local_database_url(SUPERUSER, stored.superuser_password if stored else None)
 
     @property
     def effective_mqtt_url(self) -> str:
+        """The broker's address: mqtt_url, or the local broker's — without credentials (see mqtt_url_for)."""
         return self.mqtt_url or f"mqtt://127.0.0.1:{self.mqtt_port}"
 
     def database_url_for(self, role: DatabaseRole) -> str:
-        """The URL a component connects with: its own role's (``owner`` migrates)."""
-        explicit = None if role == "owner" else getattr(self, f"{role}_database_url")
-        return explicit or self.effective_database_url
+        """The URL a component connects with: its own role's (``owner`` migrates). An explicit
+        ``<role>_database_url`` wins; the local stack gives each role the password it generated (role
+        ``sanitel_<role>``, migration 0070); otherwise an external deployment's database_url."""
+        if role == "owner":
+            return self.effective_database_url
+        explicit: str | None = getattr(self, f"{role}_database_url")
+        if explicit:
+            return explicit
+        stored = self.local_secrets if self.uses_local_database else None
+        if stored is not None and role in stored.role_passwords:
+            return self._local_database_url(role_name(role), stored.role_passwords[role])
+        return self.effective_database_url
 
     def mqtt_url_for(self, account: BrokerAccountName) -> str:
-        """The broker URL a service connects with: its own account's."""
-        return getattr(self, f"{account}_mqtt_url") or self.effective_mqtt_url
+        """The broker URL a service connects with: its own account's. An explicit ``<account>_mqtt_url`` wins; the
+        local broker gets the account's generated password (and, with broker_tls, its TLS port and the CA)."""
+        explicit: str | None = getattr(self, f"{account}_mqtt_url")
+        if explicit:
+            return explicit
+        stored = self.local_secrets if self.uses_local_broker else None
+        if stored is None or account not in stored.broker_passwords:
+            return self.effective_mqtt_url
+        username = BROKER_ACCOUNTS[account][0]
+        return self.local_broker_url(username, stored.broker_passwords[account])
+
+    def local_broker_url(self, username: str | None = None, password: str | None = None) -> str:
+        """The local broker's URL for these credentials: mqtts on mqtt_tls_port trusting the stack's CA when
+        broker_tls is on, plain mqtt otherwise."""
+        userinfo = f"{quote(username, safe='')}:{quote(password or '', safe='')}@" if username else ""
+        if self.broker_tls:
+            ca = quote(str(TlsFiles.for_data_dir(self.data_dir).ca_cert), safe="/")
+            return f"mqtts://{userinfo}127.0.0.1:{self.mqtt_tls_port}?ca={ca}"
+        return f"mqtt://{userinfo}127.0.0.1:{self.mqtt_port}"
+
+    def _local_database_url(self, user: str, password: str | None) -> str:
+        userinfo = f"{user}:{quote(password, safe='')}" if password else user
+        return f"postgresql://{userinfo}@127.0.0.1:{self.pg_port}/sanitel"
 
     @property
     def effective_spool_dir(self) -> Path:
