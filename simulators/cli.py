@@ -4,6 +4,7 @@
     sanitel simulate --scenario demo --speed 1440 --duration 24h  # a day in a minute
     sanitel simulate --scenario shenzhen --scale 0.01 --faults spike,silence --seed 7
     sanitel simulate --scenario shenzhen --speed max --engine fast --duration 2h   # load
+    sanitel simulate --scenario demo --credentials data/simulator/credentials.json  # each device as itself
 """
 
 from __future__ import annotations
@@ -66,6 +67,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--workers", type=_positive_int, default=1, metavar="N",
                         help="split the fleet over N processes, each with its own connection (load runs on "
                              "machines with more cores; see simulators/README.md)")
+    parser.add_argument("--credentials", type=Path, metavar="FILE",
+                        help="JSON {\"devices\": {id: password}, \"gateways\": {id: password}} (mode 600): each "
+                             "device and gateway publishes over its own connection as itself; the --broker URL "
+                             "then gives only host, port and TLS (default: one connection for all, as --broker's "
+                             "user)")
     parser.add_argument("--client-id", help="MQTT client id (default: sanitel-sim-<pid>-<random>; with --workers, "
                                             "suffixed -1, -2, …)")
     parser.add_argument("--once", action="store_true",
@@ -136,7 +142,8 @@ def _positive_int(text: str) -> int:
 
 
 def run_simulate(args: argparse.Namespace) -> int:
-    from sanitel.simulators.run import default_start, simulate  # here: every other sanitel command skips its imports
+    from sanitel.simulators.credentials import load_credentials  # here: every other sanitel command skips these
+    from sanitel.simulators.run import default_start, simulate
 
     if args.list:
         _list_scenarios(sys.stdout)
@@ -149,9 +156,14 @@ def run_simulate(args: argparse.Namespace) -> int:
     start = args.start if args.start is not None else default_start(scenario, duration, args.speed)
     faults = None if args.faults is None else [] if args.faults.strip().lower() == "none" else args.faults
     truth = args.ground_truth or settings.data_dir / "simulator" / f"ground-truth-{scenario.name}-{args.seed}.jsonl"
-    broker = args.broker or settings.effective_mqtt_url
+    credentials = load_credentials(args.credentials) if args.credentials is not None else None
+    # as each device (their own passwords), or as the simulator's service account that may publish as any device
+    as_devices = settings.effective_mqtt_url if settings.mqtt_url else settings.local_broker_url()
+    broker = args.broker or (as_devices if credentials is not None else settings.mqtt_url_for("simulator"))
     progress = None if args.quiet else ProgressLine(sys.stderr, args.speed)
-    print(f"simulating {scenario.name} ({sum(scenario.device_counts().values()):,} devices) → {redact_url(broker)}, "
+    as_whom = f" as each device ({args.credentials})" if credentials is not None else ""
+    print(f"simulating {scenario.name} ({sum(scenario.device_counts().values()):,} devices) → {redact_url(broker)}"
+          f"{as_whom}, "
           f"seed {args.seed}, from {rfc3339(start)}, "
           f"{'real time' if args.speed == 1 else 'as fast as possible' if args.speed == 0 else f'×{args.speed:g}'}, "
           f"{'until Ctrl-C' if duration is None else f'{duration / 3600:g} h simulated'}", file=sys.stderr)
@@ -159,14 +171,16 @@ def run_simulate(args: argparse.Namespace) -> int:
         scenario, broker_url=broker, city=args.city or settings.city, seed=args.seed, duration_s=duration,
         speed=args.speed, rate=args.rate, faults=faults, ground_truth_path=truth, start=start,
         engine=args.engine, client_id=args.client_id, max_messages=args.max_messages,
-        progress=progress.update if progress else None, workers=args.workers,
+        progress=progress.update if progress else None, workers=args.workers, credentials=credentials,
     )
     if progress:
         progress.finish()
     for line in summary.lines():
         print(line)
     if summary.acked < summary.messages:
-        raise SanitelError(f"{summary.messages - summary.acked:,} messages were not acknowledged by the broker")
+        refused = f" (the broker refused {len(summary.refused)} sender(s), see above)" if summary.refused else ""
+        raise SanitelError(f"{summary.messages - summary.acked:,} messages were not acknowledged by the broker"
+                           f"{refused}")
     return 0
 
 

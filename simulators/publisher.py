@@ -103,7 +103,7 @@ class Publisher(ABC):
         self.close()
 
 
-def _unreachable(target: BrokerTarget, exc: BaseException) -> SanitelError:
+def unreachable(target: BrokerTarget, exc: BaseException) -> SanitelError:
     reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     return SanitelError(f"cannot reach the broker at {target.redacted()} ({reason}); is it running? "
                         "Start the local stack with 'sanitel stack up' or pass --broker")
@@ -138,7 +138,7 @@ class PahoPublisher(Publisher):
         try:
             self.client.reconnect()  # the first connection: paho_client recorded where to
         except (OSError, ssl.SSLError) as exc:
-            raise _unreachable(self.target, exc) from None
+            raise unreachable(self.target, exc) from None
         deadline = time.monotonic() + timeout
         while self.connack is None and time.monotonic() < deadline:
             self.client.loop(0.05)
@@ -224,7 +224,7 @@ class FastPublisher(Publisher):
             sock.sendall(connect_packet(self.client_id, target.username, target.password, self.keepalive))
             connack = self._read_exact(sock, 4)
         except (OSError, ssl.SSLError) as exc:
-            raise _unreachable(target, exc) from None
+            raise unreachable(target, exc) from None
         if connack[0] >> 4 != CONNACK:
             raise SanitelError(f"{target.redacted()} answered CONNECT with packet type {connack[0] >> 4}, not CONNACK")
         if connack[3] != 0:

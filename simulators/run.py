@@ -24,11 +24,14 @@ from sanitel.errors import ConfigError
 from sanitel.mqtt_wire import BrokerTarget
 from sanitel.simulators.agenda import Agenda
 from sanitel.simulators.clock import SimClock, parse_instant, rfc3339
+from sanitel.simulators.connections import DevicePublisher, open_device_publisher
+from sanitel.simulators.credentials import Sender, SenderCredentials, load_credentials
 from sanitel.simulators.encode import Encoder
 from sanitel.simulators.faults import FaultInjector, FaultSpec, Message, PlanContext, parse_fault_names, plan_faults
 from sanitel.simulators.fleet import Fleet, build_fleet
 from sanitel.simulators.models.base import Emission
-from sanitel.simulators.publisher import open_publisher
+from sanitel.simulators.models.sorting_point import SortingPoint
+from sanitel.simulators.publisher import Publisher, open_publisher
 from sanitel.simulators.scenario import Scenario, load_scenario
 from sanitel.simulators.truth import GroundTruth
 
@@ -55,6 +58,7 @@ class SimulationSummary:
     broker: str | None = None
     ground_truth_path: str | None = None
     interrupted: bool = False
+    refused: dict[str, str] = field(default_factory=dict)  # --credentials: sender → why the broker refused it
 
     @property
     def rate(self) -> float:
@@ -80,6 +84,10 @@ class SimulationSummary:
         if self.broker:
             out.append(f"broker {self.broker}: acknowledged {self.acked:,}, errors {self.errors}, "
                        f"reconnects {self.reconnects}")
+        if self.refused:
+            shown = ", ".join(f"{s} ({r})" for s, r in sorted(self.refused.items())[:10])
+            out.append(f"refused by the broker: {len(self.refused)} sender(s), their messages counted as errors: "
+                       f"{shown}{', …' if len(self.refused) > 10 else ''}")
         out.append(f"faults injected: {faults}")
         if self.ground_truth_path:
             out.append(f"ground truth: {self.ground_truth_path}")
@@ -118,6 +126,17 @@ class Simulation:
 
     def device_count(self) -> int:
         return sum(len(model.devices()) for model in self.models)
+
+    def senders(self) -> list[Sender]:
+        """Who publishes in this shard, each over its own connection with ``--credentials``: every device except
+        the bins behind a gateway (their readings travel in its batches), and those gateways."""
+        behind = self.fleet.gateway_devices
+        out: list[Sender] = []
+        for model in self.models:
+            out += [Sender("devices", d.device_id) for d in model.devices() if d.device_id not in behind]
+            if isinstance(model, SortingPoint) and model.gateway_id:
+                out.append(Sender("gateways", model.gateway_id))
+        return out
 
     def messages(self) -> Iterator[Message]:
         """Every message of the run, in sending order."""
@@ -252,6 +271,7 @@ def simulate(
     progress_every_s: float = 1.0,
     ack_timeout_s: float = 30.0,
     workers: int = 1,
+    credentials: SenderCredentials | str | Path | None = None,
 ) -> SimulationSummary:
     """Publish a run to a broker (QoS 1) and wait for the acknowledgements; synchronous.
 
@@ -260,13 +280,24 @@ def simulate(
     called about every ``progress_every_s`` with the running summary and the simulated time reached.
     ``workers`` > 1 splits the fleet over that many processes, each with its own connection (see
     :mod:`simulators.workers`); ``rate`` and ``max_messages`` are then shared out between them.
+    ``credentials`` (a :class:`SenderCredentials` or the path of a credentials file): every device and gateway
+    publishes over its own connection as itself (:mod:`simulators.connections`); the broker URL then gives only
+    where to connect, its user name and password are not used.
     Ctrl-C stops the run cleanly: the summary comes back with ``interrupted`` set."""
     scenario = _as_scenario(scenario)
+    if credentials is not None and not isinstance(credentials, SenderCredentials):
+        credentials = load_credentials(credentials)
+    if credentials is not None:
+        if engine != "paho":
+            raise ConfigError(f"--credentials publishes over one paho connection per device; --engine {engine} is "
+                              "for load runs as the simulator service account")
+        if client_id:
+            raise ConfigError("--credentials: each device's client id is its own id; drop --client-id")
     begin = _as_epoch(start)
     begin = default_start(scenario, duration_s, speed) if begin is None else begin
     options = RunOptions(broker_url=broker_url, city=city, seed=seed, duration_s=duration_s, speed=speed, rate=rate,
                          faults=faults, start=begin, engine=engine, client_id=client_id, max_messages=max_messages,
-                         progress_every_s=progress_every_s, ack_timeout_s=ack_timeout_s)
+                         progress_every_s=progress_every_s, ack_timeout_s=ack_timeout_s, credentials=credentials)
     if workers > 1:
         from sanitel.simulators.workers import simulate_in_workers
 
@@ -291,6 +322,7 @@ class RunOptions:
     max_messages: int | None = None
     progress_every_s: float = 1.0
     ack_timeout_s: float = 30.0
+    credentials: SenderCredentials | None = field(default=None, repr=False)  # None: one connection for all
 
 
 def simulate_shard(scenario: Scenario, options: RunOptions, *, shard: tuple[int, int] = (0, 1),
@@ -303,7 +335,11 @@ def simulate_shard(scenario: Scenario, options: RunOptions, *, shard: tuple[int,
                      faults=options.faults, shard=shard, realtime=realtime)
     summary = SimulationSummary(scenario.name, options.seed, begin, sim.device_count(),
                                 broker=BrokerTarget.parse(options.broker_url).redacted())
-    publisher = open_publisher(options.broker_url, engine=options.engine, client_id=options.client_id)
+    publisher: Publisher
+    if options.credentials is None:
+        publisher = open_publisher(options.broker_url, engine=options.engine, client_id=options.client_id)
+    else:
+        publisher = open_device_publisher(options.broker_url, options.credentials, sim.senders())
     wall_start = time.monotonic()
     clock = SimClock(begin, options.speed, wall_start)
     next_progress = wall_start + options.progress_every_s
@@ -339,6 +375,8 @@ def simulate_shard(scenario: Scenario, options: RunOptions, *, shard: tuple[int,
         publisher.flush(options.ack_timeout_s)
         stats = publisher.stats
         summary.acked, summary.errors, summary.reconnects = stats.acked, stats.errors, stats.reconnects
+        if isinstance(publisher, DevicePublisher):
+            summary.refused = publisher.refused()
         publisher.close()
         summary.elapsed_s = time.monotonic() - wall_start
         reached = summary.end if math.isfinite(summary.end) else begin
@@ -350,7 +388,17 @@ def simulate_shard(scenario: Scenario, options: RunOptions, *, shard: tuple[int,
 
 
 def inventory(scenario: Scenario | str | Path, *, seed: int = 0, city: str = DEFAULT_CITY) -> list[dict[str, Any]]:
-    """The scenario's devices as a registry would list them (id, kind, site, metadata)."""
+    """The scenario's devices as a registry would list them: ``device_id``, ``kind``, ``site_id``, ``metadata``
+    (it depends on the seed: pass the run's) and ``gateway_id`` — the gateway whose batches carry the device's
+    readings (``sanitation/{city}/gateway/{gateway_id}/batch``), None for a device that publishes on its own
+    topics. The collector accepts a batch reading only from a device registered behind that gateway, so a
+    registry seeded from this list must put each device there (``sanitel run`` does: ``register_fleet``)."""
     sim = Simulation(_as_scenario(scenario), seed=seed, start=0.0, duration_s=0.0, city=city, faults=[])
-    return [{"device_id": d.device_id, "kind": d.kind, "site_id": d.site_id, "metadata": d.metadata}
-            for d in sim.fleet.devices()]
+    out: list[dict[str, Any]] = []
+    for model in sim.fleet.models:
+        # only a point's bins are behind its gateway; its camera publishes on its own topics
+        gateway_id = model.gateway_id if isinstance(model, SortingPoint) else None
+        behind = model.gateway_devices() if isinstance(model, SortingPoint) else set()
+        out += [{"device_id": d.device_id, "kind": d.kind, "site_id": d.site_id, "metadata": d.metadata,
+                 "gateway_id": gateway_id if d.device_id in behind else None} for d in model.devices()]
+    return out

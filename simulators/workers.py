@@ -20,6 +20,7 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import msgspec
 
@@ -80,11 +81,25 @@ def simulate_in_workers(scenario: Scenario, options: RunOptions, workers: int, *
 
 
 def _share(options: RunOptions, k: int, workers: int) -> RunOptions:
-    """Worker k's part of the caps, and a client id of its own."""
+    """Worker k's part of the caps, a client id of its own and, when the URL names a user, a user of its own."""
     rate = options.rate / workers if options.rate else None
     limit = None if options.max_messages is None else math.ceil(options.max_messages / workers)
     client_id = f"{options.client_id}-{k + 1}" if options.client_id else None
-    return replace(options, rate=rate, max_messages=limit, client_id=client_id)
+    return replace(options, rate=rate, max_messages=limit, client_id=client_id,
+                   broker_url=worker_broker_url(options.broker_url, k))
+
+
+def worker_broker_url(url: str, k: int) -> str:
+    """Worker k > 0 logs in as ``<user>-<k+1>`` with the same password: a broker that makes the user name the client
+    id (``use_username_as_clientid``, as the local stack's does) would otherwise let the workers knock each other off.
+    The local stack creates ``sanitel-simulator-2`` … ``-8`` beside ``sanitel-simulator`` for this."""
+    parts = urlsplit(url)
+    if k == 0 or not parts.username:
+        return url
+    user = f"{unquote(parts.username)}-{k + 1}"
+    password = f":{parts.password}" if parts.password is not None else ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{quote(user, safe='')}{password}@{host}"))
 
 
 def _part(path: str | Path | None, k: int) -> Path:
@@ -159,6 +174,7 @@ def _merge(parts: list[SimulationSummary]) -> SimulationSummary:
         merged.errors += p.errors
         merged.reconnects += p.reconnects
         merged.interrupted |= p.interrupted
+        merged.refused.update(p.refused)
     faults: Counter[str] = Counter()
     for p in parts:
         faults.update(p.faults)

@@ -34,6 +34,7 @@ from sanitel.settings import load_settings
 from sanitel.simulators.run import generate, inventory
 from sanitel.simulators.truth import read_ground_truth
 from tests.support.mqtt_tools import publish
+from tests.support.simulator_runs import register_scenario_fleet, registry_refusals
 
 CITY = "shenzhen"
 TZ = "Asia/Shanghai"
@@ -94,7 +95,9 @@ SITE_PARAMS: dict[str, dict[str, Any]] = {
 
 
 def _register(url: str, scenario: Path) -> None:
-    """The fleet in the registry with its sites, as an operator would have it (stations on grade 2)."""
+    """The fleet in the registry with its sites, as an operator would have it (stations on grade 2): the sites
+    first, then the devices with their metadata and sites, the sorting points' gateways with their bins behind
+    them and the HJ 212 unit with its PW, registered as ``sanitel run`` registers a simulated fleet."""
     devices = inventory(scenario, seed=SEED, city=CITY)
     with psycopg.connect(url, autocommit=True) as conn:
         sites = {d["site_id"] for d in devices}
@@ -107,9 +110,7 @@ def _register(url: str, scenario: Path) -> None:
                              (parent, parent))
             conn.execute("INSERT INTO sites (site_id, kind, name, parent_id, timezone, params) VALUES"
                          " (%s, %s, %s, %s, %s, %s)", (site, kind, site, parent, TZ, Jsonb(SITE_PARAMS.get(kind, {}))))
-        for d in devices:
-            conn.execute("INSERT INTO devices (device_id, kind, site_id, metadata) VALUES (%s, %s, %s, %s)",
-                         (d["device_id"], d["kind"], d["site_id"], Jsonb(d["metadata"])))
+    register_scenario_fleet(url, scenario, city=CITY, seed=SEED)
 
 
 class Evaluation:
@@ -187,6 +188,8 @@ def simulate_day(url: str, broker: MosquittoServer, tmp: Path, faults: list[dict
         assert evaluation.passes > 3  # evaluated while the data streamed in, not only at the end
     finally:
         collector.stop()
+    # every reading reached the rules: none refused by the registry, no device the registry did not know
+    assert registry_refusals(url) == {"auto_registered": []}
     return read_ground_truth(truth_file)
 
 

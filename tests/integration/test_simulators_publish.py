@@ -15,8 +15,10 @@ import pytest
 
 from sanitel.errors import SanitelError
 from sanitel.servers import MosquittoServer, free_port
+from sanitel.simulators.connections import open_device_publisher
+from sanitel.simulators.credentials import SenderCredentials, sender_of
 from sanitel.simulators.publisher import open_publisher
-from sanitel.simulators.run import generate, simulate
+from sanitel.simulators.run import generate, inventory, simulate
 from sanitel.simulators.truth import read_ground_truth
 
 START = "2026-11-22T06:30:00+08:00"  # sweepers on their way out, sorting slot about to open
@@ -197,3 +199,49 @@ def test_publisher_reconnects_and_redelivers_after_a_broker_restart(
     assert publisher.stats.acked == publisher.stats.sent == 600
     assert publisher.stats.reconnects >= 1
     publisher.close()
+
+
+def demo_credentials() -> SenderCredentials:
+    """Every demo device with a password: the anonymous test brokers accept any, which is enough to exercise the
+    per-device connections (their refusals are tested against a password file in tests/integration/security)."""
+    return SenderCredentials({d["device_id"]: f"pw-{d['device_id']}" for d in inventory("demo")}, {}, "test")
+
+
+def test_per_device_connections_over_tls(tls_broker: tuple[MosquittoServer, Path]) -> None:
+    """--credentials with mqtts://: every device's connection verifies the broker with the CA of the URL."""
+    server, cert = tls_broker
+    summary = simulate("demo", broker_url=f"mqtts://127.0.0.1:{server.port}?ca={cert}", city="simtlsdev", seed=1,
+                       duration_s=600.0, speed=0.0, start=START, faults=[], credentials=demo_credentials())
+    assert summary.acked == summary.messages > 0 and summary.errors == 0 and summary.refused == {}
+
+
+def test_per_device_connections_reconnect_and_redeliver_after_a_broker_restart(
+        make_mosquitto: Callable[..., MosquittoServer]) -> None:
+    broker = make_mosquitto()
+    credentials = demo_credentials()
+    messages = [(t, p) for t, p, _ in generate("demo", seed=3, start=START, duration_s=900.0, faults=[])][:600]
+    senders = sorted({s for s in (sender_of(t) for t, _ in messages) if s is not None}, key=str)
+    publisher = open_device_publisher(broker.url, credentials, senders)
+    for topic, payload in messages[:300]:
+        publisher.publish(topic, payload)
+    broker.kill()  # unacknowledged messages are lost at the broker: each connection must send its own again
+    broker.start()
+    for topic, payload in messages[300:]:
+        publisher.publish(topic, payload)
+    assert publisher.flush(60)
+    assert publisher.stats.acked == publisher.stats.sent == 600
+    assert publisher.stats.reconnects >= 1 and publisher.refused() == {}
+    publisher.close()
+
+
+def test_per_device_connections_split_over_workers(mqtt_server: MosquittoServer,
+                                                   subscriber: Callable[[str], Subscriber]) -> None:
+    """Each worker process opens the connections of its own share of the fleet (the credentials travel to it)."""
+    sub = subscriber("simdevworkers")
+    summary = simulate("demo", broker_url=mqtt_server.url, city="simdevworkers", seed=4, duration_s=900.0,
+                       speed=0.0, start=START, faults=[], workers=2, credentials=demo_credentials())
+    expected = [(t, p) for t, p, _ in generate("demo", seed=4, start=START, duration_s=900.0, faults=[],
+                                               city="simdevworkers")]
+    assert summary.messages == summary.acked == len(expected) and summary.errors == 0
+    received = sub.wait_for(len(expected))
+    assert per_device(received) == per_device(expected)

@@ -29,3 +29,14 @@ def test_broker_urls_parse_credentials_tls_and_options() -> None:
 def test_unreachable_broker_is_one_clear_error(engine: str) -> None:
     with pytest.raises(SanitelError, match=r"cannot reach the broker at mqtt://127\.0\.0\.1:\d+ .*is it running"):
         open_publisher(f"mqtt://127.0.0.1:{free_port()}", engine=engine)
+
+
+def test_each_load_worker_logs_in_as_a_user_of_its_own() -> None:
+    """A broker that makes the user name the client id (the local stack's) would let workers sharing one user knock
+    each other off; worker k > 0 uses <user>-<k+1>, which the local stack creates."""
+    from sanitel.simulators.workers import worker_broker_url
+
+    url = "mqtts://sanitel-simulator:p%40ss@127.0.0.1:18883?ca=/x/ca.pem"
+    assert worker_broker_url(url, 0) == url
+    assert worker_broker_url(url, 1) == "mqtts://sanitel-simulator-2:p%40ss@127.0.0.1:18883?ca=/x/ca.pem"
+    assert worker_broker_url("mqtt://127.0.0.1:1883", 3) == "mqtt://127.0.0.1:1883"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sanitel.errors import ConfigError
-from sanitel.simulators.run import inventory
+from sanitel.simulators.run import Simulation, inventory
 from sanitel.simulators.scenario import available_scenarios, load_scenario
 
 
@@ -38,6 +38,22 @@ def test_inventory_lists_readable_stable_ids() -> None:
     cems = next(d for d in devices if d["device_id"] == "cems-p2-l1")
     assert cems["metadata"] == {"plant_id": "p2", "line_id": "p2-l1", "protocol": "hj212", "mn": "cems-p2-l1"}
     assert next(d for d in devices if d["device_id"] == "bin-00001-k")["metadata"]["point_id"] == "sp-00001"
+    assert {d["gateway_id"] for d in devices} == {None}  # the demo's points have no gateway
+
+
+def test_inventory_puts_a_points_bins_behind_its_gateway() -> None:
+    """Registering the inventory must put each bin behind the gateway whose batches carry its readings (the
+    collector takes a batch reading only from a device registered behind that gateway); cameras and every
+    other device publish on their own topics."""
+    devices = inventory("district")
+    behind = {d["device_id"]: d["gateway_id"] for d in devices if d["gateway_id"]}
+    assert behind and all(d["kind"] == "bin" for d in devices if d["device_id"] in behind)
+    assert behind["bin-00001-k"] == behind["bin-00001-h"] == "gw-00001"
+    assert next(d for d in devices if d["device_id"] == "cam-00001")["gateway_id"] is None
+    # the same gateways the simulator's gateway senders log in as
+    sim = Simulation(load_scenario("district"), seed=0, start=0.0, duration_s=0.0, faults=[])
+    assert set(behind.values()) == {s.sender_id for s in sim.senders() if s.section == "gateways"}
+    assert set(behind) == sim.fleet.gateway_devices
 
 
 def write(tmp_path: Path, text: str, name: str = "bad.yaml") -> Path:
