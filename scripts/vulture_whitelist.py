@@ -15,6 +15,8 @@ list to names whose use is certain, each under the reason it is used.
 household_deposits  # api/routes/deposits.py
 point_deposits  # api/routes/deposits.py
 rotate_credentials  # api/routes/devices.py
+register_gateway  # api/routes/gateways.py
+set_gateway_devices  # api/routes/gateways.py
 plant_compliance  # api/routes/emissions.py
 plant_averages  # api/routes/emissions.py
 metric_catalogue  # api/routes/readings.py
@@ -36,8 +38,20 @@ _._known_field  # alerts/rules.py
 _._consistent  # alerts/rules.py
 _._positive  # alerts/rules.py
 _._metadata_storable  # api/models.py
+_._only_when_provisional  # api/models.py HistoryPoint: a model_serializer
 _._check_database_url  # sanitel/settings.py
 _._check_mqtt_url  # sanitel/settings.py
+# per-component connection settings, read by name: getattr(self, f"{role}_database_url") in Settings.database_url_for
+# and getattr(self, f"{account}_mqtt_url") in Settings.mqtt_url_for
+_.ingest_database_url
+_.api_database_url
+_.evaluator_database_url
+_.processor_database_url
+_.collector_mqtt_url
+_.hj212_mqtt_url
+_.evaluator_mqtt_url
+_.api_probe_mqtt_url
+_.simulator_mqtt_url
 _._parameters_fit_kind  # simulators/faults.py
 _._households_range  # simulators/scenario.py
 _._unique_categories  # simulators/scenario.py
@@ -52,12 +66,14 @@ dotenv_settings
 file_secret_settings
 
 # --- pydantic response models: fields serialised into API responses (api/models.py, api/routes/rules.py)
+sources  # History: which source served which range
 latitude
 longitude
 created_at
 child_count
 auto_registered
 has_credentials
+has_hj212_password
 broker_reloaded
 weight_kg
 annotations
@@ -175,6 +191,8 @@ _.on_disconnect
 _.on_subscribe
 _.on_publish
 _.on_message
+_.on_socket_open  # simulators/connections.py: one selector over many clients (paho's external-loop hooks)
+_.on_socket_close
 userdata
 properties
 _.SessionExpiryInterval  # MQTT 5 CONNECT properties
@@ -184,7 +202,10 @@ _.retain
 _.message_callback_add  # ingest/buffered_client.py: overrides paho's, to refuse it
 
 # --- Python's own protocols: called implicitly -----------------------------------------------------------
-_.__call__  # e.g. alerts/notify/webhook.py UrlOpen, a typing.Protocol for a callable
+_.__call__  # e.g. alerts/notify/webhook.py Transport, a typing.Protocol for a callable
+
+# --- C extensions: options set as attributes, read by the extension ------------------------------------
+_.log_errors  # alerts/silences.py: re2.Options, refused patterns are reported to their author, not to stderr
 
 # --- signal handlers: the signature the signal module calls -------------------------------------------
 signum
@@ -207,9 +228,26 @@ _.bad_frames
 _.acks
 _.nacks
 _.publish_failures
+_.publish_refused
+_.connections_refused
+_.idle_timeouts
+_.write_timeouts
+_.rate_limited
+_.registry_refused
+_.registry_unavailable
+_.listen_connects  # processors/registry.py DeviceRegistry: LISTEN connections made (tests wait on it)
+_.listening  # processors/registry.py DeviceRegistry: the cache is in use (tests, operators)
+_.wait_listening  # processors/registry.py DeviceRegistry: tests wait until notifications arrive
 connections
 frames
 bad_frames
 acks
 nacks
 publish_failures
+publish_refused
+connections_refused
+idle_timeouts
+write_timeouts
+rate_limited
+registry_refused
+registry_unavailable
