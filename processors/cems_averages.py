@@ -56,6 +56,9 @@ from sanitel.processors.watermarks import read_watermark, store_watermark
 POLLUTANTS: tuple[str, ...] = ("dust", "so2", "nox", "co", "hcl", "hf", "toc", "nh3", "hg")
 DEFAULT_TZ = "Asia/Shanghai"
 WATERMARK_NAME = "cems_averages"
+# recompute_since re-reads rows stored this long before its watermark (see there); a row stored earlier
+# than watermark − overlap has been averaged (compliance.py relies on this to tell "behind" from "done")
+WATERMARK_OVERLAP = timedelta(minutes=15)
 _LOCK_NAMESPACE = 0x0CE5  # advisory-lock key space of this processor
 
 
@@ -372,16 +375,18 @@ def _write(conn: psycopg.Connection, device_id: str, placement: Placement, avera
 
 
 def changed_ranges(conn: psycopg.Connection, since: datetime) -> tuple[dict[str, list[datetime]], datetime | None]:
-    """Per device, the hour buckets (device time) that received rows after ``since`` (receive time),
-    and the newest receive time seen. Hour buckets map onto local days for any whole-hour offset."""
+    """Per device, the hour buckets (device time) that received rows stored after ``since``, and the newest
+    ``stored_at`` seen. Stored, not received: rows replayed from the collector's spool after a database
+    outage keep their old receive time but are stored when they land (issue 17), and the BRIN index on
+    ``stored_at`` (migration 0011) finds them. Hour buckets map onto local days for any whole-hour offset."""
     cur = conn.execute(
-        "SELECT device_id, time_bucket('1 hour', ts) AS hour, max(received_at) FROM cems_readings"
-        " WHERE received_at > %s AND data_kind IN ('rtd', 'minute') GROUP BY 1, 2", (since,))
+        "SELECT device_id, time_bucket('1 hour', ts) AS hour, max(stored_at) FROM cems_readings"
+        " WHERE stored_at > %s AND data_kind IN ('rtd', 'minute') GROUP BY 1, 2", (since,))
     touched: dict[str, list[datetime]] = defaultdict(list)
     newest: datetime | None = None
-    for device_id, hour, received in cur.fetchall():
+    for device_id, hour, stored in cur.fetchall():
         touched[device_id].append(hour)
-        newest = received if newest is None or received > newest else newest
+        newest = stored if newest is None or stored > newest else newest
     return touched, newest
 
 
@@ -397,14 +402,13 @@ def _day_runs(days: Iterable[date]) -> Iterator[tuple[date, date]]:
         yield run[0], run[-1]
 
 
-def recompute_since(conn: psycopg.Connection, watermark: datetime, *, overlap: timedelta = timedelta(minutes=15),
+def recompute_since(conn: psycopg.Connection, watermark: datetime, *, overlap: timedelta = WATERMARK_OVERLAP,
                     rules: AveragingRules | None = None, now: datetime | None = None) -> datetime:
-    """Recompute the days that received rows after ``watermark − overlap`` (by ``received_at``), and
-    return the new watermark. The overlap catches rows whose transaction committed after a later
-    receive time was already visible (collector batches commit out of receive order); recomputing
-    is idempotent, so re-reading the overlap costs time, not correctness. Rows replayed from the
-    collector's spool after a long database outage keep their old receive time: run ``recompute``
-    over the outage (or a larger overlap) after such a replay."""
+    """Recompute the days that received rows stored after ``watermark − overlap`` (``stored_at``, the
+    writing transaction's start), and return the new watermark: the newest ``stored_at`` seen. The overlap
+    catches rows whose transaction committed after a later-started one was already visible (collector
+    batches commit out of order); recomputing is idempotent, so re-reading the overlap costs time, not
+    correctness. Spool replays are found when they land (their ``stored_at`` is new)."""
     touched, newest = changed_ranges(conn, watermark - overlap)
     for device_id, hours in touched.items():
         tz = device_placement(conn, device_id).tz
@@ -430,3 +434,89 @@ def run_scheduled(conn: psycopg.Connection, *, name: str = WATERMARK_NAME, rules
         return new
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s, 0)", (_LOCK_NAMESPACE,))
+
+
+# --- what the stored averages do not reflect yet (issue 17) ---------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Behind:
+    """Base readings (rtd, minute) of one device and local day that its stored averages do not reflect:
+    stored after the day's averages were computed, or the day has none, and not yet seen by a pass."""
+
+    day_start: datetime
+    readings: int
+    first_ts: datetime  # device times of those readings
+    last_ts: datetime
+    averaged_at: datetime | None  # when the day's averages were computed; None: never
+
+    def reason(self) -> str:
+        what = (f"averaged at {self.averaged_at.isoformat()}" if self.averaged_at is not None
+                else "not averaged yet")
+        return (f"{self.readings} readings from {self.first_ts.isoformat()} to {self.last_ts.isoformat()} "
+                f"were stored after the day was {what}: the scheduled processor has not averaged them yet")
+
+
+def settled_before(conn: psycopg.Connection) -> datetime:
+    """Rows stored before this have been seen by a pass (recompute_since re-reads ``WATERMARK_OVERLAP``
+    before its watermark), so their days' averages reflect them — or they carry nothing to average."""
+    return read_watermark(conn, WATERMARK_NAME) - WATERMARK_OVERLAP
+
+
+def behind(conn: psycopg.Connection, device_id: str, days: Sequence[tuple[datetime, datetime]],
+           pollutants: Sequence[str] = POLLUTANTS) -> list[Behind]:
+    """The local days (given as sorted [start, end) in UTC) with readings the stored averages do not reflect.
+
+    A reading is behind when it was stored after its day's averages were computed (or the day has none)
+    and after ``settled_before``. The second bound keeps the read to rows written since the last pass
+    (migration 0062's ``(device_id, stored_at)`` index), and tells a day with nothing to average (a unit
+    that reports no pollutant) from one not processed yet. A day's averages are all written in one
+    transaction (``recompute``), so any one of its rows carries the day's ``computed_at``: one primary-key
+    probe per day with late readings.
+    A transaction that began before the averages were computed and committed after is not caught here;
+    the next pass's overlap recomputes its day."""
+    if not days:
+        return []
+    rows = conn.execute(
+        """WITH late AS MATERIALIZED (
+               SELECT ts, stored_at FROM cems_readings
+               WHERE device_id = %(device)s AND stored_at > %(settled)s AND ts >= %(lo)s AND ts < %(hi)s
+                 AND data_kind IN ('rtd', 'minute')),
+           touched AS (  -- the days with any such reading, each with its averages' computed_at
+               SELECT d.s, d.e, (SELECT a.computed_at FROM cems_averages a
+                                 WHERE a.device_id = %(device)s AND a.pollutant = ANY(%(pollutants)s)
+                                   AND a.period = ANY(ARRAY['10min', '30min', '1h', '1d'])
+                                   AND a.standard = ANY(ARRAY['eu', 'gb'])
+                                   AND a.period_start >= d.s AND a.period_start < d.e
+                                 LIMIT 1) AS computed_at
+               FROM unnest(%(starts)s::timestamptz[], %(ends)s::timestamptz[]) AS d (s, e)
+               WHERE EXISTS (SELECT 1 FROM late l WHERE l.ts >= d.s AND l.ts < d.e))
+           SELECT t.s, count(*), min(l.ts), max(l.ts), t.computed_at
+           FROM touched t JOIN late l ON l.ts >= t.s AND l.ts < t.e
+           WHERE l.stored_at > coalesce(t.computed_at, '-infinity')
+           GROUP BY t.s, t.computed_at ORDER BY t.s""",
+        {"device": device_id, "settled": settled_before(conn), "lo": days[0][0], "hi": days[-1][1],
+         "pollutants": list(pollutants), "starts": [s for s, _ in days], "ends": [e for _, e in days]}).fetchall()
+    return [Behind(s, n, first, last, computed) for s, n, first, last, computed in rows]
+
+
+def provisional_averages(conn: psycopg.Connection, device_id: str, start: datetime, end: datetime,
+                         pollutant: str, *, rules: AveragingRules | None = None, now: datetime | None = None
+                         ) -> tuple[list[tuple[datetime, datetime]], list[Average]]:
+    """The local days touched by [start, end) whose readings the stored averages do not reflect (``behind``),
+    as [start, end) in UTC, and their averages computed from the readings exactly as ``recompute`` would,
+    but not stored: what the API serves, marked provisional, until the scheduled processor catches up.
+    Only those days' readings are read."""
+    if end <= start:
+        return [], []
+    tz = device_placement(conn, device_id).tz
+    days = [local_day_bounds(d, tz) for d in days_between(start, end, tz)]
+    late = {b.day_start for b in behind(conn, device_id, days, (pollutant,))}
+    late_days = [(s, e) for s, e in days if s in late]
+    out: list[Average] = []
+    for first, last in _day_runs(local_day(s, tz) for s, _ in late_days):
+        window_start, _ = local_day_bounds(first, tz)
+        _, window_end = local_day_bounds(last, tz)
+        rows = fetch_readings(conn, device_id, window_start, window_end)
+        run = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+        out += compute_averages(rows, run, tz, rules, now)
+    return late_days, out

@@ -14,6 +14,13 @@ Verdicts: an average exceeds when it is *above* its limit. A check with no valid
 check whose daily average is invalid, has verdict ``None`` (not determinable), never ``True``.
 EU half-hourly B (97 %) is an annual criterion: the day's share is reported with verdict ``None``.
 
+No verdict on averages that are behind (issue 17): when a line has readings for the day that its stored
+averages do not reflect yet — stored after the averages were computed, or never averaged, and not yet seen
+by the scheduled processor (``cems_averages.behind``) — its checks get verdict ``None`` and status
+``pending`` with the reason, and its invalid periods within the late readings' span are ``pending`` rather
+than ``missing``/``invalid``: a period cannot be judged on averages that lack its readings. Each check, line
+and the report carry a ``status``: compliant | exceeded | not_determinable | pending.
+
 Output: ``build_report`` (a JSON-able dict), ``report_csv`` (pandas), ``report_png`` (matplotlib).
 """
 
@@ -32,7 +39,7 @@ import psycopg
 import yaml
 
 from sanitel.errors import ConfigError
-from sanitel.processors.cems_averages import DEFAULT_TZ, local_day_bounds
+from sanitel.processors.cems_averages import DEFAULT_TZ, Behind, behind, device_placement, local_day_bounds
 
 LIMITS_FILE = Path(__file__).with_name("cems_limits.yaml")
 REFERENCE = "dry flue gas, 273.15 K, 101.325 kPa, 11 % O2"
@@ -268,9 +275,20 @@ def _invalid_periods(rows: Sequence[Mapping[str, Any]], tz: str) -> list[dict[st
             for r in rows if not r["valid"]]
 
 
+def _check_status(verdict: bool | None) -> str:
+    return {True: "compliant", False: "exceeded", None: "not_determinable"}[verdict]
+
+
+def _pending(check: dict[str, Any], late: Behind) -> None:
+    """Withhold a check's verdict: its averages lack readings (see the module docstring)."""
+    check["compliant"] = None
+    check["status"] = "pending"
+    check["note"] = f"averages behind the readings: {late.reason()}"
+
+
 def line_report(line_id: str, device_id: str, rows: Sequence[Mapping[str, Any]], limits: LimitSet,
-                tz: str) -> dict[str, Any]:
-    """Every check of one line's day."""
+                tz: str, late: Behind | None = None) -> dict[str, Any]:
+    """Every check of one line's day; with ``late``, no verdicts (pending)."""
     by: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
     for r in rows:
         by.setdefault((r["pollutant"], r["period"], r["standard"]), []).append(r)
@@ -287,6 +305,9 @@ def line_report(line_id: str, device_id: str, rows: Sequence[Mapping[str, Any]],
             check["compliant"] = None
             day_row = period_rows[0]
             check["note"] = f"daily average {day_row['status']}: {day_row['n_discarded']} sub-periods discarded"
+        check["status"] = _check_status(check["compliant"])
+        if late is not None:
+            _pending(check, late)
         checks.append(check)
     order = list(LIMIT_KEYS)
     checks.sort(key=lambda c: (c["standard"] != "gb", c["pollutant"], order.index(c["limit_key"])))
@@ -295,11 +316,19 @@ def line_report(line_id: str, device_id: str, rows: Sequence[Mapping[str, Any]],
             ci = limits.confidence_interval(pollutant)
             eu_daily = eu_daily_validated(by.get((pollutant, "30min", "eu"), []), ci)
             dailies.append(_daily_summary(period_rows[0], eu_daily if period_rows[0]["valid"] else None, tz))
+    invalid = _invalid_periods([r for r in rows if r["period"] != "10min"], tz)
+    if late is not None:  # a period the late readings fall in is not missing or invalid: it is not known yet
+        span = (late.first_ts, late.last_ts)
+        for entry, r in zip(invalid, [r for r in rows if r["period"] != "10min" and not r["valid"]], strict=True):
+            if r["period"] == "1d" or (r["period_start"] <= span[1] and r["period_end"] > span[0]):
+                entry["status"] = "pending"
     return {
         "line_id": line_id, "device_id": device_id,
         "compliant": {s: _overall([c for c in checks if c["standard"] == s]) for s in ("gb", "eu")},
-        "checks": checks, "daily_averages": dailies,
-        "invalid_periods": _invalid_periods([r for r in rows if r["period"] != "10min"], tz),
+        "status": {s: _overall_status([c for c in checks if c["standard"] == s], late is not None)
+                   for s in ("gb", "eu")},
+        "pending": None if late is None else behind_summary(late, tz),
+        "checks": checks, "daily_averages": dailies, "invalid_periods": invalid,
     }
 
 
@@ -313,6 +342,30 @@ def _overall(checks: Sequence[Mapping[str, Any]]) -> bool | None:
     return None
 
 
+def _overall_status(checks: Sequence[Mapping[str, Any]], pending: bool) -> str:
+    """An exceedance already judged stands; otherwise a line whose averages are behind is pending."""
+    verdict = _overall(checks)
+    if verdict is False:
+        return "exceeded"
+    if pending or any(c["status"] == "pending" for c in checks):
+        return "pending"
+    return "compliant" if verdict else "not_determinable"
+
+
+def averages_behind(conn: psycopg.Connection, plant_id: str, start: datetime, end: datetime,
+                    line: str | None = None) -> dict[str, Behind]:
+    """Per CEMS device of the plant (or line), the readings of the local day [start, end) that its stored
+    averages do not reflect yet (``cems_averages.behind``); devices that are up to date are absent."""
+    return {device_id: late for device_id in plant_devices(conn, plant_id, line)
+            for late in behind(conn, device_id, [(start, end)])}
+
+
+def behind_summary(late: Behind, tz: str) -> dict[str, Any]:
+    return {"reason": late.reason(), "readings": late.readings, "from": _iso(late.first_ts, tz),
+            "to": _iso(late.last_ts, tz),
+            "averaged_at": None if late.averaged_at is None else _iso(late.averaged_at, tz)}
+
+
 def build_report(conn: psycopg.Connection, plant_id: str, day: date, line: str | None = None) -> dict[str, Any]:
     """The compliance report of one plant (or one of its lines) for one local day, JSON-able."""
     site = plant_site(conn, plant_id)
@@ -322,16 +375,25 @@ def build_report(conn: psycopg.Connection, plant_id: str, day: date, line: str |
     by_line: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
         by_line.setdefault((r["line_id"] or r["device_id"], r["device_id"]), []).append(r)
+    # readings the averages do not reflect yet, per device — a line with readings and no averages at all
+    # (the scheduled processor stopped, or not there yet) is reported too, as pending
+    late = averages_behind(conn, plant_id, start, end, line)
+    for device_id in late:
+        if not any(d == device_id for _, d in by_line):
+            by_line[(device_placement(conn, device_id).line_id or device_id, device_id)] = []
     lines = []
     for (line_id, device_id), line_rows in sorted(by_line.items()):
         overrides = [(plant_id, site[1] if site else None)]
         if line_id != device_id:
             overrides.append((line_id, site_params(conn, line_id)))
-        lines.append(line_report(line_id, device_id, line_rows, limit_set(overrides), tz))
+        lines.append(line_report(line_id, device_id, line_rows, limit_set(overrides), tz, late.get(device_id)))
+    every = [c for ln in lines for c in ln["checks"]]
+    pending = any(ln["pending"] is not None for ln in lines)
     return {
         "plant_id": plant_id, "day": day.isoformat(), "timezone": tz, "line": line, "reference": REFERENCE,
         "generated_at": datetime.now(UTC).isoformat(), "registered": site is not None,
-        "compliant": {s: _overall([c for ln in lines for c in ln["checks"] if c["standard"] == s]) for s in ("gb", "eu")},
+        "compliant": {s: _overall([c for c in every if c["standard"] == s]) for s in ("gb", "eu")},
+        "status": {s: _overall_status([c for c in every if c["standard"] == s], pending) for s in ("gb", "eu")},
         "lines": lines,
     }
 
@@ -340,7 +402,8 @@ def build_report(conn: psycopg.Connection, plant_id: str, day: date, line: str |
 
 CSV_COLUMNS = ("plant_id", "day", "line_id", "device_id", "standard", "pollutant", "average", "limit_mg_m3",
                "limit_source", "confidence_interval_mg_m3", "n_averages", "n_valid", "worst_mg_m3", "worst_at",
-               "n_exceedances", "exceedance_starts", "share_within_limit", "required_share", "compliant", "note")
+               "n_exceedances", "exceedance_starts", "share_within_limit", "required_share", "compliant", "status",
+               "note")
 
 
 def report_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -358,7 +421,7 @@ def report_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "n_exceedances": len(c["exceedances"]),
                 "exceedance_starts": ";".join(e["start"] for e in c["exceedances"]),
                 "share_within_limit": c["share_within_limit"], "required_share": c["required_share"],
-                "compliant": c["compliant"], "note": c.get("note", ""),
+                "compliant": c["compliant"], "status": c["status"], "note": c.get("note", ""),
             })
     return out
 

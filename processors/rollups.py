@@ -2,8 +2,15 @@
 
 A rollup table ``<table>_5m`` has ``device_id, bucket, n`` and columns ``<column>_<avg|min|max>``; the
 SQL is derived from those names, so the migration is the one definition. Each pass recomputes every
-(device, bucket) that received rows since the watermark — found by ``stored_at``, the time a row was
-committed — so late and out-of-order data, and spool replays, land in their buckets.
+(device, bucket) that received rows since the watermark — found by ``stored_at``, the start of the
+transaction that wrote the row — so late and out-of-order data, back-fills and spool replays land in their
+buckets (in device time) at the next pass.
+
+The watermark is a promise the API relies on (api/rollups.py): every row stored up to it is in its bucket.
+So a pass only moves it to ``settled_upto``: the start of the oldest write transaction still open (its rows
+will commit with an older ``stored_at`` than anything written after it), or the database's clock when none
+is — a row is rolled up by the first pass after it commits, within one maintenance interval. When other
+sessions are hidden from this role (no pg_read_all_stats), ``COMMIT_SLACK`` is assumed instead.
 """
 
 from __future__ import annotations
@@ -12,11 +19,36 @@ from datetime import datetime, timedelta
 
 import psycopg
 
+from sanitel.db import one_row
+
 ROLLUP_SOURCES = ("sweeper_telemetry", "station_telemetry")
 BUCKET = "5 minutes"
 # rows stored in a transaction that began before now and commits later must not slip under the watermark
 COMMIT_SLACK = timedelta(minutes=2)
 _AGGREGATES = ("avg", "min", "max")
+_TICK = timedelta(microseconds=1)  # timestamptz resolution
+
+
+def settled_upto(conn: psycopg.Connection, now: datetime) -> datetime:
+    """Rows stored (transaction start) up to this instant have committed, so a pass may move its watermark
+    here: just before the oldest other open transaction's start, else the database's clock — never after
+    ``now`` (the pass's clock) nor before the database's clock − ``COMMIT_SLACK`` (a transaction open longer
+    is not waited for, as before). The bounds are the database's clock, which stamps ``stored_at``: a
+    processor host whose clock runs ahead cannot move the watermark past rows not written yet. (The alert
+    evaluator does the same for its passes: alerts/queries.py ``safe_upto``.)"""
+    row: tuple[datetime, datetime | None, int] = one_row(conn.execute(
+        """SELECT clock_timestamp(),
+                  min(xact_start) FILTER (WHERE xact_start IS NOT NULL),
+                  count(*) FILTER (WHERE state IS NULL)
+           FROM pg_stat_activity
+           WHERE pid <> pg_backend_pid() AND datname = current_database() AND backend_type = 'client backend'"""))
+    db_now, oldest, hidden = row
+    if hidden:
+        return min(now, db_now) - COMMIT_SLACK
+    bound: datetime = oldest if oldest is not None and oldest < db_now else db_now
+    # strictly before it: a pass takes (watermark, until], and a row stored at the open transaction's very
+    # start is that transaction's (microsecond clock)
+    return min(now, max(bound - _TICK, db_now - COMMIT_SLACK))
 
 
 def rollup_columns(conn: psycopg.Connection, source: str) -> list[tuple[str, str, str]]:

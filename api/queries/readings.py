@@ -6,6 +6,7 @@ every value is a parameter.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -123,17 +124,56 @@ async def rollup_columns(conn: AsyncConnection, table: str) -> frozenset[str]:
 
 
 async def rollup_boundary(conn: AsyncConnection, rollup: MinuteRollup, bucket: timedelta, timezone: str
-                          ) -> datetime | None:
-    """Start of the first bucket the rollup may not fully hold yet (None: the rollup was never built).
+                          ) -> tuple[datetime, datetime] | None:
+    """(watermark, boundary) of a 5-minute rollup, None when it was never built.
 
-    The watermark is a commit time; readings arrive a little after their device time, so the boundary
-    keeps one rollup bucket of margin and is aligned to the requested bucket, so that no bucket is split
-    between rollup and raw readings."""
+    Every row stored up to the watermark (a ``stored_at`` time) is in the rollup. The boundary starts the
+    live edge, read raw as a whole: one rollup bucket before the watermark (device clocks run a little
+    behind their writes), aligned to the requested bucket so that the edge splits no bucket."""
     cur = await conn.execute(
-        "SELECT time_bucket(%s, watermark - %s, %s) FROM maintenance_watermarks WHERE name = %s",
+        "SELECT watermark, time_bucket(%s, watermark - %s, %s) FROM maintenance_watermarks WHERE name = %s",
         (bucket, FIVE_MINUTES, timezone, rollup.watermark_name))
     row = await cur.fetchone()
-    return row[0] if row else None
+    return (row[0], row[1]) if row else None
+
+
+async def unrolled_buckets(conn: AsyncConnection, table: str, device_id: str, watermark: datetime,
+                           start: datetime, end: datetime, bucket: timedelta, timezone: str) -> list[datetime]:
+    """Starts of the requested buckets in [start, end) that hold a row stored after the watermark: the
+    rollup does not have them yet. One range of the ``(device_id, stored_at)`` index (migration 0062):
+    only what the device wrote since the last pass is read, whatever the span of device time."""
+    cur = await conn.execute(
+        sql.SQL("SELECT DISTINCT time_bucket(%(bucket)s, ts, %(tz)s) FROM {}"
+                " WHERE device_id = %(device_id)s AND stored_at > %(watermark)s AND ts >= %(start)s AND ts < %(end)s"
+                " ORDER BY 1").format(sql.Identifier(table)),
+        {"bucket": bucket, "tz": timezone, "device_id": device_id, "watermark": watermark, "start": start,
+         "end": end})
+    return [r[0] for r in await cur.fetchall()]
+
+
+async def bucketed_history_in(conn: AsyncConnection, metric: Metric, device_id: str,
+                              ranges: Sequence[tuple[datetime, datetime]], bucket: timedelta, aggregate: str,
+                              timezone: str, data_kind: str | None) -> list[dict[str, Any]]:
+    """``bucketed_history`` over several [start, end) ranges (sorted, disjoint) in one statement. The
+    bounds of their hull let TimescaleDB exclude the chunks outside it; the ranges select within."""
+    if not ranges:
+        return []
+    value = sql.SQL(_AGGREGATES[aggregate]).format(col=_value_expr(metric))
+    within = sql.SQL(" OR ").join(
+        sql.SQL("(ts >= {} AND ts < {})").format(sql.Placeholder(f"a{i}"), sql.Placeholder(f"b{i}"))
+        for i in range(len(ranges)))
+    bounds = {f"{k}{i}": v for i, (a, b) in enumerate(ranges) for k, v in (("a", a), ("b", b))}
+    query = sql.SQL(
+        "SELECT time_bucket(%(bucket)s, ts, %(tz)s) AS ts, ({value})::double precision AS value,"
+        "       count({col})::int AS count"
+        " FROM {table} WHERE device_id = %(device_id)s AND ts >= %(start)s AND ts < %(end)s AND ({within}){filters}"
+        " GROUP BY 1 ORDER BY 1").format(
+            value=value, col=sql.Identifier(metric.name), table=sql.Identifier(metric.table), within=within,
+            filters=_filters(metric))
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(query, {"bucket": bucket, "tz": timezone, "device_id": device_id, "start": ranges[0][0],
+                              "end": ranges[-1][1], "data_kind": data_kind or "rtd", **bounds})
+    return await cur.fetchall()
 
 
 _REAGGREGATE = {
@@ -150,7 +190,7 @@ async def minute_rollup_history(conn: AsyncConnection, rollup: MinuteRollup, dev
     value = sql.SQL(_REAGGREGATE[rollup.aggregate]).format(col=sql.Identifier(rollup.column))
     query = sql.SQL(
         "SELECT time_bucket(%(bucket)s, bucket, %(tz)s) AS ts, ({value})::double precision AS value,"
-        "       sum(n) FILTER (WHERE {col} IS NOT NULL)::int AS count"
+        "       coalesce(sum(n) FILTER (WHERE {col} IS NOT NULL), 0)::int AS count"
         " FROM {table} WHERE device_id = %(device_id)s AND bucket >= %(start)s AND bucket < %(end)s"
         " GROUP BY 1 ORDER BY 1").format(
             value=value, col=sql.Identifier(rollup.column), table=sql.Identifier(rollup.table))

@@ -2,7 +2,9 @@
 
 Thin: validates, then calls ``processors.compliance`` (which holds the SQL and the checks, shared with
 ``sanitel report emissions``). That code is blocking, so it runs in a worker thread on the request's pooled
-connection (``api.blocking``), with the report's CSV and chart rendering.
+connection (``api.blocking``), with the report's CSV and chart rendering. Neither route gives a verdict on
+averages that lag the readings: the report marks such a line ``pending`` with the reason, the averages list
+names its device under ``behind``.
 """
 
 from __future__ import annotations
@@ -51,7 +53,10 @@ async def plant_compliance(plant_id: PlantId, day: Day, conn: Db, _: Viewer, lin
     return JSONResponse(report)
 
 
-@router.get("/{plant_id}/averages", summary="Stored CEMS averages of a plant's local day")
+@router.get("/{plant_id}/averages", summary="Stored CEMS averages of a plant's local day",
+            description="The averages the scheduled processor stored. `behind` lists the devices with readings "
+                        "that those averages do not reflect yet (stored after they were computed), with the "
+                        "reason: until the next pass, a missing or invalid period there is not final.")
 async def plant_averages(plant_id: PlantId, day: Day, conn: Db, _: Viewer, line: Line = None,
                          period: Annotated[list[Literal["10min", "30min", "1h", "1d"]] | None, Query()] = None,
                          pollutant: Annotated[str | None, Query(pattern=r"^[a-z0-9]{1,8}$")] = None,
@@ -64,4 +69,7 @@ async def plant_averages(plant_id: PlantId, day: Day, conn: Db, _: Viewer, line:
         rows = [r for r in rows if r["pollutant"] == pollutant]
     for r in rows:
         r["period_start"], r["period_end"] = r["period_start"].isoformat(), r["period_end"].isoformat()
-    return {"plant_id": plant_id, "day": day.isoformat(), "timezone": tz, "items": rows}
+    # stored averages that lag the readings say so: these devices have readings they do not reflect yet
+    late = await run_blocking(conn, compliance.averages_behind, plant_id, start, end, line)
+    behind = [{"device_id": device_id, **compliance.behind_summary(b, tz)} for device_id, b in sorted(late.items())]
+    return {"plant_id": plant_id, "day": day.isoformat(), "timezone": tz, "items": rows, "behind": behind}
