@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from sanitel.api.app import create_app
 from sanitel.broker_auth import BrokerAuthFiles, verify_password
 from sanitel.db import one_row
+from sanitel.heartbeats import STAGES, record_pass
 from sanitel.servers import MosquittoServer, free_port
 from sanitel.settings import load_settings
 from tests.support.api_helpers import DAY_START, NOW, api_settings, assert_error, auth, mint_key, seed
@@ -110,7 +111,7 @@ def test_database_down_is_503_not_500(tmp_path: Path, viewer: dict[str, str]) ->
         assert_error(c.get("/sites", headers=viewer), 503, "database_unavailable")
         health = c.get("/health")
         assert health.status_code == 503
-        assert health.json()["checks"]["database"]["status"] == "down"
+        assert health.json() == {"status": "down"}  # anonymous: the status only
 
 
 # --- sites and devices --------------------------------------------------------------------------------
@@ -205,7 +206,60 @@ def test_registration_rewrites_broker_files_when_auth_is_on(seeded_db: str, tmp_
         password = c.post("/devices", json={"device_id": "CAM-9", "kind": "camera"}, headers=admin).json()
     line = files.password_file.read_text().strip()
     assert line.startswith("CAM-9:$7$") and verify_password(password["credentials"]["password"], line[6:])
-    assert "pattern write sanitation/shenzhen/+/%u/+" in files.acl_file.read_text()
+    acl = files.acl_file.read_text()
+    assert "user CAM-9\ntopic write sanitation/shenzhen/camera/CAM-9/telemetry\n" in acl and "pattern" not in acl
+
+
+def test_gateway_registry_devices_credentials_and_removal(seeded_db: str, tmp_path: Path) -> None:
+    files = BrokerAuthFiles(tmp_path / "passwd", tmp_path / "acl")
+    files.password_file.write_text("")  # auth on
+    admin, viewer = auth(mint_key(seeded_db, "admin")), auth(mint_key(seeded_db, "viewer"))
+    body = {"gateway_id": "GW-1", "name": "bins", "site_id": "sp-1", "devices": ["BIN-1", "CAM-1"]}
+    with TestClient(create_app(api_settings(seeded_db, tmp_path), broker_auth=files)) as c:
+        assert_error(c.post("/gateways", json=body, headers=viewer), 403, "forbidden")
+        error = assert_error(c.post("/gateways", json=body | {"devices": ["BIN-1", "NOPE", "GONE"]}, headers=admin),
+                             422, "validation_error", "body.devices")
+        assert "'NOPE'" in error["message"] and "'GONE'" in error["message"] and "BIN-1" not in error["message"]
+        assert_error(c.post("/gateways", json=body | {"site_id": "nowhere"}, headers=admin), 422,
+                     "validation_error", "body.site_id")
+        created = c.post("/gateways", json=body, headers=admin)
+        assert created.status_code == 201, created.text
+        creds = created.json()["credentials"]
+        assert created.json()["gateway"] | {"registered_at": None} == {
+            "gateway_id": "GW-1", "name": "bins", "site_id": "sp-1", "registered_at": None, "has_credentials": True,
+            "devices": ["BIN-1", "CAM-1"]}
+        assert creds["username"] == "GW-1" and creds["topic_prefix"] == "sanitation/shenzhen/gateway/GW-1/"
+        assert verify_password(creds["password"], dict(line.split(":", 1) for line in
+                                                       files.password_file.read_text().splitlines())["GW-1"])
+        assert "user GW-1\ntopic write sanitation/shenzhen/gateway/GW-1/batch\n" in files.acl_file.read_text()
+        assert_error(c.post("/gateways", json=body, headers=admin), 409, "conflict")
+
+        assert c.get("/devices/BIN-1", headers=viewer).json()["gateway_id"] == "GW-1"
+        assert [g["gateway_id"] for g in c.get("/gateways", headers=viewer).json()["items"]] == ["GW-1"]
+        replaced = c.put("/gateways/GW-1/devices", json={"devices": ["CAM-1", "TS-1", "TS-1"]}, headers=admin)
+        assert replaced.status_code == 200 and replaced.json()["devices"] == ["CAM-1", "TS-1"]
+        assert c.get("/gateways/GW-1", headers=viewer).json()["devices"] == ["CAM-1", "TS-1"]
+        assert c.get("/devices/BIN-1", headers=viewer).json()["gateway_id"] is None
+        assert_error(c.put("/gateways/GW-1/devices", json={"devices": ["NOPE"]}, headers=admin), 422,
+                     "validation_error", "body.devices")
+        assert_error(c.put("/gateways/GW-9/devices", json={"devices": []}, headers=admin), 404, "not_found")
+
+        # a device registered behind the gateway; an unknown gateway is named
+        behind = c.post("/devices", json={"device_id": "BIN-8", "kind": "bin", "gateway_id": "GW-1"}, headers=admin)
+        assert behind.status_code == 201 and behind.json()["device"]["gateway_id"] == "GW-1"
+        assert_error(c.post("/devices", json={"device_id": "BIN-9", "kind": "bin", "gateway_id": "GW-9"},
+                            headers=admin), 422, "validation_error", "body.gateway_id")
+
+        rotated = c.post("/gateways/GW-1/credentials", headers=admin).json()
+        stored = dict(line.split(":", 1) for line in files.password_file.read_text().splitlines())["GW-1"]
+        assert verify_password(rotated["password"], stored) and not verify_password(creds["password"], stored)
+        assert_error(c.post("/gateways/GW-9/credentials", headers=admin), 404, "not_found")
+
+        assert c.delete("/gateways/GW-1", headers=admin).status_code == 204
+        assert_error(c.get("/gateways/GW-1", headers=viewer), 404, "not_found")
+        assert_error(c.delete("/gateways/GW-1", headers=admin), 404, "not_found")
+        assert c.get("/devices/CAM-1", headers=viewer).json()["gateway_id"] is None  # the devices stay
+        assert "GW-1" not in files.password_file.read_text() and "GW-1" not in files.acl_file.read_text()
 
 
 # --- readings -----------------------------------------------------------------------------------------
@@ -337,15 +391,36 @@ def test_daily_summary_per_district_json_and_csv(client: TestClient, viewer: dic
 
 # --- health and metrics -------------------------------------------------------------------------------
 
+class FakeClock:
+    """Monotonic seconds that move only when a test says so (the caches of /health and of verified keys)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.mark.clock
 def test_health_reports_database_broker_lag_spool_and_dead_letters(seeded_db: str, tmp_path: Path,
-                                                                  mqtt_server: MosquittoServer) -> None:
+                                                                  mqtt_server: MosquittoServer,
+                                                                  viewer: dict[str, str]) -> None:
     settings = api_settings(seeded_db, tmp_path, mqtt_url=mqtt_server.url)
-    with TestClient(create_app(settings)) as c:
+    clock = FakeClock()
+    with psycopg.connect(seeded_db, autocommit=True) as conn:  # every background stage passed 10 s before NOW
+        for stage, interval in zip(STAGES, (30.0, 60.0, 5.0), strict=True):
+            record_pass(conn, stage, f"{stage}-1", interval_s=interval, at=NOW - timedelta(seconds=10),
+                        started_at=NOW - timedelta(hours=1))
+    with TestClient(create_app(settings, clock=clock)) as c:
         with time_machine.travel(NOW, tick=False):  # the lag is measured on this process's clock
-            health = c.get("/health").json()
+            health = c.get("/health", headers=viewer).json()
         assert health["status"] == "ok", health
+        assert health["problems"] == []
         checks = health["checks"]
+        assert checks["processor"]["data"] == {"last_pass_at": (NOW - timedelta(seconds=10)).isoformat(),
+                                               "lag_s": 10.0, "interval_s": 60.0, "overdue_after_s": 180.0,
+                                               "instances": 1, "stopped_instances": 0}
+        assert checks["evaluator"]["detail"] == "the alert evaluator last passed 10 s ago (every 5 s)"
         assert checks["database"]["data"]["license"] == "apache"
         assert checks["broker"]["status"] == "ok" and "accepted" in checks["broker"]["detail"]
         assert checks["collector_lag"]["data"]["lag_s"] == 10.0  # SW-1 was last heard 10 s before NOW
@@ -360,30 +435,33 @@ def test_health_reports_database_broker_lag_spool_and_dead_letters(seeded_db: st
                          "last_received_at) VALUES ('h1', 1, 'x', now(), now())")
             conn.execute("INSERT INTO dead_letters (received_at, topic, reason_code, reason, message_key, "
                          "payload_sha256) VALUES (now(), 't', 'invalid_json', 'bad', 'k1', 'h1')")
-        health = c.get("/health").json()
+        assert c.get("/health", headers=viewer).json()["status"] == "ok"  # checks run at most every few seconds
+        clock.now += 10
+        health = c.get("/health", headers=viewer).json()
         assert health["status"] == "degraded"
-        assert health["checks"]["spool"]["data"] == {"files": 1, "bytes": 1234, "folder": str(spool),
-                                                     "max_bytes": settings.spool_max_bytes, "full": False,
-                                                     "quarantined_records": 0}
+        assert any(p.startswith("spool: 1234 bytes in 1 segment(s)") for p in health["problems"]), health["problems"]
+        assert health["checks"]["spool"]["data"] == {"files": 1, "bytes": 1234, "max_bytes": settings.spool_max_bytes,
+                                                     "full": False, "quarantined_records": 0}
         assert health["checks"]["dead_letters"]["data"]["last_hour"] == 1
 
-        text = c.get("/metrics").text
+        text = c.get("/metrics", headers=viewer).text
         assert "sanitel_api_spool_backlog_bytes 1234.0" in text
-        assert 'sanitel_api_requests_total{method="GET",route="/health",status="200"} 2.0' in text
+        assert 'sanitel_api_requests_total{method="GET",route="/health",status_class="2xx"} 3.0' in text
 
 
-def test_health_says_when_the_broker_is_down(client: TestClient) -> None:
-    health = client.get("/health")
+def test_health_says_when_the_broker_is_down(client: TestClient, viewer: dict[str, str]) -> None:
+    health = client.get("/health", headers=viewer)
     assert health.status_code == 200  # the API still serves data without a broker
     assert health.json()["checks"]["broker"]["status"] == "down"
     assert health.json()["status"] == "degraded"
+    assert client.get("/health").json() == {"status": "degraded"}  # without a key: the status only
 
 
 def test_metrics_count_requests_by_route_template(client: TestClient, viewer: dict[str, str]) -> None:
     client.get("/devices/SW-1", headers=viewer)
     client.get("/devices/SW-2", headers=viewer)
-    text = client.get("/metrics").text
-    assert 'sanitel_api_requests_total{method="GET",route="/devices/{device_id}",status="200"} 2.0' in text
+    text = client.get("/metrics", headers=viewer).text
+    assert 'sanitel_api_requests_total{method="GET",route="/devices/{device_id}",status_class="2xx"} 2.0' in text
     assert "SW-1" not in text
 
 
@@ -441,7 +519,43 @@ def test_devices_cli_registers_and_writes_broker_files(seeded_db: str, tmp_path:
     lines = dict(line.split(":", 1) for line in files.password_file.read_text().splitlines())
     assert set(lines) == {"CEMS-1", "sanitel-collector"} and verify_password(password, lines["CEMS-1"])
     acl = files.acl_file.read_text()
-    assert "user sanitel-collector\ntopic read sanitation/#" in acl
+    assert "user sanitel-collector\ntopic read sanitation/shenzhen/#\n" in acl
+
+
+def test_gateways_cli_register_devices_list_credentials_remove(seeded_db: str, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from sanitel.cli import main
+
+    monkeypatch.setenv("SANITEL_DATABASE_URL", seeded_db)
+    monkeypatch.setenv("SANITEL_DATA_DIR", str(tmp_path))
+    files = BrokerAuthFiles.for_data_dir(tmp_path)
+    assert main(["devices", "broker-files"]) == 0  # auth on
+    assert main(["gateways", "register", "GW-1", "--device", "BIN-1", "--device", "NOPE"]) == 2
+    assert "NOPE" in capsys.readouterr().err
+    assert main(["gateways", "register", "SW-1", "--device", "BIN-1"]) == 2  # a device's id
+    assert main(["gateways", "register", "GW-1", "--device", "BIN-1", "--site", "sp-1", "--name", "bins"]) == 0
+    out = capsys.readouterr().out
+    password = re.findall(r"password: (\S+)", out)[-1]
+    assert "publish under: sanitation/shenzhen/gateway/GW-1/" in out
+    lines = dict(line.split(":", 1) for line in files.password_file.read_text().splitlines())
+    assert verify_password(password, lines["GW-1"])
+    assert main(["devices", "register", "GW-1", "--kind", "bin"]) == 2  # a gateway's id
+    assert main(["devices", "register", "BIN-5", "--kind", "bin", "--gateway", "GW-1"]) == 0
+
+    assert main(["gateways", "devices", "GW-1", "--add", "CAM-1", "--remove", "BIN-1"]) == 0
+    assert "behind GW-1: BIN-5, CAM-1" in capsys.readouterr().out
+    assert main(["gateways", "devices", "GW-1", "--remove", "SW-1"]) == 2  # not behind it: nothing changes
+    assert main(["gateways", "list"]) == 0
+    assert re.search(r"GW-1\s+sp-1\s+yes\s+BIN-5, CAM-1", capsys.readouterr().out)
+
+    assert main(["gateways", "credentials", "GW-1"]) == 0
+    rotated = re.findall(r"password: (\S+)", capsys.readouterr().out)[-1]
+    lines = dict(line.split(":", 1) for line in files.password_file.read_text().splitlines())
+    assert verify_password(rotated, lines["GW-1"]) and not verify_password(password, lines["GW-1"])
+    assert main(["gateways", "remove", "GW-1"]) == 0
+    assert main(["gateways", "remove", "GW-1"]) == 2
+    assert "GW-1" not in files.password_file.read_text()
 
 
 def test_cems_history_is_served_from_the_averages_rollup_where_it_exists(client: TestClient, seeded_db: str,
