@@ -265,22 +265,16 @@ class Evaluator:
         """One firing ``rule_quarantined`` alert per quarantined rule; resolved once the rule is back."""
         problems = dict(self.ruleset.problems)
         problems.update({rule_id: f"failed while evaluated: {f.error}" for rule_id, f in self.quarantine.failures.items()})
-        standing = {a.subject: a for a in open_alerts(self.conn, QUARANTINE_RULE.id)}
+        candidates = []
         for key, problem in sorted(problems.items()):
             subject = Subject(subject_key("rule", key), None, None, None)
             labels = {"rule": key, **QUARANTINE_RULE.labels, "rule_id": QUARANTINE_RULE.id,
                       "severity": QUARANTINE_RULE.severity}
             first_line = problem.strip().splitlines()[0] if problem.strip() else "?"
             summary = render_summary(QUARANTINE_RULE, {"rule": key, "problem": first_line})[:500]
-            candidate = Candidate(QUARANTINE_RULE, subject, fingerprint(QUARANTINE_RULE.id, subject.key), labels, None,
-                                  Episode(ctx.now, ctx.now, None, None, None, None), summary)
-            alert = standing.pop(subject.key, None)
-            if alert is None:
-                ctx.lifecycle.open(candidate)
-            else:
-                ctx.lifecycle.update(alert, candidate)
-        for alert in standing.values():
-            ctx.lifecycle.resolve(alert, ctx.now, reason="the rule validates and evaluates again")
+            candidates.append(Candidate(QUARANTINE_RULE, subject, fingerprint(QUARANTINE_RULE.id, subject.key), labels,
+                                        None, Episode(ctx.now, ctx.now, None, None, None, None), summary))
+        self._reconcile_builtin(ctx, QUARANTINE_RULE, candidates, resolved="the rule validates and evaluates again")
 
     def _stage_alerts(self, ctx: _Pass) -> None:
         """One firing ``stage_overdue`` alert per watched stage that is overdue or missing; resolved when it
@@ -289,27 +283,17 @@ class Evaluator:
         if factor is None:
             return
         rule = STAGE_OVERDUE_RULE
-        standing = {a.subject: a for a in open_alerts(self.conn, rule.id)}
+        candidates = []
         for state in judge_stages(read_heartbeats(self.conn), ctx.now, overdue_factor=factor):
-            if state.stage not in WATCHED_STAGES:
+            if state.stage not in WATCHED_STAGES or state.status == "ok":
                 continue
             key = subject_key("stage", state.stage)
-            alert = standing.pop(key, None)
-            if state.status == "ok":
-                if alert is not None:
-                    ctx.lifecycle.resolve(alert, ctx.now, reason=f"the {state.name} reports again")
-                continue
             labels = {"stage": state.stage, **rule.labels, "rule_id": rule.id, "severity": rule.severity}
             limits = Limits(state.overdue_after_s, None) if state.overdue_after_s is not None else None
-            candidate = Candidate(rule, Subject(key, None, None, None), fingerprint(rule.id, key), labels, limits,
-                                  Episode(ctx.now, ctx.now, None, None, None, state.lag_s),
-                                  render_summary(rule, {"detail": state.detail})[:500])
-            if alert is None:
-                ctx.lifecycle.open(candidate)
-            else:
-                ctx.lifecycle.update(alert, candidate)
-        for alert in standing.values():  # a stage no longer watched
-            ctx.lifecycle.resolve(alert, ctx.now, reason="the stage is not watched any more")
+            candidates.append(Candidate(rule, Subject(key, None, None, None), fingerprint(rule.id, key), labels, limits,
+                                        Episode(ctx.now, ctx.now, None, None, None, state.lag_s),
+                                        render_summary(rule, {"detail": state.detail})[:500]))
+        self._reconcile_builtin(ctx, rule, candidates, resolved="the stage reports again (or is not watched any more)")
 
     def _averages_behind(self, ctx: _Pass) -> dict[str, queries.AveragesBehind]:
         """The CEMS devices under an enabled averages rule whose readings are newer than their averages."""
@@ -325,7 +309,7 @@ class Evaluator:
         ``averages_behind_after`` (write times, the database's clock); resolved once its averages caught up."""
         rule = AVERAGES_BEHIND_RULE
         waited = ctx.upto - self.config.averages_behind_after
-        standing = {a.subject: a for a in open_alerts(self.conn, rule.id)}
+        candidates = []
         for device_id, late in sorted(ctx.averages_behind.items()):
             if late.oldest_stored >= waited:
                 continue  # as fresh as a processor on schedule leaves them
@@ -333,16 +317,22 @@ class Evaluator:
             labels = _labels(ctx, rule, subject)
             context = {**labels, "readings": late.readings, "first_ts": late.first_ts.isoformat(),
                        "last_ts": late.last_ts.isoformat()}
-            candidate = Candidate(rule, subject, fingerprint(rule.id, subject.key), labels, None,
-                                  Episode(ctx.now, ctx.now, None, None, None, float(late.readings)),
-                                  render_summary(rule, context)[:500])
-            alert = standing.pop(subject.key, None)
+            candidates.append(Candidate(rule, subject, fingerprint(rule.id, subject.key), labels, None,
+                                        Episode(ctx.now, ctx.now, None, None, None, float(late.readings)),
+                                        render_summary(rule, context)[:500]))
+        self._reconcile_builtin(ctx, rule, candidates, resolved="the averages caught up with the readings")
+
+    def _reconcile_builtin(self, ctx: _Pass, rule: BuiltinRule, firing: Sequence[Candidate], *, resolved: str) -> None:
+        """A built-in rule's alerts: open or update one per firing candidate, resolve the others of that rule."""
+        standing = {a.subject: a for a in open_alerts(self.conn, rule.id)}
+        for candidate in firing:
+            alert = standing.pop(candidate.subject.key, None)
             if alert is None:
                 ctx.lifecycle.open(candidate)
             else:
                 ctx.lifecycle.update(alert, candidate)
         for alert in standing.values():
-            ctx.lifecycle.resolve(alert, ctx.now, reason="the averages caught up with the readings")
+            ctx.lifecycle.resolve(alert, ctx.now, reason=resolved)
 
     # --- housekeeping -------------------------------------------------------------------------
     def _retire_removed_rules(self, ctx: _Pass) -> None:
