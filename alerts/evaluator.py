@@ -315,8 +315,9 @@ class Evaluator:
                 continue  # as fresh as a processor on schedule leaves them
             subject = ctx.registry.subject(subject_key("device", device_id), "cems")
             labels = _labels(ctx, rule, subject)
-            context = {**labels, "readings": late.readings, "first_ts": late.first_ts.isoformat(),
-                       "last_ts": late.last_ts.isoformat()}
+            # in UTC, whatever the session's time zone: alert texts read the same from every host
+            context = {**labels, "readings": late.readings, "first_ts": late.first_ts.astimezone(UTC).isoformat(),
+                       "last_ts": late.last_ts.astimezone(UTC).isoformat()}
             candidates.append(Candidate(rule, subject, fingerprint(rule.id, subject.key), labels, None,
                                         Episode(ctx.now, ctx.now, None, None, None, float(late.readings)),
                                         render_summary(rule, context)[:500]))
