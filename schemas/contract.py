@@ -76,9 +76,13 @@ def asyncapi() -> dict[str, Any]:
                                  "parameters": {"city": params["city"], "gateway_id": {"description": ID_PATTERN}},
                                  "messages": {"GatewayBatch": {"$ref": "#/components/messages/GatewayBatch"}}}
     operations["publish_gateway_batch"] = {"action": "send", "channel": {"$ref": "#/channels/gateway_batch"},
-                                           "summary": "A gateway publishes a batch at QoS 1.",
+                                           "summary": "A registered gateway publishes a batch at QoS 1.",
                                            "description": REJECTIONS_DOC + " One bad reading is rejected with its "
-                                                                           "index; the others land."}
+                                                                           "index; the others land. Only readings of "
+                                                                           "devices registered behind this gateway "
+                                                                           "land; any other is dead-lettered "
+                                                                           "not_behind_gateway, and a batch never "
+                                                                           "registers a device."}
     channels["cems_hj212"] = {"address": "sanitation/{city}/cems/{mn}/hj212",
                               "parameters": {"city": params["city"], "mn": {"description": "HJ 212 MN (station id)"}},
                               "messages": {"Hj212Frame": {"$ref": "#/components/messages/Hj212Frame"}}}
@@ -86,7 +90,11 @@ def asyncapi() -> dict[str, Any]:
                               "summary": "A raw HJ 212-2017 frame: ##, 4-digit length, data segment, CRC, CRLF.",
                               "payload": {"type": "string"}}
     operations["publish_cems_hj212"] = {"action": "send", "channel": {"$ref": "#/channels/cems_hj212"},
-                                        "summary": "A CEMS data acquisition unit publishes raw HJ 212 frames."}
+                                        "summary": "A CEMS data acquisition unit publishes raw HJ 212 frames.",
+                                        "description": "PW must match the MN's registered HJ 212 password "
+                                                       "(hj212_wrong_password); an MN without one is refused "
+                                                       "(hj212_no_password) unless SANITEL_HJ212_REQUIRE_PASSWORD "
+                                                       "is off."}
     channels["alerts"] = {"address": "sanitation/{city}/alerts/{severity}",
                           "parameters": {"city": params["city"], "severity": {"enum": list(SEVERITIES)}},
                           "messages": {"Alert": {"$ref": "#/components/messages/Alert"}}}
