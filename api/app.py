@@ -24,6 +24,7 @@ from sanitel.api.routes import (
     emissions,
     gateways,
     health,
+    marks,
     readings,
     reports,
     rules,
@@ -51,8 +52,9 @@ Telemetry, alerts and reports for city sanitation fleets and facilities.
 except `/health`, which without a key says only `{"status": "ok"|"degraded"|"down"}` (its checks need a
 key), and the docs. `/metrics` needs a viewer key (or is served without one on `api_metrics_port`).
 Keys are created with `sanitel keys create`. Roles: *viewer* reads; *supervisor* also acknowledges, assigns
-and silences alerts; *admin* also registers devices and gateways and changes rules and webhooks. A missing
-or invalid key is 401, a key with too low a role 403. The key is checked before a request body is read:
+and silences alerts and sets and corrects furnace operating-state marks; *admin* also registers devices and
+gateways and changes rules and webhooks. A missing or invalid key is 401, a key with too low a role 403.
+The key is checked before a request body is read:
 a POST, PUT, PATCH or DELETE without a valid key is 401 whatever its body. A revoked key stops working at
 once, and an open alert stream whose key is revoked ends within seconds (`event: revoked`).
 
@@ -122,6 +124,6 @@ def create_app(settings: Settings | None = None, *, broker_auth: BrokerAuthFiles
     app.add_middleware(GuardMiddleware, max_body_bytes=settings.api_max_body_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     for module in (sites, devices, gateways, readings, deposits, alerts, silences, webhooks, rules, reports, emissions,
-                   health):
+                   marks, health):
         app.include_router(module.router)
     return app

@@ -19,6 +19,7 @@ STAGE_CLIS: tuple[str, ...] = (
     "sanitel.api.cli",
     "sanitel.processors.cli",
     "sanitel.processors.report_cli",
+    "sanitel.processors.marks_cli",
 )
 
 
