@@ -1,57 +1,109 @@
 """Emission averages per stack line: 10-minute (CO), half-hourly, hourly and daily, of concentrations
-normalised to 11 % O2 dry, stored in the ``cems_averages`` hypertable (migration 0020).
+normalised to 11 % O2 dry, stored in the ``cems_averages`` hypertable (migrations 0020, 0080).
 
-What counts (standards.md §1–2):
-- A reading counts only if its pollutant flag is N (and S where the operator allows manual entries:
-  ``AveragingRules.counted_flags``); a missing flag (JSON readings) counts as N. Any other flag
-  discards it with reason ``flag_<X>`` (T — over the analyser's range — is discarded too, and is
-  reported separately because the true value is unknown and probably high).
-- The value is the analyser's normalised value (``*_zs_mg_m3``) when sent, else it is computed from the
-  measured value and O2 (dried with H2O first when ``gas_is_dry`` is false). When O2 is needed or
-  known, it must itself be flagged valid, and above the O2 guard (processors/cems_normalise.py) the
-  reading is discarded as ``o2_guard`` instead of becoming a false exceedance.
-- Base data: real-time rows (CN 2011) when the window has any, else minute rows (CN 2051): a DAU
-  sends both for the same time and counting both would double count. Hour and day rows a DAU sends
-  are stored but not averaged again: we compute our own.
+Sources: 2010/75/EU Annex VI Part 8 (validity, discards), HJ 212-2017 (data flags), HJ 75-2017 (hourly and
+daily validity; unverified, quoted from memory, not in standards.md), the MEE rules for marking automatic-
+monitoring data of municipal-waste incineration power plants (announcement 2019 No. 50; the marks themselves
+are processors/cems_marks.py). Choices of this project are marked "(project choice)".
 
-Validity (editable defaults in ``AveragingRules``):
-- Sub-day periods are valid when valid readings cover enough of the period. The time a reading
-  covers is the base data's nominal interval (the median gap between readings in the window), so a
-  silent DAU is an uncovered period, not a short valid one. Coverage needed: 10-min and half-hour
-  2/3 of the period — the EU directive sets no figure; 2/3 (20 of 30 minutes) is this project's
-  choice, the same share HJ 75 uses for the hour — and 1-hour 45 minutes, from HJ 75-2017's rule
-  that a valid hourly mean needs ≥ 45 minutes of valid data (unverified: quoted from memory of
-  HJ 75-2017, not in standards.md).
-- EU daily (2010/75/EU Annex VI Part 8): the mean of the valid half-hourly averages; valid only if no
-  more than 5 half-hours that day were discarded (invalid or missing; half-hours when the line was
-  not operating are outside the effective operating time and do not count).
-- GB 24-hour (GB 18485-2014 with HJ 75-2017): the mean of the valid hourly averages; valid when at
-  least 20 hourly averages are valid (unverified, HJ 75-2017 as above).
-- A period whose readings are mostly ``o2_guard`` is ``not_operating`` (start-up, shut-down, idle);
-  a period with no reading at all is ``missing``; a period not yet over is ``in_progress``.
+What one reading counts for, per pollutant (the first rule that applies decides):
+1. Marks (announcement 2019 No. 50; ``cems_marks.effective_marks``: the plant's stored marks and the data
+   unit's): a reading under a furnace mark (bake_out, start_up, shut_down, shut, fault, accident) is discarded
+   as ``marked_<mark>`` — the line is not in normal operation; under a monitoring-system mark as ``<mark>``
+   (``cms_maintenance``, ``cms_calibration``, ``cms_fault``, ``cms_outage``). A furnace mark wins.
+2. The pollutant's HJ 212-2017 flag: N counts (and S where the operator allows manual values:
+   ``AveragingRules.counted_flags``); a missing flag (JSON readings) counts as N. T (above the analyser's
+   range) counts as a lower bound, see 5. Any other flag discards as ``flag_<X>``: F (停运, the source is
+   stopped) as not operating; M, C, D, B (maintenance, calibration, fault, analyser–DAU communication fault),
+   S where not allowed and unknown flags as the measuring system's.
+3. Moisture: a wet-basis reading (``gas_is_dry`` false) whose ``h2o_flag`` does not count is discarded as
+   ``h2o_flag_<X>`` before any wet→dry correction — also when the analyser sent its own normalised value, which
+   it dried with the same moisture reading (project choice).
+4. O2: the analyser's normalised value (``*_zs_mg_m3``) is used when sent, but not while the O2 analyser is
+   flagged not valid (``o2_flag_<X>``: normalised with calibration gas, not flue gas) nor above the O2 guard
+   (``o2_guard``). A normalised value with no O2 at all (neither value nor flag) counts: the analyser normalised
+   it with the O2 it had and we have nothing better (project choice). Otherwise the value is computed from the
+   measured value and O2 (dried with H2O first when ``gas_is_dry`` is false): ``no_o2``, ``o2_flag_<X>``, and
+   from processors/cems_normalise.py ``o2_guard``, ``bad_o2``, ``no_h2o``, ``bad_h2o``.
+5. Flag T: the true value is at least the top of the analyser's range, so the value used is max(measured,
+   range), normalised like any value (an analyser-normalised value is scaled by the same used/measured ratio;
+   a T reading with a normalised value only keeps it). A gross excursion is then an exceedance, not an
+   "invalid" period (project choice; issue 13). Ranges per pollutant, in measured mg/m³: the device's
+   ``devices.metadata.analyser_range_mg_m3`` ({"so2": 500, …}) over ``AveragingRules.analyser_range_mg_m3``
+   (project defaults of common CEMS ranges, not regulatory figures). These readings are valid: a period counts
+   them as ``"over_range": n`` in its ``discarded`` jsonb, not in ``n_discarded``.
+
+Base data: every real-time row (CN 2011), and each minute row (CN 2051) whose minute [ts, ts + minute
+interval) holds no real-time row — a DAU sends both for the same time and counting both would double count,
+while minute data re-sent after an outage fill the hole the real-time data left. A row covers its own kind's
+nominal interval (the median gap between rows of that kind in the window), so a silent DAU is an uncovered
+period, not a short valid one; sub-day averages are means weighted by that coverage. Hour and day rows a
+DAU sends are stored but not averaged again: we compute our own.
+
+Sub-day period status (editable defaults in ``AveragingRules``; the first that applies):
+- ``valid``: valid readings cover enough of the period: 10-min and half-hour 2/3 (the EU directive sets no
+  figure; 2/3 is a project choice, the share HJ 75 uses for the hour), hour 45 minutes (HJ 75-2017, unverified);
+- ``in_progress``: the period has not ended (no verdict yet);
+- ``marked``: its readings are mostly under a furnace mark, or it lies mostly inside one (share
+  ``not_operating_share``): outside normal operation, never judged;
+- ``missing``: no reading at all;
+- ``not_operating``: its readings are mostly ``o2_guard`` (start-up, shut-down, idle) or flag F;
+- ``invalid``.
+
+Discarded "due to malfunction or maintenance of the continuous measurement system" (Annex VI Part 8): an
+``invalid`` or ``missing`` period that would have been valid had the measuring system worked — the time the
+line spent under furnace marks, flagged F or above the O2 guard alone would not have made it invalid. The
+rest of the time that is not valid is the measuring system's: flags M, C, D, B (S where not allowed, unknown
+flags), monitoring-system marks, an O2 or moisture analyser not valid, no value or a non-finite one
+(``no_value``, ``bad_value``), and time with no data at all while the line is not marked: the data unit
+failed (project choice: without data nothing shows the line was not operating; the plant marks the line's
+state to show it). ``marked``, ``not_operating`` and periods not yet started are never discarded ones.
+
+Daily averages:
+- EU (Annex VI Part 8): the mean of the valid half-hourly averages. ``discarded`` jsonb = {"periods": {status:
+  n} of the half-hours not valid, "readings": {reason: n}, "cms_discarded": n}; ``n_discarded`` = cms_discarded.
+  Valid iff there are valid half-hours and cms_discarded ≤ 5 ("no more than five half-hourly average values in
+  any day shall be discarded due to malfunction or maintenance of the continuous measurement system"). A day
+  not over is ``in_progress`` (no verdict on a period that has not ended, issue 18), except that it is
+  ``invalid`` as soon as more than 5 of its half-hours are discarded for certain: ``invalid`` half-hours whose
+  readings that arrived leave too little time for validity whatever else arrives (a back-fill of their silent
+  time could not save them; a ``missing`` one may still be back-filled). Half-hours not yet started are not
+  generated, so they are never missing.
+- GB 24-hour (GB 18485-2014 with HJ 75-2017): the mean of the valid hourly averages; valid when at least 20
+  hourly averages are valid (unverified, HJ 75-2017 as above); ``n_discarded`` = invalid + missing hours.
+- A past day with no valid sub-period and none discarded for the measuring system is ``marked`` or
+  ``not_operating`` (whichever more of its sub-periods are).
 
 Periods are clock-aligned in the plant's local time (``sites.timezone``, Asia/Shanghai by default):
 days run from local midnight. Any change to a day recomputes the whole day: its daily average
-depends on all its half-hours.
+depends on all its half-hours. The scheduled pass (``recompute_since``) recomputes the days touched by
+readings stored, and by marks created (a correction also re-opens the span of the mark it supersedes),
+since its watermark.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import statistics
+from bisect import bisect_left
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from itertools import pairwise
-from typing import Any, cast
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 from sanitel.db import one_row
+from sanitel.processors.cems_marks import Mark, effective_marks, mark_at
 from sanitel.processors.cems_normalise import O2_GUARD_PCT, O2_REF_PCT, NormalisationError, to_reference
 from sanitel.processors.watermarks import read_watermark, store_watermark
+
+log = logging.getLogger("sanitel.cems_averages")
 
 POLLUTANTS: tuple[str, ...] = ("dust", "so2", "nox", "co", "hcl", "hf", "toc", "nh3", "hg")
 DEFAULT_TZ = "Asia/Shanghai"
@@ -60,6 +112,17 @@ WATERMARK_NAME = "cems_averages"
 # than watermark − overlap has been averaged (compliance.py relies on this to tell "behind" from "done")
 WATERMARK_OVERLAP = timedelta(minutes=15)
 _LOCK_NAMESPACE = 0x0CE5  # advisory-lock key space of this processor
+
+OVER_RANGE_FLAG = "T"  # HJ 212-2017: above the analyser's measuring range
+# discard reasons that say the line was not in normal operation, not that the measuring system failed
+# (marked_<furnace mark> is the third); every other reason is the measuring system's (module docstring)
+NOT_OPERATING_REASONS = frozenset({"flag_F", "o2_guard"})
+MARKED_PREFIX = "marked_"
+# project defaults, mg/m³ as measured: common CEMS analyser ranges at incinerator stacks, not regulatory
+# figures; a device's own ranges go in devices.metadata.analyser_range_mg_m3
+DEFAULT_ANALYSER_RANGE_MG_M3: Mapping[str, float] = {
+    "dust": 200.0, "so2": 1000.0, "nox": 1000.0, "co": 1000.0, "hcl": 200.0, "hf": 20.0, "toc": 100.0,
+    "nh3": 50.0, "hg": 0.1}
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +148,13 @@ class AveragingRules:
         default_factory=lambda: {"10min": 2 / 3, "30min": 2 / 3, "1h": 45 / 60})
     eu_max_discarded_half_hours: int = 5  # 2010/75/EU Annex VI Part 8
     gb_min_valid_hours: int = 20  # HJ 75-2017 (unverified)
-    not_operating_share: float = 0.5  # a period with ≥ this share of o2_guard readings is "not operating"
+    # a period with ≥ this share of not-operating readings (o2_guard, flag F) is "not operating", of
+    # furnace-marked readings (or time) "marked"
+    not_operating_share: float = 0.5
     o2_ref: float = O2_REF_PCT
     o2_max: float = O2_GUARD_PCT
-    default_interval_s: float = 60.0  # nominal reading interval when a window has < 2 readings
+    default_interval_s: float = 60.0  # nominal reading interval when a window has < 2 readings of a kind
+    analyser_range_mg_m3: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_ANALYSER_RANGE_MG_M3))
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,11 +165,13 @@ class Sample:
     zs: float | None
     meas: float | None
     reason: str | None  # None = counts
+    over_range: bool = False  # flag T, counted at least at the analyser's range (module docstring, 5)
+    covers_s: float = 60.0  # the time the reading stands for: its kind's nominal interval
 
 
 @dataclass(slots=True)
 class Average:
-    """One row of cems_averages."""
+    """One row of cems_averages (the last two fields are not stored: the daily average reads them)."""
 
     pollutant: str
     period: str
@@ -117,6 +185,8 @@ class Average:
     discarded: dict[str, Any]
     covered_s: float | None
     status: str
+    cms_discarded: bool = False  # discarded for malfunction or maintenance of the measuring system
+    cms_certain: bool = False  # … from data that arrived, whatever arrives later (in-progress days)
 
     @property
     def valid(self) -> bool:
@@ -125,41 +195,85 @@ class Average:
 
 # --- one reading → one sample per pollutant ------------------------------------------------------
 
-def evaluate(row: Mapping[str, Any], pollutant: str, rules: AveragingRules) -> Sample | None:
-    """The sample of ``pollutant`` in a reading, or None when the reading does not carry it at all."""
+def evaluate(row: Mapping[str, Any], pollutant: str, rules: AveragingRules, mark: Mark | None = None, *,
+             covers_s: float | None = None) -> Sample | None:
+    """The sample of ``pollutant`` in a reading (under ``mark``, if any), or None when the reading does not
+    carry the pollutant at all."""
     meas, zs, flag = row.get(f"{pollutant}_mg_m3"), row.get(f"{pollutant}_zs_mg_m3"), row.get(f"{pollutant}_flag")
     if meas is None and zs is None and flag is None:
         return None
-    ts = row["ts"]
-    reason = _discard_reason(row, meas, zs, flag, rules)
+    ts, covers = row["ts"], rules.default_interval_s if covers_s is None else covers_s
+    # (the common case, an unmarked reading flagged N, skips the calls: this runs for every reading and pollutant)
+    reason = None if mark is None else _mark_reason(mark)
+    if reason is None and flag is not None and flag not in rules.counted_flags:
+        reason = _flag_reason(pollutant, flag, rules)
+    if reason is None and meas is None and zs is None:
+        reason = "no_value"
+    if reason is None and ((meas is not None and not math.isfinite(meas)) or (zs is not None and not math.isfinite(zs))):
+        reason = "bad_value"  # NaN or infinity (a PostgreSQL real can hold them) is not a measurement
     if reason is not None:
-        return Sample(ts, None, meas, reason)
+        return Sample(ts, None, meas, reason, covers_s=covers)
+    over = flag == OVER_RANGE_FLAG
+    if over:
+        meas, zs = at_least_range(meas, zs, rules.analyser_range_mg_m3[pollutant])
+    reason = _basis_reason(row, zs, rules)
+    if reason is not None:
+        return Sample(ts, None, meas, reason, covers_s=covers)
     if zs is None:
-        assert meas is not None  # else _discard_reason said "no_value"
+        assert meas is not None  # else "no_value" above (at_least_range keeps a measured value)
         try:
             zs = to_reference(meas, row["o2_pct"], gas_is_dry=row.get("gas_is_dry", True),
                               h2o_pct=row.get("h2o_pct"), o2_ref=rules.o2_ref, o2_max=rules.o2_max)
         except NormalisationError as exc:
-            return Sample(ts, None, meas, exc.reason)
-    return Sample(ts, zs, meas, None)
+            return Sample(ts, None, meas, exc.reason, covers_s=covers)
+    return Sample(ts, zs, meas, None, over, covers)
 
 
-def _discard_reason(row: Mapping[str, Any], meas: float | None, zs: float | None, flag: str | None,
-                    rules: AveragingRules) -> str | None:
-    if flag is not None and flag not in rules.counted_flags:
-        return f"flag_{flag}"
-    if meas is None and zs is None:
-        return "no_value"
+def _mark_reason(mark: Mark) -> str:
+    return f"{MARKED_PREFIX}{mark.mark}" if mark.furnace else mark.mark
+
+
+def _flag_reason(pollutant: str, flag: str, rules: AveragingRules) -> str | None:
+    """The discard reason of a flag that does not count, or None for a T value with a known range."""
+    if flag == OVER_RANGE_FLAG and pollutant in rules.analyser_range_mg_m3:
+        return None  # a lower bound (module docstring, 5); with no known range the value says nothing
+    return f"flag_{flag}"
+
+
+def at_least_range(meas: float | None, zs: float | None, range_mg_m3: float) -> tuple[float | None, float | None]:
+    """(measured, normalised) of a flag-T reading: the measured value raised to the analyser's range at least,
+    the analyser's normalised value scaled by the same ratio (None: normalise the measured value from O2). A
+    normalised value alone is kept: it is the analyser's own (≥ the range's, if the analyser clipped)."""
+    if meas is None:
+        return None, zs
+    used = max(meas, range_mg_m3)
+    if zs is not None and meas > 0:
+        return used, zs * used / meas
+    return used, None
+
+
+def _basis_reason(row: Mapping[str, Any], zs: float | None, rules: AveragingRules) -> str | None:
+    """Why the moisture or O2 the value rests on makes it unusable (module docstring, 3–4), or None."""
+    h2o_flag = row.get("h2o_flag")
+    if not row.get("gas_is_dry", True) and h2o_flag is not None and h2o_flag not in rules.counted_flags:
+        return f"h2o_flag_{h2o_flag}"
     o2, o2_flag = row.get("o2_pct"), row.get("o2_flag")
-    o2_trusted = o2 is not None and (o2_flag is None or o2_flag in rules.counted_flags)
+    o2_flag_bad = o2_flag is not None and o2_flag not in rules.counted_flags
     if zs is not None:
+        if o2_flag_bad:
+            return f"o2_flag_{o2_flag}"  # the analyser normalised with calibration gas, not flue gas
         # the analyser's own normalisation exploded near ambient O2 just the same
-        return "o2_guard" if o2_trusted and o2 is not None and o2 > rules.o2_max else None
+        return "o2_guard" if o2 is not None and o2 > rules.o2_max else None
     if o2 is None:
         return "no_o2"
-    if not o2_trusted:
+    if o2_flag_bad:
         return f"o2_flag_{o2_flag}"  # an O2 analyser in calibration reads calibration gas, not flue gas
     return None  # the O2 guard itself is applied by to_reference, on dry O2
+
+
+def cms_reason(reason: str) -> bool:
+    """True when a discard reason is the measuring system's (module docstring), not the line's state."""
+    return reason not in NOT_OPERATING_REASONS and not reason.startswith(MARKED_PREFIX)
 
 
 # --- clock-aligned periods in local time ---------------------------------------------------------
@@ -196,31 +310,91 @@ def nominal_interval_s(timestamps: Sequence[datetime], default: float) -> float:
     return statistics.median(gaps) if gaps else default
 
 
+Span = tuple[datetime, datetime | None]  # [start, end); None: open
+
+
+def furnace_spans(marks: Iterable[Mark]) -> list[Span]:
+    """The furnace marks' time as disjoint sorted spans (stored and DAU marks may overlap)."""
+    merged: list[Span] = []
+    for start, end in sorted(((m.start, m.end) for m in marks if m.furnace),
+                             key=lambda s: (s[0], s[1] is None, s[1] or s[0])):
+        if merged and (merged[-1][1] is None or start <= merged[-1][1]):
+            last_start, last_end = merged[-1]
+            merged[-1] = (last_start, None if last_end is None or end is None else max(last_end, end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def spans_seconds(spans: Sequence[Span], start: datetime, end: datetime) -> float:
+    """Seconds of [start, end) inside the spans."""
+    total = 0.0
+    for s, e in spans:
+        lo, hi = max(s, start), end if e is None else min(e, end)
+        if hi > lo:
+            total += (hi - lo).total_seconds()
+    return total
+
+
 # --- averaging -----------------------------------------------------------------------------------
 
+def _covered_s(samples: Iterable[Sample]) -> float:
+    """Time the samples stand for, each time stamp once."""
+    return sum({s.ts: s.covers_s for s in samples}.values())
+
+
+def _mean(values: Sequence[float], weights: Sequence[float] | None = None) -> float | None:
+    """Plain float sums, not statistics.fmean: its fsum raises on overflow, and an average must not."""
+    if not values:
+        return None
+    weights = weights if weights is not None and sum(weights) > 0 else [1.0] * len(values)
+    return sum(v * w for v, w in zip(values, weights, strict=True)) / sum(weights)
+
+
 def average_period(pollutant: str, spec: PeriodSpec, start: datetime, samples: Sequence[Sample],
-                   interval_s: float, rules: AveragingRules, now: datetime) -> Average:
-    """One sub-day average of normalised values, with counts and the validity verdict."""
+                   rules: AveragingRules, now: datetime, marked_s: float = 0.0) -> Average:
+    """One sub-day average of normalised values, with counts, the validity verdict and whether it was
+    discarded for the measuring system; ``marked_s``: seconds of the period under furnace marks."""
     end = start + spec.length
     valid = [s for s in samples if s.reason is None]
-    discarded = Counter(s.reason for s in samples if s.reason is not None)
+    discards = [s for s in samples if s.reason is not None]
+    reasons = Counter(s.reason for s in discards if s.reason is not None)
     length_s = spec.length.total_seconds()
-    covered = min(length_s, len({s.ts for s in valid}) * interval_s)
-    meas = [s.meas for s in valid if s.meas is not None]
-    if covered >= rules.min_coverage[spec.name] * length_s:
-        status = "valid"
-    elif end > now:
-        status = "in_progress"
-    elif not samples:
-        status = "missing"
-    elif discarded.get("o2_guard", 0) >= rules.not_operating_share * len(samples):
-        status = "not_operating"
-    else:
-        status = "invalid"
+    needed_s = rules.min_coverage[spec.name] * length_s
+    covered = min(length_s, _covered_s(valid))
+    status = _period_status(samples, reasons, covered, needed_s, end > now, marked_s / length_s, rules)
+    # would the period have been valid had the measuring system worked? (module docstring)
+    not_operating_s = min(length_s, marked_s + _covered_s(s for s in discards if s.reason in NOT_OPERATING_REASONS))
+    cms = status in ("invalid", "missing") and length_s - not_operating_s >= needed_s
+    # … and can no reading still to arrive (a back-fill of its silent time) make it valid?
+    cms_s = _covered_s(s for s in discards if s.reason is not None and cms_reason(s.reason))
+    certain = cms and status == "invalid" and length_s - not_operating_s - cms_s < needed_s
+    counted = dict(reasons)
+    if over := sum(s.over_range for s in valid):
+        counted["over_range"] = over  # valid lower bounds, not discards: not in n_discarded
+    weights = [s.covers_s for s in valid]
+    meas = [(s.meas, s.covers_s) for s in valid if s.meas is not None]
     return Average(pollutant, spec.name, spec.standard, start, end,
-                   statistics.fmean(cast(float, s.zs) for s in valid) if valid else None,  # counted: zs not None
-                   statistics.fmean(meas) if meas else None,
-                   len(valid), sum(discarded.values()), dict(discarded), covered, status)
+                   _mean([s.zs for s in valid if s.zs is not None], weights),  # valid: zs not None
+                   _mean([m for m, _ in meas], [w for _, w in meas]),
+                   len(valid), len(discards), counted, covered, status, cms, certain)
+
+
+def _period_status(samples: Sequence[Sample], reasons: Mapping[str, int], covered: float, needed_s: float,
+                   open_: bool, marked_share: float, rules: AveragingRules) -> str:
+    share = rules.not_operating_share
+    if covered >= needed_s:
+        return "valid"
+    if open_:
+        return "in_progress"
+    marked = sum(n for r, n in reasons.items() if r.startswith(MARKED_PREFIX))
+    if marked_share >= share or (samples and marked >= share * len(samples)):
+        return "marked"
+    if not samples:
+        return "missing"
+    if sum(reasons.get(r, 0) for r in NOT_OPERATING_REASONS) >= share * len(samples):
+        return "not_operating"
+    return "invalid"
 
 
 def average_day(pollutant: str, standard: str, day_start: datetime, day_end: datetime,
@@ -231,40 +405,62 @@ def average_day(pollutant: str, standard: str, day_start: datetime, day_end: dat
     readings: Counter[str] = Counter()
     for p in parts:
         readings.update(p.discarded)
-    n_discarded = statuses["invalid"] + statuses["missing"]
-    if day_end > now:
-        status = "in_progress"
-    elif standard == "eu":
-        status = "valid" if valid and n_discarded <= rules.eu_max_discarded_half_hours else "invalid"
+    discarded: dict[str, Any] = {"periods": dict(statuses), "readings": dict(readings)}
+    cms = sum(p.cms_discarded for p in parts)
+    if standard == "eu":
+        n_discarded = discarded["cms_discarded"] = cms
+        certain = sum(p.cms_certain for p in parts)
+        if day_end > now:  # no verdict before the day ends, unless the data that arrived already decide it
+            status = "invalid" if certain > rules.eu_max_discarded_half_hours else "in_progress"
+        else:
+            status = "valid" if valid and cms <= rules.eu_max_discarded_half_hours else "invalid"
     else:
-        status = "valid" if len(valid) >= rules.gb_min_valid_hours else "invalid"
-    if status == "invalid" and not valid and statuses["not_operating"] and not n_discarded:
-        status = "not_operating"
+        n_discarded = statuses["invalid"] + statuses["missing"]
+        status = ("in_progress" if day_end > now
+                  else "valid" if len(valid) >= rules.gb_min_valid_hours else "invalid")
+    if status == "invalid" and not valid and not cms and (statuses["marked"] or statuses["not_operating"]):
+        status = "marked" if statuses["marked"] >= statuses["not_operating"] else "not_operating"
+    zs = [p.avg_zs for p in valid if p.avg_zs is not None]
     meas = [p.avg_meas for p in valid if p.avg_meas is not None]
     return Average(pollutant, "1d", standard, day_start, day_end,
-                   statistics.fmean(cast(float, p.avg_zs) for p in valid) if valid else None,  # valid: avg_zs not None
-                   statistics.fmean(meas) if meas else None,
-                   len(valid), n_discarded, {"periods": dict(statuses), "readings": dict(readings)},
-                   None, status)
+                   _mean(zs), _mean(meas),
+                   len(valid), n_discarded, discarded, None, status)
+
+
+def _row_covers(row: Mapping[str, Any], interval_s: float | Mapping[str, float], rules: AveragingRules) -> float:
+    if isinstance(interval_s, Mapping):
+        return interval_s.get(row.get("data_kind", "rtd"), rules.default_interval_s)
+    return interval_s
 
 
 def compute_day(rows: Sequence[Mapping[str, Any]], day_start: datetime, day_end: datetime,
-                interval_s: float, rules: AveragingRules, now: datetime) -> list[Average]:
-    """Every average of one local day from that day's base readings (pure; sorted by ts)."""
+                interval_s: float | Mapping[str, float], rules: AveragingRules, now: datetime,
+                marks: Sequence[Mark] = ()) -> list[Average]:
+    """Every average of one local day from that day's base readings (pure; sorted by ts). ``interval_s``: the
+    time one reading stands for, or per data kind; ``marks``: the line's marks (``cems_marks.effective_marks``)."""
+    covers = [_row_covers(r, interval_s, rules) for r in rows]
+    row_marks = [mark_at(marks, r["ts"]) for r in rows] if marks else [None] * len(rows)
+    spans = furnace_spans(marks)
+    bucket_cache: dict[str, dict[datetime, datetime]] = {spec.name: {} for spec in SUB_DAY_PERIODS}
     out: list[Average] = []
     for pollutant in POLLUTANTS:
-        samples = [s for r in rows if (s := evaluate(r, pollutant, rules)) is not None]
+        samples = [s for r, m, c in zip(rows, row_marks, covers, strict=True)
+                   if (s := evaluate(r, pollutant, rules, m, covers_s=c)) is not None]
         if not samples:
             continue
         by_period: dict[str, list[Average]] = {}
         for spec in SUB_DAY_PERIODS:
             if pollutant not in spec.pollutants:
                 continue
+            bucket_of = bucket_cache[spec.name]
             buckets: dict[datetime, list[Sample]] = defaultdict(list)
             for s in samples:
-                buckets[bucket_start(s.ts, day_start, spec.length)].append(s)
+                if (b := bucket_of.get(s.ts)) is None:
+                    b = bucket_of[s.ts] = bucket_start(s.ts, day_start, spec.length)
+                buckets[b].append(s)
             by_period[spec.name] = [
-                average_period(pollutant, spec, start, buckets.get(start, ()), interval_s, rules, now)
+                average_period(pollutant, spec, start, buckets.get(start, ()), rules, now,
+                               spans_seconds(spans, start, start + spec.length))
                 for start in period_starts(day_start, day_end, spec.length) if start < now]
             out.extend(by_period[spec.name])
         out.append(average_day(pollutant, "eu", day_start, day_end, by_period["30min"], rules, now))
@@ -272,19 +468,46 @@ def compute_day(rows: Sequence[Mapping[str, Any]], day_start: datetime, day_end:
     return out
 
 
-def base_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """Real-time rows when there are any, else minute rows (never both: see the module docstring)."""
-    rtd = [r for r in rows if r["data_kind"] == "rtd"]
-    return rtd or [r for r in rows if r["data_kind"] == "minute"]
+Row = TypeVar("Row", bound=Mapping[str, Any])
+
+
+def kind_intervals(rows: Iterable[Mapping[str, Any]], default: float) -> dict[str, float]:
+    """The nominal interval of each data kind's rows (rtd, minute) in a window."""
+    by_kind: dict[str, list[datetime]] = defaultdict(list)
+    for r in rows:
+        by_kind[r["data_kind"]].append(r["ts"])
+    return {kind: nominal_interval_s(sorted(ts), default) for kind, ts in by_kind.items()}
+
+
+def base_rows(rows: Iterable[Row], minute_interval_s: float = 60.0) -> list[Row]:
+    """Every real-time row, and each minute row whose minute [ts, ts + ``minute_interval_s``) holds no
+    real-time row: never both for one time (see the module docstring); sorted by ts."""
+    rows = list(rows)
+    rtd = sorted((r for r in rows if r["data_kind"] == "rtd"), key=lambda r: r["ts"])
+    rtd_ts = [r["ts"] for r in rtd]
+    step = timedelta(seconds=minute_interval_s)
+    fill = [r for r in rows if r["data_kind"] == "minute" and not _any_in(rtd_ts, r["ts"], r["ts"] + step)]
+    return sorted(rtd + fill, key=lambda r: r["ts"])
+
+
+def _any_in(sorted_ts: Sequence[datetime], lo: datetime, hi: datetime) -> bool:
+    i = bisect_left(sorted_ts, lo)
+    return i < len(sorted_ts) and sorted_ts[i] < hi
+
+
+def _base(rows: Sequence[Row], rules: AveragingRules) -> tuple[list[Row], dict[str, float]]:
+    intervals = kind_intervals(rows, rules.default_interval_s)
+    return base_rows(rows, intervals.get("minute", rules.default_interval_s)), intervals
 
 
 def compute_averages(rows: Sequence[Mapping[str, Any]], days: Iterable[date], tz: str,
-                     rules: AveragingRules | None = None, now: datetime | None = None) -> list[Average]:
-    """All averages of the given local days from a device's readings (rtd and/or minute rows, any order)."""
+                     rules: AveragingRules | None = None, now: datetime | None = None,
+                     marks: Sequence[Mark] = ()) -> list[Average]:
+    """All averages of the given local days from a device's readings (rtd and/or minute rows, any order) and
+    the line's marks over them."""
     rules = rules or AveragingRules()
     now = now or datetime.now(UTC)
-    base = sorted(base_rows(rows), key=lambda r: r["ts"])
-    interval_s = nominal_interval_s([r["ts"] for r in base], rules.default_interval_s)
+    base, intervals = _base(rows, rules)
     by_day: dict[date, list[Mapping[str, Any]]] = defaultdict(list)
     for r in base:
         by_day[local_day(r["ts"], tz)].append(r)
@@ -292,14 +515,14 @@ def compute_averages(rows: Sequence[Mapping[str, Any]], days: Iterable[date], tz
     for day in days:
         day_start, day_end = local_day_bounds(day, tz)
         if day_start < now:
-            out.extend(compute_day(by_day.get(day, []), day_start, day_end, interval_s, rules, now))
+            out.extend(compute_day(by_day.get(day, []), day_start, day_end, intervals, rules, now, marks))
     return out
 
 
 # --- database -----------------------------------------------------------------------------------
 
-_READ_COLUMNS = ("ts", "data_kind", "gas_is_dry", "o2_pct", "o2_flag", "h2o_pct",
-                 *(f"{p}_{s}" for p in POLLUTANTS for s in ("mg_m3", "zs_mg_m3", "flag")))
+_READ_COLUMNS = ("ts", "data_kind", "gas_is_dry", "o2_pct", "o2_flag", "h2o_pct", "h2o_flag", "furnace_temp_c",
+                 "extra", *(f"{p}_{s}" for p in POLLUTANTS for s in ("mg_m3", "zs_mg_m3", "flag")))
 _AVG_COLUMNS = ("device_id", "pollutant", "period", "standard", "period_start", "period_end", "plant_id",
                 "line_id", "avg_zs_mg_m3", "avg_meas_mg_m3", "n_valid", "n_discarded", "discarded",
                 "covered_s", "status", "valid")
@@ -332,11 +555,46 @@ def device_placement(conn: psycopg.Connection, device_id: str) -> Placement:
     return Placement(None, None, DEFAULT_TZ)
 
 
+def parse_analyser_ranges(value: Any, device_id: str = "") -> dict[str, float]:
+    """A device's ``metadata.analyser_range_mg_m3`` ({"so2": 500, …}): the entries that are a known pollutant
+    with a positive finite number; others are logged and ignored (a registry typo must not stop averaging)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        log.warning("device %s: metadata.analyser_range_mg_m3 is not an object; default ranges used", device_id)
+        return {}
+    out: dict[str, float] = {}
+    for pollutant, upper in value.items():
+        if (pollutant in POLLUTANTS and isinstance(upper, int | float) and not isinstance(upper, bool)
+                and math.isfinite(upper) and upper > 0):
+            out[pollutant] = float(upper)
+        else:
+            log.warning("device %s: analyser range %r: %r ignored (want a pollutant of %s and a number > 0)",
+                        device_id, pollutant, upper, ", ".join(POLLUTANTS))
+    return out
+
+
+def device_rules(conn: psycopg.Connection, device_id: str, rules: AveragingRules | None = None) -> AveragingRules:
+    """``rules`` with the device's own analyser ranges (``devices.metadata.analyser_range_mg_m3``) over them."""
+    rules = rules or AveragingRules()
+    row = conn.execute("SELECT metadata -> 'analyser_range_mg_m3' FROM devices WHERE device_id = %s",
+                       (device_id,)).fetchone()
+    ranges = parse_analyser_ranges(row[0] if row else None, device_id)
+    return replace(rules, analyser_range_mg_m3={**rules.analyser_range_mg_m3, **ranges}) if ranges else rules
+
+
 def fetch_readings(conn: psycopg.Connection, device_id: str, start: datetime, end: datetime) -> list[dict[str, Any]]:
     cur = conn.execute(
         f"SELECT {', '.join(_READ_COLUMNS)} FROM cems_readings WHERE device_id = %s AND ts >= %s AND ts < %s"
         " AND data_kind IN ('rtd', 'minute') ORDER BY ts", (device_id, start, end))
     return [dict(zip(_READ_COLUMNS, r, strict=True)) for r in cur.fetchall()]
+
+
+def line_marks(conn: psycopg.Connection, device_id: str, start: datetime, end: datetime,
+               rows: Sequence[dict[str, Any]], rules: AveragingRules) -> list[Mark]:
+    """The line's marks over [start, end): stored ones and those the DAU sent with the readings averaged (the
+    base rows: a minute row the real-time rows replace must not break a run of marked readings)."""
+    return effective_marks(conn, device_id, start, end, readings=_base(rows, rules)[0])
 
 
 def days_between(start: datetime, end: datetime, tz: str) -> list[date]:
@@ -352,17 +610,24 @@ def recompute(conn: psycopg.Connection, device_id: str, start: datetime, end: da
     advisory lock so two processors never interleave on one device."""
     if end <= start:
         return 0
+    now = now or datetime.now(UTC)
     placement = device_placement(conn, device_id)
+    rules = device_rules(conn, device_id, rules)
     days = days_between(start, end, placement.tz)
     window_start, _ = local_day_bounds(days[0], placement.tz)
     _, window_end = local_day_bounds(days[-1], placement.tz)
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_NAMESPACE, device_id))
-        rows = fetch_readings(conn, device_id, window_start, window_end)
-        averages = compute_averages(rows, days, placement.tz, rules, now)
+        rows = fetch_readings(conn, device_id, window_start, window_end)  # with furnace_temp_c and extra
+        marks = line_marks(conn, device_id, window_start, window_end, rows, rules)
+        averages = compute_averages(rows, days, placement.tz, rules, now, marks=marks)
         conn.execute("DELETE FROM cems_averages WHERE device_id = %s AND period_start >= %s AND period_start < %s",
                      (device_id, window_start, window_end))
         _write(conn, device_id, placement, averages)
+        # the daily regulatory judgement reads the same readings, marks and averages, in the same transaction
+        from sanitel.processors.cems_judgement import judge_and_store  # it imports this module
+
+        judge_and_store(conn, device_id, placement, days, rows, averages, marks, now)
     return len(averages)
 
 
@@ -374,19 +639,33 @@ def _write(conn: psycopg.Connection, device_id: str, placement: Placement, avera
                             a.covered_s, a.status, a.valid))
 
 
-def changed_ranges(conn: psycopg.Connection, since: datetime) -> tuple[dict[str, list[datetime]], datetime | None]:
-    """Per device, the hour buckets (device time) that received rows stored after ``since``, and the newest
-    ``stored_at`` seen. Stored, not received: rows replayed from the collector's spool after a database
-    outage keep their old receive time but are stored when they land (issue 17), and the BRIN index on
-    ``stored_at`` (migration 0011) finds them. Hour buckets map onto local days for any whole-hour offset."""
-    cur = conn.execute(
-        "SELECT device_id, time_bucket('1 hour', ts) AS hour, max(stored_at) FROM cems_readings"
-        " WHERE stored_at > %s AND data_kind IN ('rtd', 'minute') GROUP BY 1, 2", (since,))
-    touched: dict[str, list[datetime]] = defaultdict(list)
+def changed_ranges(conn: psycopg.Connection, since: datetime, *, now: datetime | None = None
+                   ) -> tuple[dict[str, list[tuple[datetime, datetime]]], datetime | None]:
+    """Per device, the time spans whose averages may have changed since ``since``, and the newest ``stored_at``
+    / ``created_at`` seen.
+
+    Readings: the hour buckets (device time) that received rows stored after ``since``. Stored, not received:
+    rows replayed from the collector's spool after a database outage keep their old receive time but are
+    stored when they land (issue 17), and the BRIN index on ``stored_at`` (migration 0011) finds them. Hour
+    buckets map onto local days for any whole-hour offset.
+    Marks: each cems_marks row created after ``since`` changes [starts_at, ends_at or now), and a correction
+    or withdrawal also the span of the mark it supersedes (the old mark no longer applies there). Marks are
+    few: the table is read without an index on created_at."""
+    now = now or datetime.now(UTC)
+    touched: dict[str, list[tuple[datetime, datetime]]] = defaultdict(list)
     newest: datetime | None = None
-    for device_id, hour, stored in cur.fetchall():
-        touched[device_id].append(hour)
+    for device_id, hour, stored in conn.execute(
+            "SELECT device_id, time_bucket('1 hour', ts) AS hour, max(stored_at) FROM cems_readings"
+            " WHERE stored_at > %s AND data_kind IN ('rtd', 'minute') GROUP BY 1, 2", (since,)).fetchall():
+        touched[device_id].append((hour, hour + timedelta(hours=1)))
         newest = stored if newest is None or stored > newest else newest
+    for device_id, starts, ends, old_starts, old_ends, created in conn.execute(
+            "SELECT m.device_id, m.starts_at, m.ends_at, s.starts_at, s.ends_at, m.created_at FROM cems_marks m"
+            " LEFT JOIN cems_marks s ON s.mark_id = m.supersedes WHERE m.created_at > %s", (since,)).fetchall():
+        for start, end in ((starts, ends), (old_starts, old_ends)):
+            if start is not None and start < (end := min(end or now, now)):  # the future has no averages yet
+                touched[device_id].append((start, end))
+        newest = created if newest is None or created > newest else newest
     return touched, newest
 
 
@@ -404,16 +683,15 @@ def _day_runs(days: Iterable[date]) -> Iterator[tuple[date, date]]:
 
 def recompute_since(conn: psycopg.Connection, watermark: datetime, *, overlap: timedelta = WATERMARK_OVERLAP,
                     rules: AveragingRules | None = None, now: datetime | None = None) -> datetime:
-    """Recompute the days that received rows stored after ``watermark − overlap`` (``stored_at``, the
-    writing transaction's start), and return the new watermark: the newest ``stored_at`` seen. The overlap
-    catches rows whose transaction committed after a later-started one was already visible (collector
-    batches commit out of order); recomputing is idempotent, so re-reading the overlap costs time, not
-    correctness. Spool replays are found when they land (their ``stored_at`` is new)."""
-    touched, newest = changed_ranges(conn, watermark - overlap)
-    for device_id, hours in touched.items():
+    """Recompute the days that received rows stored, or marks created, after ``watermark − overlap``
+    (``stored_at`` / ``created_at``, the writing transaction's start), and return the new watermark: the newest
+    of those seen. The overlap catches rows whose transaction committed after a later-started one was already
+    visible (collector batches commit out of order); recomputing is idempotent, so re-reading the overlap costs
+    time, not correctness. Spool replays are found when they land (their ``stored_at`` is new)."""
+    touched, newest = changed_ranges(conn, watermark - overlap, now=now)
+    for device_id, spans in touched.items():
         tz = device_placement(conn, device_id).tz
-        days = {local_day(h, tz) for h in hours} | {local_day(h + timedelta(minutes=59), tz) for h in hours}
-        for first, last in _day_runs(days):
+        for first, last in _day_runs(d for start, end in spans for d in days_between(start, end, tz)):
             start, _ = local_day_bounds(first, tz)
             _, end = local_day_bounds(last, tz)
             recompute(conn, device_id, start, end, rules=rules, now=now)
@@ -513,10 +791,13 @@ def provisional_averages(conn: psycopg.Connection, device_id: str, start: dateti
     late = {b.day_start for b in behind(conn, device_id, days, (pollutant,))}
     late_days = [(s, e) for s, e in days if s in late]
     out: list[Average] = []
+    if late_days:
+        rules = device_rules(conn, device_id, rules)
     for first, last in _day_runs(local_day(s, tz) for s, _ in late_days):
         window_start, _ = local_day_bounds(first, tz)
         _, window_end = local_day_bounds(last, tz)
         rows = fetch_readings(conn, device_id, window_start, window_end)
+        marks = line_marks(conn, device_id, window_start, window_end, rows, rules or AveragingRules())
         run = [first + timedelta(days=i) for i in range((last - first).days + 1)]
-        out += compute_averages(rows, run, tz, rules, now)
+        out += compute_averages(rows, run, tz, rules, now, marks=marks)
     return late_days, out

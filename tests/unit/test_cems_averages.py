@@ -112,7 +112,10 @@ def test_o2_problems_discard_the_reading() -> None:
            [row(t, o2=8.0, o2_flag="C", nox_mg_m3=50.0) for t in ts[10:20]] + \
            [row(t, nox_mg_m3=50.0, nox_flag="T") for t in ts[20:]]
     hh = pick(compute(rows), "nox", "30min", at(8, 0))
-    assert hh.discarded == {"no_o2": 10, "o2_flag_C": 10, "flag_T": 10} and hh.status == "invalid"
+    # flag T (over range) is no longer a discard (issue 13): it counts as a valid lower bound, reported apart.
+    # 10 valid minutes cover 600 s < 2/3 × 1800 s → invalid; n_discarded counts the 20 true discards only
+    assert hh.discarded == {"no_o2": 10, "o2_flag_C": 10, "over_range": 10} and hh.status == "invalid"
+    assert (hh.n_valid, hh.n_discarded) == (10, 20)
 
 
 def test_manual_values_count_only_where_allowed() -> None:
@@ -122,11 +125,17 @@ def test_manual_values_count_only_where_allowed() -> None:
     assert pick(allowed, "nox", "30min", at(8, 0)).avg_zs == 80.0
 
 
-def test_real_time_rows_win_over_minute_rows_and_set_the_interval() -> None:
-    rtd = [row(t, "rtd", nox_mg_m3=60.0) for t in minutes(at(8, 0), 40, timedelta(seconds=30))]  # 20 minutes
+def test_real_time_rows_win_over_minute_rows_and_minute_rows_fill_the_rest() -> None:
+    rtd = [row(t, "rtd", nox_mg_m3=60.0) for t in minutes(at(8, 0), 40, timedelta(seconds=30))]  # 08:00–08:20
     minute = [row(t, "minute", nox_mg_m3=999.0) for t in minutes(at(8, 0), 30)]
     hh = pick(compute(rtd + minute), "nox", "30min", at(8, 0))
-    assert (hh.avg_zs, hh.n_valid, hh.covered_s, hh.status) == (60.0, 40, 1200, "valid")  # 40 × 30 s = 2/3
+    # 08:00–08:20 has real-time rows: those 20 minute rows are dropped (never both for one time). 08:20–08:30
+    # has none (issue 13: it used to stay uncovered): its 10 minute rows fill it, each covering its own 60 s.
+    # covered 40 × 30 s + 10 × 60 s = 1800 s; time-weighted mean (1200 × 60 + 600 × 999) / 1800 = 373
+    assert hh.avg_zs == pytest.approx(373.0) and (hh.n_valid, hh.covered_s, hh.status) == (50, 1800, "valid")
+    # without the fill the real-time rows alone set the interval: 40 × 30 s = 1200 s = 2/3 → still valid
+    hh = pick(compute(rtd), "nox", "30min", at(8, 0))
+    assert (hh.avg_zs, hh.n_valid, hh.covered_s, hh.status) == (60.0, 40, 1200, "valid")
 
 
 def _day(value: float, o2: float, bad_half_hours: Iterable[int] = (), flag: str = "C",
@@ -150,6 +159,7 @@ def test_eu_day_invalid_with_more_than_five_discarded_half_hours() -> None:
     eu = pick(avgs, "nox", "1d", day_start, "eu")
     assert (eu.status, eu.valid, eu.n_valid, eu.n_discarded) == ("invalid", False, 42, 6)
     assert eu.discarded["periods"] == {"invalid": 6} and eu.discarded["readings"] == {"flag_C": 180}
+    assert eu.discarded["cms_discarded"] == 6  # calibration: the measuring system's (Annex VI Part 8)
     assert eu.avg_zs == 120.0 and eu.end == day_end  # the value is kept, marked invalid
     # … while GB's 24-hour average (21 valid hours ≥ 20) is valid
     gb = pick(avgs, "nox", "1d", day_start, "gb")
@@ -158,7 +168,8 @@ def test_eu_day_invalid_with_more_than_five_discarded_half_hours() -> None:
     assert pick(compute(_day(120.0, 11.0, bad_half_hours=range(4, 9))), "nox", "1d", day_start, "eu").valid
     eu = pick(compute(_day(120.0, 11.0, bad_half_hours=range(4, 7), missing_half_hours=range(20, 23))),
               "nox", "1d", day_start, "eu")
-    assert (eu.valid, eu.discarded["periods"]) == (False, {"invalid": 3, "missing": 3})
+    # (missing with the line not marked: the data unit failed — counted, module docstring)
+    assert (eu.valid, eu.discarded["periods"], eu.n_discarded) == (False, {"invalid": 3, "missing": 3}, 6)
 
 
 @pytest.mark.clock
