@@ -1,6 +1,7 @@
 """Commands of issue #7 (incinerator CEMS):
 
     sanitel report emissions --plant P [--line L] --day YYYY-MM-DD [--format json|csv|png] [--out FILE]
+    sanitel report emissions --plant P [--line L] --year YYYY [--format json|csv] [--out FILE]
     sanitel report recompute --device D --from YYYY-MM-DD [--to YYYY-MM-DD]
 
 (``sanitel hj212-listener``, the HJ 212 TCP intake, is ingest's: ingest/cli.py.)
@@ -24,10 +25,13 @@ if TYPE_CHECKING:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     report = sub.add_parser("report", help="emission compliance reports (GB 18485-2014, EU 2010/75/EU)")
     rsub = report.add_subparsers(dest="report_command", required=True, metavar="REPORT")
-    em = rsub.add_parser("emissions", help="a plant's (or line's) compliance for one local day")
+    em = rsub.add_parser("emissions", help="a plant's (or line's) compliance for one local day, or its annual report")
     em.add_argument("--plant", required=True, help="plant site id")
     em.add_argument("--line", help="one line (line site id or CEMS device id)")
-    em.add_argument("--day", required=True, type=_day, help="local day, YYYY-MM-DD")
+    when = em.add_mutually_exclusive_group(required=True)
+    when.add_argument("--day", type=_day, help="local day, YYYY-MM-DD: the daily report")
+    when.add_argument("--year", type=_year, help="local calendar year, YYYY: the annual report (EU yearly rules, "
+                                                 "GB exceedance days, Order No. 10 marked hours)")
     em.add_argument("--format", choices=("json", "csv", "png"), default="json")
     em.add_argument("--out", type=Path, help="file to write (default: stdout; required for png)")
     em.add_argument("--recompute", action="store_true", help="recompute the day's averages first")
@@ -46,6 +50,12 @@ def _day(text: str) -> date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a day YYYY-MM-DD") from None
 
 
+def _year(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and len(text) == 4 and 1970 <= int(text) <= 9998):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a year YYYY")
+    return int(text)
+
+
 def _connect(*, recompute: bool) -> psycopg.Connection:
     """Reports read as the API's role; recomputing averages writes them, which only the processor's role may."""
     from sanitel.db import connect
@@ -58,6 +68,8 @@ def run_report(args: argparse.Namespace) -> int:
     from sanitel.processors import compliance
     from sanitel.processors.cems_averages import local_day_bounds, recompute
 
+    if args.year is not None:
+        return run_annual(args)
     if args.format == "png" and args.out is None:
         raise SanitelError("--format png writes a binary file: give --out FILE")
     with _connect(recompute=args.recompute) as conn:
@@ -77,6 +89,24 @@ def run_report(args: argparse.Namespace) -> int:
             data = compliance.report_csv(report)
         else:
             data = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+    _emit(data, args.out)
+    return 0
+
+
+def run_annual(args: argparse.Namespace) -> int:
+    from sanitel.processors import annual_report
+
+    if args.format == "png":
+        raise SanitelError("the annual report is json or csv (--format png draws one day: use --day)")
+    if args.recompute:
+        raise SanitelError("--recompute recomputes one day: use 'sanitel report recompute --device D --from … --to …'")
+    with _connect(recompute=False) as conn:
+        report = annual_report.build_annual(conn, args.plant, args.year, args.line)
+        if not report["lines"]:
+            raise SanitelError(f"no CEMS averages or judgements for plant {args.plant!r}"
+                               f"{f' line {args.line!r}' if args.line else ''} in {args.year}")
+    data = (annual_report.annual_csv(report) if args.format == "csv"
+            else json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     _emit(data, args.out)
     return 0
 

@@ -1,4 +1,5 @@
-"""Incinerator emissions: a plant's daily compliance report and its stored averages.
+"""Incinerator emissions: a plant's daily compliance report (with each line's regulatory judgement), its annual
+report, and its stored averages.
 
 Thin: validates, then calls ``processors.compliance`` (which holds the SQL and the checks, shared with
 ``sanitel report emissions``). That code is blocking, so it runs in a worker thread on the request's pooled
@@ -20,7 +21,7 @@ from sanitel.api.blocking import run_blocking
 from sanitel.api.deps import Db, Viewer
 from sanitel.api.errors import ApiError, error_responses
 from sanitel.errors import ConfigError
-from sanitel.processors import compliance
+from sanitel.processors import annual_report, compliance
 from sanitel.processors.cems_averages import local_day_bounds
 
 router = APIRouter(prefix="/plants", tags=["emissions"], responses=error_responses(401, 403, 422))
@@ -50,6 +51,31 @@ async def plant_compliance(plant_id: PlantId, day: Day, conn: Db, _: Viewer, lin
         series = await run_blocking(conn, compliance.half_hour_series, plant_id, day, line)
         png = await anyio.to_thread.run_sync(compliance.report_png, report, series)
         return Response(png, media_type="image/png")
+    return JSONResponse(report)
+
+
+@router.get("/{plant_id}/compliance/annual",
+            summary="Annual emission report (2010/75/EU yearly rules, GB 18485-2014, MEE Order No. 10)",
+            description="Per line and pollutant: EU daily values discarded for the measuring system (≤ 10 a year), "
+                        "the 97 % column-B rule over the year's half-hours, CO's 97 %-of-days rule, daily "
+                        "exceedances; GB days with 24-hour exceedances; Order No. 10 furnace-violation days, marked "
+                        "hours against the 60 h cap, marks over their limit, marked dust above 150 mg/m³. Days not "
+                        "ended yet are left out and counted as `pending_days`.",
+            responses={**error_responses(404), 200: {"content": {"text/csv": {}}}})
+async def plant_compliance_annual(plant_id: PlantId, conn: Db, _: Viewer,
+                                  year: Annotated[int, Query(ge=1970, le=9998, description="local calendar year")],
+                                  line: Line = None,
+                                  format: Annotated[Literal["json", "csv"], Query()] = "json") -> Response:
+    try:
+        report = await run_blocking(conn, annual_report.build_annual, plant_id, year, line)
+    except ConfigError as exc:
+        raise ApiError(409, f"the plant's limit overrides do not validate: {exc}", code="bad_limits") from None
+    if not report["lines"] and not report["registered"]:
+        raise ApiError(404, f"plant {plant_id!r} does not exist and has no CEMS averages")
+    if format == "csv":
+        csv = await anyio.to_thread.run_sync(annual_report.annual_csv, report)
+        return Response(csv, media_type="text/csv",
+                        headers={"Content-Disposition": f'attachment; filename="{plant_id}-{year}.csv"'})
     return JSONResponse(report)
 
 
