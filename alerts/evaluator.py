@@ -29,6 +29,11 @@ Nothing hides a stage that stopped (issue 17), two more built-in alerts:
   averages (``queries.averages_behind``). Its averages periods from the first such reading on are not judged —
   averages not computed yet are not "missing" or "invalid" data — and once readings have waited longer than
   ``averages_behind_after`` this alert says so; resolved when the averages catch up.
+
+Emission limits come from the subject's plant and line (``sites.params.emission_limits``, the compliance report's
+grammar). A site whose params the emission-limit rules cannot use (an ``emission_limits`` that does not parse,
+``limits`` still naming such a rule) is checked once per pass: those rules skip the devices below it, the reason
+is logged once and ``rule_quarantined`` fires for ``emission_limit rules at site <id>`` until the params are fixed.
 """
 
 from __future__ import annotations
@@ -37,10 +42,10 @@ import hashlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import cast
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import psycopg
@@ -55,6 +60,7 @@ from sanitel.alerts.rules import (
     AVERAGES_TABLE,
     BUILTIN_RULES,
     DEVICE_TABLES,
+    JUDGEMENTS_TABLE,
     QUARANTINE_RULE,
     STAGE_OVERDUE_RULE,
     BuiltinRule,
@@ -64,16 +70,20 @@ from sanitel.alerts.rules import (
     RateRule,
     RuleModel,
     RuleSet,
+    SiteParams,
     ThresholdRule,
     WindowRule,
     limits_for,
     render_summary,
+    site_params_problems,
 )
 from sanitel.alerts.silences import Silences
 from sanitel.alerts.subjects import Registry, Subject, subject_key
 from sanitel.alerts.timeline import Cursor, Episode, Policy, Sample, Status, advance, judge
 from sanitel.db import one_row
 from sanitel.durations import format_duration
+from sanitel.emission_limits import PARAMS_KEY
+from sanitel.errors import ConfigError
 from sanitel.heartbeats import Stage, judge_stages, read_heartbeats
 from sanitel.schemas.readings import BY_TABLE
 
@@ -149,6 +159,8 @@ class _Pass:
     subjects: int = 0
     # per CEMS device: readings its stored averages do not reflect yet (its averages periods from them on wait)
     averages_behind: dict[str, queries.AveragesBehind] = field(default_factory=dict)
+    # quarantine key → why: sites whose params the emission-limit rules cannot use (``_param_problems``)
+    param_problems: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -180,6 +192,7 @@ class Evaluator:
         self.ruleset = ruleset
         self.config = config or EvaluatorConfig()
         self.quarantine = quarantine if quarantine is not None else Quarantine()
+        self._logged_param_problems: dict[str, str] = {}  # logged once, until they change
 
     # --- the pass -----------------------------------------------------------------------------
     def run_pass(self, now: datetime | None = None) -> PassReport:
@@ -192,6 +205,7 @@ class Evaluator:
             now = now or datetime.now(UTC)
             ctx = self._context(now, upto)
             ctx.averages_behind = self._averages_behind(ctx)
+            ctx.param_problems = self._param_problems(ctx)
             self.quarantine.forget_missing(r.id for r in self.ruleset.enabled())
             for rule in self.ruleset.enabled():
                 if not self.quarantine.holds(rule, now, self.config.quarantine_retry):
@@ -216,6 +230,9 @@ class Evaluator:
         if queries.table_exists(self.conn, AVERAGES_TABLE):
             changes[AVERAGES_TABLE] = queries.averages_changes(
                 self.conn, marks.get(AVERAGES_TABLE, stored_since), upto, horizon)
+        if queries.table_exists(self.conn, JUDGEMENTS_TABLE):
+            changes[JUDGEMENTS_TABLE] = queries.judgements_changes(
+                self.conn, marks.get(JUDGEMENTS_TABLE, stored_since), upto, horizon)
         lifecycle = Lifecycle(self.conn, now=now, silences=Silences.load(self.conn, horizon),
                               webhooks=load_webhooks(self.conn))
         return _Pass(self.conn, now, upto, horizon, Registry.load(self.conn), lifecycle, changes,
@@ -235,6 +252,8 @@ class Evaluator:
                     _evaluate_offline(ctx, rule)
                 elif isinstance(rule, WindowRule) and rule.source == AVERAGES_TABLE:
                     _evaluate_averages(ctx, rule)
+                elif isinstance(rule, WindowRule) and rule.source == JUDGEMENTS_TABLE:
+                    _evaluate_judgements(ctx, rule)
                 elif isinstance(rule, WindowRule | EventCountRule):
                     _evaluate_windows(ctx, rule)
                 else:
@@ -265,6 +284,7 @@ class Evaluator:
         """One firing ``rule_quarantined`` alert per quarantined rule; resolved once the rule is back."""
         problems = dict(self.ruleset.problems)
         problems.update({rule_id: f"failed while evaluated: {f.error}" for rule_id, f in self.quarantine.failures.items()})
+        problems.update(ctx.param_problems)
         candidates = []
         for key, problem in sorted(problems.items()):
             subject = Subject(subject_key("rule", key), None, None, None)
@@ -299,10 +319,32 @@ class Evaluator:
         """The CEMS devices under an enabled averages rule whose readings are newer than their averages."""
         if AVERAGES_TABLE not in ctx.changes:  # no cems_averages table: nothing is averaged here
             return {}
-        rules = [r for r in self.ruleset.enabled() if isinstance(r, WindowRule) and r.source == AVERAGES_TABLE]
+        rules = [r for r in self.ruleset.enabled()
+                 if isinstance(r, WindowRule) and r.source in (AVERAGES_TABLE, JUDGEMENTS_TABLE)]
         devices = sorted(d for d, device in ctx.registry.devices.items()
                          if device.kind == "cems" and any(ctx.registry.in_scope(r, d) for r in rules))
         return queries.averages_behind(self.conn, devices, ctx.horizon, ctx.upto)
+
+    def _param_problems(self, ctx: _Pass) -> dict[str, str]:
+        """Sites (and devices) whose own params the enabled emission-limit rules cannot use, as quarantine key →
+        why; each newly seen or changed problem is logged once."""
+        rules = [r for r in self.ruleset.enabled() if isinstance(r, WindowRule) and r.emission_limit is not None]
+        problems: dict[str, str] = {}
+        if rules:
+            for site in ctx.registry.sites.values():
+                found = site_params_problems(site.site_id, site.params, rules)
+                if found:
+                    problems[f"emission_limit rules at site {site.site_id}"] = "; ".join(found)
+            for device in ctx.registry.devices.values():
+                if device.kind == "cems" and device.metadata:
+                    found = _device_param_problems(device.device_id, device.metadata, rules)
+                    if found:
+                        problems[f"emission_limit rules at device {device.device_id}"] = "; ".join(found)
+        for key, problem in problems.items():
+            if self._logged_param_problems.get(key) != problem:
+                log.warning("%s: %s", key, problem)
+        self._logged_param_problems = problems
+        return problems
 
     def _averages_behind_alerts(self, ctx: _Pass) -> None:
         """``cems_averages_behind`` per device whose unaveraged readings have waited longer than
@@ -365,7 +407,30 @@ def _still_applies(registry: Registry, rule: RuleModel, alert: Alert) -> bool:
         return False
     if isinstance(rule, OfflineRule) or alert.subject is None:
         return True
-    return limits_for(rule, registry.params(registry.subject(alert.subject, alert.kind))) is not None
+    subject = registry.subject(alert.subject, alert.kind)
+    try:
+        return limits_for(rule, registry.params(subject), _site_chain(registry, subject)) is not None
+    except ConfigError:
+        return True  # its site's params are broken (quarantined): the alert waits, as for a rule that does not validate
+
+
+def _site_chain(registry: Registry, subject: Subject) -> SiteParams:
+    """The subject's sites with their own params, root first (plant, then line): what ``limit_set`` overlays."""
+    return [(site.site_id, site.params) for site in reversed(registry.chain(subject.site_id))]
+
+
+def _device_param_problems(device_id: str, metadata: Mapping[str, Any], rules: Sequence[RuleModel]) -> list[str]:
+    """A device's own limits for emission-limit rules (``metadata.limits`` / ``metadata.params``): refused, since
+    emission limits are set on the plant or line, where the compliance report reads them too."""
+    where = f"devices.metadata of {device_id}"
+    raw = metadata.get("params")
+    params: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+    found = site_params_problems(device_id, {"limits": metadata.get("limits")}, rules, where)
+    found += site_params_problems(device_id, {"limits": params.get("limits")}, rules, f"{where}.params")
+    if params.get(PARAMS_KEY) is not None:
+        found.append(f"{where}.params.{PARAMS_KEY}: ignored — emission limits are set on the plant or line "
+                     "(sites.params), where the compliance report reads them too — fix: move it to the line's site")
+    return found
 
 
 def _rule_hash(rule: RuleModel) -> str:
@@ -421,7 +486,12 @@ def _new_work(ctx: _Pass, rule: RuleModel, key: str, works: dict[str, _Work]) ->
     if key in works:
         return works[key]
     subject = ctx.registry.subject(key, _source_kind(rule))
-    limits = limits_for(rule, ctx.registry.params(subject))
+    try:
+        limits = limits_for(rule, ctx.registry.params(subject), _site_chain(ctx.registry, subject))
+    except ConfigError:
+        if not (isinstance(rule, WindowRule) and rule.emission_limit is not None):
+            raise  # the rule as a whole is quarantined, as before
+        return None  # one site's emission limits are broken: _param_problems reports it (rule_quarantined)
     if limits is None:
         return None
     works[key] = _Work(subject, limits, ctx.registry.subject_timezone(subject))
@@ -430,7 +500,7 @@ def _new_work(ctx: _Pass, rule: RuleModel, key: str, works: dict[str, _Work]) ->
 
 def _source_kind(rule: RuleModel) -> str | None:
     source = getattr(rule, "source", None)
-    if source == AVERAGES_TABLE:
+    if source in (AVERAGES_TABLE, JUDGEMENTS_TABLE):
         return "cems"
     return BY_TABLE[source].kind if source in BY_TABLE else None
 
@@ -725,6 +795,8 @@ def _window_verdict(rule: WindowRule | EventCountRule, limits: Limits,
 
 def _validated(rule: WindowRule, limits: Limits, value: float) -> float:
     """2010/75/EU: the average minus the 95 % confidence interval (a share of the emission limit)."""
+    if limits.confidence_interval is not None:  # an emission_limit rule: from the subject's limit set
+        return value - limits.confidence_interval
     if not rule.confidence_interval_pct:
         return value
     of = rule.confidence_interval_of if rule.confidence_interval_of is not None else limits.threshold
@@ -748,22 +820,34 @@ def _run_with_tentative(cursor: Cursor, samples: Sequence[Sample], tentative: Sa
 # ------------------------------------------------------------------------------------------------
 
 
-def _evaluate_averages(ctx: _Pass, rule: WindowRule) -> None:
+def _processed_works(ctx: _Pass, rule: WindowRule, table: str
+                     ) -> tuple[dict[str, _Work], dict[str, list[Alert]], list[Request]] | None:
+    """The device subjects of a rule on a table the processor maintains (changed rows, active conditions, periods
+    held back last time), their cursors and open alerts, and one request each from the start _plan_starts set;
+    None when there is nothing to judge."""
     works: dict[str, _Work] = {}
-    for device_id, change in ctx.changes.get(AVERAGES_TABLE, {}).items():
+    for device_id, change in ctx.changes.get(table, {}).items():
         if ctx.registry.in_scope(rule, device_id):
             work = _new_work(ctx, rule, subject_key("device", device_id), works)
             if work is not None:
                 work.saw(device_id, change)
-    for key in _active_subjects(ctx, rule):  # an active condition, or periods held back last time
+    for key in _active_subjects(ctx, rule):
         _new_work(ctx, rule, key, works)
     if not works:
-        return
+        return None
     _load_cursors(ctx, rule, works)
     existing = _existing(ctx, rule, works)
     _plan_starts(ctx, rule, works, existing, lambda ts, tz: bucket_floor(ts, rule.width, tz), _reading_after)
-    # device subjects (a subject of another key reads no rows), each with the start _plan_starts set
+    # device subjects (a subject of another key reads no rows)
     requests = [Request(cast(str, w.subject.device_id), k, w.tz, cast(datetime, w.start)) for k, w in works.items()]
+    return works, existing, requests
+
+
+def _evaluate_averages(ctx: _Pass, rule: WindowRule) -> None:
+    planned = _processed_works(ctx, rule, AVERAGES_TABLE)
+    if planned is None:
+        return
+    works, existing, requests = planned
     rows = queries.averages_rows(ctx.conn, rule, requests, ctx.upto, ctx.write_margin)
     policy = _policy(rule)
     episodes: dict[str, list[Episode]] = {}
@@ -786,14 +870,56 @@ def _evaluate_averages(ctx: _Pass, rule: WindowRule) -> None:
 
 def _average_verdict(rule: WindowRule, limits: Limits, row: queries.AverageRow) -> tuple[float | None, Status]:
     if rule.aggregate == "invalid":
-        # a discarded period is reported invalid — never as compliant
+        # a discarded period is reported invalid — never as compliant; a marked, missing or not-operating one is
+        # neither (the processor makes a day invalid only for > 5 half-hours discarded for the measuring system)
         if row.status not in ("valid", "invalid"):
             return None, Status.SKIP
         value = 1.0 if row.status == "invalid" else 0.0
         return value, judge(value, rule.op, limits.threshold, limits.clear)
     if row.status != "valid" or row.value is None:
-        return row.value, Status.SKIP  # invalid, missing, not operating: no verdict either way
+        # invalid, missing, not operating, marked (a furnace mark: GB 18485-2014 / MEE Order No. 10 judge such
+        # periods under their own rules, cems_daily_judgements): no verdict either way
+        return row.value, Status.SKIP
     return row.value, judge(_validated(rule, limits, row.value), rule.op, limits.threshold, limits.clear)
+
+
+# ------------------------------------------------------------------------------------------------
+# Daily regulatory judgements (cems_daily_judgements, maintained by the scheduled processor)
+# ------------------------------------------------------------------------------------------------
+
+
+def _evaluate_judgements(ctx: _Pass, rule: WindowRule) -> None:
+    """One sample per final day. A day not final yet (not over, or computed before the unit reported past its
+    end) stops the device's samples there; an ``early`` rule fires on it when it already breaches — its value
+    can only grow until the day ends — but an in-progress day is never an "ok" verdict."""
+    planned = _processed_works(ctx, rule, JUDGEMENTS_TABLE)
+    if planned is None:
+        return
+    works, existing, requests = planned
+    rows = queries.judgement_rows(ctx.conn, rule, requests, ctx.upto, ctx.write_margin)
+    policy = _policy(rule)
+    episodes: dict[str, list[Episode]] = {}
+    for key, work in works.items():
+        samples, tentative = _judgement_samples(ctx, rule, work, rows.get(cast(str, work.subject.device_id), ()))
+        episodes[key] = _run_with_tentative(work.cursor, samples, tentative, policy)
+    _finish(ctx, rule, works, episodes, existing)
+
+
+def _judgement_samples(ctx: _Pass, rule: WindowRule, work: _Work,
+                       rows: Sequence[queries.JudgementRow]) -> tuple[list[Sample], Sample | None]:
+    samples: list[Sample] = []
+    late = ctx.averages_behind.get(cast(str, work.subject.device_id))
+    for row in rows:
+        status = judge(row.value, rule.op, work.limits.threshold, work.limits.clear)
+        if not row.final or (late is not None and row.end > late.first_ts):
+            # not over, or computed before all of the day was in (the processor is behind): not judged yet
+            work.revisit = True
+            if not (rule.early and status is Status.BREACH):
+                return samples, None
+            seen = max(row.start, min(ctx.now, row.end))  # the day's rows carry no device time of the breach
+            return samples, Sample(row.start, seen, row.value, status)
+        samples.append(Sample(row.start, row.end, row.value, status))
+    return samples, None
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """SQL per rule kind, over the typed hypertables (migration 0002), ``cems_averages`` (0020),
-``devices`` and ``device_last_seen`` (0001). Every function takes per-device start times so one
-statement serves all the subjects of a rule in a pass.
+``cems_daily_judgements`` and ``cems_marks`` (0080), ``devices`` and ``device_last_seen`` (0001). Every function
+takes per-device start times so one statement serves all the subjects of a rule in a pass.
 
 Which rows are new: each reading row has ``stored_at`` — the start of the transaction that wrote it
 (migration 0011). A row stored before the start of the oldest transaction still open is surely
@@ -10,7 +10,10 @@ interleave, and rows replayed from the collector's spool count as new when they 
 
 Which rows count: readings whose HJ 212 flag (``<pollutant>_flag``, the flag of a CEMS parameter kept in
 ``extra.hj212``, or ``extra.flag`` on other kinds) is not in the rule's ``accept_flags`` are ignored
-— calibration, maintenance, fault and stopped readings never raise or clear an alert.
+— calibration, maintenance, fault and stopped readings never raise or clear an alert. A CEMS reading taken
+while its furnace line is marked out of normal operation (a furnace mark in ``cems_marks`` or from the data
+unit) counts as stopped (F) too. A ``flagged`` rule instead judges the flag itself (1 when the reading
+carries it, 0 when not), for every reading of its field.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from psycopg import sql
 from sanitel.alerts.rules import (
     AVERAGE_PERIODS,
     AVERAGES_TABLE,
+    JUDGEMENT_FIELDS,
+    JUDGEMENTS_TABLE,
     EventCountRule,
     RateRule,
     ThresholdRule,
@@ -98,6 +103,16 @@ def averages_changes(conn: psycopg.Connection, since: datetime, upto: datetime,
     return {d: Change(a, b) for d, a, b in rows}
 
 
+def judgements_changes(conn: psycopg.Connection, since: datetime, upto: datetime,
+                       horizon: datetime) -> dict[str, Change]:
+    """Per device, the span of cems_daily_judgements days (re)computed in [since, upto)."""
+    rows = conn.execute(
+        "SELECT device_id, min(day_start), max(day_start) FROM cems_daily_judgements"
+        " WHERE computed_at >= %s AND computed_at < %s AND day_start >= %s GROUP BY device_id",
+        (since, upto, horizon - timedelta(days=1))).fetchall()
+    return {d: Change(a, b) for d, a, b in rows}
+
+
 def table_exists(conn: psycopg.Connection, table: str) -> bool:
     exists: bool = one_row(conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)))[0]
     return exists
@@ -117,6 +132,11 @@ def value_sql(rule: ThresholdRule | RateRule | WindowRule | EventCountRule) -> s
     if field is None:
         return sql.SQL("1.0::float8")
     column = _column(field)
+    flagged = getattr(rule, "flagged", None)
+    if flagged is not None:  # the reading's own flag is the value: 1 when it is this one (no flag: N)
+        own = _own_flag_sql(rule.source, field)
+        return sql.SQL("(CASE WHEN {c} IS NULL AND {f} IS NULL THEN NULL WHEN coalesce({f}, 'N') = {x} THEN 1.0"
+                       " ELSE 0.0 END)::float8").format(c=column, f=own, x=sql.Literal(flagged))
     bit = getattr(rule, "bit", None)
     if bit is not None:
         return sql.SQL("((({} >> {}) & 1)::float8)").format(column, sql.Literal(bit))
@@ -126,28 +146,47 @@ def value_sql(rule: ThresholdRule | RateRule | WindowRule | EventCountRule) -> s
     return sql.SQL("({}::numeric::float8)").format(column)
 
 
-# A line in start-up, shut-down or off (the data unit's extra.operating_state) is not burning waste:
-# its readings count as stopped (F), handled under separate rules (GB 18485-2014).
-_NOT_OPERATING = sql.SQL("CASE WHEN t.extra ->> 'operating_state' IN ('start_up', 'shut_down', 'off') THEN 'F' END")
+# Furnace marks (MEE announcement 2019 No. 50: 烘炉 启炉 停炉 停运 故障 事故), restated from
+# processors/cems_marks.py FURNACE_MARKS: alerts do not import processor code.
+FURNACE_MARKS = ("bake_out", "start_up", "shut_down", "shut", "fault", "accident")
+# A line that is not in normal operation is not burning waste as the limits assume (GB 18485-2014, MEE Order
+# No. 10): its readings count as stopped (F), judged under their own rules (cems_daily_judgements). It is marked
+# by the plant (a current furnace mark in cems_marks: not superseded, not withdrawn) or by the data unit
+# (extra.operating_mark, or the older extra.operating_state start_up / shut_down / off).
+_NOT_OPERATING = sql.SQL(
+    """CASE WHEN t.extra ->> 'operating_state' IN ('start_up', 'shut_down', 'off')
+              OR t.extra ->> 'operating_mark' = ANY({marks})
+              OR EXISTS (SELECT 1 FROM cems_marks m WHERE m.device_id = t.device_id AND m.mark = ANY({marks})
+                         AND m.superseded_by IS NULL AND NOT m.withdrawn
+                         AND m.starts_at <= t.ts AND (m.ends_at IS NULL OR m.ends_at > t.ts))
+            THEN 'F' END""").format(marks=sql.Literal(list(FURNACE_MARKS)))
+
+
+def _own_flag_sql(source: str, field: str) -> sql.Composable:
+    """The flag a reading carries for this field (NULL when none): a CEMS value's own HJ 212 flag column (or
+    the one kept in extra.hj212), another kind's extra.flag."""
+    if source != "cems_readings":
+        return sql.SQL("(t.extra ->> 'flag')")
+    prefix = field.removesuffix("_zs_mg_m3").removesuffix("_mg_m3")
+    if prefix != field:
+        return sql.SQL("t.{}").format(sql.Identifier(f"{prefix}_flag"))
+    if field in _CEMS_PARAMETER_FLAGS:
+        code, flag_column = _CEMS_PARAMETER_FLAGS[field]
+        return (sql.SQL("t.{}").format(sql.Identifier(flag_column)) if flag_column
+                else sql.SQL("(t.extra #>> {})").format(sql.Literal(f"{{hj212,{code},Flag}}")))
+    return sql.SQL("NULL")
 
 
 def flag_sql(source: str, field: str | None) -> sql.Composable:
     """The HJ 212 data flag of a reading's value ('N' when the reading carries none)."""
     if source == "cems_readings" and field is not None:
-        prefix = field.removesuffix("_zs_mg_m3").removesuffix("_mg_m3")
-        if prefix != field:
-            own: sql.Composable = sql.SQL("t.{}").format(sql.Identifier(f"{prefix}_flag"))
-        elif field in _CEMS_PARAMETER_FLAGS:
-            code, flag_column = _CEMS_PARAMETER_FLAGS[field]
-            own = (sql.SQL("t.{}").format(sql.Identifier(flag_column)) if flag_column
-                   else sql.SQL("(t.extra #>> {})").format(sql.Literal(f"{{hj212,{code},Flag}}")))
-        else:
-            own = sql.SQL("NULL")
-        return sql.SQL("coalesce({}, {}, 'N')").format(_NOT_OPERATING, own)
+        return sql.SQL("coalesce({}, {}, 'N')").format(_NOT_OPERATING, _own_flag_sql(source, field))
     return sql.SQL("coalesce(t.extra ->> 'flag', 'N')")
 
 
 def counted_sql(rule: ThresholdRule | RateRule | WindowRule | EventCountRule) -> sql.Composable:
+    if getattr(rule, "flagged", None) is not None:
+        return sql.SQL("true")  # the flag is the value: every reading of the field is judged
     return sql.SQL("({} = ANY({}))").format(flag_sql(rule.source, getattr(rule, "field", None)),
                                              sql.Literal(list(rule.accept_flags)))
 
@@ -312,7 +351,7 @@ class AverageRow:
     start: datetime
     end: datetime
     value: float | None
-    status: str  # valid | invalid | missing | not_operating | in_progress
+    status: str  # valid | invalid | missing | not_operating | marked | in_progress
     final: bool  # computed after the unit had reported past the period's end: its data was complete
 
 
@@ -340,6 +379,37 @@ def averages_rows(conn: psycopg.Connection, rule: WindowRule, requests: Sequence
     out: dict[str, list[AverageRow]] = defaultdict(list)
     for device_id, start, end, value, status, final in conn.execute(query, params):
         out[device_id].append(AverageRow(start, end, value, status, final))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class JudgementRow:
+    start: datetime  # the local day, as UTC instants
+    end: datetime
+    value: float | None  # None: not judged (e.g. no mark that day for marked_dust_1h_max)
+    final: bool  # the day had ended when computed, and the unit had reported past its end by then
+
+
+def judgement_rows(conn: psycopg.Connection, rule: WindowRule, requests: Sequence[Request],
+                   upto: datetime, write_margin: timedelta) -> dict[str, list[JudgementRow]]:
+    """Per device: its cems_daily_judgements days with the rule's field. A day is ``final`` when its row says
+    the day had ended and it was computed after the unit had reported past the day's end (as ``averages_rows``)."""
+    if not requests or rule.field not in JUDGEMENT_FIELDS:
+        return {}
+    query = sql.SQL(
+        """SELECT j.device_id, j.day_start, j.day_end, j.{field}::float8,
+                  j.final AND EXISTS (SELECT 1 FROM cems_readings r WHERE r.device_id = j.device_id
+                                      AND r.ts >= j.day_end AND r.stored_at <= j.computed_at - %(write_margin)s)
+           FROM {table} j JOIN unnest(%(devices)s::text[], %(starts)s::timestamptz[]) AS q (device_id, start)
+                ON q.device_id = j.device_id
+           WHERE j.day_start >= q.start AND j.computed_at < %(upto)s
+           ORDER BY j.device_id, j.day_start"""
+    ).format(field=sql.Identifier(rule.field), table=sql.Identifier(JUDGEMENTS_TABLE))
+    params = {"devices": [r.device_id for r in requests], "starts": [r.start for r in requests], "upto": upto,
+              "write_margin": write_margin}
+    out: dict[str, list[JudgementRow]] = defaultdict(list)
+    for device_id, start, end, value, final in conn.execute(query, params):
+        out[device_id].append(JudgementRow(start, end, value, final))
     return out
 
 

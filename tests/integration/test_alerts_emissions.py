@@ -110,3 +110,17 @@ def test_each_averaging_period_against_the_shipped_limits(emissions_db: str) -> 
         ("cems_so2_daily", 0 * h, None, 70.0),
         ("cems_so2_half_hourly_b", 0 * h, None, 70.0),
     }
+
+
+@pytest.mark.clock
+def test_a_stricter_permit_on_the_line_applies_to_the_real_chain(emissions_db: str) -> None:
+    # GB 24-hour NOx = mean of the 24 valid hourly averages: 10:00 is (450 + 100) / 2 = 275, 14:00 is 350, the
+    # other 22 are 100: (275 + 350 + 22 × 100) / 24 = 2825 / 24 = 117.7 — within GB 18485's 250, above a
+    # permit of 110 set on the line in the grammar the compliance report reads (sites.params.emission_limits)
+    with psycopg.connect(emissions_db, autocommit=True) as conn:
+        conn.execute("""UPDATE sites SET params = '{"emission_limits": {"permit": "EIA 2019-100",
+                        "nox": {"gb.24h": 110}}}' WHERE site_id = 'p1-l1'""")
+    run(emissions_db, _shipped("cems_nox_gb_24h"), lateness_horizon=timedelta(days=4), write_margin=timedelta(0))
+    (alert,) = alerts(emissions_db)
+    assert (alert["rule_id"], alert["started_at"], alert["threshold"]) == ("cems_nox_gb_24h", DAY, 110.0)
+    assert alert["value"] == pytest.approx(2825 / 24) and alert["annotations"]["permit"] == "EIA 2019-100"

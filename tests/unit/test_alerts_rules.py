@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sanitel.alerts.evaluator import bucket_floor, bucket_next
 from sanitel.alerts.rules import (
+    JUDGEMENTS_TABLE,
+    EmissionLimitKey,
     Lookup,
     OfflineRule,
     ThresholdRule,
@@ -20,10 +24,12 @@ from sanitel.alerts.rules import (
     load_files,
     load_files_tolerant,
     render_summary,
+    site_params_problems,
     validate_rule_dict,
 )
 from sanitel.alerts.timeline import Cursor, Policy, Sample, Status, advance, judge
 from sanitel.cli import main
+from sanitel.emission_limits import LIMIT_KEYS, default_limits, mee_rules
 from sanitel.errors import ConfigError
 
 BASE = {"id": "x.low_soc", "kind": "threshold", "summary": "SOC {value}", "severity": "major",
@@ -140,7 +146,9 @@ def test_shipped_packs_validate_and_cover_the_issue() -> None:
                 "station_nh3", "station_noise_day", "station_noise_night", "bin_overflow", "bin_fire",
                 "camera_mis_sorting", "device_offline", "cems_furnace_below_850", "cems_co_10min",
                 "cems_nox_half_hourly", "cems_nox_half_hourly_b", "cems_nox_daily", "cems_nox_daily_invalid",
-                "cems_nox_gb_1h", "cems_nox_gb_24h"}
+                "cems_nox_gb_1h", "cems_nox_gb_24h", "cems_furnace_850_daily", "cems_marked_hours_cap",
+                "cems_mark_too_long", "cems_marked_dust", "cems_co_eu_24h",
+                *(f"cems_{p}_over_range" for p in ("dust", "so2", "nox", "co", "hcl"))}
     assert expected <= ids
     kinds = {r.kind for r in ruleset.rules.values()}
     assert kinds == {"threshold", "window", "rate", "event_count", "offline"}
@@ -156,6 +164,141 @@ def test_shipped_packs_validate_and_cover_the_issue() -> None:
     night = rules["station_noise_night"]
     assert isinstance(night, WindowRule) and night.local_hours == "22:00-06:00"
     assert isinstance(night.threshold, Lookup) and night.threshold.values["4"] == 55
+
+
+def test_every_cems_emission_rule_reads_its_limit_from_the_kernel() -> None:
+    rules = load_files(default_rule_files()).rules
+    defaults = default_limits()
+    averages = [r for r in rules.values() if isinstance(r, WindowRule) and r.source == "cems_averages"
+                and r.aggregate == "avg"]
+    assert len(averages) == 31  # 5 GB pollutants × 2 + 6 EU × 3 + CO 10-minute … and nothing judged twice
+    for rule in averages:
+        assert rule.emission_limit is not None, rule.id
+        assert rule.threshold == defaults[(rule.emission_limit, str(rule.where["pollutant"]))], rule.id
+        assert rule.confidence_interval_pct == 0  # the interval comes from the limit set too
+    assert set(get_args(EmissionLimitKey)) == set(LIMIT_KEYS)
+    # EU CO: the half-hourly and 10-minute averages are early signals, the daily one counts toward 97 % of days;
+    # the directive's test is the 24-hour either/or
+    assert {rules[r].severity for r in ("cems_co_half_hourly", "cems_co_10min", "cems_co_daily")} == {"warning"}
+    assert "97 %-of-days" in rules["cems_co_daily"].summary and rules["cems_co_eu_24h"].severity == "major"
+    judged = {r.id: r for r in rules.values() if isinstance(r, WindowRule) and r.source == JUDGEMENTS_TABLE}
+    mee = mee_rules()
+    assert judged["cems_furnace_850_daily"].threshold == mee.furnace_max_below_per_day == 5
+    assert judged["cems_marked_hours_cap"].threshold == mee.marked_hours_per_year == 60
+    assert judged["cems_marked_dust"].threshold == mee.marked_dust_1h_max_mg_m3 == 150
+    assert {r for r, rule in judged.items() if rule.early} == set(judged) - {"cems_co_eu_24h"}
+    assert all(rule.standard and (rule.unverified or "2010/75/EU" in rule.standard) for rule in judged.values())
+    over = rules["cems_dust_over_range"]
+    assert isinstance(over, ThresholdRule) and over.flagged == "T" and over.severity == "major"
+
+
+EMISSION = {"id": "x.nox", "kind": "window", "summary": "{value:.1f} > {threshold:g}", "severity": "critical",
+            "source": "cems_averages", "field": "avg_zs_mg_m3", "where": {"pollutant": "nox", "standard": "gb"},
+            "window": "1d", "op": ">", "emission_limit": "gb.24h"}
+
+
+@pytest.mark.parametrize(("change", "key", "words"), [
+    ({"threshold": 150}, "threshold", "150 is not the default gb.24h limit of nox in emission_limits.yaml, 250 — "
+                                      "fix: remove 'threshold'"),
+    ({"window": "1h"}, "window", "gb.24h is judged on 1d averages — fix: window: 1d"),
+    ({"where": {"pollutant": "nox", "standard": "eu"}}, "where.standard", "fix: where: {standard: gb}"),
+    ({"where": {"pollutant": "toc", "standard": "gb"}}, "emission_limit", "no gb.24h limit for 'toc' — fix: use one"),
+    ({"where": {"pollutant": ["nox"], "standard": "gb"}}, "where.pollutant", "judges one pollutant"),
+    ({"confidence_interval_pct": 20}, "confidence_interval_pct", "fix: remove confidence_interval_pct"),
+    ({"mee_limit": "marked_hours_per_year"}, "mee_limit", "not both"),
+])
+def test_emission_limit_rules_name_file_rule_key_and_fix(change: dict[str, Any], key: str, words: str) -> None:
+    message = _error({**EMISSION, **change}, origin="alerts/rules/cems.yaml")
+    assert message.startswith("alerts/rules/cems.yaml: rule 'x.nox': ")
+    assert f"key '{key}'" in message and words in message and "— fix: " in message
+
+
+def test_judgement_rules_checks() -> None:
+    judgement = {"id": "x.j", "kind": "window", "summary": "s", "severity": "major", "source": JUDGEMENTS_TABLE,
+                 "field": "eu_co_24h_failed", "window": "1d", "op": ">=", "threshold": 1}
+    rule = validate_rule_dict(judgement)
+    assert isinstance(rule, WindowRule) and rule.threshold == 1
+    assert "key 'early'" in _error({**judgement, "early": True})  # decided at the end of the day: never early
+    assert "key 'window'" in _error({**judgement, "window": "1h"})
+    assert "did you mean 'furnace_5min_below_850'" in _error({**judgement, "field": "furnace_5min"})
+    mee = {**judgement, "field": "marked_hours_ytd", "mee_limit": "marked_hours_per_year", "threshold": 50}
+    assert "50 is not marked_hours_per_year of mee_order_10" in _error(mee)
+    assert "key 'accept_flags'" in _error({**BASE, "source": "cems_readings", "field": "dust_mg_m3",
+                                           "flagged": "T", "accept_flags": ["N"]})
+
+
+RULES = load_files(default_rule_files()).rules
+
+
+def test_emission_limits_come_from_the_plant_and_line() -> None:
+    gb, eu = RULES["cems_nox_gb_24h"], RULES["cems_nox_daily"]
+    default = limits_for(gb, {})
+    assert default is not None and (default.threshold, default.confidence_interval) == (250, 0)
+    sites: list[tuple[str, dict[str, Any] | None]] = [
+        ("p1", {"emission_limits": {"nox": {"gb.24h": 200, "eu.daily": 150}}}),
+        ("p1-l1", {"emission_limits": {"permit": "permit 7", "nox": {"gb.24h": 120}}})]
+    line = limits_for(gb, {}, sites)
+    assert line is not None and line.threshold == 120 and line.context == {"limit_source": "p1-l1", "permit": "permit 7"}
+    plant = limits_for(eu, {}, sites)  # the line sets no EU limit: the plant's holds, its CI 20 % × 150 = 30
+    assert plant is not None and plant.threshold == 150 and plant.confidence_interval == pytest.approx(30.0)
+    with pytest.raises(ConfigError, match=r'fix: \{"emission_limits": \{"nox": \{"gb.24h": 120\}\}\}'):
+        limits_for(gb, {"limits": {"cems_nox_gb_24h": 120}}, sites)
+    with pytest.raises(ConfigError, match="must be a positive number"):
+        limits_for(gb, {}, [("p1", {"emission_limits": {"nox": {"gb.24h": 0}}, "x": None})])
+    assert limits_for(gb, {"disabled_rules": ["cems_*"]}, [("p1", {"emission_limits": "broken"})]) is None
+    assert site_params_problems("p1", {"limits": {"cems_nox_gb_24h": 1, "station_h2s": 0.05}}, RULES.values()) == [
+        "sites.params of p1.limits.cems_nox_gb_24h: rule cems_nox_gb_24h judges an emission limit (gb.24h of nox), "
+        "which is set per plant or line in emission_limits — the grammar the compliance report reads too — fix: "
+        '{"emission_limits": {"nox": {"gb.24h": 1}}} instead of limits.cems_nox_gb_24h']
+
+
+_SCALAR = st.none() | st.booleans() | st.integers(-1000, 1000) | st.floats(allow_nan=True) | st.text(max_size=8)
+_JSON = _SCALAR | st.lists(_SCALAR, max_size=3) | st.dictionaries(st.text(max_size=8), _SCALAR, max_size=3)
+# keys of the grammar, so generated params get deep into it: {emission_limits: {nox: {gb.24h: {value: …}}}}
+_NEAR = st.sampled_from(["emission_limits", "limits", "permit", "nox", "dust", "gb.24h", "daily", "value",
+                         "cems_nox_gb_24h", "cems_nox_daily", "station_h2s", "threshold", "disabled_rules"])
+
+
+def _nested(depth: int) -> st.SearchStrategy[Any]:
+    return _JSON if depth == 0 else _JSON | st.dictionaries(_NEAR, _nested(depth - 1), max_size=3)
+
+
+_PARAMS = st.dictionaries(_NEAR | st.text(max_size=6), _nested(3), max_size=3)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_PARAMS, _PARAMS)
+def test_site_params_never_raise_but_the_documented_error(plant: dict[str, Any], line: dict[str, Any]) -> None:
+    """Whatever a site's params hold, the emission rules get limits or a ConfigError naming why; the
+    per-pass check returns its problems as text and never raises."""
+    for rule_id in ("cems_nox_gb_24h", "cems_nox_daily", "cems_furnace_850_daily", "station_h2s"):
+        try:
+            limits = limits_for(RULES[rule_id], {**plant, **line}, [("p1", plant), ("p1-l1", line)])
+        except ConfigError as exc:
+            assert str(exc)
+        else:
+            assert limits is None or isinstance(limits.threshold, float)
+            assert limits is None or limits.threshold > 0 or rule_id == "station_h2s"  # limits are positive
+    assert all(isinstance(p, str) and p for p in site_params_problems("p1", plant, RULES.values()))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.fixed_dictionaries({}, optional={
+    "emission_limit": st.sampled_from(["gb.1h", "gb.24h", "eu.daily", "eu.10min", "eu.half_hour_b", "x"]) | _JSON,
+    "mee_limit": st.sampled_from(["marked_hours_per_year", "furnace_min_temp_c", "nope"]) | _JSON,
+    "threshold": st.sampled_from([250, 250.0, 5, 60, "250", True]) | _JSON,
+    "where": st.fixed_dictionaries({}, optional={"pollutant": st.sampled_from(["nox", "co", "toc"]) | _JSON,
+                                                 "standard": st.sampled_from(["gb", "eu"]) | _JSON}) | _JSON,
+    "source": st.sampled_from(["cems_averages", JUDGEMENTS_TABLE, "cems_readings"]),
+    "field": st.sampled_from(["avg_zs_mg_m3", "marked_hours_ytd", "dust_mg_m3"]),
+    "window": st.sampled_from(["1h", "1d", "30m"]), "early": st.booleans(),
+    "flagged": st.sampled_from(["T", "N", "Q"]) | _JSON}))
+def test_rule_validation_never_raises_but_the_documented_error(change: dict[str, Any]) -> None:
+    for kind in ("window", "threshold"):
+        try:
+            validate_rule_dict({**EMISSION, "kind": kind, **change})
+        except ConfigError as exc:
+            assert " — fix: " in str(exc)
 
 
 def test_limits_per_site_lookup_override_and_disable() -> None:
