@@ -48,10 +48,11 @@ from sanitel.ingest.buffered_client import BufferedClient
 from sanitel.ingest.decode import DecodeLimits, decode_message
 from sanitel.ingest.metrics import CollectorMetrics
 from sanitel.mqtt_wire import BrokerTarget, paho_client
-from sanitel.processors.registry import DeviceRegistry
+from sanitel.processors.registry import DeviceRegistry, RegistryUnavailable
 from sanitel.processors.spool import BadSpan, Spool, SpooledMessage, SpoolFull, SpoolRecord
 from sanitel.processors.writer import DatabaseUnavailable, Message, ReadingWriter, WriteResult
-from sanitel.schemas.topics import DEVICE_KINDS, SYSTEM_FAMILIES, subscription
+from sanitel.schemas.hj212_settings import DEFAULT_BASIS, Hj212Basis
+from sanitel.schemas.topics import DEVICE_KINDS, SYSTEM_FAMILIES, Hj212Topic, TopicError, parse_topic, subscription
 from sanitel.settings import Settings
 
 log = logging.getLogger("sanitel.collector")
@@ -421,7 +422,9 @@ class Collector:
         self._spool(raw)  # behind what is spooled already: order kept
 
     def _write(self, raw: list[SpooledMessage]) -> WriteResult:
-        messages = [Message(topic, payload, at, decode_message(topic, payload, at, self.limits))
+        bases = self._hj212_bases(raw)
+        messages = [Message(topic, payload, at,
+                             decode_message(topic, payload, at, self.limits, bases.get(topic, DEFAULT_BASIS)))
                     for topic, payload, at in raw]
         started = self._monotonic()
         result = self.writer.write(messages)
@@ -442,6 +445,27 @@ class Collector:
         if result.auto_register_refused:
             self.metrics.auto_register_refused.inc(result.auto_register_refused)
         return result
+
+    def _hj212_bases(self, raw: list[SpooledMessage]) -> dict[str, Hj212Basis]:
+        """Topic → time zone and gas basis of the batch's HJ 212 frames: their devices' settings in the registry
+        (cached; the writer's lookup of the same devices then hits the cache). An unregistered MN, or a collector
+        without a registry, reads them with the defaults."""
+        if self.registry is None:
+            return {}
+        mns: dict[str, str] = {}
+        for topic, _, _ in raw:
+            if topic.endswith("/hj212"):  # the only topics whose decoding depends on the device's settings
+                with contextlib.suppress(TopicError):
+                    parsed = parse_topic(topic)
+                    if isinstance(parsed, Hj212Topic):
+                        mns[topic] = parsed.mn
+        if not mns:
+            return {}
+        try:
+            entries = self.registry.lookup(set(mns.values()))
+        except RegistryUnavailable as exc:  # the database is what is missing: spool, decode on replay
+            raise DatabaseUnavailable(str(exc)) from None
+        return {topic: entries[mn].hj212.resolve() for topic, mn in mns.items() if mn in entries}
 
     def _spool(self, raw: list[SpooledMessage]) -> None:
         """Append and fsync; SpoolFull (nothing durable) when at the cap or the disk is full."""

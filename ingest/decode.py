@@ -40,6 +40,7 @@ from msgspec import Meta
 
 from sanitel.ingest.metrics import DECODE_INTERNAL_ERRORS, HJ212_INVALID_FIELDS, HJ212_UNKNOWN_CODES
 from sanitel.schemas import hj212
+from sanitel.schemas.hj212_settings import DEFAULT_BASIS, Hj212Basis
 from sanitel.schemas.readings import (
     BY_KIND_STREAM,
     DEFAULT_STREAM,
@@ -109,6 +110,7 @@ class _Context:
     limits: DecodeLimits
     nul: bool = False  # the payload may hold U+0000 in a string: apply the NUL rule
     marked: bool = False  # parsed by _parse_exactly: objects with duplicate names are _DupDicts
+    hj212_basis: Hj212Basis = DEFAULT_BASIS  # how an HJ 212 frame's DataTime and concentrations are read
 
 
 class _Reject(Exception):
@@ -159,10 +161,13 @@ _FIELD_SETS = {t: frozenset(f) | {"ts", "seq", "device_id"} for t, f in _FIELDS.
 _GROUPS = {t: _field_groups(t) for t in BY_KIND_STREAM.values()}
 
 
-def decode_message(topic: str, payload: bytes, received_at: datetime, limits: DecodeLimits = DecodeLimits()) -> Decoded:
-    """Decode a message; never raises. Rows, or rejections, or (a topic sanitel itself publishes) ``ignored``."""
+def decode_message(topic: str, payload: bytes, received_at: datetime, limits: DecodeLimits = DecodeLimits(),
+                   hj212_basis: Hj212Basis = DEFAULT_BASIS) -> Decoded:
+    """Decode a message; never raises. Rows, or rejections, or (a topic sanitel itself publishes) ``ignored``.
+    ``hj212_basis``: for an HJ 212 frame, the time zone its DataTime is local to and its gas basis (the device's
+    registered settings, ``schemas/hj212_settings.py``)."""
     try:
-        return _decode(topic, payload, _Context(received_at, limits))
+        return _decode(topic, payload, _Context(received_at, limits, hj212_basis=hj212_basis))
     except Exception as exc:  # the last line of defence: a decoder bug costs this message, never the collector
         return Decoded(rejections=[_internal_error(exc, None, None, None)])
 
@@ -608,7 +613,8 @@ def _decode_hj212(topic: Hj212Topic, payload: bytes, ctx: _Context, out: Decoded
     if frame.mn != topic.mn:
         raise _Reject("device_mismatch", f"frame MN {frame.mn!r} differs from the topic's {topic.mn!r}")
     try:
-        conversion = hj212.convert_frame(frame, device_id=topic.mn)
+        conversion = hj212.convert_frame(frame, device_id=topic.mn, tz=ctx.hj212_basis.tz,
+                                         gas_is_dry=ctx.hj212_basis.gas_is_dry)
     except hj212.Hj212Error as exc:
         raise _Reject(f"hj212_{exc.code}", str(exc)) from None
     readings = conversion.readings

@@ -30,6 +30,13 @@ LISTEN/NOTIFY: an MN not registered, or registered as another kind, or without a
 required, or a PW that does not match the stored hash), so it answers 9014 exactly when the collector will
 store a reading.
 
+Per device (``schemas/hj212_settings.py``): a DAU's ``DataTime`` is read in its own time zone and its
+concentrations tagged dry or wet gas as registered — ``devices.metadata`` keys ``timezone`` and ``gas_is_dry``, else
+the time zone of the device's plant, else the listener's defaults (Asia/Shanghai, dry). They come with the registry
+entry the listener looks up anyway (cached, kept current by LISTEN/NOTIFY: a metadata change applies to the next
+frame, without a restart). A stored value that cannot be used is skipped (the next level applies), counted in
+``stats.device_settings_fallbacks`` and logged by the registry when it reads the entry.
+
 Limits (settings ``hj212_*``), because DAUs connect from the field and a listener must survive a broken or
 hostile peer: at most ``max_connections`` DAUs at once (further connections are closed at once); a connection
 silent for ``idle_timeout`` is closed; a peer that does not read its replies for ``write_timeout`` is cut off
@@ -58,6 +65,7 @@ from sanitel.ingest.decode import decode_message
 from sanitel.mqtt_wire import BrokerTarget, paho_client
 from sanitel.processors.registry import DeviceEntry, DeviceRegistry, Hj212Check, RegistryUnavailable
 from sanitel.schemas.hj212 import (
+    DEFAULT_TZ,
     FLAG_ACK,
     MAX_FRAME_BYTES,
     QN_RTN_BAD_MN,
@@ -72,6 +80,7 @@ from sanitel.schemas.hj212 import (
     peek_header,
     qn_rtn_for,
 )
+from sanitel.schemas.hj212_settings import Hj212Basis, is_timezone
 from sanitel.schemas.topics import hj212_topic
 from sanitel.settings import Settings
 
@@ -106,6 +115,7 @@ class ListenerStats:
     rate_limited: int = 0  # connections closed for sending more than frames_per_minute
     registry_refused: int = 0  # frames the registry refuses (MN, kind, password): answered 9011, dead-lettered
     registry_unavailable: int = 0  # frames not answered because the registry could not be asked
+    device_settings_fallbacks: int = 0  # frames of a device with an unusable stored timezone/gas_is_dry
 
 
 class BrokerUnavailable(Exception):
@@ -267,9 +277,9 @@ class Hj212Listener:
     """``await start()``, then DAUs connect to ``host:port``; ``await stop()`` to close.
 
     ``from_settings`` builds the one the CLI runs; the keyword arguments (defaults: the settings' defaults) are
-    for tests. Without a ``registry`` no registry check is made (tests without a database); the listener starts
-    and stops the registry it is given. ``clock`` is the receive time DataTime is judged by; ``monotonic`` drives
-    the frame rate limit and the rate of log lines.
+    for tests. Without a ``registry`` no registry check is made (tests without a database) and every frame is read
+    with ``default_tz`` and ``gas_is_dry``; the listener starts and stops the registry it is given. ``clock`` is the
+    receive time DataTime is judged by; ``monotonic`` drives the frame rate limit and the rate of log lines.
     """
 
     def __init__(self, mqtt_url: str, city: str, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
@@ -280,7 +290,10 @@ class Hj212Listener:
                  registry: Hj212Registry | None = None,
                  require_password: bool = _DEFAULTS.hj212_require_password,
                  auto_register: bool = _DEFAULTS.auto_register_devices, client_id: str | None = None,
+                 default_tz: str = DEFAULT_TZ, gas_is_dry: bool = True,
                  clock: Callable[[], datetime] | None = None, monotonic: Callable[[], float] = time.monotonic) -> None:
+        if not is_timezone(default_tz):
+            raise ValueError(f"default_tz {default_tz!r} is not an IANA time-zone name")
         self.city = city
         self.clock = clock or (lambda: datetime.now(UTC))  # receive time, as the collector will judge DataTime
         self.monotonic = monotonic
@@ -294,6 +307,8 @@ class Hj212Listener:
         self.registry = registry
         self.require_password = require_password
         self.auto_register = auto_register
+        # how a device's frames are read when the registry says nothing else
+        self.default_basis = Hj212Basis(default_tz, gas_is_dry)
         self.broker = BrokerLink(mqtt_url, client_id)
         self.stats = ListenerStats()
         self.active_connections = 0
@@ -437,9 +452,11 @@ class Hj212Listener:
     async def handle_frame(self, raw: bytes) -> bytes | None:
         """Publish one frame; return the reply for the DAU (None: no reply)."""
         self.stats.frames += 1
+        default = self.default_basis
         try:
             frame = parse_frame(raw)
-            conversion = convert_frame(frame)  # DataTime and CN: a DAU misconfiguration is answered now
+            # DataTime and CN: a DAU misconfiguration is answered now, before anything is asked of the registry
+            conversion = convert_frame(frame, tz=default.tz, gas_is_dry=default.gas_is_dry)
         except Hj212Error as exc:
             return await self._handle_bad(raw, str(exc), exc.code, qn_rtn_for(exc))
         if conversion.unknown_codes or conversion.invalid_fields or conversion.adjusted_fields:
@@ -449,7 +466,7 @@ class Hj212Listener:
                      frame.mn, list(conversion.unknown_codes), list(conversion.invalid_fields),
                      list(conversion.adjusted_fields))
         try:
-            refused = await self._registry_refusal(frame)
+            refused, basis = await self._registry_check(frame)
         except RegistryUnavailable as exc:
             # the collector will judge it; until the registry answers nothing is confirmed (the DAU retransmits)
             self.stats.registry_unavailable += 1
@@ -459,7 +476,12 @@ class Hj212Listener:
         if refused is not None:
             self.stats.registry_refused += 1
             return await self._handle_bad(raw, *refused)
-        decoded_refusal = self._refusal(frame.mn, raw)
+        if basis != default:
+            try:  # DataTime in the device's own time zone (only a DataTime near year 2000 or 9999 can fail here)
+                convert_frame(frame, tz=basis.tz, gas_is_dry=basis.gas_is_dry)
+            except Hj212Error as exc:
+                return await self._handle_bad(raw, str(exc), exc.code, qn_rtn_for(exc))
+        decoded_refusal = self._refusal(frame.mn, raw, basis)
         if decoded_refusal is not None:
             return await self._handle_bad(raw, *decoded_refusal, QN_RTN_REJECTED)
         if not await self._publish(frame.mn, raw):
@@ -469,17 +491,37 @@ class Hj212Listener:
             return encode_data_reply(frame)
         return None
 
-    async def _registry_refusal(self, frame: Hj212Frame) -> tuple[str, str, int] | None:
-        """(message, reason, QnRtn) when the collector's registry checks (processors/writer.py) will refuse the
-        frame. Off the event loop: a lookup may read the database, and a password check runs scrypt."""
+    async def _registry_check(self, frame: Hj212Frame) -> tuple[tuple[str, str, int] | None, Hj212Basis]:
+        """((message, reason, QnRtn) when the collector's registry checks (processors/writer.py) will refuse the
+        frame, else None; how the device's frames are read). Off the event loop: a lookup may read the database,
+        and a password check runs scrypt."""
         if self.registry is None:
-            return None
-        return await asyncio.to_thread(self._check_registry, self.registry, frame.mn, frame.pw)
+            return None, self.default_basis
+        entry, refused = await asyncio.to_thread(self._registry_verdict, self.registry, frame.mn, frame.pw)
+        return refused, self._basis(entry)
 
-    def _check_registry(self, registry: Hj212Registry, mn: str, password: str | None) -> tuple[str, str, int] | None:
+    def _basis(self, entry: DeviceEntry | None) -> Hj212Basis:
+        """The device's time zone and gas basis: its registry entry's settings over the listener's defaults. An
+        unusable stored setting is skipped (the next level applies) and counted."""
+        if entry is None:
+            return self.default_basis
+        if entry.hj212.problems:  # the registry logs them when it reads the entry
+            self.stats.device_settings_fallbacks += 1
+        return entry.hj212.resolve(self.default_basis)
+
+    def _registry_verdict(self, registry: Hj212Registry, mn: str,
+                          password: str | None) -> tuple[DeviceEntry | None, tuple[str, str, int] | None]:
+        """(the MN's registry entry, its refusal): one lookup serves the checks and the device's settings."""
+        found = registry.lookup([mn])
+        return found.get(mn), self._check_registry(registry, mn, password, found)
+
+    def _check_registry(self, registry: Hj212Registry, mn: str, password: str | None,
+                        found: dict[str, DeviceEntry] | None = None) -> tuple[str, str, int] | None:
+        """The refusal of a frame of ``mn`` by the registry (``found``: what a lookup of ``mn`` gave, else one is
+        made)."""
+        entry = (registry.lookup([mn]) if found is None else found).get(mn)
         # QnRtn of the 9011 request reply, HJ 212-2017 table of request-reply codes (schemas/hj212.py): 3 "PW
         # 错误" for a missing or wrong password, 4 "MN 错误" for an MN this host does not know as a CEMS unit
-        entry = registry.lookup([mn]).get(mn)
         check = registry.check_password(mn, entry, password, require_password=self.require_password)
         if check is Hj212Check.WRONG_PASSWORD:
             return f"PW does not match the password registered for MN {mn}", "hj212_wrong_password", QN_RTN_BAD_PW
@@ -495,9 +537,9 @@ class Hj212Listener:
             return f"MN {mn} is registered as a {entry.kind}", "kind_mismatch", QN_RTN_BAD_MN
         return None
 
-    def _refusal(self, mn: str, raw: bytes) -> tuple[str, str] | None:
-        """(message, reason) when the collector, decoding this frame now, would store no reading."""
-        decoded = decode_message(hj212_topic(self.city, mn), raw, self.clock())
+    def _refusal(self, mn: str, raw: bytes, basis: Hj212Basis) -> tuple[str, str] | None:
+        """(message, reason) when the collector, decoding this frame now as the device's, would store no reading."""
+        decoded = decode_message(hj212_topic(self.city, mn), raw, self.clock(), hj212_basis=basis)
         if decoded.rows or not decoded.rejections:
             return None
         first = decoded.rejections[0]

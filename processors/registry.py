@@ -15,6 +15,14 @@ seconds (a safety net for anything the trigger does not see, such as ``ALTER TAB
 A lookup that raced with a change cannot put the old value back into the cache: every drop bumps a generation,
 and what a read found is kept only when nothing about those ids was dropped since the read began.
 
+HJ 212 device settings (``schemas/hj212_settings.py``): a CEMS device's entry also carries the time zone its DAU's
+``DataTime`` is local to and whether its analyser measures dry gas — ``devices.metadata`` keys ``timezone`` and
+``gas_is_dry``, the time zone of its plant when it has none of its own — read by the same query, so the HJ 212
+listener and the collector convert frames per device without a database round trip per frame. A device's
+metadata change notifies like any other change of its row. Sites have no trigger (migration 0060): a changed
+``sites.timezone`` reaches the caches with the next full reload (``refresh_s``), or at once where a ``sites:<id>``
+notification is sent (it drops the whole cache: the devices below a site are not known here).
+
 HJ 212 passwords (HJ 212-2017 §6.3: each frame carries the DAU's PW in clear) are compared with the stored salted
 hash (``sanitel.secret_hash``); a verified (MN, hash, PW) is remembered for ``refresh_s`` at most, so scrypt runs
 once per DAU and password, not once per frame. A rotated password changes the stored hash, so an entry of the old
@@ -34,12 +42,29 @@ from enum import StrEnum
 
 import psycopg
 
+from sanitel.schemas.hj212_settings import (
+    NO_SETTINGS,
+    Hj212DeviceSettings,
+    metadata_from_json,
+    parse_device_settings,
+)
 from sanitel.secret_hash import VerifiedCache
 
 log = logging.getLogger("sanitel.registry")
 
 CHANNEL = "sanitel_registry"
-_SELECT = "SELECT device_id, kind, gateway_id, hj212_password_hash FROM devices WHERE device_id = ANY(%s)"
+# The HJ 212 settings of CEMS devices only (no other kind converts frames): each metadata key's JSON text, cut at
+# MAX_STORED_JSON (100) characters so that no stored value is costly to read back; and the time zone of the
+# device's plant as cems_averages.device_placement reads it for a device on a line (the line's parent's, else the
+# line's own), else that of the device's own site.
+_SELECT = """
+SELECT d.device_id, d.kind, d.gateway_id, d.hj212_password_hash,
+       CASE WHEN d.kind = 'cems' THEN left((d.metadata -> 'gas_is_dry')::text, 100) END,
+       CASE WHEN d.kind = 'cems' THEN left((d.metadata -> 'timezone')::text, 100) END,
+       CASE WHEN d.kind = 'cems' THEN
+           CASE WHEN s.kind = 'line' THEN COALESCE(p.timezone, s.timezone) ELSE s.timezone END END
+  FROM devices d LEFT JOIN sites s ON s.site_id = d.site_id LEFT JOIN sites p ON p.site_id = s.parent_id
+ WHERE d.device_id = ANY(%s)"""
 _RECONNECT_MAX_S = 10.0
 _WAIT_S = 1.0  # the listener thread checks for stop() this often
 _REFUSED_CACHE = 4096  # wrong (MN, hash, PW) triples remembered: a DAU retrying a wrong PW costs one scrypt per TTL
@@ -55,6 +80,7 @@ class DeviceEntry:
     kind: str
     gateway_id: str | None
     hj212_password_hash: str | None
+    hj212: Hj212DeviceSettings = NO_SETTINGS  # time zone and gas basis of a CEMS device's frames
 
 
 class Hj212Check(StrEnum):
@@ -86,6 +112,7 @@ class DeviceRegistry:
         self._conn_lock = threading.Lock()
         self._verified = VerifiedCache(ttl_s=refresh_s, clock=clock)
         self._refused: OrderedDict[tuple[str, str, str], float] = OrderedDict()
+        self._settings_logged: dict[str, tuple[str, ...]] = {}  # device → problems logged since the last clear
         self.listen_connects = 0  # LISTEN connections made (tests wait for the listener with it)
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -139,10 +166,26 @@ class DeviceRegistry:
         if not missing:
             return found
         if conn is not None:
-            return found | _read(conn, missing)
-        read = self._read_own(missing)
+            return found | self._noted(_read(conn, missing))
+        read = self._noted(self._read_own(missing))
         self.remember(read, token)
         return found | read
+
+    def _noted(self, read: dict[str, DeviceEntry]) -> dict[str, DeviceEntry]:
+        """``read``, after logging the HJ 212 settings it could not use: once per device and problem until the next
+        full reload, so a misconfigured device is named every ``refresh_s`` rather than on every frame while
+        the cache is bypassed."""
+        for device_id, entry in read.items():
+            problems = entry.hj212.problems
+            if not problems:
+                continue
+            with self._lock:
+                if self._settings_logged.get(device_id) == problems:
+                    continue
+                self._settings_logged[device_id] = problems
+            log.warning("device %s: HJ 212 settings in devices.metadata not used, the next default applies: %s",
+                        device_id, "; ".join(problems))
+        return read
 
     def cached(self, device_ids: Iterable[str]) -> tuple[int, dict[str, DeviceEntry]]:
         """(a token for ``remember``, the cached entries among ``device_ids``)."""
@@ -179,6 +222,7 @@ class DeviceRegistry:
         self._cleared_at = self._generation
         self._dropped_at = {}
         self._entries = {}
+        self._settings_logged = {}
         self._loaded_at = self._clock()
 
     def _expire(self) -> None:
@@ -283,11 +327,16 @@ class DeviceRegistry:
             self.forget(ident)
         elif table == "gateways":
             self._forget_gateway(ident)
+        elif table == "sites":  # a site's time zone is that of every device below it: not worth finding them
+            self.clear()
         else:
             log.warning("unexpected registry notification %r; dropping the whole cache", payload[:100])
             self.clear()
 
 
 def _read(conn: psycopg.Connection, device_ids: list[str]) -> dict[str, DeviceEntry]:
-    return {d: DeviceEntry(kind, gateway, password_hash)
-            for d, kind, gateway, password_hash in conn.execute(_SELECT, (device_ids,)).fetchall()}
+    return {d: DeviceEntry(kind, gateway, password_hash,
+                           NO_SETTINGS if kind != "cems" else
+                           parse_device_settings(metadata_from_json(dry_json, tz_json), site_tz))
+            for d, kind, gateway, password_hash, dry_json, tz_json, site_tz
+            in conn.execute(_SELECT, (device_ids,)).fetchall()}

@@ -3,7 +3,7 @@ HJ 212 access password (write-only)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, status
 
@@ -30,6 +30,7 @@ from sanitel.api.queries import devices as queries
 from sanitel.api.queries import gateways as gateway_queries
 from sanitel.api.queries import sites as site_queries
 from sanitel.broker_auth import USERNAME_PATTERN, valid_username
+from sanitel.schemas.hj212_settings import metadata_problems
 from sanitel.schemas.topics import ROOT
 
 router = APIRouter(prefix="/devices", tags=["devices"], responses=error_responses(401, 403, 422))
@@ -67,9 +68,13 @@ async def get_device(device_id: DeviceId, conn: Db, _: Viewer) -> Device:
                          "first sight can be registered (claimed) once; registering it again is a conflict — "
                          "rotate its credentials instead. The id is also the broker username: it must not be "
                          "a gateway's or a service account's. `hj212_password` (cems only) is stored as a "
-                         "salted hash and never returned; it must not be put in `metadata`.",
+                         "salted hash and never returned; it must not be put in `metadata`. For a data unit "
+                         "speaking HJ 212, `metadata.gas_is_dry` (boolean; false: the analyser measures wet gas) "
+                         "and `metadata.timezone` (IANA name the unit's DataTime is local to; default: its "
+                         "plant's) say how its frames are read (docs/ingest.md).",
              responses=error_responses(409))
 async def register_device(body: DeviceRegistration, ctx: Context, conn: Db, _: Admin) -> RegisteredDevice:
+    _check_hj212_metadata(body.metadata)
     if body.site_id is not None and not await site_queries.site_exists(conn, body.site_id):
         raise ApiError(422, f"site {body.site_id!r} does not exist", field="body.site_id")
     if body.gateway_id is not None and not await gateway_queries.gateway_exists(conn, body.gateway_id):
@@ -126,6 +131,15 @@ async def set_hj212_password(device_id: DeviceId, body: Hj212PasswordChange, con
                        field="path.device_id")
     await queries.set_hj212_password(conn, device_id, await hj212_password_hash(body.password))
     return Device.model_validate(await queries.get_device(conn, device_id))
+
+
+def _check_hj212_metadata(metadata: dict[str, Any]) -> None:
+    """422 naming the first HJ 212 metadata key with an unusable value (the listener would not use it, and would
+    count and log it on every frame): ``gas_is_dry`` must be a boolean, ``timezone`` an IANA name."""
+    problems = metadata_problems(metadata)
+    if problems:
+        key = min(problems)
+        raise ApiError(422, problems[key], field=f"body.metadata.{key}")
 
 
 def _credentials(ctx: Context, device: Device, password: str, reloaded: bool) -> MqttCredentials:

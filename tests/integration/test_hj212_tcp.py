@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiomqtt
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from sanitel.ingest.hj212_tcp import Hj212Listener
 from sanitel.processors.registry import DeviceRegistry
@@ -34,20 +35,26 @@ def _host_port(server: MosquittoServer) -> tuple[str, int]:
     return "127.0.0.1", server.port
 
 
-def register_dau(db_url: str, mn: str, password: str = PW) -> None:
+def register_dau(db_url: str, mn: str, password: str = PW, *, metadata: dict[str, object] | None = None,
+                 site_id: str | None = None) -> None:
     """A CEMS data unit with its HJ 212 password (a salted hash): the collector refuses frames of any other MN
-    (settings.hj212_require_password, on by default)."""
+    (settings.hj212_require_password, on by default). ``metadata`` is stored as given (no API validation)."""
     with psycopg.connect(db_url) as conn:
-        conn.execute("INSERT INTO devices (device_id, kind, hj212_password_hash) VALUES (%s, 'cems', %s)",
-                     (mn, hash_secret(password)))
+        conn.execute("INSERT INTO devices (device_id, kind, hj212_password_hash, metadata, site_id)"
+                     " VALUES (%s, 'cems', %s, %s, %s)",
+                     (mn, hash_secret(password), Jsonb(metadata or {}), site_id))
 
 
 @asynccontextmanager
-async def running(server: MosquittoServer, publish_timeout: float = 5.0,
-                  db_url: str | None = None) -> AsyncIterator[Hj212Listener]:
-    """A listener; with ``db_url`` it checks frames against that database's registry, as deployed."""
-    registry = DeviceRegistry(db_url) if db_url is not None else None
-    listener = Hj212Listener(server.url, CITY, port=0, publish_timeout=publish_timeout, registry=registry)
+async def running(server: MosquittoServer, publish_timeout: float = 5.0, db_url: str | None = None,
+                  registry: DeviceRegistry | None = None,
+                  clock: Callable[[], datetime] | None = None) -> AsyncIterator[Hj212Listener]:
+    """A listener; with ``db_url`` (or a ``registry``) it checks frames against that database's registry, as
+    deployed."""
+    if registry is None and db_url is not None:
+        registry = DeviceRegistry(db_url)
+    listener = Hj212Listener(server.url, CITY, port=0, publish_timeout=publish_timeout, registry=registry,
+                             clock=clock)
     await listener.start()
     try:
         yield listener
@@ -265,3 +272,141 @@ async def test_one_field_never_costs_the_reading_end_to_end(
     assert extra["invalid"]["o2_pct"]["raw"] == "21.05" and "O2" in extra["invalid"]["o2_pct"]["reason"]
     adjusted = extra["adjusted"]["so2_mg_m3"]
     assert (adjusted["raw"], adjusted["stored"]) == ("-0.3", 0.0) and "zero drift" in adjusted["reason"]
+
+
+# --- per-device settings: time zone and gas basis (issue 13 item 5) --------------------------------------------
+
+DATA_TIME = "20261128120000"  # noon on the DAU's clock, whatever its time zone
+SETTINGS_CLOCK = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)  # the listener's receive time: after every such noon
+HOUR_S = 3600.0  # full registry reloads: never within a test, so only a NOTIFY explains a change
+
+
+def noon_frame(qn: str, mn: str, data_time: str = DATA_TIME) -> bytes:
+    return frame(qn, mn=mn, cp=CP.replace("20240501080000", data_time))
+
+
+def stored(db_url: str, mn: str) -> list[tuple[datetime, bool]]:
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute("SELECT ts, gas_is_dry FROM cems_readings WHERE device_id = %s ORDER BY ts",
+                            (mn,)).fetchall()
+    return [(ts, dry) for ts, dry in rows]
+
+
+@pytest.mark.clock
+async def test_each_dau_is_read_in_its_own_time_zone_and_gas_basis(
+        fresh_db: str, mqtt_server: MosquittoServer, make_collector: Callable[..., Any]) -> None:
+    """A plant whose analyser measures wet gas, a unit in Tokyo, a plant in Berlin: each frame says only "noon"
+    and nothing about the gas. Their readings used to be stored as dry gas at noon in Shanghai. Now the device's
+    ``metadata.gas_is_dry`` / ``metadata.timezone``, else its plant's ``sites.timezone``, decide; a stored value
+    that is no setting at all falls back to the default (counted), and its frame is still stored."""
+    with psycopg.connect(fresh_db) as conn:
+        conn.execute("INSERT INTO sites (site_id, kind, name, timezone) VALUES ('p-ber', 'plant', 'Berlin', "
+                     "'Europe/Berlin')")
+        conn.execute("INSERT INTO sites (site_id, kind, name, parent_id, timezone) VALUES ('l-ber', 'line', "
+                     "'Berlin line 1', 'p-ber', 'Europe/Berlin')")
+    register_dau(fresh_db, "DAU-WET", metadata={"gas_is_dry": False})
+    register_dau(fresh_db, "DAU-TYO", metadata={"timezone": "Asia/Tokyo"})
+    register_dau(fresh_db, "DAU-SHA")
+    register_dau(fresh_db, "DAU-BER", site_id="l-ber")
+    register_dau(fresh_db, "DAU-BAD", metadata={"gas_is_dry": "no", "timezone": "Mars/Olympus_Mons"})
+    make_collector(fresh_db, mqtt_server.url, city=CITY)
+    mns = ["DAU-WET", "DAU-TYO", "DAU-SHA", "DAU-BER", "DAU-BAD"]
+    async with running(mqtt_server, db_url=fresh_db, clock=lambda: SETTINGS_CLOCK) as listener:
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        for n, mn in enumerate(mns):
+            assert (await read_reply_to(reader, writer, noon_frame(f"2026112812000000{n}", mn))).cn == "9014", mn
+        writer.close()
+        assert listener.stats.device_settings_fallbacks == 1  # DAU-BAD's frame
+
+    assert await asyncio.to_thread(wait_for, lambda: count(fresh_db, "SELECT count(*) FROM cems_readings") == 5,
+                                   15)
+    # 12:00 local: Shanghai UTC+8 → 04:00Z; Tokyo UTC+9 → 03:00Z; Berlin in November (CET, UTC+1) → 11:00Z
+    noon_utc = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+    assert stored(fresh_db, "DAU-WET") == [(noon_utc - timedelta(hours=8), False)]
+    assert stored(fresh_db, "DAU-TYO") == [(noon_utc - timedelta(hours=9), True)]
+    assert stored(fresh_db, "DAU-SHA") == [(noon_utc - timedelta(hours=8), True)]
+    assert stored(fresh_db, "DAU-BER") == [(noon_utc - timedelta(hours=1), True)]
+    assert stored(fresh_db, "DAU-BAD") == [(noon_utc - timedelta(hours=8), True)]  # the defaults
+
+
+async def test_the_listener_judges_a_frame_in_the_time_zone_of_its_dau(
+        fresh_db: str, mqtt_server: MosquittoServer) -> None:
+    """A unit in Tokyo sends noon at 03:00Z — its current time. Read as Shanghai time that is 04:00Z, an hour
+    ahead of the receive clock (5 minutes allowed), and it was answered 9011 QnRtn=2 (rejected) and dead-lettered.
+    Now it is judged in its own zone; the same frame from a Shanghai unit is still an hour ahead."""
+    register_dau(fresh_db, "DAU-TYO", metadata={"timezone": "Asia/Tokyo"})
+    register_dau(fresh_db, "DAU-SHA")
+    tokyo_noon = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
+    async with running(mqtt_server, db_url=fresh_db, clock=lambda: tokyo_noon) as listener:
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        assert (await read_reply_to(reader, writer, noon_frame("20261128120000001", "DAU-TYO"))).cn == "9014"
+        ahead = await read_reply_to(reader, writer, noon_frame("20261128120000002", "DAU-SHA"))
+        assert (ahead.cn, ahead.cp.other) == ("9011", {"QnRtn": "2"})
+        writer.close()
+
+@pytest.mark.clock
+async def test_a_changed_time_zone_applies_without_restarting(
+        fresh_db: str, mqtt_server: MosquittoServer, make_collector: Callable[..., Any]) -> None:
+    """A unit registered without a time zone is found to run on Tokyo time: setting ``metadata.timezone`` must
+    apply to its next frames (registry NOTIFY), not after a restart of the listener and the collectors. Full
+    reloads are an hour apart here, so only the notification can explain the change."""
+    register_dau(fresh_db, "DAU-CHG")
+    collector = make_collector(fresh_db, mqtt_server.url, city=CITY, registry_refresh_s=HOUR_S)
+    registry = DeviceRegistry(fresh_db, refresh_s=HOUR_S)
+    async with running(mqtt_server, registry=registry, clock=lambda: SETTINGS_CLOCK) as listener:
+        assert collector.registry is not None
+        assert await asyncio.to_thread(collector.registry.wait_listening, 15)
+        assert await asyncio.to_thread(registry.wait_listening, 15)
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        assert (await read_reply_to(reader, writer, noon_frame("20261128120000000", "DAU-CHG"))).cn == "9014"
+        assert await asyncio.to_thread(wait_for, lambda: len(stored(fresh_db, "DAU-CHG")) == 1, 15)
+        assert stored(fresh_db, "DAU-CHG") == [(datetime(2026, 11, 28, 4, 0, tzinfo=UTC), True)]  # Shanghai
+        with psycopg.connect(fresh_db) as conn:
+            conn.execute("""UPDATE devices SET metadata = '{"timezone": "Asia/Tokyo"}' WHERE device_id = 'DAU-CHG'""")
+
+        def tokyo_reading() -> bool:  # 12:mm Tokyo = 03:mm Z (before the change, 12:mm Shanghai = 04:mm Z)
+            return any(ts.astimezone(UTC).hour == 3 for ts, _ in stored(fresh_db, "DAU-CHG"))
+
+        async with asyncio.timeout(30):  # each frame a minute later than the one before, until one lands as Tokyo
+            for minute in range(1, 60):
+                raw = noon_frame(f"202611281200000{minute:02d}", "DAU-CHG", f"2026112812{minute:02d}00")
+                assert (await read_reply_to(reader, writer, raw)).cn == "9014"
+                if await asyncio.to_thread(wait_for, tokyo_reading, 1.0):
+                    break
+        writer.close()
+    assert tokyo_reading()
+    assert registry.lookup(["DAU-CHG"])["DAU-CHG"].hj212.timezone == "Asia/Tokyo"
+
+
+async def read_reply_to(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: bytes) -> hj212.Hj212Frame:
+    writer.write(raw)
+    await writer.drain()
+    return await read_reply(reader)
+
+
+def test_the_registry_reads_the_settings_with_the_entry(fresh_db: str) -> None:
+    """One query gives each CEMS device its settings: its own, else its plant's time zone (a line's parent plant
+    first, as the CEMS averages judge local days: a line left at the column default follows its plant), else none;
+    stored values that are no settings (a string, a misspelt zone, a huge nested value) are named, never raised;
+    devices of other kinds carry none."""
+    deep = "[" * 3000 + '"x"' + "]" * 3000  # 6 kB of JSON 3000 deep: json.loads of it raises RecursionError
+    with psycopg.connect(fresh_db) as conn:
+        conn.execute("INSERT INTO sites (site_id, kind, name, timezone) VALUES ('p-ber', 'plant', 'P', "
+                     "'Europe/Berlin'), ('p-tyo', 'plant', 'T', 'Asia/Tokyo')")
+        conn.execute("INSERT INTO sites (site_id, kind, name, parent_id) VALUES ('l-ber', 'line', 'L', 'p-ber')")
+    register_dau(fresh_db, "ON-LINE", site_id="l-ber")  # the line has the column default, Asia/Shanghai
+    register_dau(fresh_db, "ON-PLANT", site_id="p-tyo")
+    register_dau(fresh_db, "OWN", site_id="l-ber", metadata={"timezone": "Asia/Tokyo", "gas_is_dry": False})
+    register_dau(fresh_db, "NOWHERE")
+    register_dau(fresh_db, "BAD", site_id="l-ber")
+    with psycopg.connect(fresh_db) as conn:
+        conn.execute("UPDATE devices SET metadata = jsonb_build_object('timezone', 'Europe/Berlinn', 'gas_is_dry', "
+                     "%s::jsonb) WHERE device_id = 'BAD'", (deep,))
+        conn.execute("""INSERT INTO devices (device_id, kind, metadata) VALUES ('SW-1', 'sweeper',
+                        '{"timezone": "nowhere", "gas_is_dry": "?"}')""")
+    entries = DeviceRegistry(fresh_db).lookup(["ON-LINE", "ON-PLANT", "OWN", "NOWHERE", "BAD", "SW-1"])
+    settings = {mn: (e.hj212.timezone, e.hj212.gas_is_dry, len(e.hj212.problems)) for mn, e in entries.items()}
+    assert settings == {"ON-LINE": ("Europe/Berlin", None, 0), "ON-PLANT": ("Asia/Tokyo", None, 0),
+                        "OWN": ("Asia/Tokyo", False, 0), "NOWHERE": (None, None, 0),
+                        "BAD": ("Europe/Berlin", None, 2),  # the plant's zone, the default gas basis
+                        "SW-1": (None, None, 0)}
