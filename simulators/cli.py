@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from sanitel.errors import SanitelError
 from sanitel.settings import load_settings
 from sanitel.simulators.clock import duration_s, parse_instant, rfc3339
+from sanitel.simulators.faults import FAULT_KINDS
 from sanitel.simulators.publisher import ENGINES
 from sanitel.simulators.scenario import Scenario, available_scenarios, load_scenario
 from sanitel.urls import redact_url
@@ -54,9 +55,8 @@ def register(subparsers: Any) -> None:
                              "as possible")
     parser.add_argument("--rate", type=_positive_float, metavar="MSG/S", help="cap on messages per second")
     parser.add_argument("--faults", metavar="LIST",
-                        help="comma-separated fault kinds to inject (spike, stuck_sensor, silence, clock_skew, "
-                             "duplicate, out_of_order, malformed, burst, emission_exceedance, charger_failure, "
-                             "bin_fire, or 'all'); 'none' for no faults (default: the scenario's own)")
+                        help=f"comma-separated fault kinds to inject ({', '.join(FAULT_KINDS)}, or 'all'); "
+                             "'none' for no faults (default: the scenario's own)")
     parser.add_argument("--ground-truth", type=Path, metavar="PATH",
                         help="where to write the ground truth (default: <data_dir>/simulator/ground-truth-"
                              "<scenario>-<seed>.jsonl)")

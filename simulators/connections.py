@@ -60,8 +60,8 @@ class DeviceStats(PublishStats):
 class _Link:
     """One sender's connection and its counts."""
 
-    __slots__ = ("acked", "backoff", "client", "connected_once", "failed", "mids", "refused", "retry_at", "sender",
-                 "sent", "up")
+    __slots__ = ("acked", "backoff", "client", "connected_once", "failed", "mids", "probing", "refused", "retry_at",
+                 "sender", "sent", "up")
 
     def __init__(self, sender: Sender, client: mqtt.Client) -> None:
         self.sender = sender
@@ -73,6 +73,7 @@ class _Link:
         self.backoff = 1.0
         self.sent = self.acked = self.failed = 0
         self.mids: dict[int, str] = {}  # message id → topic, to name the topic of a message the broker refused
+        self.probing = False            # lost with messages outstanding, and nothing acknowledged since
 
     @property
     def outstanding(self) -> int:
@@ -166,9 +167,23 @@ class DevicePublisher(Publisher):
     def _on_disconnect(self, client: mqtt.Client, link: _Link, flags: Any, reason: Any, props: Any) -> None:
         if link.refused is not None or self._closing:
             return  # the refusal was reported once; closing is not a loss
+        if link.up and link.probing and link.outstanding:
+            # Mosquitto closes a connection right after refusing a PUBLISH (PUBACK 0x87). With more PUBLISHes unread
+            # in its socket the close is a TCP reset, which can discard the PUBACK before paho reads it; paho then
+            # reconnects, re-sends everything and is reset again, for ever. A second connection lost after its
+            # CONNACK with nothing acknowledged since the first loss is that refusal.
+            topic = next(iter(link.mids.values()), "?")
+            log.warning("%s: the broker closed its connection after its messages on %s twice without acknowledging "
+                        "any (a refused PUBLISH: is it registered with this kind and city?); its messages count as "
+                        "errors", link.sender, topic)
+            link.up = False
+            self._give_up(link, f"PUBLISH on {topic}: connection closed by the broker without an acknowledgement "
+                                "(refused)")
+            return
         if link.up:  # a lost connection is an error; a (re)connection attempt that fails before CONNACK is retried
             link.up = False
             self.stats.errors += 1
+        link.probing = link.outstanding > 0  # lost with messages outstanding: is the broker refusing them?
         self._schedule_retry(link)
 
     def _on_publish(self, client: mqtt.Client, link: _Link, mid: int, reason: Any, props: Any) -> None:
@@ -178,6 +193,7 @@ class DevicePublisher(Publisher):
         if not reason.is_failure:
             link.acked += 1
             self.stats.acked += 1
+            link.probing = False  # the next connection, if any, gets the full window again
             return
         # Mosquitto 2.0 closes the connection right after a PUBACK refusing a PUBLISH (logged as "Bad socket
         # read/write"); paho would reconnect and re-send the rest, one refusal and reconnection per message. The

@@ -20,8 +20,10 @@ from sanitel.schemas import hj212
 from sanitel.schemas.readings import BY_KIND_STREAM, DEFAULT_STREAM, GatewayBatch, GatewayReading, Reading
 from sanitel.schemas.topics import DeviceTopic, GatewayTopic, Hj212Topic, SystemTopic, parse_topic
 
-# Fields sent on purpose although no column holds them (they land in `extra`).
-DELIBERATE_EXTRAS: dict[str, frozenset[str]] = {"cems": frozenset({"operating_state"})}
+# Fields sent on purpose although no column holds them (they land in `extra`): a CEMS data unit's operating
+# state (run/shut_down/off/start_up, always) and its operating-state mark during an outage (MEE announcement
+# 2019 No. 50 codes, read by processors/cems_marks.py).
+DELIBERATE_EXTRAS: dict[str, frozenset[str]] = {"cems": frozenset({"operating_state", "operating_mark"})}
 _COMMON = frozenset({"ts", "seq", "device_id"})
 _HJ212_BOOKKEEPING = frozenset({"source", "hj212"})  # keys frame_to_cems_readings adds for the collector
 

@@ -7,7 +7,11 @@ one of three places:
 
 - the **model** (what the device really does): ``burst`` (reports far faster), ``emission_exceedance``
   (a CEMS pollutant held above its half-hourly limit), ``charger_failure`` (the depot charger
-  delivers nothing), ``bin_fire``;
+  delivers nothing), ``bin_fire``; and the CEMS regulatory cases (issue 13): ``furnace_dips`` (the furnace
+  below 850 °C for 3-4 minutes, ``count`` times in one local day), ``dau_outage_backfill`` (the data unit
+  silent for hours, then re-sending the span as minute data), ``o2_calibration`` (the O2 analyser calibrated
+  while the pollutant values still carry normalised values), ``over_range`` (a pollutant above its
+  analyser's range, flagged T);
 - the **reading** (what the device says): ``spike``, ``stuck_sensor``, ``silence`` (nothing is
   sent), ``clock_skew`` (the device's clock is off), ``malformed`` with reason ``wrong_type`` or
   ``out_of_range``;
@@ -17,28 +21,51 @@ one of three places:
 
 Message faults are not planned on devices behind a gateway — their readings travel inside the
 gateway's batches; reading faults apply to the items of a batch.
+
+The CEMS regulatory faults are planned around what the line does anyway (its outages, maintenance and daily
+calibrations) and around faults planned before them on the same line, so each shows its own effect; two
+``furnace_dips`` faults never share a line (their dips would add up within a day).
 """
 
 from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sanitel.emission_limits import default_limits, mee_rules
 from sanitel.errors import ConfigError
-from sanitel.simulators.clock import Duration, SignedDuration, TimeOfDay
+from sanitel.simulators.clock import Duration, LocalTime, SignedDuration, TimeOfDay, rfc3339
 from sanitel.simulators.models.base import stable_seed
+from sanitel.simulators.models.cems import (
+    BUCKET_S,
+    DIP_C,
+    DIP_EDGE_S,
+    DIP_S,
+    DIPS_MAX_INTERVAL_S,
+    O2_SPAN_GAS,
+    O2_ZERO_GAS,
+    RAMP_S,
+    SHOULDER_C,
+    SHOULDER_S,
+    CemsLine,
+    Dip,
+    Window,
+)
 from sanitel.simulators.truth import GroundTruth, TruthRecord
 
 if TYPE_CHECKING:
     from sanitel.simulators.fleet import Fleet
 
 FaultKind = Literal["spike", "stuck_sensor", "silence", "clock_skew", "duplicate", "out_of_order", "malformed",
-                    "burst", "emission_exceedance", "charger_failure", "bin_fire"]
+                    "burst", "emission_exceedance", "charger_failure", "bin_fire",
+                    "furnace_dips", "dau_outage_backfill", "o2_calibration", "over_range"]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 DeviceKind = Literal["sweeper", "transfer_station", "bin", "camera", "cems"]
 MalformedReason = Literal["invalid_json", "wrong_type", "out_of_range"]
@@ -62,12 +89,20 @@ TARGET_KINDS: dict[str, tuple[str, ...]] = {
     "emission_exceedance": ("cems",),
     "charger_failure": ("sweeper",),
     "bin_fire": ("bin",),
+    "furnace_dips": ("cems",),
+    "dau_outage_backfill": ("cems",),
+    "o2_calibration": ("cems",),
+    "over_range": ("cems",),
 }
+# The CEMS regulatory cases: planned around the line's own events and earlier faults on it (module docstring).
+CEMS_EVENTS = frozenset({"furnace_dips", "dau_outage_backfill", "o2_calibration", "over_range"})
 MESSAGE_FAULTS = frozenset({"duplicate", "out_of_order"})
 DEFAULT_DURATION_S: dict[str, float] = {
     "spike": 0.0, "stuck_sensor": 1800.0, "silence": 1200.0, "clock_skew": 600.0, "duplicate": 600.0,
     "out_of_order": 600.0, "malformed": 600.0, "burst": 120.0, "emission_exceedance": 3600.0,
     "charger_failure": 3 * 3600.0, "bin_fire": 1800.0,
+    # furnace_dips: the part of one local day the dips are spread over
+    "furnace_dips": 6 * 3600.0, "dau_outage_backfill": 4 * 3600.0, "o2_calibration": 900.0, "over_range": 1200.0,
 }
 # The field a sensor fault hits by default, per device kind; a spike's value (inside the schema's
 # physical range, so the row is stored — it is an outlier, not a rejection).
@@ -84,6 +119,14 @@ IMPOSSIBLE = {"soc_pct": 150.0, "noise_dba": 250.0, "fill_level_pct": 500.0, "we
 # limits (NOx 300/400, CO 100/100, SO2 100/200, dust 30/30, HCl 60/60).
 EXCEEDANCE_LEVEL = {"nox": 480.0, "co": 180.0, "so2": 260.0, "dust": 45.0, "hcl": 90.0}
 HALF_HOUR_S = 1800.0
+# over_range: the analysers' upper range limits (mg/m³ measured, typical incinerator CEMS ranges; editable per
+# fault with `analyser_range`) and how far above it the flue gas really is by default.
+ANALYSER_RANGE = {"so2": 1000.0, "nox": 1000.0, "co": 1000.0, "dust": 200.0, "hcl": 200.0}
+OVER_RANGE_FACTOR = 1.6
+# the lowest normalisation factor of a running line: 10 / (21 - 6.2 % O2), the model's lowest flue-gas O2
+MIN_ZS_FACTOR = 10.0 / 14.8
+EVENT_MARGIN_S = 1800.0  # a CEMS regulatory fault keeps this far from the line's other events
+BACKFILL_TAIL_S = 600.0  # … and a back-fill ends this long before the run does, so the span is re-sent in it
 
 
 class FaultSpec(BaseModel):
@@ -102,15 +145,20 @@ class FaultSpec(BaseModel):
     reason: MalformedReason | None = None
     factor: float | None = Field(None, gt=1, le=1000, description="burst: report this many times faster")
     pollutant: Pollutant | None = None
-    level: float | None = Field(None, ge=0, description="spike value, or exceedance level (mg/m³, normalised)")
-    count: int | None = Field(None, ge=1, le=1000, description="spike: how many readings")
+    level: float | None = Field(None, ge=0, description="spike value, exceedance level (mg/m³, normalised), or "
+                                                        "over_range: the true measured concentration (mg/m³)")
+    analyser_range: float | None = Field(None, gt=0, le=100_000,
+                                         description="over_range: the analyser's upper range limit (mg/m³ measured)")
+    count: int | None = Field(None, ge=1, le=1000,
+                              description="spike: how many readings; furnace_dips: how many dips in the day (6)")
     group: int | None = Field(None, ge=2, le=1000, description="out_of_order: messages reversed per group")
 
     @model_validator(mode="after")
     def _parameters_fit_kind(self) -> FaultSpec:
         applies = {"offset": ("clock_skew",), "reason": ("malformed",), "factor": ("burst",),
-                   "pollutant": ("emission_exceedance",), "count": ("spike",), "group": ("out_of_order",),
-                   "field": ("spike", "stuck_sensor", "malformed"), "level": ("spike", "emission_exceedance")}
+                   "pollutant": ("emission_exceedance", "over_range"), "count": ("spike", "furnace_dips"),
+                   "group": ("out_of_order",), "field": ("spike", "stuck_sensor", "malformed"),
+                   "level": ("spike", "emission_exceedance", "over_range"), "analyser_range": ("over_range",)}
         for key, kinds in applies.items():
             if getattr(self, key) is not None and self.kind not in kinds:
                 raise ValueError(f"'{key}' applies only to {' and '.join(kinds)} faults; remove it from this "
@@ -122,7 +170,14 @@ class FaultSpec(BaseModel):
         if self.device_kind is not None and self.device_kind not in TARGET_KINDS[self.kind]:
             raise ValueError(f"{self.kind} faults apply to {', '.join(TARGET_KINDS[self.kind])} devices, "
                              f"not {self.device_kind}")
+        if self.kind == "over_range" and self.level is not None and self.level <= self.range_limit():
+            raise ValueError(f"over_range: 'level' {self.level:g} must be above the analyser's range "
+                             f"({self.range_limit():g} mg/m³); raise it or set 'analyser_range' lower")
         return self
+
+    def range_limit(self) -> float:
+        """over_range: the analyser's upper range limit (mg/m³ measured)."""
+        return self.analyser_range or ANALYSER_RANGE[self.pollutant or "so2"]
 
 
 # What ``--faults NAME`` injects: spread over device kinds so that even the demo fleet has enough
@@ -141,13 +196,20 @@ PRESETS: dict[str, tuple[dict[str, Any], ...]] = {
     "emission_exceedance": ({"device_kind": "cems"},),
     "charger_failure": ({"device_kind": "sweeper"},),
     "bin_fire": ({"device_kind": "bin"},),
+    # six dips (a violation) and, on another line, five (within the rule): the pair shows where the line is
+    "furnace_dips": ({"device_kind": "cems", "count": 6}, {"device_kind": "cems", "count": 5, "_needs": 2}),
+    "dau_outage_backfill": ({"device_kind": "cems"},),
+    "o2_calibration": ({"device_kind": "cems"},),
+    "over_range": ({"device_kind": "cems", "pollutant": "so2"},),
 }
+NEEDS = "_needs"  # a preset left out when the fleet has fewer devices of its kind than this
 
 
 def parse_fault_names(text: str, available: dict[str, int] | None = None) -> list[FaultSpec]:
     """``--faults spike,silence`` (or ``all``) → specs with defaults (see PRESETS): ``clock_skew``
     gives two faults (+10 min: rejected as future; −2 h: late but stored), ``malformed`` one per
-    reason. With ``all``, faults on device kinds the fleet lacks (``available`` counts) are left out."""
+    reason, ``furnace_dips`` two (six dips, and five on another line: left out with a single line). With
+    ``all``, faults on device kinds the fleet lacks (``available`` counts) are left out."""
     names = [n.strip() for n in text.split(",") if n.strip()]
     everything = names == ["all"]
     if everything:
@@ -158,9 +220,12 @@ def parse_fault_names(text: str, available: dict[str, int] | None = None) -> lis
             raise ConfigError(f"--faults: unknown fault {name!r}; use a comma-separated list of "
                               f"{', '.join(FAULT_KINDS)} (or 'all')")
         for preset in PRESETS[name]:
-            if everything and available is not None and not available.get(preset["device_kind"]):
+            have = None if available is None else available.get(preset["device_kind"], 0)
+            if everything and have == 0:
                 continue
-            specs.append(FaultSpec(kind=name, **preset))
+            if NEEDS in preset and have is not None and have < preset[NEEDS]:
+                continue
+            specs.append(FaultSpec(kind=name, **{k: v for k, v in preset.items() if k != NEEDS}))
     return specs
 
 
@@ -394,21 +459,30 @@ class PlanContext:
     realtime: bool = False
 
 
+@dataclass(slots=True)
+class _Planned:
+    """What planning has handed out so far: faults per device, their windows, the lines with furnace dips."""
+
+    used: Counter[str] = field(default_factory=Counter)
+    windows: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    dips: set[str] = field(default_factory=set)
+
+
 def plan_faults(specs: Sequence[FaultSpec], ctx: PlanContext) -> FaultInjector:
     """Choose devices and windows for every spec (deterministic for the seed), record ground truth
     and wire model faults into the models. Raises ConfigError for a spec the fleet cannot satisfy."""
-    used: set[str] = set()
+    planned = _Planned()
     injectors: list[ActiveFault] = []
     for index, spec in enumerate(specs):
         rng = random.Random(stable_seed(ctx.seed, "fault", str(index), spec.kind))
         kind = spec.device_kind or TARGET_KINDS[spec.kind][0]
-        for device_id in _targets(spec, kind, ctx.fleet, rng, used):
-            used.add(device_id)
-            injectors += _plan_one(spec, index, device_id, ctx, rng)
+        for device_id in _targets(spec, kind, ctx.fleet, rng, planned):
+            planned.used[device_id] += 1
+            injectors += _plan_one(spec, index, device_id, ctx, rng, planned)
     return FaultInjector(injectors)
 
 
-def _targets(spec: FaultSpec, kind: str, fleet: Fleet, rng: random.Random, used: set[str]) -> list[str]:
+def _targets(spec: FaultSpec, kind: str, fleet: Fleet, rng: random.Random, planned: _Planned) -> list[str]:
     message_level = spec.kind in MESSAGE_FAULTS or (spec.kind == "malformed" and _reason(spec) == "invalid_json")
     if isinstance(spec.devices, list):
         unknown = [d for d in spec.devices if fleet.kind_of(d) is None and d not in fleet.points]
@@ -421,13 +495,28 @@ def _targets(spec: FaultSpec, kind: str, fleet: Fleet, rng: random.Random, used:
                               "batches carry many devices; pick devices that publish on their own")
         return list(spec.devices)
     every = fleet.fault_candidates(kind, message_level=message_level)
-    # prefer devices no other fault touches (cleaner ground truth); share them when the fleet is small
-    candidates = [d for d in every if d not in used] or every
+    if spec.kind in CEMS_EVENTS:
+        candidates = _event_candidates(spec, every, planned)
+    else:
+        # prefer devices no other fault touches (cleaner ground truth); share them when the fleet is small
+        candidates = [d for d in every if d not in planned.used] or every
     if not candidates:
         raise ConfigError(f"faults: {spec.kind}: the scenario has no {kind} devices to fault; add "
                           f"{kind} devices to the scenario or set device_kind to one of "
                           f"{', '.join(TARGET_KINDS[spec.kind])}")
     return rng.sample(candidates, min(spec.devices, len(candidates)))
+
+
+def _event_candidates(spec: FaultSpec, every: list[str], planned: _Planned) -> list[str]:
+    """The least-faulted lines; for furnace dips only lines without dips (two sets of dips on one line and day
+    would add up to a verdict neither record states)."""
+    if spec.kind == "furnace_dips":
+        every = [d for d in every if d not in planned.dips]
+        if not every and planned.dips:
+            raise ConfigError("faults: furnace_dips: every CEMS line already has furnace dips planned; give fewer "
+                              "furnace_dips faults (or name the lines with 'devices') or add lines to the scenario")
+    fewest = min((planned.used[d] for d in every), default=0)
+    return [d for d in every if planned.used[d] == fewest]
 
 
 def _reason(spec: FaultSpec) -> str:
@@ -453,11 +542,15 @@ def _window(spec: FaultSpec, ctx: PlanContext, rng: random.Random) -> tuple[floa
     return start, start + duration
 
 
-def _plan_one(spec: FaultSpec, index: int, device_id: str, ctx: PlanContext,
-              rng: random.Random) -> list[ActiveFault]:
+def _plan_one(spec: FaultSpec, index: int, device_id: str, ctx: PlanContext, rng: random.Random,
+              planned: _Planned) -> list[ActiveFault]:
     fleet = ctx.fleet
     kind = fleet.kind_of(device_id) or "bin"
-    start, end = _window(spec, ctx, rng)
+    if spec.kind in CEMS_EVENTS:
+        start, end = _event_window(spec, device_id, ctx, rng, planned)
+    else:
+        start, end = _window(spec, ctx, rng)
+    planned.windows.setdefault(device_id, []).append((start, end))
     details: dict[str, Any] = {"spec": index}
 
     def record(effect: dict[str, Any]) -> TruthRecord:
@@ -475,12 +568,15 @@ def _plan_one(spec: FaultSpec, index: int, device_id: str, ctx: PlanContext,
         "emission_exceedance": lambda: _plan_exceedance(spec, device_id, start, end, fleet, details, record),
         "charger_failure": lambda: _plan_charger(device_id, start, end, fleet, record),
         "bin_fire": lambda: _plan_fire(device_id, start, end, fleet),
+        "furnace_dips": lambda: _plan_dips(spec, fleet.cems_line(device_id), start, end, ctx, rng, details, planned),
+        "dau_outage_backfill": lambda: _plan_backfill(fleet.cems_line(device_id), start, end, ctx, details, record),
+        "o2_calibration": lambda: _plan_o2_calibration(fleet.cems_line(device_id), start, end, details, record),
+        "over_range": lambda: _plan_over_range(spec, fleet.cems_line(device_id), start, end, ctx, details, record),
     }
     return planners[spec.kind]()
 
 
 Recorder = Callable[[dict[str, Any]], TruthRecord]
-
 
 def _silence_effect(kind: str, duration_s: float) -> dict[str, Any]:
     """Offline alerts need a silence longer than the inactivity timeout, and cameras (event-only) have
@@ -568,3 +664,169 @@ def _plan_fire(device_id: str, start: float, end: float, fleet: Fleet) -> list[A
     # the point picks the bin and records the fire itself (source "injected"), with the bin's id
     fleet.point_of(device_id).add_fire(start, end - start)
     return []
+
+
+# --- the CEMS regulatory cases (issue 13) ---------------------------------------------------------
+
+
+def _event_window(spec: FaultSpec, device_id: str, ctx: PlanContext, rng: random.Random,
+                  planned: _Planned) -> tuple[float, float]:
+    """A window for a CEMS regulatory fault: from ``at``/``after`` as given, else drawn (seeded) until it keeps
+    ``EVENT_MARGIN_S`` from the line's own events and the faults planned on it before (the first draw when none
+    does); shaped per kind (:func:`_shape`)."""
+    line = ctx.fleet.cems_line(device_id)
+    horizon = ctx.end if math.isfinite(ctx.end) else ctx.start + 2 * 86_400.0
+    busy = [(w.start, w.end) for w in line.busy_windows(ctx.start, horizon)] + planned.windows.get(device_id, [])
+    fixed = spec.after is not None or spec.at is not None
+    first: tuple[float, float] | None = None
+    for _ in range(1 if fixed else 64):
+        start, end = _shape(spec, *_window(spec, ctx, rng), ctx)
+        first = first or (start, end)
+        if not any(a - EVENT_MARGIN_S < end and start < b + EVENT_MARGIN_S for a, b in busy):
+            return start, end
+    assert first is not None
+    return first
+
+
+def _shape(spec: FaultSpec, start: float, end: float, ctx: PlanContext) -> tuple[float, float]:
+    """over_range starts five minutes into a half-hour (a 20-minute event then lies inside one half-hourly
+    average); a back-fill covers whole minutes and ends ``BACKFILL_TAIL_S`` before the run does (so the span is
+    re-sent within it); furnace dips lie in one local day. Every window is kept inside the run."""
+    duration, step, tail = end - start, 1.0, 0.0
+    if spec.kind == "over_range":
+        start, step = math.ceil(start / HALF_HOUR_S) * HALF_HOUR_S + 300.0, HALF_HOUR_S
+    elif spec.kind == "dau_outage_backfill":
+        start, duration, step, tail = math.ceil(start / 60.0) * 60.0, max(60.0, round(duration / 60.0) * 60.0), \
+            60.0, BACKFILL_TAIL_S
+    if math.isfinite(ctx.end) and start + duration + tail > ctx.end:
+        start -= math.ceil((start + duration + tail - ctx.end) / step) * step
+        if start < ctx.start:
+            start += math.ceil((ctx.start - start) / step) * step
+        duration = max(min(duration, ctx.end - tail - start), 0.0)
+    if spec.kind == "furnace_dips":
+        day_start, day_end = _local_day(ctx.fleet.local, start)
+        if start + duration > day_end:
+            start = max(day_start, day_end - duration, ctx.start)
+            duration = day_end - start
+    return start, start + duration
+
+
+def _local_day(local: LocalTime, t: float) -> tuple[float, float]:
+    """The natural (local) day holding ``t``: its midnight and the next (wall-clock arithmetic, so a DST day
+    is 23 or 25 hours long)."""
+    midnight = local.datetime(t).replace(hour=0, minute=0, second=0, microsecond=0)
+    return midnight.timestamp(), (midnight + timedelta(days=1)).timestamp()
+
+
+def _plan_dips(spec: FaultSpec, line: CemsLine, start: float, end: float, ctx: PlanContext, rng: random.Random,
+               details: dict[str, Any], planned: _Planned) -> list[ActiveFault]:
+    """Furnace dips below 850 °C, each in its own 5-minute bucket (models/cems.py ``BUCKET_S``), spread over
+    [start, end) in one local day. Order No. 10 (unverified figure, ``mee_rules()``): more than 5 five-minute
+    averages below 850 °C in a natural day is a violation."""
+    if line.interval_s > DIPS_MAX_INTERVAL_S:
+        raise ConfigError(f"faults: furnace_dips on {line.device_id}: the line reports every {line.interval_s:g} s; "
+                          f"a 3-4-minute dip pulls a 5-minute average below 850 °C only with a reading at least "
+                          f"every {DIPS_MAX_INTERVAL_S:g} s — set the plant's interval to 60s or less")
+    planned.dips.add(line.device_id)
+    wanted = spec.count or 6
+    # a dip needs a burning furnace: none while the line is out (the window is placed clear of outages unless
+    # `at`/`after` put it there)
+    dips = [d for d in _dip_plan(start, end, wanted, rng)
+            if not any(w.start < d.event.end and d.event.start < w.end for w in line.outages)]
+    allowed = mee_rules().furnace_max_below_per_day
+    effect: dict[str, Any] = (
+        {"alert": "cems_furnace_850_daily"} if len(dips) > allowed
+        else {"no_alert": "furnace_five_dips" if len(dips) == 5 else "furnace_dips_within_limit"})
+    day_start, day_end = _local_day(ctx.fleet.local, start)
+    details.update(dips=len(dips), local_day=ctx.fleet.local.datetime(start).date().isoformat(),
+                   dip_buckets=[rfc3339(d.bucket) for d in dips], below_850_s=[round(d.end - d.start) for d in dips],
+                   dip_c=list(DIP_C), shoulder_c=list(SHOULDER_C), allowed_per_day=allowed)
+    if len(dips) != wanted:
+        details["dips_requested"] = wanted  # the window (or the run) holds fewer
+    # the verdict is the natural day's: the record spans the day (as much of it as the run holds)
+    record = ctx.truth.add(TruthRecord(line.device_id, line.kind, spec.kind, max(day_start, ctx.start),
+                                       min(day_end, ctx.end), effect, details=details))
+    line.add_furnace_dips(dips, record)  # the model counts the readings below 850 °C into the record
+    return []
+
+
+def _dip_plan(start: float, end: float, count: int, rng: random.Random) -> list[Dip]:
+    """``count`` dips, one per equal slot of [start, end), each in a clock-aligned 5-minute bucket whose whole
+    event (ramp, shoulder, bucket, shoulder, ramp) lies in its slot; fewer when the window is too short."""
+    need = 2 * (SHOULDER_S + RAMP_S) + 2 * BUCKET_S  # an event, and room to align its bucket
+    count = min(count, int(max(end - start, 0.0) // need))
+    slot = (end - start) / count if count else 0.0
+    dips = []
+    for i in range(count):
+        lo = start + i * slot + SHOULDER_S + RAMP_S
+        hi = start + (i + 1) * slot - SHOULDER_S - RAMP_S - BUCKET_S
+        first = math.ceil(lo / BUCKET_S) * BUCKET_S
+        bucket = first + BUCKET_S * rng.randint(0, int((hi - first) // BUCKET_S))
+        below = rng.uniform(*DIP_S)
+        lead = rng.uniform(DIP_EDGE_S, BUCKET_S - DIP_EDGE_S - below)
+        dips.append(Dip(bucket, bucket + lead, bucket + lead + below))
+    return dips
+
+
+def _plan_backfill(line: CemsLine, start: float, end: float, ctx: PlanContext, details: dict[str, Any],
+                   record: Recorder) -> list[ActiveFault]:
+    """The data unit sends nothing in [start, end), then re-sends the span as minute data (one reading or CN 2051
+    frame per minute) just before its first real-time reading after it."""
+    effect: dict[str, Any] = {"rows": "stored_late", "verdict": "valid_after_backfill"}
+    if ctx.realtime:
+        effect["alert"] = "cems_offline"  # live, the unit is silent for hours before it re-sends
+    else:
+        # replayed, the minute data land before any later reading: the stored data have no gap
+        details["offline_only_in_real_time"] = True
+    details.update(outage_h=round((end - start) / 3600.0, 3), minutes=round((end - start) / 60.0),
+                   resent_as="HJ 212 CN=2051 minute data" if line.protocol == "hj212"
+                   else "JSON readings with data_kind minute")
+    line.add_backfill(Window(start, end), record(effect))  # the model counts the minute messages
+    return []
+
+
+def _plan_o2_calibration(line: CemsLine, start: float, end: float, details: dict[str, Any],
+                         record: Recorder) -> list[ActiveFault]:
+    details.update(o2_flag="C", zero_gas_o2_pct=O2_ZERO_GAS, span_gas_o2_pct=O2_SPAN_GAS,
+                   discarded_minutes=round((end - start) / 60.0, 1),
+                   discard="every pollutant's normalised value (-ZsRtd) while O2 is flagged C: the data unit "
+                           "normalised with calibration gas")
+    line.add_o2_calibration(Window(start, end), record({"no_alert": "o2_calibration"}))
+    return []
+
+
+def _plan_over_range(spec: FaultSpec, line: CemsLine, start: float, end: float, ctx: PlanContext,
+                     details: dict[str, Any], record: Recorder) -> list[ActiveFault]:
+    pollutant = spec.pollutant or "so2"
+    range_limit = spec.range_limit()
+    level = spec.level if spec.level is not None else OVER_RANGE_FACTOR * range_limit
+    details.update(pollutant=pollutant, flag="T", analyser_range_mg_m3=range_limit, true_level_mg_m3=level,
+                   reported_mg_m3=range_limit)
+    line.add_over_range(pollutant, Window(start, end), level, range_limit,
+                        record({"alert": f"cems_{pollutant}_over_range"}))
+    _over_range_exceedance(line, pollutant, start, end, range_limit, ctx)
+    return []
+
+
+def _over_range_exceedance(line: CemsLine, pollutant: str, start: float, end: float, range_limit: float,
+                           ctx: PlanContext) -> None:
+    """The half-hours an over-range event lifts above the EU half-hourly limit (column A) even counted at the
+    range limit — at least ``range_limit × MIN_ZS_FACTOR`` normalised for the minutes inside, 0 for the rest:
+    a record of their own (source model), expecting ``cems_<pollutant>_half_hourly``."""
+    limit = default_limits().get(("eu.half_hour_a", pollutant))
+    if limit is None:
+        return
+    at_least = range_limit * MIN_ZS_FACTOR
+    lifted = []
+    half_hour = math.floor(start / HALF_HOUR_S) * HALF_HOUR_S
+    while half_hour < end:
+        inside = min(end, half_hour + HALF_HOUR_S) - max(start, half_hour)
+        if inside / HALF_HOUR_S * at_least > limit:
+            lifted.append(half_hour)
+        half_hour += HALF_HOUR_S
+    if lifted:
+        ctx.truth.add(TruthRecord(
+            line.device_id, line.kind, "over_range_exceedance", max(lifted[0], ctx.start),
+            min(lifted[-1] + HALF_HOUR_S, ctx.end), {"alert": f"cems_{pollutant}_half_hourly"}, source="model",
+            details={"pollutant": pollutant, "caused_by": "over_range", "half_hour_a_mg_m3": limit,
+                     "zs_at_least_mg_m3": round(at_least, 1)}))

@@ -13,12 +13,22 @@ messages were *sent*, not the skewed time they carry. ``messages`` counts the me
 touched. ``expected_effect`` is what the pipeline should make of it, with these keys:
 
 - ``alert``: the rule that should fire (e.g. ``sweeper_low_soc``, ``device_offline``,
-  ``cems_nox_half_hourly``, ``bin_fire``)
-- ``no_alert``: why no alert should fire although values look odd (``calibration``, ``start_up`` …)
+  ``cems_nox_half_hourly``, ``bin_fire``, ``cems_furnace_850_daily``, ``cems_so2_over_range``)
+- ``no_alert``: why no alert should fire although values look odd (``calibration``, ``o2_calibration``,
+  ``marked_start_up`` / ``marked_shut_down`` / ``marked_shut`` (an outage under an operating-state mark),
+  ``furnace_five_dips`` …)
 - ``dead_letter``: the dead-letter reason code (``invalid_json``, ``wrong_type``, ``out_of_range``,
   ``future_timestamp``)
 - ``rows``: what the reading table should hold (``stored``, ``deduplicated``, ``stored_late``,
   ``stored_out_of_order``, ``missing``)
+- ``verdict``: what the compliance judgement should make of the data (``valid_after_backfill``: minute data
+  re-sent after a data-unit outage make the period valid)
+- ``mark_via_api``: ``{mark, starts_at, ends_at, reason}`` — a mark the plant must set through the API for the
+  ``no_alert`` to hold (an HJ 212 unit cannot send one); a test posts it before judging the period
+
+CEMS outage records (``shut_down``, ``off``, ``start_up``, source ``model``) carry ``details.mark`` (the MEE 2019
+No. 50 code: ``shut_down`` 停炉, ``shut`` 停运, ``start_up`` 启炉), ``details.marked_hours`` and
+``details.marked_by`` (``dau``: a JSON unit sends ``operating_mark`` with each reading; ``api``: see above).
 """
 
 from __future__ import annotations

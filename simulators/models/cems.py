@@ -12,22 +12,36 @@ start-up O2 climbs towards or falls from ambient air (~20.9 %), the furnace cool
 high. Near-ambient O2 makes the normalisation factor explode, so the data unit stops reporting
 normalised (``-Zs``) values when O2 is above 19 % — the processors must flag, not alarm.
 
+Operating-state marks (MEE announcement 2019 No. 50; codes as in processors/cems_marks.py): a JSON data unit
+sends ``operating_mark`` with every reading of an outage — ``shut_down`` (停炉) while the furnace is shut down,
+``shut`` (停运) while it is off, ``start_up`` (启炉) while it starts up — beside the older ``operating_state``
+(``run``/``shut_down``/``off``/``start_up``, always sent). HJ 212-2017 has no field for a furnace mark: an HJ 212
+unit sends its frames as usual (the furnace temperature ``a01901`` flagged ``F``, 停运, while the furnace is
+off) and the plant marks the periods through the API; the ground truth says so (``mark_via_api``).
+
 Daily the analysers run a zero/span calibration (flag ``C``, values are calibration gases, not flue
 gas); maintenance windows are flagged ``M``. Data flagged C or M must not count towards averages.
+
+Fault hooks (planned by simulators/faults.py, each with its ground-truth record): furnace-temperature dips
+(:meth:`CemsLine.add_furnace_dips`), an O2-analyser calibration while the pollutant analysers keep reporting
+normalised values (:meth:`CemsLine.add_o2_calibration`), a pollutant above its analyser's range, flagged ``T``
+(:meth:`CemsLine.add_over_range`), and a data-unit outage re-sent afterwards as minute data
+(:meth:`CemsLine.add_backfill`: JSON ``data_kind: minute`` readings, or HJ 212 ``CN=2051`` frames).
 """
 
 from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from sanitel.schemas.hj212 import FLAG_V2017, encode_cp, encode_frame, format_number
 from sanitel.schemas.readings import CemsReading
 from sanitel.schemas.topics import device_topic, hj212_topic
-from sanitel.simulators.clock import LocalTime
+from sanitel.simulators.clock import LocalTime, rfc3339
 from sanitel.simulators.models.base import DeviceInfo, DeviceModel, Emission, Format, IncidentSink, clamp, device_rng
 from sanitel.simulators.truth import Source, TruthRecord
 
@@ -54,12 +68,46 @@ POLLUTANTS: tuple[Pollutant, ...] = (
     Pollutant("nh3", "a21001", 2.0, 0.6, 10.0, True, 2),
     Pollutant("hg", "a20057", 0.01, 0.003, 0.0, False, 4),
 )
-O2_CODE, H2O_CODE = "a19001", "a01014"
+O2_CODE, H2O_CODE, FURNACE_CODE = "a19001", "a01014", "a01901"
 O2_REF = 11.0
 ZS_O2_LIMIT = 19.0    # above this the data unit reports no normalised values
 RUN, SHUT_DOWN, OFF, START_UP = "run", "shut_down", "off", "start_up"
 SHUT_DOWN_S, START_UP_S = 3600.0, 2 * 3600.0
 TAU_S = 600.0          # how quickly a pollutant's random walk reverts to its mean
+
+# The mark a data unit sends for each outage state: the codes of MEE announcement 2019 No. 50 as
+# processors/cems_marks.py names them (停炉 shut_down, 停运 shut, 启炉 start_up).
+MARK_OF_STATE: dict[str, str] = {SHUT_DOWN: "shut_down", OFF: "shut", START_UP: "start_up"}
+MARK_NAMES_ZH: dict[str, str] = {"shut_down": "停炉", "shut": "停运", "start_up": "启炉"}
+# HJ 212-2017 data flag F (停运): what an HJ 212 unit puts on the furnace temperature while the furnace is off.
+HJ212_FURNACE_FLAG = "a01901_flag"
+
+# Furnace dips (the furnace_dips fault). Each dip lies inside one clock-aligned 5-minute bucket, 30 s or more
+# from its edges, below 850 °C for DIP_S seconds; the rest of that bucket and a minute either side sit on a
+# shoulder just above 850 °C, with 3-minute ramps to and from the furnace's normal temperature. The arithmetic
+# (tests/unit/test_simulators_faults.py repeats it): with readings every I ≤ 60 s (± 0.2 s) a bucket holds at most
+# n = ceil(300/(I − 0.2)) readings, at least d = floor(190/(I + 0.2)) of them in the dip, so its mean is at most
+# (d·841 + (n − d)·855) / n — 846.9 °C at I = 10 s, 847.4 at 30 s, 848.0 at 60 s — below 850; every other bucket
+# holds only shoulder, ramp or normal values, all ≥ 851 °C.
+BUCKET_S = 300.0
+DIP_C = (837.0, 841.0)
+SHOULDER_C = (851.0, 855.0)
+SHOULDER_S, RAMP_S = 60.0, 180.0
+DIP_S = (190.0, 235.0)
+DIP_EDGE_S = 30.0
+DIPS_MAX_INTERVAL_S = 60.0
+
+# O2-analyser calibration (the o2_calibration fault): zero gas (N2, 0 % O2) for the first half, then a certified
+# span gas of 18 % O2 in N2 — below ZS_O2_LIMIT, so the data unit keeps normalising with it.
+O2_ZERO_GAS, O2_SPAN_GAS = 0.0, 18.0
+
+# Minute data (CN 2051) re-sent after an outage: the fields averaged per minute (min and max too, for HJ 212).
+_AVERAGED = ("o2_pct", "h2o_pct", "flue_temp_c", "flue_pressure_kpa", "flue_velocity_m_s", "flue_flow_m3_h",
+             "furnace_temp_c")
+_DECIMALS = {"o2_pct": 2, "h2o_pct": 2, "flue_temp_c": 1, "flue_pressure_kpa": 3, "flue_velocity_m_s": 2,
+             "flue_flow_m3_h": 0, "furnace_temp_c": 1} | {f"{p.name}_mg_m3": p.decimals for p in POLLUTANTS} \
+    | {f"{p.name}_zs_mg_m3": p.decimals for p in POLLUTANTS}
+MIN_MAX_KEY = "hj212_min_max"  # HJ 212 units only: {field: (min, max)} of a minute, for -Min/-Max
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +117,36 @@ class Window:
 
     def __contains__(self, t: float) -> bool:
         return self.start <= t < self.end
+
+
+@dataclass(frozen=True, slots=True)
+class Dip:
+    """One furnace dip: below 850 °C in [start, end), inside the 5-minute bucket starting at ``bucket``."""
+
+    bucket: float
+    start: float
+    end: float
+
+    @property
+    def event(self) -> Window:
+        """Everything the dip touches: ramp, shoulder, the bucket, shoulder, ramp."""
+        return Window(self.bucket - SHOULDER_S - RAMP_S, self.bucket + BUCKET_S + SHOULDER_S + RAMP_S)
+
+
+@dataclass(slots=True)
+class _Backfill:
+    window: Window
+    record: TruthRecord
+    held: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _OverRange:
+    pollutant: str
+    window: Window
+    level: float          # the true measured concentration, mg/m³ (above the range)
+    range_limit: float    # the analyser's upper range limit, mg/m³: the value it reports, flagged T
+    record: TruthRecord
 
 
 class CemsLine(DeviceModel):
@@ -118,6 +196,10 @@ class CemsLine(DeviceModel):
         self.excursion: tuple[str, float, float] | None = None  # (pollutant, ends, peak zs)
         self.next_excursion = start + rng.expovariate(self.excursion_rate) if self.excursion_rate else math.inf
         self.exceedances: list[tuple[str, Window, float]] = []  # injected: (pollutant, window, zs level)
+        self.dips: list[tuple[Dip, TruthRecord]] = []
+        self.o2_calibrations: list[tuple[Window, TruthRecord]] = []
+        self.over_ranges: list[_OverRange] = []
+        self.backfills: list[_Backfill] = []
         self._open: dict[str, TruthRecord] = {}
         self._first = start + rng.uniform(0.0, interval_s)
 
@@ -134,10 +216,6 @@ class CemsLine(DeviceModel):
                            {"plant_id": self.plant_id, "line_id": self.line_id, "protocol": self.protocol,
                             "mn": self.mn})]
 
-    def add_exceedance(self, pollutant: str, start: float, end: float, level_zs: float) -> None:
-        """Fault hook: hold ``pollutant`` at about ``level_zs`` (normalised) in [start, end)."""
-        self.exceedances.append((pollutant, Window(start, end), level_zs))
-
     def step(self, t: float, out: list[Emission]) -> float:
         dt = max(t - self.t, 0.0)
         self.t = t
@@ -146,8 +224,49 @@ class CemsLine(DeviceModel):
         flag = self._analyser_flag(t)
         reading = self._reading(t, state, flag)
         fmt: Format = "hj212" if self.protocol == "hj212" else "json"
-        out.append(Emission(self.topic, self.device_id, self.kind, CemsReading.stream, t, reading, fmt))
+        if not self.backfills or not self._held_back(t, reading, out, fmt):
+            out.append(Emission(self.topic, self.device_id, self.kind, CemsReading.stream, t, reading, fmt))
         return t + self.cadence(t, self.interval_s) + self.rng.uniform(-0.2, 0.2)
+
+    # --- fault hooks ---------------------------------------------------------------------------
+
+    def add_exceedance(self, pollutant: str, start: float, end: float, level_zs: float) -> None:
+        """Fault hook: hold ``pollutant`` at about ``level_zs`` (normalised) in [start, end)."""
+        self.exceedances.append((pollutant, Window(start, end), level_zs))
+
+    def add_furnace_dips(self, dips: Sequence[Dip], record: TruthRecord) -> None:
+        """Fault hook: the furnace temperature dips below 850 °C (see ``BUCKET_S`` above); ``record`` counts
+        the readings below 850 °C."""
+        self.dips += [(dip, record) for dip in dips]
+
+    def add_o2_calibration(self, window: Window, record: TruthRecord) -> None:
+        """Fault hook: the O2 analyser alone is calibrated (flag C) in ``window``; the pollutant analysers keep
+        measuring flue gas (flag N) and the data unit keeps normalising their values with the O2 it reads — the
+        calibration gas."""
+        self.o2_calibrations.append((window, record))
+
+    def add_over_range(self, pollutant: str, window: Window, level: float, range_limit: float,
+                       record: TruthRecord) -> None:
+        """Fault hook: ``pollutant`` is really at about ``level`` mg/m³ (measured) in ``window``, above its
+        analyser's range: the analyser reports ``range_limit`` flagged T."""
+        self.over_ranges.append(_OverRange(pollutant, window, level, range_limit, record))
+
+    def add_backfill(self, window: Window, record: TruthRecord) -> None:
+        """Fault hook: the data unit sends nothing in ``window`` and re-sends it as minute data with its
+        first reading after the window; ``record`` counts the minute messages."""
+        self.backfills.append(_Backfill(window, record))
+
+    def busy_windows(self, start: float, end: float) -> list[Window]:
+        """What the line does on its own in [start, end) that a planned fault should not overlap: outages,
+        maintenance and the daily calibrations."""
+        busy = [w for w in (*self.outages, *self.maintenance) if w.start < end and w.end > start]
+        if self.calibration_s is not None:
+            at, duration = self.calibration_s
+            day = self.local.next_time_of_day(start - 86_400.0, at)
+            while day < end:
+                busy.append(Window(day, day + duration))
+                day = self.local.next_time_of_day(day + 1.0, at)
+        return busy
 
     # --- operating state -----------------------------------------------------------------------
 
@@ -158,10 +277,30 @@ class CemsLine(DeviceModel):
                 down = min(SHUT_DOWN_S, span / 3)
                 up = min(START_UP_S, span / 3)
                 state = SHUT_DOWN if t < w.start + down else START_UP if t >= w.end - up else OFF
-                self._record(state, t, self._state_window(w, state),
-                             {"no_alert": state}, {"o2_towards_pct": 20.9})
+                window = self._state_window(w, state)
+                key = f"{state}@{window.start}"
+                if key in self._open:
+                    self._open[key].messages += 1
+                else:
+                    effect, details = self._mark_truth(state, window)
+                    self._record(state, t, window, effect, details)
                 return state
         return RUN
+
+    def _mark_truth(self, state: str, window: Window) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Ground truth of an outage state: exempt as a marked period (Order No. 10, within its yearly cap).
+        A JSON unit marks it itself; an HJ 212 unit cannot, so the plant must mark it through the API."""
+        mark = MARK_OF_STATE[state]
+        effect: dict[str, Any] = {"no_alert": f"marked_{mark}"}
+        details: dict[str, Any] = {"o2_towards_pct": 20.9, "mark": mark, "mark_zh": MARK_NAMES_ZH[mark],
+                                   "marked_hours": round((window.end - window.start) / 3600.0, 4)}
+        if self.protocol == "hj212":
+            details["marked_by"] = "api"
+            effect["mark_via_api"] = {"mark": mark, "starts_at": rfc3339(window.start), "ends_at": rfc3339(window.end),
+                                      "reason": f"simulated outage: {MARK_NAMES_ZH[mark]} ({mark})"}
+        else:
+            details["marked_by"] = "dau"
+        return effect, details
 
     @staticmethod
     def _state_window(w: Window, state: str) -> Window:
@@ -257,9 +396,29 @@ class CemsLine(DeviceModel):
         return self.o2
 
     def _furnace_temp(self, t: float, state: str) -> float:
+        cold = 150.0 + self.rng.gauss(0.0, 5.0)  # drawn in every state: one seed keeps giving the same day
+        if state == RUN:
+            return self._dipped(t, self.furnace) if self.dips else self.furnace
         progress = self._progress(t, state)
-        return {RUN: self.furnace, SHUT_DOWN: self.furnace - (self.furnace - 300.0) * progress,
-                OFF: 150.0 + self.rng.gauss(0.0, 5.0), START_UP: 150.0 + (900.0 - 150.0) * progress}[state]
+        return {SHUT_DOWN: self.furnace - (self.furnace - 300.0) * progress,
+                OFF: cold, START_UP: 150.0 + (900.0 - 150.0) * progress}[state]
+
+    def _dipped(self, t: float, normal: float) -> float:
+        """The furnace temperature during a dip event (``BUCKET_S`` above), else ``normal``."""
+        for dip, record in self.dips:
+            event = dip.event
+            if t not in event:
+                continue
+            if dip.start <= t < dip.end:
+                record.messages += 1
+                return self.rng.uniform(*DIP_C)
+            shoulder = self.rng.uniform(*SHOULDER_C)
+            if t < dip.bucket - SHOULDER_S:   # sagging towards the shoulder
+                return normal + (shoulder - normal) * (t - event.start) / RAMP_S
+            if t >= dip.bucket + BUCKET_S + SHOULDER_S:   # recovering from it
+                return shoulder + (normal - shoulder) * (t - dip.bucket - BUCKET_S - SHOULDER_S) / RAMP_S
+            return shoulder
+        return normal
 
     def _measured(self, t: float, p: Pollutant, state: str, o2: float) -> float:
         if state == RUN:
@@ -280,9 +439,27 @@ class CemsLine(DeviceModel):
         value = 0.0 if begun < duration / 2 else p.span
         return max(0.0, value + self.rng.gauss(0.0, 0.005 * (p.span or 1.0)))
 
+    def _o2_calibration_gas(self, t: float) -> float | None:
+        """The gas the O2 analyser reads while it alone is calibrated (o2_calibration fault), else None."""
+        for window, record in self.o2_calibrations:
+            if t in window:
+                record.messages += 1
+                return O2_ZERO_GAS if t < (window.start + window.end) / 2 else O2_SPAN_GAS
+        return None
+
+    def _over_range(self, t: float, p: Pollutant) -> _OverRange | None:
+        for event in self.over_ranges:
+            if event.pollutant == p.name and t in event.window:
+                return event
+        return None
+
     def _reading(self, t: float, state: str, flag: str) -> dict[str, Any]:
         rng = self.rng
         o2 = self._flue_o2(t, state)
+        o2_gas = self._o2_calibration_gas(t) if self.o2_calibrations and flag == "N" else None
+        # the O2 the data unit normalises with: the flue gas's, or during an O2 calibration what the analyser reads
+        # of the calibration gas
+        o2_seen = o2 if o2_gas is None else round(clamp(o2_gas + rng.gauss(0.0, 0.03), 0.0, 20.95), 2)
         self.seq += 1
         reading: dict[str, Any] = {"ts": t, "seq": self.seq, "data_kind": "rtd", "plant_id": self.plant_id,
                                    "line_id": self.line_id, "gas_is_dry": True}
@@ -294,14 +471,19 @@ class CemsLine(DeviceModel):
                 value = max(0.0, rng.gauss(0.0, 0.01 * p.mean))
             else:
                 value = self._measured(t, p, state, o2) * rng.uniform(0.98, 1.02)
+                event = self._over_range(t, p) if self.over_ranges and state == RUN else None
+                if event is not None and event.level * rng.uniform(0.95, 1.05) > event.range_limit:
+                    value, pollutant_flag = event.range_limit, "T"  # clipped at the top of the range
+                    event.record.messages += 1
             reading[f"{p.name}_mg_m3"] = round(value, p.decimals)
-            if pollutant_flag == "N" and o2 <= ZS_O2_LIMIT:  # no normalising near-ambient O2 or C/M data
-                reading[f"{p.name}_zs_mg_m3"] = round(value * (21.0 - O2_REF) / (21.0 - o2), p.decimals)
+            # no normalising near-ambient O2, nor of calibration gas or maintenance data (C/M)
+            if pollutant_flag in ("N", "T") and o2_seen <= ZS_O2_LIMIT:
+                reading[f"{p.name}_zs_mg_m3"] = round(value * (21.0 - O2_REF) / (21.0 - o2_seen), p.decimals)
             reading[f"{p.name}_flag"] = pollutant_flag
         o2_value = {"C": 0.0 if self._zero_phase(t) else 20.9, "M": 0.0}.get(flag, o2)
         # below 21 %: O2 >= 21 %vol is not physical in flue gas, and the codec voids it (schemas/hj212.py)
-        reading["o2_pct"] = round(clamp(o2_value + rng.gauss(0.0, 0.03), 0.0, 20.95), 2)
-        reading["o2_flag"] = flag
+        reading["o2_pct"] = round(clamp(o2_value + rng.gauss(0.0, 0.03), 0.0, 20.95), 2) if o2_gas is None else o2_seen
+        reading["o2_flag"] = flag if o2_gas is None else "C"
         running = state == RUN
         reading["h2o_pct"] = round((rng.uniform(15.5, 19.5) if running else rng.uniform(2.0, 8.0)), 2)
         reading["h2o_flag"] = flag
@@ -312,6 +494,12 @@ class CemsLine(DeviceModel):
         reading["flue_flow_m3_h"] = round(flow, 0)
         reading["furnace_temp_c"] = round(self._furnace_temp(t, state), 1)
         reading["operating_state"] = state  # not in the schema: kept in `extra`, tells processors why
+        if not running:
+            if self.protocol == "hj212":
+                if state == OFF:  # HJ 212 has no mark field; the furnace temperature is flagged 停运
+                    reading[HJ212_FURNACE_FLAG] = "F"
+            else:
+                reading["operating_mark"] = MARK_OF_STATE[state]  # the DAU's mark (extra.operating_mark)
         return reading
 
     def _zero_phase(self, t: float) -> bool:
@@ -320,43 +508,128 @@ class CemsLine(DeviceModel):
         at, duration = self.calibration_s
         return (self.local.seconds_of_day(t) - at) % 86_400.0 < duration / 2
 
+    # --- back-fill after a data-unit outage ----------------------------------------------------------
+
+    def _held_back(self, t: float, reading: dict[str, Any], out: list[Emission], fmt: Format) -> bool:
+        """During a back-fill outage: keep the reading (True). After it: send the held span as minute data
+        before this reading (False: the reading goes out too)."""
+        for backfill in self.backfills:
+            if t in backfill.window:
+                backfill.held.append(reading)
+                return True
+            if t >= backfill.window.end and backfill.held:
+                for minute in minute_readings(backfill.held, hj212=self.protocol == "hj212"):
+                    self.seq += 1
+                    minute["seq"] = self.seq
+                    out.append(Emission(self.topic, self.device_id, self.kind, CemsReading.stream, t, minute, fmt))
+                    backfill.record.messages += 1
+                backfill.record.details["resent_at"] = rfc3339(t)
+                backfill.held = []
+                self.seq += 1
+                reading["seq"] = self.seq  # sent after the minute data: numbered after them
+        return False
+
+
+def minute_readings(readings: Sequence[dict[str, Any]], *, hj212: bool = False) -> list[dict[str, Any]]:
+    """Real-time readings → one minute-data reading (``data_kind: minute``) per clock minute, stamped with the
+    minute's start (HJ 212 DataTime of CN 2051). Per pollutant the minute takes the flag most of its readings
+    carry and averages the values under that flag; normalised values are averaged where those readings have
+    them. ``hj212``: also keep each field's minimum and maximum (sent as ``-Min``/``-Max``)."""
+    minutes: dict[float, list[dict[str, Any]]] = {}
+    for reading in readings:
+        minutes.setdefault(math.floor(reading["ts"] / 60.0) * 60.0, []).append(reading)
+    return [_minute(at, group, hj212) for at, group in sorted(minutes.items())]
+
+
+def _minute(at: float, group: list[dict[str, Any]], hj212: bool) -> dict[str, Any]:
+    last = group[-1]
+    out: dict[str, Any] = {"ts": at, "seq": 0, "data_kind": "minute", "plant_id": last["plant_id"],
+                           "line_id": last["line_id"], "gas_is_dry": last["gas_is_dry"]}
+    spread: dict[str, tuple[float, float]] = {}
+
+    def average(name: str, rows: Sequence[dict[str, Any]]) -> None:
+        values = [r[name] for r in rows if r.get(name) is not None]
+        if values:
+            out[name] = round(sum(values) / len(values), _DECIMALS[name])
+            spread[name] = (min(values), max(values))
+
+    for p in POLLUTANTS:
+        flag = _main_flag([r[f"{p.name}_flag"] for r in group])
+        rows = [r for r in group if r[f"{p.name}_flag"] == flag]
+        average(f"{p.name}_mg_m3", rows)
+        average(f"{p.name}_zs_mg_m3", rows)
+        out[f"{p.name}_flag"] = flag
+    for name in _AVERAGED:
+        average(name, group)
+    out["o2_flag"] = _main_flag([r["o2_flag"] for r in group])
+    out["h2o_flag"] = _main_flag([r["h2o_flag"] for r in group])
+    for key in ("operating_state", "operating_mark", HJ212_FURNACE_FLAG):
+        if key in last:
+            out[key] = last[key]
+    if hj212:
+        out[MIN_MAX_KEY] = spread
+    return out
+
+
+def _main_flag(flags: Sequence[str]) -> str:
+    """The flag most readings of a minute carry; on a tie, one that is not N (the minute is not all normal)."""
+    counts = Counter(flags)
+    return max(counts, key=lambda f: (counts[f], f != "N"))
+
 
 # --- HJ 212-2017 -------------------------------------------------------------------------------
 
 ST_AIR = "31"       # air pollution source
 CN_RTD = "2011"     # real-time data
+CN_MINUTE = "2051"  # minute data
 
 
 def hj212_cp(reading: dict[str, Any], local: LocalTime) -> str:
-    """The CP content of a real-time (2011) frame for a CEMS reading: ``DataTime`` in the plant's local
-    time, then one group per code (``a21002-Rtd=…,a21002-ZsRtd=…,a21002-Flag=N``)."""
+    """The CP content of a data frame for a CEMS reading: ``DataTime`` in the plant's local time, then one group
+    per code — real-time (2011): ``a21002-Rtd=…,a21002-ZsRtd=…,a21002-Flag=N``; minute data (2051):
+    ``a21002-Min=…,a21002-Avg=…,a21002-Max=…,a21002-ZsAvg=…,a21002-Flag=N``."""
     t = reading["ts"]
+    minute = reading.get("data_kind") == "minute"
+    value_suffix, zs_suffix = ("Avg", "ZsAvg") if minute else ("Rtd", "ZsRtd")
+    spread: dict[str, tuple[float, float]] = reading.get(MIN_MAX_KEY) or {}
+
+    def values(name: str) -> dict[str, str | float]:
+        value = reading[name]
+        if name in spread:
+            low, high = spread[name]
+            return {"Min": low, value_suffix: value, "Max": high}
+        return {value_suffix: value}
+
     codes: dict[str, dict[str, str | float]] = {}
     for p in POLLUTANTS:
         if p.hj212_code is None:
             continue
-        group: dict[str, str | float] = {"Rtd": reading[f"{p.name}_mg_m3"]}
+        group = values(f"{p.name}_mg_m3")
         zs = reading.get(f"{p.name}_zs_mg_m3")
         if zs is not None:
-            group["ZsRtd"] = zs
+            group[zs_suffix] = zs
         group["Flag"] = reading[f"{p.name}_flag"]
         codes[p.hj212_code] = group
-    codes[O2_CODE] = {"Rtd": reading["o2_pct"], "Flag": reading["o2_flag"]}
-    codes[H2O_CODE] = {"Rtd": reading["h2o_pct"], "Flag": reading["h2o_flag"]}
-    codes["a01011"] = {"Rtd": reading["flue_velocity_m_s"]}
-    codes["a01012"] = {"Rtd": reading["flue_temp_c"]}
-    codes["a01013"] = {"Rtd": reading["flue_pressure_kpa"]}
+    codes[O2_CODE] = {**values("o2_pct"), "Flag": reading["o2_flag"]}
+    codes[H2O_CODE] = {**values("h2o_pct"), "Flag": reading["h2o_flag"]}
+    codes["a01011"] = values("flue_velocity_m_s")
+    codes["a01012"] = values("flue_temp_c")
+    codes["a01013"] = values("flue_pressure_kpa")
     flow = reading["flue_flow_m3_h"]  # a number, unless a malformed-reading fault put text there
-    codes["a00000"] = {"Rtd": format_number(flow / 3600.0, 3) if isinstance(flow, float | int) else flow}  # m³/s
-    codes["a01901"] = {"Rtd": reading["furnace_temp_c"]}
+    codes["a00000"] = {value_suffix: format_number(flow / 3600.0, 3) if isinstance(flow, float | int) else flow}  # m³/s
+    codes[FURNACE_CODE] = values("furnace_temp_c")
+    if HJ212_FURNACE_FLAG in reading:
+        codes[FURNACE_CODE]["Flag"] = reading[HJ212_FURNACE_FLAG]
     return encode_cp(_local_stamp(t, local, "%Y%m%d%H%M%S"), codes, decimals=4)
 
 
 def hj212_frame(reading: dict[str, Any], *, mn: str, password: str, local: LocalTime) -> bytes:
-    """A complete HJ 212-2017 real-time data frame (``ST=31;CN=2011``, protocol-version Flag)."""
+    """A complete HJ 212-2017 data frame (protocol-version Flag): ``ST=31;CN=2011`` for a real-time reading,
+    ``CN=2051`` for minute data."""
     t = reading["ts"]
     qn = _local_stamp(t, local, "%Y%m%d%H%M%S") + f"{int(t * 1000) % 1000:03d}"
-    return encode_frame(ST_AIR, CN_RTD, mn, password, hj212_cp(reading, local), qn=qn, flag=FLAG_V2017)
+    cn = CN_MINUTE if reading.get("data_kind") == "minute" else CN_RTD
+    return encode_frame(ST_AIR, cn, mn, password, hj212_cp(reading, local), qn=qn, flag=FLAG_V2017)
 
 
 def _local_stamp(t: float, local: LocalTime, fmt: str) -> str:

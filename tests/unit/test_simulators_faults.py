@@ -3,6 +3,7 @@ what was done (device, kind, window, expected effect)."""
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from pathlib import Path
 from statistics import mean
@@ -10,13 +11,18 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from sanitel.errors import ConfigError
 from sanitel.schemas import hj212
 from sanitel.schemas.topics import DEVICE_KINDS
-from sanitel.simulators.clock import parse_instant
+from sanitel.simulators.cems_span import LineSpan, simulate_cems_line
+from sanitel.simulators.clock import parse_instant, rfc3339
 from sanitel.simulators.contract import ContractError, check_message, reading_time
-from sanitel.simulators.faults import FAULT_KINDS, FaultSpec, parse_fault_names
+from sanitel.simulators.faults import CEMS_EVENTS, FAULT_KINDS, FaultSpec, Message, parse_fault_names
+from sanitel.simulators.models.cems import POLLUTANTS, minute_readings
 from sanitel.simulators.run import Simulation, generate
 from sanitel.simulators.scenario import load_scenario, parse_scenario
 from sanitel.simulators.truth import TruthRecord, read_ground_truth
@@ -55,7 +61,7 @@ def test_every_fault_kind_is_recorded_with_device_window_and_expected_effect(
         assert sim.fleet.kind_of(record.device_id) == record.kind and record.kind in DEVICE_KINDS
         assert sim.start <= record.start <= record.end <= sim.end
         assert record.expected_effect and set(record.expected_effect) <= {"alert", "no_alert", "dead_letter", "rows",
-                                                                          "charging_state"}
+                                                                          "charging_state", "verdict"}
         assert record.messages > 0, f"{record.fault} on {record.device_id} touched no message"
     written = read_ground_truth(sim.truth.write(tmp_path / "truth.jsonl"))
     assert len(written) == len(sim.truth.records)
@@ -279,3 +285,274 @@ def test_a_clock_running_ahead_is_rejected_only_in_real_time() -> None:
     (record,) = Simulation(load_scenario("demo"), seed=1, start=0.0, duration_s=3600.0, faults=[small],
                            realtime=True).truth.injected()
     assert record.expected_effect == {"rows": "stored"}  # within the collector's tolerance (5 min)
+
+
+# --- the CEMS regulatory cases (issue 13): each fault's effect in the line's own readings --------------------
+
+LINE = "cems-y1-l1"
+DAY = "2026-03-09T00:00:00+08:00"  # a Shanghai day: local midnight is 16:00 UTC the day before
+DAY_T = parse_instant(DAY)
+LOCAL_DAY = (DAY_T, DAY_T + 86_400.0)
+
+
+def line_day(*faults: FaultSpec, interval_s: float = 30.0, protocol: str = "json", hours: float = 24.0,
+             seed: int = 3, **kw: Any) -> LineSpan:
+    """One line (device cems-y1-l1) for ``hours`` from local midnight, no combustion excursions."""
+    return simulate_cems_line(DAY, hours * 3600.0, seed=seed, interval_s=interval_s, protocol=protocol,
+                              excursions_per_day=0, faults=list(faults), **kw)
+
+
+def line_messages(*faults: FaultSpec, protocol: str, hours: float = 24.0) -> tuple[list[Message], Simulation]:
+    """The same line's published messages (with their send times) and its ground truth."""
+    scenario = parse_scenario({"name": "line", "plants": [{"id": "y1", "protocol": protocol, "excursions_per_day": 0}]})
+    sim = Simulation(scenario, seed=3, start=DAY_T, duration_s=hours * 3600.0, faults=list(faults))
+    messages = list(sim.messages())
+    sim.finish(sim.end)
+    return messages, sim
+
+
+def ts(row: dict[str, Any]) -> float:
+    return float(row["ts"].timestamp())
+
+
+def injected(span: LineSpan, fault: str) -> TruthRecord:
+    (record,) = [r for r in span.truth if r.fault == fault and r.source == "injected"]
+    return record
+
+
+def five_minute_means(rows: list[dict[str, Any]]) -> dict[int, float]:
+    """Clock-aligned 5-minute furnace averages (epoch seconds // 300: 5-minute boundaries in every real zone)."""
+    buckets: dict[int, list[float]] = defaultdict(list)
+    for row in rows:
+        if row["data_kind"] == "rtd":
+            buckets[int(ts(row) // 300)].append(row["furnace_temp_c"])
+    return {b: mean(v) for b, v in buckets.items()}
+
+
+@pytest.mark.parametrize("interval_s", [10.0, 30.0, 60.0])
+@pytest.mark.parametrize(("count", "effect"), [(6, {"alert": "cems_furnace_850_daily"}),
+                                               (5, {"no_alert": "furnace_five_dips"})])
+def test_furnace_dips_make_exactly_that_many_five_minute_averages_below_850(
+        interval_s: float, count: int, effect: dict[str, str]) -> None:
+    spec = FaultSpec(kind="furnace_dips", devices=[LINE], count=count, at="06:00", duration="6h")
+    span = line_day(spec, interval_s=interval_s)
+    record = injected(span, "furnace_dips")
+    assert record.expected_effect == effect and record.details["dips"] == count
+    assert (record.start, record.end) == LOCAL_DAY  # a natural day's verdict: the record is the day
+    means = five_minute_means(span.readings)
+    low = sorted(b for b, m in means.items() if m < 850)
+    # Order No. 10 (unverified figure): more than 5 five-minute averages below 850 °C in a natural day
+    assert len(low) == count
+    assert [rfc3339(b * 300.0) for b in low] == record.details["dip_buckets"]
+    assert all(LOCAL_DAY[0] <= b * 300 < LOCAL_DAY[1] for b in low)
+    # the arithmetic that makes each dip bucket's mean < 850 (models/cems.py BUCKET_S): readings come every I ± 0.2 s,
+    # so a bucket holds at most n = ceil(300/(I − 0.2)) of them, at least d = floor(190/(I + 0.2)) in the dip
+    # (≤ 841 °C), the rest on the shoulder (≤ 855 °C):
+    #   I = 10 s: n = 31, d = 18: (18·841 + 13·855) / 31 = 846.9;  I = 30 s: n = 11, d = 6: (6·841 + 5·855) / 11 = 847.4;
+    #   I = 60 s: n = 6, d = 3: (3·841 + 3·855) / 6 = 848.0
+    worst = {10.0: (18 * 841 + 13 * 855) / 31, 30.0: (6 * 841 + 5 * 855) / 11, 60.0: (3 * 841 + 3 * 855) / 6}
+    assert worst[interval_s] < 850 and max(means[b] for b in low) <= worst[interval_s]
+    below = [r for r in span.readings if r["furnace_temp_c"] < 850]
+    assert len(below) == record.messages and all(int(ts(r) // 300) in low for r in below)
+    for bucket in low:  # each dip 3-4 minutes: its readings below 850 °C span at most 235 s
+        times = [ts(r) for r in below if int(ts(r) // 300) == bucket]
+        assert 190 - 2 * interval_s <= times[-1] - times[0] <= 235
+    # never 5 minutes on end below 850 °C (the continuous-minutes rule must not fire)
+    assert all(180 <= s <= 240 for s in record.details["below_850_s"])
+    assert min(r["furnace_temp_c"] for r in span.readings if int(ts(r) // 300) not in low) >= 851
+
+
+def test_furnace_dips_need_readings_at_least_every_minute() -> None:
+    spec = FaultSpec(kind="furnace_dips", devices=[LINE], at="06:00")
+    with pytest.raises(ConfigError, match=r"every 300 s.*60s or less"):
+        line_day(spec, interval_s=300.0)
+
+
+def test_json_backfill_leaves_a_gap_in_real_time_data_that_minute_readings_cover() -> None:
+    spec = FaultSpec(kind="dau_outage_backfill", devices=[LINE], at="10:00", duration="4h")
+    span = line_day(spec)
+    record = injected(span, "dau_outage_backfill")
+    start, end = DAY_T + 10 * 3600, DAY_T + 14 * 3600
+    assert (record.start, record.end) == (start, end)
+    assert record.expected_effect == {"rows": "stored_late", "verdict": "valid_after_backfill"}
+    rtd = [ts(r) for r in span.readings if r["data_kind"] == "rtd"]
+    assert not [t for t in rtd if start <= t < end]
+    assert max(t for t in rtd if t < start) > start - 60 and min(t for t in rtd if t >= end) < end + 60
+    minutes = [r for r in span.readings if r["data_kind"] == "minute"]
+    # 4 h = 240 minutes, one reading each, stamped with the minute's start
+    assert [ts(r) for r in minutes] == [start + 60 * k for k in range(240)] and record.messages == 240
+    assert all(r["nox_flag"] == "N" and 6 <= r["o2_pct"] <= 12 and r["furnace_temp_c"] >= 880 for r in minutes)
+    assert all(r["nox_zs_mg_m3"] is not None and r["extra"] == {"operating_state": "run"} for r in minutes)
+    seqs = [r["seq"] for r in span.readings]  # in sending order: the minute data, then the next real-time reading
+    assert seqs == sorted(set(seqs))
+
+
+def test_hj212_backfill_resends_the_span_as_cn_2051_frames_after_the_outage() -> None:
+    spec = FaultSpec(kind="dau_outage_backfill", devices=[LINE], at="02:00", duration="2h")
+    messages, sim = line_messages(spec, protocol="hj212", hours=6)
+    (record,) = sim.truth.injected()
+    frames = [(m.t, hj212.parse_frame(m.payload)) for m in messages]
+    minute = [(t, f) for t, f in frames if f.cn == "2051"]
+    assert len(minute) == record.messages == 120
+    assert all(t >= record.end for t, _ in minute)  # re-sent after the outage, before the next real-time frame
+    assert not [f for t, f in frames if f.cn == "2011" and record.start <= t < record.end]
+    rows = [r for _, f in minute for r in hj212.frame_to_cems_readings(f, device_id=f.mn)]
+    assert [parse_instant(str(r["ts"])) for r in rows] == [record.start + 60 * k for k in range(120)]
+    first = rows[0]
+    assert first["data_kind"] == "minute" and first["nox_flag"] == "N" and first["nox_zs_mg_m3"] is not None
+    low, high = (float(first["hj212"]["a21002"][k]) for k in ("Min", "Max"))  # type: ignore[index]
+    assert low <= first["nox_mg_m3"] <= high  # type: ignore[operator]
+    assert record.details["resent_as"] == "HJ 212 CN=2051 minute data"
+
+
+def test_o2_calibration_flags_o2_c_while_pollutants_keep_normalised_values() -> None:
+    span = line_day(FaultSpec(kind="o2_calibration", devices=[LINE], at="10:00"))
+    record = injected(span, "o2_calibration")
+    assert record.expected_effect == {"no_alert": "o2_calibration"} and record.details["discarded_minutes"] == 15
+    inside = [r for r in span.readings if record.start <= ts(r) < record.end]
+    assert len(inside) == record.messages and 29 <= len(inside) <= 31  # 15 min every 30 s
+    assert all(r["o2_flag"] == "C" and r["nox_flag"] == "N" and r["nox_zs_mg_m3"] is not None for r in inside)
+    middle = (record.start + record.end) / 2
+    assert all(r["o2_pct"] < 0.2 for r in inside if ts(r) < middle)          # zero gas
+    assert all(17.8 < r["o2_pct"] < 18.2 for r in inside if ts(r) >= middle)  # span gas
+    # the data unit normalised with the calibration gas: C_zs = C × 10 / (21 − O2), so ×0.48 then ×3.3
+    for r in inside:
+        assert r["nox_zs_mg_m3"] == pytest.approx(r["nox_mg_m3"] * 10 / (21 - r["o2_pct"]), rel=0.01, abs=0.2)
+    outside = [r for r in span.readings if not record.start <= ts(r) < record.end]
+    assert {r["o2_flag"] for r in outside} == {"N", "C"}  # C only in the daily zero/span check (03:00)
+    assert all(r["nox_flag"] == "C" for r in outside if r["o2_flag"] == "C")
+
+
+def test_over_range_reports_the_range_limit_flagged_t_and_lifts_the_half_hour() -> None:
+    span = line_day(FaultSpec(kind="over_range", devices=[LINE], at="10:00"))
+    record = injected(span, "over_range")
+    # 10:00 local is a half-hour boundary: the event starts 5 minutes into it and lasts 20 minutes
+    assert (record.start, record.end) == (DAY_T + 10 * 3600 + 300, DAY_T + 10 * 3600 + 1500)
+    assert record.expected_effect == {"alert": "cems_so2_over_range"}
+    inside = [r for r in span.readings if record.start <= ts(r) < record.end]
+    assert len(inside) == record.messages > 0
+    assert all(r["so2_flag"] == "T" and r["so2_mg_m3"] == 1000.0 for r in inside)
+    assert all(r["so2_flag"] == "N" and r["so2_mg_m3"] < 1000 for r in span.readings
+               if not record.start <= ts(r) < record.end and r["o2_flag"] == "N")
+    # counted at the range limit the half-hour 10:00-10:30 is far above the EU half-hourly limit (200): 20 of its
+    # 30 minutes at ≥ 1000 × 10 / (21 − 6.2) = 675.7 normalised give ≥ 675.7 × 20/30 = 450.5
+    half_hour = [r["so2_zs_mg_m3"] for r in span.readings if DAY_T + 36_000 <= ts(r) < DAY_T + 37_800]
+    assert mean(half_hour) > 450
+    (lifted,) = [r for r in span.truth if r.fault == "over_range_exceedance"]
+    assert lifted.source == "model" and lifted.expected_effect == {"alert": "cems_so2_half_hourly"}
+    assert (lifted.start, lifted.end) == (DAY_T + 36_000, DAY_T + 37_800)
+    with pytest.raises(ValueError, match="must be above the analyser's range"):
+        FaultSpec(kind="over_range", level=900)
+
+
+def test_all_faults_include_the_cems_cases_and_plan_them_clear_of_each_other(
+        faulted: tuple[Any, Simulation], records: dict[str, list[TruthRecord]]) -> None:
+    counts = {"sweeper": 1, "transfer_station": 1, "bin": 1, "camera": 1}
+    assert [(s.kind, s.count) for s in parse_fault_names("all", {**counts, "cems": 2}) if s.kind == "furnace_dips"] \
+        == [("furnace_dips", 6), ("furnace_dips", 5)]
+    # one line: the five-dip variant would share it with the six (and add up): left out
+    assert [s.count for s in parse_fault_names("all", {**counts, "cems": 1}) if s.kind == "furnace_dips"] == [6]
+    dips = {r.details["dips"]: r for r in records["furnace_dips"]}
+    assert set(dips) == {5, 6} and dips[5].device_id != dips[6].device_id
+    assert dips[6].expected_effect == {"alert": "cems_furnace_850_daily"}
+    sim = faulted[1]
+    for record in (r for r in sim.truth.injected() if r.fault in CEMS_EVENTS and r.fault != "furnace_dips"):
+        line = sim.fleet.cems_line(record.device_id)
+        others = [w for w in line.busy_windows(sim.start, sim.end) if w.start < record.end and record.start < w.end]
+        assert not others, f"{record.fault} on {record.device_id} overlaps {others}"
+
+
+def test_cems_faults_are_deterministic_for_the_seed() -> None:
+    def windows(seed: int) -> list[tuple[str, str, float, float]]:
+        sim = Simulation(load_scenario("demo"), seed=seed, start=DAY_T, duration_s=86_400.0,
+                         faults="furnace_dips,dau_outage_backfill,o2_calibration,over_range")
+        return [(r.device_id, r.fault, r.start, r.end) for r in sim.truth.records]
+
+    assert windows(5) == windows(5) != windows(6)
+
+
+def test_hj212_outage_is_marked_through_the_api_and_json_outage_by_the_data_unit() -> None:
+    outage = [{"at": "02:00", "duration": "6h"}]
+    for protocol in ("json", "hj212"):
+        span = line_day(protocol=protocol, hours=10, outages=outage, calibration={})
+        states = {r.fault: r for r in span.truth if r.fault in ("shut_down", "off", "start_up")}
+        # shut-down 1 h, off 6 − 1 − 2 = 3 h, start-up 2 h
+        assert {f: r.details["marked_hours"] for f, r in states.items()} == {"shut_down": 1, "off": 3, "start_up": 2}
+        assert {f: r.expected_effect["no_alert"] for f, r in states.items()} == {
+            "shut_down": "marked_shut_down", "off": "marked_shut", "start_up": "marked_start_up"}
+        marks = Counter((r["extra"] or {}).get("operating_mark") for r in span.readings)
+        if protocol == "json":
+            assert {f: r.details["marked_by"] for f, r in states.items()} == dict.fromkeys(states, "dau")
+            assert all("mark_via_api" not in r.expected_effect for r in states.values())
+            assert marks == {None: marks[None], "shut_down": 120, "shut": 360, "start_up": 240}  # every 30 s
+        else:
+            assert marks == {None: len(span.readings)}  # HJ 212 has no mark field
+            for record in states.values():
+                assert record.details["marked_by"] == "api"
+                assert record.expected_effect["mark_via_api"] == {
+                    "mark": record.details["mark"], "starts_at": rfc3339(record.start), "ends_at": rfc3339(record.end),
+                    "reason": f"simulated outage: {record.details['mark_zh']} ({record.details['mark']})"}
+            off = states["off"]
+            flagged = [r for r in span.readings if (r["extra"] or {}).get("hj212", {}).get("a01901", {}).get("Flag")]
+            assert flagged and all(off.start <= ts(r) < off.end for r in flagged)  # 停运: furnace temperature F
+
+
+# --- parsers and aggregation never raise anything but their documented errors -------------------------------
+
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10, 2000), st.floats(allow_nan=True),
+                    st.text(max_size=12), st.sampled_from(["10m", "-2h", "06:00", "so2", "cems", "6h"]))
+_KEYS = st.sampled_from(["kind", "devices", "device_kind", "after", "at", "duration", "pollutant", "level",
+                         "count", "analyser_range", "field", "offset", "reason", "factor", "group", "bogus"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(spec=st.dictionaries(_KEYS, st.one_of(_VALUES, st.sampled_from(FAULT_KINDS)), max_size=8))
+def test_fault_specs_raise_only_validation_errors(spec: dict[str, Any]) -> None:
+    try:
+        parsed = FaultSpec.model_validate(spec)
+    except ValidationError:
+        return
+    assert parsed.kind in FAULT_KINDS and (parsed.kind == "over_range" or parsed.analyser_range is None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.lists(st.sampled_from([*FAULT_KINDS, "all", ",", " ", "x", "spikes"]), max_size=6).map("".join),
+       cems=st.integers(0, 3))
+def test_fault_names_raise_only_config_errors(text: str, cems: int) -> None:
+    try:
+        specs = parse_fault_names(text, {"cems": cems, "sweeper": 1})
+    except ConfigError:
+        return
+    if cems < 2:
+        assert not [s for s in specs if s.kind == "furnace_dips" and s.count == 5]
+
+
+_READINGS = st.lists(st.fixed_dictionaries({
+    "ts": st.floats(1.7e9, 1.7e9 + 600), "flag": st.sampled_from("NCMT"), "o2": st.floats(0, 21),
+    "value": st.floats(0, 1000), "zs": st.one_of(st.none(), st.floats(0, 5000))}), min_size=1, max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=_READINGS)
+def test_minute_data_average_each_minute_within_its_readings(raw: list[dict[str, Any]]) -> None:
+    readings = []
+    for r in sorted(raw, key=lambda r: r["ts"]):
+        reading: dict[str, Any] = {"ts": r["ts"], "plant_id": "y1", "line_id": "y1-l1", "gas_is_dry": True,
+                                   "o2_pct": r["o2"], "o2_flag": r["flag"], "h2o_pct": 17.0, "h2o_flag": "N",
+                                   "flue_temp_c": 150.0, "flue_pressure_kpa": -0.4, "flue_velocity_m_s": 16.0,
+                                   "flue_flow_m3_h": 150_000.0, "furnace_temp_c": 950.0, "operating_state": "run"}
+        for p in POLLUTANTS:
+            reading[f"{p.name}_mg_m3"], reading[f"{p.name}_flag"] = r["value"], r["flag"]
+            if r["zs"] is not None:
+                reading[f"{p.name}_zs_mg_m3"] = r["zs"]
+        readings.append(reading)
+    minutes = minute_readings(readings, hj212=True)
+    assert [m["ts"] for m in minutes] == sorted({math.floor(r["ts"] / 60) * 60 for r in readings})
+    for m in minutes:
+        group = [r for r in readings if math.floor(r["ts"] / 60) * 60 == m["ts"]]
+        flagged = [r for r in group if r["nox_flag"] == m["nox_flag"]]
+        assert flagged and Counter(r["nox_flag"] for r in group)[m["nox_flag"]] == max(
+            Counter(r["nox_flag"] for r in group).values())
+        low, high = min(r["nox_mg_m3"] for r in flagged), max(r["nox_mg_m3"] for r in flagged)
+        assert low - 0.05 <= m["nox_mg_m3"] <= high + 0.05 and m["data_kind"] == "minute"
+        assert m["hj212_min_max"]["nox_mg_m3"] == (low, high)

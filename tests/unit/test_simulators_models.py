@@ -286,6 +286,9 @@ def test_a_line_shuts_down_and_starts_up_with_o2_towards_ambient() -> None:
         reading = msgspec.json.decode(payload)
         by_state[reading["operating_state"]].append(reading)
     assert set(by_state) == {"run", "shut_down", "off", "start_up"}
+    # the data unit's operating-state mark (MEE 2019 No. 50: 停炉, 停运, 启炉) with every reading of the outage
+    marks = {state: {r.get("operating_mark") for r in readings} for state, readings in by_state.items()}
+    assert marks == {"run": {None}, "shut_down": {"shut_down"}, "off": {"shut"}, "start_up": {"start_up"}}
     assert all(r["o2_pct"] > 20 for r in by_state["off"])
     assert all("nox_zs_mg_m3" not in r for r in by_state["off"])  # no normalising near-ambient O2
     startup_o2 = [r["o2_pct"] for r in by_state["start_up"]]
