@@ -251,3 +251,9 @@ write_timeouts
 rate_limited
 registry_refused
 registry_unavailable
+plant_compliance_annual  # api/routes/emissions.py (FastAPI route)
+put_site_params  # api/routes/sites.py (FastAPI route)
+_._kernel_threshold  # alerts/rules.py (pydantic validator)
+rejudge  # processors/cems_judgement.py: judges from stored averages (tests that build a year of averages by SQL)
+_.device_settings_fallbacks  # ingest/hj212_tcp.py (listener stats, read by metrics)
+device_settings_fallbacks  # ingest/hj212_tcp.py
