@@ -247,24 +247,40 @@ def _unnest(requests: Sequence[Request]) -> dict[str, Any]:
 _Q = sql.SQL("unnest(%(devices)s::text[], %(subjects)s::text[], %(tzs)s::text[], %(starts)s::timestamptz[])"
              " AS q (device_id, subject, tz, start)")
 
-ReadingRow = tuple[datetime, float, bool]  # ts, value, counted
+ReadingRow = tuple[datetime, float, bool, bool]  # ts, value, counted, look-back (before the request's start)
 
 
 def reading_rows(conn: psycopg.Connection, rule: ThresholdRule, requests: Sequence[Request],
-                 upto: datetime) -> dict[str, list[ReadingRow]]:
-    """Per device: (ts, value, counted) of its readings in time order."""
+                 upto: datetime, lookback: int = 0) -> dict[str, list[ReadingRow]]:
+    """Per device: (ts, value, counted, look-back) of its readings in time order — from its start, and, with
+    ``lookback`` n, first the device's last n counted readings before the start (a rolling median's window spans
+    passes; any age: the window is n readings, as the ground truth counts them). One statement: the look-back is
+    a LATERAL newest-first scan of the (device_id, ts DESC) index per device."""
     if not requests:
         return {}
-    value = value_sql(rule)
-    query = sql.SQL(
-        """SELECT t.device_id, t.ts, {value}, {counted}
+    value, counted, where = value_sql(rule), counted_sql(rule), where_sql(rule)
+    rows = sql.SQL(
+        """SELECT t.device_id, t.ts, {value} AS v, {counted} AS counted, false AS lookback
            FROM {table} t JOIN {q} ON q.device_id = t.device_id
-           WHERE t.ts >= q.start AND t.stored_at < %(upto)s AND {value} IS NOT NULL {where}
-           ORDER BY t.device_id, t.ts"""
-    ).format(value=value, counted=counted_sql(rule), table=sql.Identifier(rule.source), q=_Q, where=where_sql(rule))
+           WHERE t.ts >= q.start AND t.stored_at < %(upto)s AND {value} IS NOT NULL {where}"""
+    ).format(value=value, counted=counted, table=sql.Identifier(rule.source), q=_Q, where=where)
+    if lookback > 0:
+        rows = sql.SQL(
+            """{rows}
+               UNION ALL
+               SELECT q.device_id, b.ts, b.v, true, true
+               FROM {q} CROSS JOIN LATERAL (
+                   SELECT t.ts, {value} AS v FROM {table} t
+                   WHERE t.device_id = q.device_id AND t.ts < q.start AND t.stored_at < %(upto)s
+                     AND {value} IS NOT NULL AND {counted} {where}
+                   ORDER BY t.ts DESC LIMIT %(lookback)s) b"""
+        ).format(rows=rows, value=value, counted=counted, table=sql.Identifier(rule.source), q=_Q, where=where)
+    query = sql.SQL("SELECT device_id, ts, v, counted, lookback FROM ({rows}) x ORDER BY device_id, ts").format(
+        rows=rows)
     out: dict[str, list[ReadingRow]] = defaultdict(list)
-    for device_id, ts, v, counted in conn.execute(query, {**_unnest(requests), "upto": upto}):
-        out[device_id].append((ts, v, counted))
+    for device_id, ts, v, is_counted, is_lookback in conn.execute(
+            query, {**_unnest(requests), "upto": upto, "lookback": lookback}):
+        out[device_id].append((ts, v, is_counted, is_lookback))
     return out
 
 

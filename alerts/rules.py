@@ -26,6 +26,14 @@ threshold — and, for the EU keys, the confidence interval — from ``sanitel.e
 the subject's site chain (plant, then line: ``sites.params.emission_limits``); ``limits[<rule id>]`` is
 refused for such a rule. A rule with ``mee_limit: <name>`` takes its threshold from ``mee_rules()`` (MEE
 Order No. 10). Either may omit ``threshold``; a literal one must equal the kernel's figure.
+
+Noisy signals (issue 18): a threshold rule may name a condition of ``sanitel.signal_conditions`` (``condition:
+bin_full``) and takes its field, op, threshold, clear level and smoothing from there — the definition the simulators'
+ground truth reads too; giving one of them as well must repeat the condition's value. ``smoothing:`` states what a
+rule judges instead of one raw reading: a rolling ``{median: N}`` / ``{mean: N}`` over the device's last N counted
+readings (threshold rules; the evaluator applies it), ``for`` / ``for_readings`` (held a while, k consecutive
+readings), ``window`` (a window rule's aggregate: the default for window and event_count rules), ``timeout``
+(offline rules) or ``{none: <why one reading is enough>}``. Every shipped rule states it.
 """
 
 from __future__ import annotations
@@ -52,10 +60,11 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
-from sanitel.durations import parse_duration
+from sanitel.durations import format_duration, parse_duration
 from sanitel.emission_limits import (
     DEFAULTS_FILE,
     LIMIT_KEYS,
@@ -68,6 +77,8 @@ from sanitel.emission_limits import (
 from sanitel.errors import ConfigError
 from sanitel.schemas.readings import BY_TABLE, value_fields
 from sanitel.schemas.topics import DEVICE_KINDS, SEVERITIES
+from sanitel.signal_conditions import DEFINITIONS_FILE as CONDITIONS_FILE
+from sanitel.signal_conditions import Smoothing, condition, conditions
 
 # --------------------------------------------------------------------------------------------
 # Small value types
@@ -172,6 +183,56 @@ WhereValue = Annotated[WhereCondition | list[str | float] | str | float | bool, 
 
 
 # --------------------------------------------------------------------------------------------
+# Smoothing: what a rule judges instead of one raw reading (issue 18)
+# --------------------------------------------------------------------------------------------
+
+SmoothingHow = Literal["median", "mean", "for", "for_readings", "window", "timeout", "none"]
+_SMOOTHING_WORDS = ("for", "for_readings", "window", "timeout")
+_SMOOTHING_FIX = ("write {median: N} or {mean: N} (over the last N readings), for, for_readings, window, timeout, or "
+                  "{none: <why one reading is enough>}")
+
+
+class RuleSmoothing(_Strict):
+    """A rule's ``smoothing:`` — written ``{median: 5}``, ``for``, ``{none: "the bin's own alarm"}`` …"""
+
+    how: SmoothingHow
+    readings: int | None = None  # median, mean
+    reason: str | None = None  # none
+
+    @property
+    def rolling(self) -> Smoothing | None:
+        """The statistic the evaluator applies, for median and mean."""
+        if self.how in ("median", "mean") and self.readings is not None:
+            return Smoothing("median" if self.how == "median" else "mean", self.readings)
+        return None
+
+    @model_serializer
+    def _as_written(self) -> Any:
+        # dumped (API, rule hash) in the notation of the rule files, which validates again as such
+        if self.rolling is not None:
+            return {self.how: self.readings}
+        return {"none": self.reason} if self.how == "none" else self.how
+
+
+def _smoothing_value(value: object) -> object:
+    """``{median: 5}`` / ``for`` / ``{none: why}`` → RuleSmoothing; ValueError (naming the fix) otherwise."""
+    if isinstance(value, RuleSmoothing):
+        return value
+    if isinstance(value, str) and value in _SMOOTHING_WORDS:
+        return RuleSmoothing(how=cast(SmoothingHow, value))
+    if isinstance(value, dict) and len(value) == 1:
+        ((how, arg),) = value.items()
+        if how == "none" and isinstance(arg, str) and arg.strip():
+            return RuleSmoothing(how="none", reason=arg.strip())
+        if how in ("median", "mean") and isinstance(arg, int) and not isinstance(arg, bool) and 1 <= arg <= 1000:
+            return RuleSmoothing(how=how, readings=arg)
+    raise ValueError(f"{value!r} is not a smoothing — fix: {_SMOOTHING_FIX}")
+
+
+SmoothingSpec = Annotated[RuleSmoothing, BeforeValidator(_smoothing_value)]
+
+
+# --------------------------------------------------------------------------------------------
 # Rule models
 # --------------------------------------------------------------------------------------------
 
@@ -187,6 +248,9 @@ class RuleBase(_Strict):
     repeat_interval: Duration | None = None  # reminders until acknowledged; None = by severity
     standard: str | None = None  # where the limit comes from (shown with the alert)
     unverified: bool = False  # the limit comes from one secondary source: check it before relying on it
+    # what the rule judges instead of one raw reading; None: not stated (window rules: their aggregate). Checked
+    # against the rule's kind and keys by validate_rule_dict (_check_smoothing)
+    smoothing: SmoothingSpec | None = None
 
     @property
     def reminder_every(self) -> timedelta:
@@ -251,6 +315,8 @@ class _Source(_Strict):
 
 class ThresholdRule(RuleBase, _Condition, _Source):
     kind: Literal["threshold"]
+    # a named condition of sanitel.signal_conditions: field, op, threshold, clear and smoothing come from it
+    condition: str | None = None
     field: str
     bit: int | None = Field(None, ge=0, le=31)  # test one bit of an integer flag word (GB/T 32960 alarms)
     for_readings: int = Field(1, ge=1, le=1000)  # consecutive breaching readings needed (noisy sensors)
@@ -258,6 +324,14 @@ class ThresholdRule(RuleBase, _Condition, _Source):
     # it carries another (every reading of the field counts, whatever its flag or the line's operating state) —
     # e.g. flagged: T, op: ">=", threshold: 1 for "the analyser is over its range"
     flagged: Flag | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kernel_threshold(cls, data: Any) -> Any:
+        """``condition``: field, op, threshold, clear and smoothing are the kernel's definition."""
+        if not isinstance(data, dict) or data.get("condition") is None:
+            return data
+        return _condition_rule(data)
 
     @model_validator(mode="after")
     def _known_field(self) -> ThresholdRule:
@@ -499,6 +573,118 @@ def _check_judgements_rule(rule: WindowRule) -> None:
                          "fix: remove 'early'")
 
 
+def _check_smoothing(rule: RuleModel) -> None:
+    """The stated smoothing is one this kind of rule has, and the rule's own keys back it."""
+    if rule.smoothing is None:
+        return
+    kind, how = rule.kind, rule.smoothing.how
+    if how in ("median", "mean") and (kind != "threshold" or getattr(rule, "bit", None) is not None
+                                      or getattr(rule, "flagged", None) is not None):
+        raise ValueError(f"a rolling {how} smooths the value of a threshold rule (not a flag, a bit, a "
+                         "rate or a window) — fix: use for, for_readings, window or {none: …}")
+    if how == "for" and getattr(rule, "for_", timedelta(0)) <= timedelta(0):
+        raise ValueError("'for' says the rule must hold a while, but it has no 'for' — fix: add 'for: 5m' "
+                         "(or state another smoothing)")
+    if how == "for_readings" and (kind != "threshold" or getattr(rule, "for_readings", 1) < 2):
+        raise ValueError("'for_readings' says the rule needs k consecutive readings, but it has no "
+                         "'for_readings' above 1 — fix: add 'for_readings: 2' (or state another smoothing)")
+    if how == "window" and kind not in ("window", "event_count"):
+        raise ValueError("'window' is a window rule's aggregate — fix: state this rule's own smoothing")
+    if how == "timeout" and kind != "offline":
+        raise ValueError("'timeout' is an offline rule's — fix: state this rule's own smoothing")
+
+
+_CONDITION_SETS = ("field", "op", "threshold", "clear", "smoothing")
+
+
+def _condition_rule(data: dict[str, Any]) -> dict[str, Any]:
+    """A rule naming ``condition:`` with the condition's field, op, threshold, clear and smoothing filled in. One
+    given as well must be the condition's (two values for one definition would drift apart)."""
+    name = data["condition"]
+    known = conditions()
+    if not isinstance(name, str) or name not in known:
+        raise ValueError(f"[condition] {name!r} is not a condition of {CONDITIONS_FILE.name} — fix: use one of "
+                         f"{', '.join(known)}")
+    found = condition(name)
+    for key, default in (("for", timedelta(0)), ("for_readings", 1), ("bit", None), ("flagged", None)):
+        given = data.get(key)
+        if given is not None and given != default and not (key == "for" and given in (0, "0s")):
+            raise ValueError(f"[{key}] a rule naming condition {name} is judged by the condition's own smoothing "
+                             f"({found.smoothing.describe()}); '{key}' would make it disagree with the ground truth "
+                             f"— fix: remove '{key}' (or change the condition in {CONDITIONS_FILE.name})")
+    wanted: dict[str, Any] = {
+        "field": found.field, "op": found.op, "threshold": _limit_as_written(found.threshold),
+        "clear": None if found.clear is None else _limit_as_written(found.clear),
+        "smoothing": {found.smoothing.how: found.smoothing.readings}}
+    out = dict(data)
+    for key in _CONDITION_SETS:
+        if data.get(key) is None:
+            out[key] = wanted[key]
+        elif not _same_setting(key, data[key], wanted[key]):
+            shown = "no clear level" if wanted[key] is None else repr(wanted[key])
+            raise ValueError(f"[{key}] {data[key]!r} is not condition {name}'s {shown} ({CONDITIONS_FILE.name}) — "
+                             f"fix: remove '{key}' (the rule takes it from the condition) or write the condition's")
+    return out
+
+
+def _limit_as_written(limit: float | Mapping[str, Any]) -> float | dict[str, Any]:
+    return dict(limit) if isinstance(limit, Mapping) else float(limit)
+
+
+def _same_setting(key: str, given: Any, wanted: Any) -> bool:
+    if key in ("threshold", "clear"):
+        normal = _normal_limit(given)
+        return normal is not None and normal == _normal_limit(wanted)
+    if key == "smoothing":
+        try:
+            return _smoothing_value(given) == _smoothing_value(wanted)
+        except ValueError:
+            return False
+    return bool(given == wanted)
+
+
+def _normal_limit(limit: Any) -> object:
+    """A limit as a comparable value (None when it is not one): a number, or (param, default, values)."""
+    if isinstance(limit, int | float) and not isinstance(limit, bool):
+        return float(limit)
+    if isinstance(limit, Mapping) and isinstance(limit.get("values"), Mapping):
+        values = limit["values"]
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values.values()):
+            return (limit.get("param"), str(limit.get("default")),
+                    tuple(sorted((str(k), float(v)) for k, v in values.items())))
+    return None
+
+
+def stated_smoothing(rule: RuleModel) -> RuleSmoothing | None:
+    """What the rule judges instead of one raw reading: its ``smoothing:`` (a condition's, for a rule naming one);
+    a window rule's aggregate when it states none. None: not stated (the shipped packs state it for every rule)."""
+    if rule.smoothing is not None:
+        return rule.smoothing
+    return RuleSmoothing(how="window") if isinstance(rule, WindowRule | EventCountRule) else None
+
+
+_AGGREGATE_WORDS = {"avg": "average", "leq": "Leq (energy mean)", "invalid": "validity", "count": "count"}
+
+
+def smoothing_text(rule: RuleModel) -> str | None:
+    """The stated smoothing in words, for summaries (``{smoothing}``): "median of the last 5 readings" …"""
+    smoothing = stated_smoothing(rule)
+    if smoothing is None:
+        return None
+    if smoothing.rolling is not None:
+        return smoothing.rolling.describe()
+    if smoothing.how == "window" and isinstance(rule, WindowRule | EventCountRule):
+        aggregate = "count" if isinstance(rule, EventCountRule) else rule.aggregate
+        return f"{_AGGREGATE_WORDS.get(aggregate, aggregate)} over {rule.window} windows"
+    if smoothing.how == "for":
+        return f"held for {format_duration(getattr(rule, 'for_', timedelta(0)))}"
+    if smoothing.how == "for_readings":
+        return f"{getattr(rule, 'for_readings', 1)} consecutive readings"
+    if smoothing.how == "timeout":
+        return "silent for longer than the timeout"
+    return f"no smoothing: {smoothing.reason}"
+
+
 def _monotonic(aggregate: str, op: str) -> bool:
     return (aggregate in ("count", "sum", "max") and op in (">", ">=")) or (aggregate == "min" and op in ("<", "<="))
 
@@ -515,7 +701,7 @@ def _did_you_mean(name: str, choices: Iterable[str]) -> str:
 SITE_LABELS = ("district", "estate", "urban_village", "sorting_point", "transfer_station", "depot", "plant", "line")
 SUMMARY_FIELDS = frozenset({"value", "peak", "threshold", "clear", "device_id", "site_id", "subject", "window",
                             "rule_id", "severity", "for", "standard", "kind", "device", "site", "point",
-                            "timeout_s", *SITE_LABELS})
+                            "timeout_s", "smoothing", *SITE_LABELS})
 _MAX_FORMAT_NUMBER = re.compile(r"\d{4,}")  # a width or precision of 1000 or more
 
 
@@ -560,7 +746,8 @@ def _sample_context(rule: RuleModel) -> dict[str, Any]:
     context: dict[str, Any] = {name: f"sample-{name}" for name in
                                ("device_id", "site_id", "subject", "kind", "device", "site", "point", *SITE_LABELS)}
     context.update(rule.labels)
-    context.update({"rule_id": rule.id, "severity": rule.severity, "for": "5m", "standard": rule.standard or "GB 0-0"})
+    context.update({"rule_id": rule.id, "severity": rule.severity, "for": "5m", "standard": rule.standard or "GB 0-0",
+                    "smoothing": smoothing_text(rule) or "median of the last 5 readings"})
     if isinstance(rule, OfflineRule):
         context.update({"threshold": 900, "timeout_s": 900})
         return context
@@ -788,9 +975,14 @@ def _clear_on_safe_side(op: str, threshold: float, clear: float | None) -> float
 DEFAULT_RULES_PACKAGE = "sanitel.alerts"
 
 
+INCIDENT_RULES_FILE = "incidents.yaml"
+
+
 def default_rule_files() -> list[Path]:
     folder = resources.files(DEFAULT_RULES_PACKAGE) / "rules"
-    return sorted(Path(str(p)) for p in folder.iterdir() if p.name.endswith((".yaml", ".yml")))
+    # incidents.yaml holds the grouping and inhibition rules (alerts/incidents.py), not alert rules
+    return sorted(Path(str(p)) for p in folder.iterdir()
+                  if p.name.endswith((".yaml", ".yml")) and p.name != INCIDENT_RULES_FILE)
 
 
 def validate_rule_dict(data: Any, *, origin: str = "rule") -> RuleModel:
@@ -803,12 +995,14 @@ def validate_rule_dict(data: Any, *, origin: str = "rule") -> RuleModel:
                           "choose another id")
     try:
         rule = _RULE.validate_python(data)
-        _check_summary(rule)
     except ValidationError as exc:
         lines = [_describe(origin, rule_id, loc, err, data) for loc, err in _one_per_key(exc.errors())]
         raise ConfigError("\n".join(dict.fromkeys(lines))) from None
-    except ValueError as exc:
-        raise ConfigError(f"{origin}: rule {rule_id!r}: key 'summary': {exc}") from None
+    for key, check in (("summary", _check_summary), ("smoothing", _check_smoothing)):
+        try:
+            check(rule)
+        except ValueError as exc:
+            raise ConfigError(f"{origin}: rule {rule_id!r}: key '{key}': {exc}") from None
     return rule
 
 
@@ -950,7 +1144,7 @@ def rule_files(rules_dir: Path | None) -> list[Path]:
         if not rules_dir.is_dir():
             raise ConfigError(f"{rules_dir}: rules_dir is not a folder — fix: set SANITEL_RULES_DIR to a folder of "
                               "*.yaml rule files, or unset it")
-        files += sorted([*rules_dir.glob("*.yaml"), *rules_dir.glob("*.yml")])
+        files += sorted(p for p in [*rules_dir.glob("*.yaml"), *rules_dir.glob("*.yml")] if p.name != INCIDENT_RULES_FILE)
     return files
 
 

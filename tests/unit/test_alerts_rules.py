@@ -17,6 +17,7 @@ from sanitel.alerts.rules import (
     EmissionLimitKey,
     Lookup,
     OfflineRule,
+    RuleSmoothing,
     ThresholdRule,
     WindowRule,
     default_rule_files,
@@ -25,12 +26,15 @@ from sanitel.alerts.rules import (
     load_files_tolerant,
     render_summary,
     site_params_problems,
+    smoothing_text,
+    stated_smoothing,
     validate_rule_dict,
 )
 from sanitel.alerts.timeline import Cursor, Policy, Sample, Status, advance, judge
 from sanitel.cli import main
 from sanitel.emission_limits import LIMIT_KEYS, default_limits, mee_rules
 from sanitel.errors import ConfigError
+from sanitel.signal_conditions import Smoothing, condition
 
 BASE = {"id": "x.low_soc", "kind": "threshold", "summary": "SOC {value}", "severity": "major",
         "source": "sweeper_telemetry", "field": "soc_pct", "op": "<", "threshold": 20}
@@ -319,6 +323,147 @@ def test_summary_rendering_tolerates_missing_values() -> None:
     rule = validate_rule_dict({**BASE, "summary": "{device_id}: {value:.1f} < {threshold}"})
     assert render_summary(rule, {"device_id": "sw-1", "value": 12.34, "threshold": 20}) == "sw-1: 12.3 < 20"
     assert render_summary(rule, {"device_id": "sw-1", "value": None, "threshold": 20}) == rule.summary
+
+
+# --- noisy signals: conditions and smoothing (issue 18) ---------------------------------------------
+
+BIN = {"id": "x.full", "kind": "threshold", "summary": "{device_id}: {value:.0f} % ({smoothing})",
+       "severity": "minor", "source": "bin_status", "condition": "bin_full"}
+_OWN_PACKS = ("sorting_point.yaml", "transfer_station.yaml", "sweeper.yaml", "camera.yaml", "offline.yaml")
+
+
+def test_every_shipped_rule_states_its_smoothing() -> None:
+    """Threshold, rate and offline rules state it (``smoothing:``, a condition's); a window rule's aggregate over
+    its window is its smoothing unless it states another."""
+    ruleset = load_files(default_rule_files())
+    ours = {r for r, origin in ruleset.origins.items() if Path(origin).name != "cems.yaml"}  # cems: below
+    assert len(ours) >= 18 and {Path(ruleset.origins[r]).name for r in ours} >= set(_OWN_PACKS)
+    assert {r for r in ours if stated_smoothing(ruleset.rules[r]) is None} == set()
+    texts = {r: smoothing_text(ruleset.rules[r]) for r in ours}
+    assert texts["bin_overflow"] == texts["station_h2s"] == texts["station_nh3"] == "median of the last 5 readings"
+    assert texts["station_noise_night"] == "Leq (energy mean) over 10m windows"
+    assert texts["station_leachate_high"] == "held for 5m" and texts["sweeper_insulation_alarm"] == (
+        "2 consecutive readings")
+    assert str(texts["bin_fire"]).startswith("no smoothing: the bin controller's own fire alarm")
+    assert texts["device_offline"] == "silent for longer than the timeout"
+
+
+def test_every_shipped_cems_rule_states_its_smoothing() -> None:
+    ruleset = load_files(default_rule_files())
+    cems = [r for r, origin in ruleset.origins.items() if Path(origin).name == "cems.yaml"]
+    assert [r for r in cems if stated_smoothing(ruleset.rules[r]) is None] == []
+
+
+def test_a_rule_naming_a_condition_takes_its_definition() -> None:
+    full = condition("bin_full")
+    rule = RULES["bin_overflow"]
+    assert isinstance(rule, ThresholdRule) and rule.condition == "bin_full"
+    assert (rule.field, rule.op, rule.threshold, rule.clear) == (full.field, full.op, 90, 80)
+    assert rule.smoothing is not None and rule.smoothing.rolling == full.smoothing == Smoothing("median", 5)
+    assert (rule.for_, rule.for_readings) == (timedelta(0), 1)  # the median is the smoothing, not for_readings 3
+    h2s, exceeded = RULES["station_h2s"], condition("station_h2s_exceeded")
+    assert isinstance(h2s, ThresholdRule) and isinstance(h2s.threshold, Lookup) and isinstance(h2s.clear, Lookup)
+    for grade in ("1", "2", "2-existing", "3", "3-existing"):
+        site = {"odour_grade": grade}
+        limits = limits_for(h2s, site)
+        assert limits is not None and (limits.threshold, limits.clear) == exceeded.limits(site)
+    assert h2s.for_ == timedelta(0)  # no longer `for: 5m`: the median of 5 one-minute readings
+    # repeating the condition's values is allowed (an API client may send the rule back as it was shown)
+    again = validate_rule_dict({**BIN, "field": "fill_level_pct", "op": ">=", "threshold": 90, "clear": 80.0,
+                                "smoothing": {"median": 5}})
+    assert again == validate_rule_dict(BIN)
+    shown = rule.model_dump(by_alias=True, exclude_defaults=True)
+    assert shown["smoothing"] == {"median": 5} and validate_rule_dict(shown) == rule
+
+
+@pytest.mark.parametrize(("change", "key", "words"), [
+    ({"threshold": 85}, "threshold", "85 is not condition bin_full's 90.0 (signal_conditions.yaml) — fix: remove "
+                                     "'threshold' (the rule takes it from the condition)"),
+    ({"clear": 50}, "clear", "50 is not condition bin_full's 80.0"),
+    ({"op": ">"}, "op", "'>' is not condition bin_full's '>='"),
+    ({"field": "battery_pct"}, "field", "is not condition bin_full's 'fill_level_pct'"),
+    ({"smoothing": {"median": 3}}, "smoothing", "{'median': 3} is not condition bin_full's {'median': 5}"),
+    ({"smoothing": "for"}, "smoothing", "is not condition bin_full's"),
+    ({"for_readings": 3}, "for_readings", "judged by the condition's own smoothing (median of the last 5 readings); "
+                                          "'for_readings' would make it disagree with the ground truth"),
+    ({"for": "5m"}, "for", "'for' would make it disagree"),
+    ({"bit": 1}, "bit", "fix: remove 'bit'"),
+    ({"condition": "bin_fool"}, "condition", "'bin_fool' is not a condition of signal_conditions.yaml — fix: use one "
+                                             "of bin_full, station_h2s_exceeded"),
+    ({"condition": ["bin_full"]}, "condition", "is not a condition"),
+])
+def test_condition_errors_name_file_rule_key_and_fix(change: dict[str, Any], key: str, words: str) -> None:
+    message = _error({**BIN, **change}, origin="alerts/rules/sorting_point.yaml")
+    assert message.startswith("alerts/rules/sorting_point.yaml: rule 'x.full': ")
+    assert f"key '{key}'" in message and words in message and "— fix: " in message
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    ({"smoothing": "median"}, "'median' is not a smoothing — fix: write {median: N} or {mean: N}"),
+    ({"smoothing": {"median": 0}}, "is not a smoothing"),
+    ({"smoothing": {"none": " "}}, "is not a smoothing — fix:"),
+    ({"smoothing": "for"}, "'for' says the rule must hold a while, but it has no 'for' — fix: add 'for: 5m'"),
+    ({"smoothing": "for_readings", "for_readings": 1}, "no 'for_readings' above 1"),
+    ({"smoothing": "window"}, "'window' is a window rule's aggregate"),
+    ({"smoothing": "timeout"}, "'timeout' is an offline rule's"),
+    ({"smoothing": {"mean": 3}, "bit": 2}, "a rolling mean smooths the value of a threshold rule (not a flag, a bit"),
+])
+def test_smoothing_errors_name_the_key_and_the_fix(change: dict[str, Any], words: str) -> None:
+    message = _error({**BASE, **change})
+    assert "key 'smoothing'" in message and words in message and "— fix: " in message
+
+
+def test_smoothing_of_each_kind() -> None:
+    rate = {"id": "x.r", "kind": "rate", "summary": "s", "severity": "minor", "source": "sweeper_telemetry",
+            "field": "battery_temp_max_c", "over": "5m", "threshold": 2}
+    assert "a rolling median smooths the value of a threshold rule" in _error({**rate, "smoothing": {"median": 5}})
+    assert smoothing_text(validate_rule_dict({**rate, "for": "2m", "smoothing": "for"})) == "held for 2m"
+    own = validate_rule_dict({**BASE, "smoothing": {"mean": 3}})  # a rolling mean without a condition
+    assert own.smoothing == RuleSmoothing(how="mean", readings=3) and smoothing_text(own) == (
+        "mean of the last 3 readings")
+    assert stated_smoothing(validate_rule_dict(BASE)) is None  # not stated (an API rule may leave it out)
+    window = validate_rule_dict({"id": "x.w", "kind": "window", "summary": "s", "severity": "minor",
+                                 "source": "station_telemetry", "field": "h2s_mg_m3", "window": "30m", "threshold": 1})
+    assert smoothing_text(window) == "average over 30m windows"  # its aggregate, stated or not
+    offline = validate_rule_dict({"id": "x.o", "kind": "offline", "summary": "s", "severity": "minor",
+                                  "smoothing": {"none": "a heartbeat"}})
+    assert offline.model_dump(by_alias=True, exclude_defaults=True)["smoothing"] == {"none": "a heartbeat"}
+
+
+def test_site_override_of_a_condition_rule_moves_its_threshold_and_scales_its_clear() -> None:
+    rule = RULES["bin_overflow"]
+    default = limits_for(rule, {})
+    assert default is not None and (default.threshold, default.clear) == (90, 80)
+    stricter = limits_for(rule, {"limits": {"bin_overflow": 85}})  # clear 85 × 80 / 90 = 75.56
+    assert stricter is not None and stricter.threshold == 85 and stricter.clear == pytest.approx(75.556, abs=1e-3)
+    # "only the collection round ends it", as the rule was before: an explicit clear level of 50 %
+    emptied = limits_for(rule, {"limits": {"bin_overflow": {"threshold": 90, "clear": 50}}})
+    assert emptied is not None and (emptied.threshold, emptied.clear) == (90, 50)
+
+
+def test_summary_says_the_value_is_smoothed() -> None:
+    rule = RULES["bin_overflow"]
+    context = {"device_id": "bin-1", "value": 91.0, "smoothing": smoothing_text(rule)}
+    assert render_summary(rule, context) == "bin-1: bin 91 % full (median of the last 5 readings)"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.fixed_dictionaries({}, optional={
+    "condition": st.sampled_from(["bin_full", "station_h2s_exceeded", "nope"]) | _JSON,
+    "smoothing": st.sampled_from([{"median": 5}, {"mean": 2}, "for", "for_readings", "window", "timeout",
+                                  {"none": "why"}, {"none": ""}, "none"]) | _JSON,
+    "threshold": st.sampled_from([90, 90.0, 85, {"param": "odour_grade", "default": "2", "values": {"2": 0.06}}])
+    | _JSON,
+    "clear": st.sampled_from([80, 50, None]) | _JSON, "op": st.sampled_from([">=", ">", "=="]) | _JSON,
+    "field": st.sampled_from(["fill_level_pct", "h2s_mg_m3"]) | _JSON,
+    "for": st.sampled_from(["0s", "5m", 0]) | _JSON, "for_readings": st.sampled_from([1, 3]) | _JSON,
+    "source": st.sampled_from(["bin_status", "station_telemetry"])}))
+def test_condition_and_smoothing_never_raise_but_the_documented_error(change: dict[str, Any]) -> None:
+    for kind in ("threshold", "rate", "window", "offline"):
+        try:
+            validate_rule_dict({**BIN, "kind": kind, "over": "5m", "window": "1h", **change})
+        except ConfigError as exc:
+            assert " — fix: " in str(exc)
 
 
 # --- the timeline (pure) ---------------------------------------------------------------------------
