@@ -98,7 +98,7 @@ def build_fleet(scenario: Scenario, *, seed: int, city: str, start: float, incid
     model: DeviceModel
     for model in _sweepers(scenario, seed, city, start, local, incidents):
         fleet.add(model)
-    for model in _stations(scenario, seed, city, start, local):
+    for model in _stations(scenario, seed, city, start, local, incidents):
         fleet.add(model)
     for model in _points(scenario, seed, city, start, local, incidents):
         fleet.add(model)
@@ -119,11 +119,12 @@ def _sweepers(scenario: Scenario, seed: int, city: str, start: float, local: Loc
                       parked_interval_s=spec.parked_interval, incidents=incidents)
 
 
-def _stations(scenario: Scenario, seed: int, city: str, start: float, local: LocalTime) -> Iterator[TransferStation]:
+def _stations(scenario: Scenario, seed: int, city: str, start: float, local: LocalTime,
+              incidents: IncidentSink) -> Iterator[TransferStation]:
     spec = scenario.stations
     for n in range(1, spec.count + 1):
         yield TransferStation(f"ts-{n:04d}", seed=seed, city=city, start=start, local=local,
-                              interval_s=spec.interval, trucks_per_day=spec.trucks_per_day)
+                              interval_s=spec.interval, trucks_per_day=spec.trucks_per_day, incidents=incidents)
 
 
 def _points(scenario: Scenario, seed: int, city: str, start: float, local: LocalTime,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from sanitel.simulators.clock import LocalTime
-from sanitel.simulators.truth import TruthRecord
+from sanitel.simulators.truth import SignalWatch, TruthRecord
 
 INF = math.inf
 Format = Literal["json", "hj212", "batch"]
@@ -87,6 +87,11 @@ class DeviceModel(ABC):
     def max_interval(self) -> float:
         """The longest regular reporting interval of this model's devices (``--once`` runs this long)."""
         return 0.0
+
+    def signal_watches(self, device_id: str) -> list[SignalWatch]:
+        """The ground-truth watches judging what this device sends (conditions on noisy signals); the fault
+        planner hands those of a faulted device over to the fault injector, which sees its readings as sent."""
+        return []
 
     # Bursts (a device reporting far faster than its cadence, e.g. replaying a backlog) only make
     # sense for periodic models; they consult cadence() when scheduling their next report.

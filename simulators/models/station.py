@@ -8,12 +8,15 @@ the gases then decay back to background. Compaction only runs in the daytime (06
 GB 12348 day limits apply). The leachate tank is pumped out when nearly full.
 
 Background values keep below GB 14554-93 grade 2 and GB 12348 class 2 limits, so a normal day raises
-no odour or noise alert; exceedances come from injected faults.
+no odour or noise alert; exceedances come from injected faults. Whether H2S or NH3 exceeded is decided the
+alert rules' way (``station_h2s_exceeded`` / ``station_nh3_exceeded`` in ``sanitel/signal_conditions.yaml``, at the
+station's GB 14554 grade) on the values the station sent, spikes and stuck sensors included.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from sanitel.schemas.readings import StationTelemetry
@@ -24,12 +27,14 @@ from sanitel.simulators.models.base import (
     DeviceInfo,
     DeviceModel,
     Emission,
+    IncidentSink,
     SeqCounter,
     clamp,
     device_rng,
     hourly_profile,
     next_arrival,
 )
+from sanitel.simulators.truth import SignalWatch, signal_judge
 
 # Trucks come after the sorting slots and on the morning round; almost none at night.
 TRUCK_WEIGHTS: tuple[float, ...] = (
@@ -40,6 +45,10 @@ DAY_START_S, NIGHT_START_S = 6 * 3600.0, 22 * 3600.0
 HOPPER_PCT_PER_T = 5.0
 LEACHATE_PCT_PER_T = 0.25
 H2S_CAP, NH3_CAP = 0.05, 1.35  # peaks stay under grade 2 (0.06 / 1.5 mg/m³)
+# The sites' parameters the odour conditions read (the rules read them from sites.params): grade 2 unless told.
+DEFAULT_SITE_PARAMS: Mapping[str, Any] = {"odour_grade": "2"}
+# condition (sanitel/signal_conditions.yaml) → the alert rule that judges it (alerts/rules/transfer_station.yaml)
+ODOUR_CONDITIONS = (("station_h2s_exceeded", "station_h2s"), ("station_nh3_exceeded", "station_nh3"))
 
 
 class TransferStation(DeviceModel):
@@ -56,7 +65,11 @@ class TransferStation(DeviceModel):
         interval_s: float,
         trucks_per_day: float,
         site_id: str | None = None,
+        incidents: IncidentSink | None = None,
+        site_params: Mapping[str, Any] | None = None,
     ) -> None:
+        """``incidents``: where the odour exceedances go as ground truth (none recorded without it);
+        ``site_params``: the station site's parameters (``odour_grade``), as the rules read them."""
         self.device_id = device_id
         self.site_id = site_id or device_id
         self.rng = rng = device_rng(seed, device_id)
@@ -78,6 +91,10 @@ class TransferStation(DeviceModel):
         self.trucks_on_site: list[tuple[float, str, float, float]] = []  # (leaves at, id, gross, tare)
         self.next_report = start + rng.uniform(0.0, interval_s)
         self.next_truck = next_arrival(start, rng, self.truck_rates, local)
+        params = dict(DEFAULT_SITE_PARAMS if site_params is None else site_params)
+        self.signals: tuple[SignalWatch, ...] = () if incidents is None else tuple(
+            SignalWatch(signal_judge(name, alert, params=params), device_id, self.kind, incidents,
+                        {"site_id": self.site_id}) for name, alert in ODOUR_CONDITIONS)
 
     # --- interface ---------------------------------------------------------------------------
 
@@ -90,6 +107,9 @@ class TransferStation(DeviceModel):
     def devices(self) -> list[DeviceInfo]:
         return [DeviceInfo(self.device_id, self.kind, self.site_id, {"trucks": len(self.truck_pool)})]
 
+    def signal_watches(self, device_id: str) -> list[SignalWatch]:
+        return list(self.signals) if device_id == self.device_id else []
+
     def step(self, t: float, out: list[Emission]) -> float:
         self._advance(t, max(t - self.t, 0.0))
         self.t = t
@@ -98,7 +118,11 @@ class TransferStation(DeviceModel):
         while self.trucks_on_site and self.trucks_on_site[0][0] <= t:
             self._truck_leaves(t, out)
         if t >= self.next_report:
-            out.append(self._emission(t, self._telemetry(t)))
+            body = self._telemetry(t)
+            out.append(self._emission(t, body))
+            for watch in self.signals:
+                if not watch.handed_over:  # a faulted station's readings are judged after its faults (faults.py)
+                    watch.see(t, body)
             self.next_report = t + self.cadence(t, self.interval_s) + self.rng.uniform(-0.2, 0.2)
         leaves = self.trucks_on_site[0][0] if self.trucks_on_site else INF
         return min(self.next_report, self.next_truck, leaves)

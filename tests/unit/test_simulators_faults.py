@@ -17,7 +17,9 @@ from pydantic import ValidationError
 
 from sanitel.errors import ConfigError
 from sanitel.schemas import hj212
+from sanitel.schemas.readings import BinStatus
 from sanitel.schemas.topics import DEVICE_KINDS
+from sanitel.signal_conditions import condition
 from sanitel.simulators.cems_span import LineSpan, simulate_cems_line
 from sanitel.simulators.clock import parse_instant, rfc3339
 from sanitel.simulators.contract import ContractError, check_message, reading_time
@@ -276,6 +278,56 @@ def test_silence_expects_an_offline_alert_only_past_the_inactivity_timeout() -> 
                        "ts-0001": {"rows": "missing", "alert": "device_offline"}}
 
 
+def test_silence_expects_an_offline_alert_when_the_gap_it_left_is_longer_than_the_timeout() -> None:
+    # planned from its length (840 s: no alert), measured from what was sent: the station reports every 60 s
+    # (± 0.2 s), so 14 minutes without readings leave a gap of 15 intervals, 900 s ± the jitter — the offline rules
+    # judge that gap against the inactivity timeout (900 s): seed 1 left 900.493 s (an alert), seed 4 899.548 s
+    spec = FaultSpec(kind="silence", devices=["ts-0001"], after="1h", duration="14m")
+    planned = Simulation(load_scenario("demo"), seed=1, start=0.0, duration_s=3 * 3600.0, faults=[spec])
+    assert planned.truth.injected()[0].expected_effect == {"rows": "missing"}
+    offline = []
+    for messages, sim in [run_silence(spec, seed) for seed in (1, 4)]:
+        (record,) = sim.truth.injected()
+        sent = [t for topic, _, t in messages if topic.split("/")[3] == "ts-0001"]
+        gap = min(t for t in sent if t >= record.end) - max(t for t in sent if t < record.start)
+        assert record.details["gap_s"] == round(gap, 3) and 840.0 < gap < 960.0
+        assert ("alert" in record.expected_effect) == (gap > 900.0)
+        offline.append(record.expected_effect.get("alert"))
+    assert offline == ["device_offline", None]
+
+
+def run_silence(spec: FaultSpec, seed: int) -> tuple[list[tuple[str, bytes, float]], Simulation]:
+    sim = Simulation(load_scenario("demo"), seed=seed, start=0.0, duration_s=3 * 3600.0, faults=[spec])
+    messages = [(m.topic, m.payload, m.t) for m in sim.messages()]
+    sim.finish(sim.end)
+    return messages, sim
+
+
+def test_every_bin_is_full_exactly_when_its_sent_readings_say_so(faulted: tuple[Any, Simulation]) -> None:
+    """The ground truth of "full" is the rules' bin_full condition on the fill levels each bin sent (as stored:
+    clamped to 0-100 %) — not the model's true fill: one record per episode, from the reading that starts it to
+    the reading after its last (or the end of the run), counting its readings."""
+    messages, sim = faulted
+    sent: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for topic, payload, _ in messages:
+        if topic.endswith("/status") or "/gateway/" in topic:
+            for r in check_message(topic, payload):
+                if isinstance(r.reading, BinStatus) and r.reading.fill_level_pct is not None:
+                    sent[r.device_id].append((round(reading_time(r.reading), 3),
+                                              min(max(r.reading.fill_level_pct, 0.0), 100.0)))
+    full = condition("bin_full")
+    expected = set()
+    for device, series in sent.items():
+        times = [t for t, _ in series]
+        for a, b in full.episodes([v for _, v in series]):
+            expected.add((device, times[a], times[b + 1] if b + 1 < len(times) else sim.end, b - a + 1))
+    records = {(r.device_id, round(r.start, 3), round(r.end, 3), r.messages)
+               for r in sim.truth.records if r.fault == "bin_full"}
+    assert len(expected) >= 3 and records == expected
+    assert all(r.expected_effect == {"alert": "bin_overflow"} and r.details["threshold"] == 90.0
+               for r in sim.truth.records if r.fault == "bin_full")
+
+
 def test_a_clock_running_ahead_is_rejected_only_in_real_time() -> None:
     spec = FaultSpec(kind="clock_skew", devices=["sw-0001"], offset="+10m", after=0, duration="10m")
     live = Simulation(load_scenario("demo"), seed=1, start=0.0, duration_s=3600.0, faults=[spec], realtime=True)
@@ -331,7 +383,8 @@ def five_minute_means(rows: list[dict[str, Any]]) -> dict[int, float]:
 
 @pytest.mark.parametrize("interval_s", [10.0, 30.0, 60.0])
 @pytest.mark.parametrize(("count", "effect"), [(6, {"alert": "cems_furnace_850_daily"}),
-                                               (5, {"no_alert": "furnace_five_dips"})])
+                                               (5, {"alert": "cems_furnace_below_850",
+                                                    "no_alert": "cems_furnace_850_daily"})])
 def test_furnace_dips_make_exactly_that_many_five_minute_averages_below_850(
         interval_s: float, count: int, effect: dict[str, str]) -> None:
     spec = FaultSpec(kind="furnace_dips", devices=[LINE], count=count, at="06:00", duration="6h")
