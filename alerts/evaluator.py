@@ -7,7 +7,10 @@
    otherwise — late or out-of-order data — re-evaluate from before the earliest new reading (its
    window, or the start of the alert it may belong to) with a fresh cursor.
 4. Turn samples into episodes (``timeline``) and reconcile the episodes with the stored alerts
-   (``lifecycle``): an episode matches the alert whose time span it overlaps.
+   (``lifecycle``): an episode matches the alert whose time span it overlaps. A threshold rule with a rolling
+   smoothing (``{median: N}``, e.g. from ``condition: bin_full``) judges at each reading the statistic over the
+   device's last N counted readings; the N−1 before the start come with the rows (``queries.reading_rows``), so a
+   window spanning passes is judged as in one pass.
 5. Reminders; alerts of removed rules resolve; cursors and watermarks are saved — all in the same
    transaction as the transitions, so a crash or restart neither loses nor repeats an alert.
 
@@ -42,7 +45,7 @@ import hashlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -76,6 +79,7 @@ from sanitel.alerts.rules import (
     limits_for,
     render_summary,
     site_params_problems,
+    smoothing_text,
 )
 from sanitel.alerts.silences import Silences
 from sanitel.alerts.subjects import Registry, Subject, subject_key
@@ -86,6 +90,7 @@ from sanitel.emission_limits import PARAMS_KEY
 from sanitel.errors import ConfigError
 from sanitel.heartbeats import Stage, judge_stages, read_heartbeats
 from sanitel.schemas.readings import BY_TABLE
+from sanitel.signal_conditions import Smoothing
 
 log = logging.getLogger("sanitel.alerts")
 
@@ -546,7 +551,8 @@ def _candidate(ctx: _Pass, rule: RuleModel, work: _Work, episode: Episode) -> Ca
     context = {**labels, **(limits.context if limits else {}), "value": episode.last_value, "peak": episode.peak,
                "threshold": limits.threshold if limits else None, "clear": limits.clear if limits else None,
                "subject": work.subject.key, "window": getattr(rule, "window", None),
-               "for": format_duration(getattr(rule, "for_", timedelta(0))), "standard": rule.standard}
+               "for": format_duration(getattr(rule, "for_", timedelta(0))), "standard": rule.standard,
+               "smoothing": smoothing_text(rule)}
     return Candidate(rule, work.subject, fingerprint(rule.id, work.subject.key), labels, limits, episode,
                      render_summary(rule, context))
 
@@ -663,13 +669,35 @@ def _evaluate_readings(ctx: _Pass, rule: ThresholdRule | RateRule) -> None:
                        for ts, rate in rates.get(cast(str, work.subject.device_id), ())]
             episodes[key] = _run(work.cursor, samples, policy)
     else:
-        readings = queries.reading_rows(ctx.conn, rule, requests, ctx.upto)
+        rolling = rule.smoothing.rolling if rule.smoothing is not None else None
+        readings = queries.reading_rows(ctx.conn, rule, requests, ctx.upto,
+                                        lookback=rolling.readings - 1 if rolling is not None else 0)
         for key, work in works.items():
-            samples = [Sample(ts, ts, v, judge(v, rule.op, work.limits.threshold, work.limits.clear)
-                              if counted else Status.SKIP)
-                       for ts, v, counted in readings.get(cast(str, work.subject.device_id), ())]
+            samples = _reading_samples(rule, work.limits, readings.get(cast(str, work.subject.device_id), []),
+                                       rolling)
             episodes[key] = _run(work.cursor, samples, policy)
     _finish(ctx, rule, works, episodes, existing)
+
+
+def _reading_samples(rule: ThresholdRule, limits: Limits, rows: Sequence[queries.ReadingRow],
+                     rolling: Smoothing | None) -> list[Sample]:
+    """One sample per reading from the start (look-back rows only fill the window). With a rolling smoothing the
+    value judged — and the alert's value — is the statistic over the device's last N counted readings, the reading
+    itself included (``Smoothing.rolling``, as the ground truth computes it): no verdict before a full window.
+    Readings that do not count (flags) are skipped and stay out of the window."""
+    judged: Iterator[float | None] = iter(())
+    if rolling is not None:
+        judged = iter(rolling.rolling([v for _, v, counted, _ in rows if counted]))
+    samples = []
+    for ts, raw, counted, lookback in rows:
+        value: float | None = raw
+        if counted and rolling is not None:
+            value = next(judged)
+        if lookback:
+            continue
+        status = judge(value, rule.op, limits.threshold, limits.clear) if counted else Status.SKIP
+        samples.append(Sample(ts, ts, value, status))
+    return samples
 
 
 # ------------------------------------------------------------------------------------------------
@@ -852,19 +880,25 @@ def _evaluate_averages(ctx: _Pass, rule: WindowRule) -> None:
     policy = _policy(rule)
     episodes: dict[str, list[Episode]] = {}
     for key, work in works.items():
-        samples = []
+        samples: list[Sample] = []
+        tentative: Sample | None = None
         late = ctx.averages_behind.get(cast(str, work.subject.device_id))
         for row in rows.get(cast(str, work.subject.device_id), ()):
             if row.status == "in_progress" or not row.final or (late is not None and row.end > late.first_ts):
                 # not over; or computed before the unit reported past its end (a backlog still arriving
                 # would make it look "missing"); or readings from inside or before it were stored after it
                 # was computed (the averages are behind: cems_averages_behind): neither it nor any later
-                # period is judged yet
+                # period is judged yet — except a period not over that the processor already calls invalid, which
+                # it does only when that is certain from the data in (issue 18: never for the future; once over, a
+                # backlog could still fill its missing half-hours, so it waits for the unit like any other)
                 work.revisit = True
+                if rule.aggregate == "invalid" and row.status == "invalid" and late is None and row.end > ctx.now:
+                    value, status = _average_verdict(rule, work.limits, row)
+                    tentative = Sample(row.start, max(row.start, min(ctx.now, row.end)), value, status)
                 break
             value, status = _average_verdict(rule, work.limits, row)
             samples.append(Sample(row.start, row.end, value, status))
-        episodes[key] = _run(work.cursor, samples, policy)
+        episodes[key] = _run_with_tentative(work.cursor, samples, tentative, policy)
     _finish(ctx, rule, works, episodes, existing)
 
 

@@ -8,8 +8,10 @@
 One open alert per fingerprint (rule + subject) — the database's unique index on open fingerprints
 makes a double fire impossible even if two evaluators disagreed. Each transition writes an
 ``alert_history`` row and a NOTIFY on ``sanitel_alerts`` (``history.record``: live streams; delivered on
-commit), and firing, resolved and reminders also write a notification to the outbox (``notify/outbox.py``)
-unless a silence mutes it. A resolve notice goes out only for an alert whose firing was announced.
+commit). Firing and reminders are *announced* unless a silence mutes them: ``last_notified_at`` and
+``reminders`` record it on the alert. Notifications themselves go out per incident (``incidents.py``, run
+after each pass): it groups the announced alerts of one place and time and writes one outbox row
+(``notify/outbox.py``) per incident event. A resolve is announced only for an alert whose firing was.
 Reminders repeat every ``repeat_interval`` until the alert is acknowledged.
 """
 
@@ -24,7 +26,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from sanitel.alerts import history
-from sanitel.alerts.notify.outbox import Webhook, enqueue, load_webhooks
+from sanitel.alerts.notify.outbox import Webhook
 from sanitel.alerts.rules import BuiltinRule, Limits, RuleModel
 from sanitel.alerts.silences import Silences
 from sanitel.alerts.subjects import Subject
@@ -63,6 +65,8 @@ class Alert:
     silenced_by: int | None
     reminders: int
     annotations: dict[str, Any] = field(default_factory=dict)
+    incident_id: int | None = None  # the incident it belongs to (incidents.py)
+    inhibited_by: dict[str, Any] | None = None  # the inhibition holding back its notification, while one does
 
     @property
     def open(self) -> bool:
@@ -71,9 +75,6 @@ class Alert:
     def as_json(self) -> dict[str, Any]:
         return {f.name: _json_value(getattr(self, f.name)) for f in fields(self)}
 
-    def payload(self, event: str) -> dict[str, Any]:
-        """The notification body: the event and the alert."""
-        return {"event": event, **self.as_json()}
 
 
 ALERT_COLUMNS = tuple(f.name for f in fields(Alert))
@@ -132,10 +133,11 @@ class Lifecycle:
 
     def __init__(self, conn: psycopg.Connection, *, now: datetime, silences: Silences | None = None,
                  webhooks: list[Webhook] | None = None) -> None:
+        # ``webhooks`` is accepted for callers written before incidents: the incident step addresses them now
+        del webhooks
         self.conn = conn
         self.now = now
         self.silences = silences or Silences()
-        self.webhooks = webhooks or []
         self.transitions: list[tuple[int, str]] = []  # (alert_id, event) made in this pass
 
     # --- engine-driven transitions ------------------------------------------------------------
@@ -158,21 +160,21 @@ class Lifecycle:
              Jsonb(_annotations(c)), self.now)).fetchone()
         assert row is not None
         alert = _alert(row)
-        history_id = self._history(alert, None, state, details={"device_time": _iso(ep.fire_at or ep.start)})
+        self._history(alert, None, state, details={"device_time": _iso(ep.fire_at or ep.start)})
         if state == "firing":
-            self._announce(alert, "firing", history_id)
+            self._announce(alert, "firing")
         if over:
-            history_id = self._history(alert, "firing", "resolved",
-                                       details={"device_time": _iso(ep.resolved_at), "reason": "condition cleared"})
-            self._announce(alert, "resolved", history_id)
+            self._history(alert, "firing", "resolved",
+                          details={"device_time": _iso(ep.resolved_at), "reason": "condition cleared"})
+            self._announce(alert, "resolved")
         return alert
 
     def fire(self, alert: Alert, c: Candidate) -> None:
         assert alert.state == "pending"
         self._refresh(alert, c)
         self._set(alert, state="firing", fired_at=c.episode.fire_at)
-        history_id = self._history(alert, "pending", "firing", details={"device_time": _iso(c.episode.fire_at)})
-        self._announce(alert, "firing", history_id)
+        self._history(alert, "pending", "firing", details={"device_time": _iso(c.episode.fire_at)})
+        self._announce(alert, "firing")
 
     def resolve(self, alert: Alert, at: datetime, *, actor: str | None = None, comment: str | None = None,
                 reason: str = "condition cleared") -> None:
@@ -181,10 +183,10 @@ class Lifecycle:
             return
         before = alert.state
         self._set(alert, state="resolved", resolved_at=max(at, alert.started_at), resolved_by=actor)
-        history_id = self._history(alert, before, "resolved", actor=actor, comment=comment,
-                                   details={"device_time": _iso(at), "reason": reason})
+        self._history(alert, before, "resolved", actor=actor, comment=comment,
+                      details={"device_time": _iso(at), "reason": reason})
         if before == "firing":
-            self._announce(alert, "resolved", history_id)
+            self._announce(alert, "resolved")
 
     def update(self, alert: Alert, c: Candidate) -> None:
         """Refresh what the alert shows (value, peak, start after late data, keep-firing end); no history."""
@@ -198,15 +200,15 @@ class Lifecycle:
         if alert.last_notified_at is None:
             if self.silences.muting(alert.labels, self.now):
                 return False
-            history_id = self._history(alert, "firing", "notified", details={"reason": "no longer silenced"})
-            return self._announce(alert, "firing", history_id)
+            self._history(alert, "firing", "notified", details={"reason": "no longer silenced"})
+            return self._announce(alert, "firing")
         if (self.now - alert.last_notified_at).total_seconds() < every_s:
             return False
         if self.silences.muting(alert.labels, self.now):
             return False
         self._set(alert, reminders=alert.reminders + 1)
-        history_id = self._history(alert, "firing", "reminded", details={"reminder": alert.reminders})
-        return self._announce(alert, "reminder", history_id)
+        self._history(alert, "firing", "reminded", details={"reminder": alert.reminders})
+        return self._announce(alert, "reminder")
 
     # --- people-driven transitions ------------------------------------------------------------
     def acknowledge(self, alert: Alert, actor: str, comment: str | None = None) -> None:
@@ -251,8 +253,9 @@ class Lifecycle:
         self.transitions.append((alert.alert_id, to_state))
         return history_id
 
-    def _announce(self, alert: Alert, event: str, history_id: int) -> bool:
-        """Outbox a notification unless a silence mutes it; True when one was written."""
+    def _announce(self, alert: Alert, event: str) -> bool:
+        """Announce the event unless a silence mutes it; True when announced. The incident step
+        (``incidents.py``) turns announced alerts into one notification per incident."""
         if event != "resolved":
             silence = self.silences.muting(alert.labels, self.now, (alert.started_at, alert.resolved_at))
             if silence is not None:
@@ -262,9 +265,8 @@ class Lifecycle:
                 return False
         elif alert.last_notified_at is None:
             return False  # its firing was never announced (silenced): no resolve notice either
-        enqueue(self.conn, alert.payload(event), history_id=history_id, webhooks=self.webhooks)
         if event != "resolved":
-            self._set(alert, last_notified_at=self.now)
+            self._set(alert, last_notified_at=self.now)  # what the incident step reads
         return True
 
 
@@ -317,5 +319,5 @@ def _by_hand(conn: psycopg.Connection, alert_id: int, now: datetime | None, acti
             return None
         alert = _alert(row)
         when = now or one_row(conn.execute("SELECT now()"))[0]
-        action(Lifecycle(conn, now=when, webhooks=load_webhooks(conn)), alert)
+        action(Lifecycle(conn, now=when), alert)
         return alert

@@ -1,6 +1,8 @@
 """The evaluator service: every ``evaluator_interval_s`` one pass (under a PostgreSQL advisory lock, so
-any number of evaluators can run and only one evaluates at a time), then the pass's notifications go
-to MQTT and the webhook workers are woken. Rules are reloaded when their files or the ``alert_rules``
+any number of evaluators can run and only one evaluates at a time), right after it the incident step
+(``incidents.py``: grouping, inhibition, one notification per incident; its rules from ``incidents.yaml``,
+reloaded with the rule files), then the notifications go to MQTT and the webhook workers are woken.
+Rules are reloaded when their files or the ``alert_rules``
 table change. A rule that does not validate — at start-up or on a reload — is left out and quarantined
 with an alert about it (``evaluator.py``), and so is a rule that fails while evaluated: the service
 never stops for a bad rule (``sanitel run`` ends the whole stack when one of its children exits). A file
@@ -33,6 +35,7 @@ import psycopg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from sanitel.alerts.evaluator import Evaluator, EvaluatorConfig, PassReport, Quarantine
+from sanitel.alerts.incidents import IncidentRules, load_incident_rules, maintain
 from sanitel.alerts.notify.mqtt import MqttSink, deliver_pending
 from sanitel.alerts.notify.outbox import upsert_webhook
 from sanitel.alerts.notify.webhook import HttpLimits, RetryPolicy, WebhookDispatcher
@@ -98,6 +101,7 @@ class EvaluatorService:
         self._rules_checked = 0.0
         self.quarantine = Quarantine()  # rules that failed while evaluated, across passes
         self.ruleset = self._load_rules_from_files(None)
+        self.incident_rules = self._load_incident_rules(None)
         self.created_webhooks = register_webhooks(self.url, webhooks)
         self.metrics_port = settings.evaluator_metrics_port if metrics_port is None else metrics_port
         self.mqtt = MqttSink(settings.mqtt_url_for("evaluator"), settings.city,
@@ -128,6 +132,7 @@ class EvaluatorService:
             with self.metrics.pass_seconds.time():
                 report = Evaluator(conn, self.ruleset, self.config, self.quarantine).run_pass(self.clock())
             if report.ran and report.now is not None:  # committed: a pass skipped for the lock reports nothing
+                self._incidents(conn, report.now)
                 record_pass(conn, "evaluator", self.instance, interval_s=self.interval_s, at=report.now,
                             started_at=self.started_at)
                 conn.commit()
@@ -179,6 +184,33 @@ class EvaluatorService:
             log.error("alert rule %s left out (quarantined): %s", key, problem)
         return ruleset
 
+    def _incidents(self, conn: psycopg.Connection, now: datetime) -> None:
+        """The incident step right after the pass, in its own transaction: a failure there (logged) leaves the
+        pass committed and the next pass's step does the work (it is idempotent)."""
+        try:
+            done = maintain(conn, now, self.incident_rules, self.ruleset)
+            log.debug("incidents: %d opened, %d resolved, %d notifications, %d inhibitions changed", done.opened,
+                      done.resolved, done.notifications, done.inhibition_changes)
+        except psycopg.OperationalError:
+            raise  # the connection is gone: handled as for the pass
+        except Exception:
+            log.exception("incident step failed; alerts are kept, their notifications wait for the next pass")
+            conn.rollback()
+
+    def _load_incident_rules(self, previous: IncidentRules | None) -> IncidentRules:
+        """incidents.yaml (rules_dir's, else the shipped one); one that does not validate keeps the previous rules
+        (at start-up: the shipped file's)."""
+        try:
+            return load_incident_rules(self.settings.rules_dir)
+        except ConfigError as exc:
+            log.error("incident rules left as they were: %s", exc)
+        if previous is not None:
+            return previous
+        try:
+            return load_incident_rules(None)
+        except ConfigError:  # the shipped file too (a broken install): group with the defaults, inhibit nothing
+            return IncidentRules()
+
     def _maybe_reload(self, conn: psycopg.Connection) -> None:
         if self._rules_version is not None and time.monotonic() - self._rules_checked < self.reload_every_s:
             return
@@ -191,6 +223,7 @@ class EvaluatorService:
             log.error("skipping a stored rule: %s", problem)
         conn.commit()
         self.ruleset, self._rules_version = ruleset, version
+        self.incident_rules = self._load_incident_rules(self.incident_rules)
         self.metrics.rules.set(len(ruleset.enabled()))
 
     def _version(self, conn: psycopg.Connection) -> str:

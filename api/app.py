@@ -24,6 +24,7 @@ from sanitel.api.routes import (
     emissions,
     gateways,
     health,
+    incidents,
     marks,
     readings,
     reports,
@@ -123,7 +124,7 @@ def create_app(settings: Settings | None = None, *, broker_auth: BrokerAuthFiles
     # the last added runs first: metrics count every request, also those the guard refuses before routing
     app.add_middleware(GuardMiddleware, max_body_bytes=settings.api_max_body_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
-    for module in (sites, devices, gateways, readings, deposits, alerts, silences, webhooks, rules, reports, emissions,
-                   marks, health):
+    for module in (sites, devices, gateways, readings, deposits, alerts, incidents, silences, webhooks, rules, reports,
+                   emissions, marks, health):
         app.include_router(module.router)
     return app

@@ -1,13 +1,28 @@
-"""The notification outbox: a notification is written in the same transaction as the transition that
-caused it, and delivered after commit by the sinks (MQTT, webhooks). A crash between the two delivers
-late; a rolled-back pass delivers nothing.
+"""The notification outbox: a notification is written in the same transaction as the change that caused
+it, and delivered after commit by the sinks (MQTT, webhooks). A crash between the two delivers late; a
+rolled-back change delivers nothing.
 
-Payload (MQTT message body, and each entry of a webhook's ``alerts``)::
+One notification per incident event (``incidents.py``): ``firing`` (the first, after the incident's
+group wait), ``updated`` (new members of an announced incident, at most every group interval),
+``reminder`` (a member's reminder), ``resolved`` (every member resolved). The row's ``alert_id`` is the
+incident's first listed member (its root, unless the root is silenced or inhibited).
 
-    {"event": "firing" | "resolved" | "reminder", "alert_id": 17, "rule_id": "…", "fingerprint": "…",
-     "severity": "major", "state": "firing", "summary": "…", "labels": {…}, "device_id": …, "site_id": …,
-     "kind": …, "value": …, "peak_value": …, "threshold": …, "started_at": "…", "fired_at": "…",
-     "resolved_at": …, "acknowledged_by": …, "assignee": …}
+Payload (MQTT message body; a webhook POST lists its ``members``, see ``webhook.py``)::
+
+    {"event": "firing" | "updated" | "reminder" | "resolved",
+     # the first listed member, as before incidents — per-alert consumers keep working:
+     "alert_id": 17, "rule_id": "bin_fire", "fingerprint": "…", "state": "firing", "summary": "…",
+     "labels": {…}, "device_id": …, "site_id": …, "kind": …, "value": …, "peak_value": …, "threshold": …,
+     "started_at": "…", "fired_at": "…", "resolved_at": …, "acknowledged_by": …, "assignee": …,
+     "incident_id": 5, "inhibited_by": null,
+     "severity": "critical",               # the incident's: the most severe member's
+     "incident": {"incident_id": 5, "place": "sp-1", "kind": "alerts" | "station_outage", "title": "…",
+                  "severity": "critical", "state": "open" | "resolved", "root_alert_id": 17,
+                  "started_at": "…", "opened_at": "…", "resolved_at": null, "members_total": 2},
+     "members": [{alert, as above}, …]}    # root first, then by causal rank; at most 100
+
+``members`` lists the alerts the notification is about: announced (not silenced) and not inhibited —
+except that a station outage lists the device_offline alerts it inhibits.
 """
 
 from __future__ import annotations
@@ -184,15 +199,18 @@ def list_webhooks(conn: psycopg.Connection) -> list[dict[str, Any]]:
 
 
 def enqueue(conn: psycopg.Connection, payload: dict[str, Any], *, history_id: int | None,
-            webhooks: Sequence[Webhook]) -> int:
-    """Store one notification and a delivery per webhook that wants it; returns its id."""
+            webhooks: Sequence[Webhook], incident_id: int | None = None) -> int:
+    """Store one notification and a delivery per webhook that wants it (its matchers match the payload's
+    labels or any member's); returns its id."""
     row = conn.execute(
-        "INSERT INTO alert_notifications (alert_id, history_id, event, severity, payload)"
-        " VALUES (%s, %s, %s, %s, %s) RETURNING notification_id",
-        (payload["alert_id"], history_id, payload["event"], payload["severity"], Jsonb(payload))).fetchone()
+        "INSERT INTO alert_notifications (alert_id, history_id, event, severity, payload, incident_id)"
+        " VALUES (%s, %s, %s, %s, %s, %s) RETURNING notification_id",
+        (payload["alert_id"], history_id, payload["event"], payload["severity"], Jsonb(payload),
+         incident_id)).fetchone()
     assert row is not None
     notification_id = int(row[0])
-    wanted = [w.webhook_id for w in webhooks if w.wants(payload.get("labels") or {}, payload["event"])]
+    labels = [payload.get("labels") or {}, *((m.get("labels") or {}) for m in payload.get("members") or ())]
+    wanted = [w.webhook_id for w in webhooks if any(w.wants(lab, payload["event"]) for lab in labels)]
     if wanted:
         conn.execute(
             "INSERT INTO alert_webhook_deliveries (notification_id, webhook_id)"

@@ -7,7 +7,13 @@ Each POST carries the notifications that were due together and share a group key
 
     {"version": "4", "receiver": "<webhook id>", "status": "firing" | "resolved", "groupKey": "…",
      "groupLabels": {…}, "commonLabels": {…}, "alerts": [{"status", "labels", "annotations",
-     "startsAt", "endsAt", "fingerprint", "event", "alert_id", …}]}
+     "startsAt", "endsAt", "fingerprint", "event", "alert_id", "incident_id", …}],
+     "incidents": [{"event", "incident_id", "place", "kind", "title", "severity", "state", "root_alert_id", …}]}
+
+Notifications are per incident (``outbox.py``): ``alerts`` lists the members of each incident notification of the
+group (root first), ``incidents`` the incidents themselves. ``status`` is the notification's: ``resolved`` for a
+resolved incident, ``firing`` for the others (``firing``, ``updated``, ``reminder``); each alert's own ``status``
+says whether that member still fires.
 
 **No transaction is open while a receiver is talked to.** A round is three steps: claim the due
 deliveries in one short transaction (their ``next_attempt_at`` is pushed past the longest the POSTs can
@@ -227,6 +233,8 @@ def post_notification(webhook: Webhook, body: dict[str, Any], limits: HttpLimits
 # --- grouping ------------------------------------------------------------------------------------------------
 
 def group_body(webhook: Webhook, payloads: Sequence[dict[str, Any]], status: str) -> dict[str, Any]:
+    """One POST: the member alerts of the grouped incident notifications (a payload without ``members`` is one
+    alert), and a summary of each incident."""
     labels = [p.get("labels") or {} for p in payloads]
     common = {k: v for k, v in labels[0].items() if all(lab.get(k) == v for lab in labels[1:])}
     group_labels = {k: labels[0].get(k, "") for k in webhook.group_by}
@@ -234,10 +242,16 @@ def group_body(webhook: Webhook, payloads: Sequence[dict[str, Any]], status: str
         "version": "4", "receiver": webhook.webhook_id, "status": status,
         "groupKey": "{" + ",".join(f"{k}={v}" for k, v in group_labels.items()) + "}",
         "groupLabels": group_labels, "commonLabels": common,
-        "alerts": [{**p, "status": "resolved" if p["event"] == "resolved" else "firing",
-                    "annotations": {"summary": p.get("summary", "")}, "startsAt": p.get("started_at"),
-                    "endsAt": p.get("resolved_at")} for p in payloads],
+        "alerts": [_alert_entry(p, member) for p in payloads for member in (p.get("members") or [p])],
+        "incidents": [{"event": p["event"], **p["incident"]} for p in payloads if p.get("incident")],
     }
+
+
+def _alert_entry(payload: dict[str, Any], member: dict[str, Any]) -> dict[str, Any]:
+    resolved = payload["event"] == "resolved" or member.get("state") == "resolved"
+    return {**member, "event": payload["event"], "incident_id": payload.get("incident_id"),
+            "status": "resolved" if resolved else "firing", "annotations": {"summary": member.get("summary", "")},
+            "startsAt": member.get("started_at"), "endsAt": member.get("resolved_at")}
 
 
 def _group(webhook: Webhook, rows: Sequence[tuple[int, dict[str, Any]]]) -> dict[tuple[Any, ...], list[int]]:

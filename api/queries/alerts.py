@@ -6,6 +6,7 @@ alike."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -15,50 +16,66 @@ from psycopg.rows import dict_row
 from sanitel.alerts import history
 from sanitel.api.queries.sites import SUBTREE
 
-_COLUMNS = """alert_id, rule_id, fingerprint, subject, device_id, site_id, kind, severity, state, labels,
+COLUMNS = """alert_id, rule_id, fingerprint, subject, device_id, site_id, kind, severity, state, labels,
               annotations, summary, value, threshold, peak_value, started_at, fired_at, resolved_at, resolved_by,
-              acknowledged_by, acknowledged_at, ack_comment, assignee, silenced_by, reminders, updated_at"""
+              acknowledged_by, acknowledged_at, ack_comment, assignee, silenced_by, reminders, updated_at,
+              incident_id, inhibited_by"""
 
 
-async def list_alerts(conn: AsyncConnection, *, states: Sequence[str] | None, severities: Sequence[str] | None,
-                      site_id: str | None, kind: str | None, device_id: str | None, rule_id: str | None,
-                      acknowledged: bool | None, start: datetime | None, end: datetime | None,
-                      after: tuple[datetime, int] | None, limit: int) -> list[dict[str, Any]]:
-    """Newest first (by start time), keyset-paged on (started_at, alert_id).
+@dataclass
+class AlertFilters:
+    """The alert list's filters as SQL conditions on ``alerts`` (unqualified columns) and their parameters;
+    ``subtree`` when a site filter needs the site subtree CTE (``SUBTREE``)."""
 
-    Only the filters given become conditions, so each combination gets a plan that fits it (the list of
+    where: list[sql.Composable] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    subtree: bool = False
+
+    def add(self, text: str, **values: Any) -> None:
+        self.where.append(sql.SQL(text))
+        self.params.update(values)
+
+
+def alert_filters(*, states: Sequence[str] | None, severities: Sequence[str] | None, site_id: str | None,
+                  kind: str | None, device_id: str | None, rule_id: str | None, acknowledged: bool | None,
+                  start: datetime | None, end: datetime | None) -> AlertFilters:
+    """Only the filters given become conditions, so each combination gets a plan that fits it (the list of
     open alerts, the common case, uses the partial index on open alerts)."""
-    where: list[sql.Composable] = []
-    params: dict[str, Any] = {"limit": limit, "site_id": site_id}
-    def cond(text: str, **values: Any) -> None:
-        where.append(sql.SQL(text))
-        params.update(values)
-
+    f = AlertFilters(params={"site_id": site_id}, subtree=site_id is not None)
     if states is not None:
-        cond("state = ANY(%(states)s)", states=states)
+        f.add("state = ANY(%(states)s)", states=states)
         if "resolved" not in states:
-            cond("state <> 'resolved'")
+            f.add("state <> 'resolved'")
     if severities is not None:
-        cond("severity = ANY(%(sevs)s)", sevs=severities)
+        f.add("severity = ANY(%(sevs)s)", sevs=severities)
     if site_id is not None:
-        cond("site_id IN (SELECT site_id FROM subtree)")
+        f.add("site_id IN (SELECT site_id FROM subtree)")
     if kind is not None:
-        cond("kind = %(kind)s", kind=kind)
+        f.add("kind = %(kind)s", kind=kind)
     if device_id is not None:
-        cond("device_id = %(device_id)s", device_id=device_id)
+        f.add("device_id = %(device_id)s", device_id=device_id)
     if rule_id is not None:
-        cond("rule_id = %(rule_id)s", rule_id=rule_id)
+        f.add("rule_id = %(rule_id)s", rule_id=rule_id)
     if acknowledged is not None:
-        cond("(acknowledged_at IS NOT NULL) = %(acked)s", acked=acknowledged)
+        f.add("(acknowledged_at IS NOT NULL) = %(acked)s", acked=acknowledged)
     if start is not None:
-        cond("started_at >= %(start)s", start=start)
+        f.add("started_at >= %(start)s", start=start)
     if end is not None:
-        cond("started_at < %(end)s", end=end)
+        f.add("started_at < %(end)s", end=end)
+    return f
+
+
+async def list_alerts(conn: AsyncConnection, filters: AlertFilters, *, after: tuple[datetime, int] | None,
+                      limit: int) -> list[dict[str, Any]]:
+    """Newest first (by start time), keyset-paged on (started_at, alert_id)."""
+    where = list(filters.where)
+    params = {**filters.params, "limit": limit}
     if after is not None:
-        cond("(started_at, alert_id) < (%(a_ts)s, %(a_id)s)", a_ts=after[0], a_id=after[1])
+        where.append(sql.SQL("(started_at, alert_id) < (%(a_ts)s, %(a_id)s)"))
+        params.update(a_ts=after[0], a_id=after[1])
     query = sql.SQL("{subtree} SELECT {columns} FROM alerts {where}"
                     " ORDER BY started_at DESC, alert_id DESC LIMIT %(limit)s").format(
-        subtree=sql.SQL(SUBTREE if site_id is not None else ""), columns=sql.SQL(_COLUMNS),
+        subtree=sql.SQL(SUBTREE if filters.subtree else ""), columns=sql.SQL(COLUMNS),
         where=sql.SQL("WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL(""))
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(query, params)
@@ -67,7 +84,7 @@ async def list_alerts(conn: AsyncConnection, *, states: Sequence[str] | None, se
 
 async def get_alert(conn: AsyncConnection, alert_id: int) -> dict[str, Any] | None:
     cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(f"SELECT {_COLUMNS} FROM alerts WHERE alert_id = %s", (alert_id,))
+    await cur.execute(f"SELECT {COLUMNS} FROM alerts WHERE alert_id = %s", (alert_id,))
     return await cur.fetchone()
 
 
@@ -86,7 +103,7 @@ async def acknowledge(conn: AsyncConnection, alert_id: int, actor: str, comment:
         await cur.execute(
             f"""UPDATE alerts SET acknowledged_by = %(actor)s, acknowledged_at = now(), ack_comment = %(comment)s,
                                  updated_at = now()
-                WHERE alert_id = %(id)s AND state <> 'resolved' RETURNING {_COLUMNS}""",
+                WHERE alert_id = %(id)s AND state <> 'resolved' RETURNING {COLUMNS}""",
             {"id": alert_id, "actor": actor, "comment": comment})
         alert = await cur.fetchone()
         if alert is not None:
@@ -99,7 +116,7 @@ async def assign(conn: AsyncConnection, alert_id: int, actor: str, assignee: str
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(
             f"UPDATE alerts SET assignee = %(assignee)s, updated_at = now() WHERE alert_id = %(id)s"
-            f" RETURNING {_COLUMNS}", {"id": alert_id, "assignee": assignee})
+            f" RETURNING {COLUMNS}", {"id": alert_id, "assignee": assignee})
         alert = await cur.fetchone()
         if alert is not None:
             await conn.execute(*history.record(alert, alert["state"], "assigned", actor=actor,

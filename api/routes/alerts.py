@@ -1,4 +1,5 @@
-"""Alerts: filter and page, detail, history, acknowledge, assign, and the live stream (Server-Sent Events)."""
+"""Alerts: filter and page (each with its incident; or grouped by incident), detail, history, acknowledge, assign,
+and the live stream (Server-Sent Events)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 import itertools
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
@@ -14,9 +15,11 @@ from psycopg import AsyncConnection
 
 from sanitel.api.deps import Context, Db, Supervisor, Viewer
 from sanitel.api.errors import ApiError, error_responses, not_found
-from sanitel.api.models import Acknowledge, Alert, AlertHistoryEntry, AlertState, Assign, DeviceKind, Page, Severity
+from sanitel.api.models import Acknowledge, AlertHistoryEntry, AlertState, Assign, DeviceKind, Page, Severity
 from sanitel.api.params import DEFAULT_PAGE, Cursor, FromTime, Ident, Limit, ToTime, decode_cursor, encode_cursor
 from sanitel.api.queries import alerts as queries
+from sanitel.api.queries import incidents as incident_queries
+from sanitel.api.routes.incidents import Alert, Incident, incident_page
 from sanitel.api.stream import AlertBroadcaster, matches, sse_frame
 
 router = APIRouter(prefix="/alerts", tags=["alerts"], responses=error_responses(401, 403, 422))
@@ -26,7 +29,10 @@ KEEPALIVE_S = 15.0
 _SSE_EXAMPLE = 'id: 1\nevent: alert\ndata: {"event": "acknowledged", "alert": {"alert_id": 17}}\n\n'
 
 
-@router.get("", response_model=Page[Alert], summary="List alerts, newest first")
+@router.get("", response_model=Page[Alert] | Page[Incident], summary="List alerts, newest first",
+            description="Each alert names its incident (`incident_id`) and, while one holds back its notification, "
+                        "the inhibition (`inhibited_by`). With `group=incident`: the incidents (newest first) that have "
+                        "an alert the filters take, each with all its alerts inside, root first — as `/incidents`.")
 async def list_alerts(
     conn: Db, _: Viewer,
     state: Annotated[list[AlertState] | None, Query(description="one or more states")] = None,
@@ -38,13 +44,17 @@ async def list_alerts(
     acknowledged: bool | None = None,
     from_: FromTime = None, to: ToTime = None,
     limit: Limit = DEFAULT_PAGE, cursor: Cursor = None,
-) -> Page[Alert]:
+    group: Annotated[Literal["incident"] | None, Query(description="`incident`: incidents with their alerts")] = None,
+) -> Page[Alert] | Page[Incident]:
     if from_ is not None and to is not None and from_ >= to:
         raise ApiError(422, "`from` must be before `to`", field="query.from")
     after = decode_cursor(cursor, datetime, int) if cursor else None
-    rows = await queries.list_alerts(
-        conn, states=state, severities=severity, site_id=site_id, kind=kind, device_id=device_id,
-        rule_id=rule_id, acknowledged=acknowledged, start=from_, end=to, after=after, limit=limit)
+    filters = queries.alert_filters(states=state, severities=severity, site_id=site_id, kind=kind, device_id=device_id,
+                                    rule_id=rule_id, acknowledged=acknowledged, start=from_, end=to)
+    if group == "incident":
+        found = await incident_queries.list_incidents(conn, states=None, members=filters, after=after, limit=limit)
+        return incident_page(found, limit)
+    rows = await queries.list_alerts(conn, filters, after=after, limit=limit)
     items = [Alert.model_validate(r) for r in rows]
     last = items[-1] if len(items) == limit else None
     return Page(items=items, next_cursor=encode_cursor(last.started_at, last.alert_id) if last else None)

@@ -11,9 +11,11 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from sanitel.alerts.evaluator import EVALUATOR_LOCK_ID, Evaluator
+from sanitel.alerts.incidents import maintain
 from sanitel.alerts.rules import RuleSet, ThresholdRule, load_database_rules
 from sanitel.db import one_row
 from tests.support.alerts_db import (
+    AT_ONCE,
     NOW,
     T0,
     add_device,
@@ -108,6 +110,8 @@ def test_two_evaluators_at_once_never_double_fire(sweepers: str) -> None:
                 start.wait()
                 while not stop.is_set():
                     report = ev.run_pass(NOW)
+                    if report.ran:
+                        maintain(conn, NOW, AT_ONCE, rules)
                     (ran if report.ran else skipped)[i] += 1
         except BaseException as exc:
             errors.append(exc)

@@ -19,6 +19,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from sanitel.alerts.evaluator import Evaluator, EvaluatorConfig, PassReport
+from sanitel.alerts.incidents import IncidentRules, maintain
 from sanitel.alerts.rules import RuleSet, validate_rule_dict
 
 # Device time of the tests: midnight UTC, 08:00 in Shanghai (the default site time zone below).
@@ -73,10 +74,18 @@ def ruleset(*rules: Mapping[str, Any]) -> RuleSet:
     return out
 
 
+# incidents notified at once (the shipped group wait is for people, not tests)
+AT_ONCE = IncidentRules(group_wait=timedelta(0), group_interval=timedelta(0))
+
+
 def run(url: str, rules: RuleSet, now: datetime = NOW, **config: Any) -> PassReport:
-    """One evaluation pass at ``now``, on a connection of its own."""
+    """One evaluation pass at ``now`` and the incident step after it (as the evaluator service runs them), on a
+    connection of its own."""
     with psycopg.connect(url) as conn:
-        return Evaluator(conn, rules, EvaluatorConfig(**config)).run_pass(now)
+        report = Evaluator(conn, rules, EvaluatorConfig(**config)).run_pass(now)
+        if report.ran:
+            maintain(conn, now, AT_ONCE, rules)
+        return report
 
 
 def alerts(url: str, rule_id: str | None = None) -> list[dict[str, Any]]:
