@@ -20,6 +20,7 @@ STAGE_CLIS: tuple[str, ...] = (
     "sanitel.processors.cli",
     "sanitel.processors.report_cli",
     "sanitel.processors.marks_cli",
+    "sanitel.alert_truth",
 )
 
 
