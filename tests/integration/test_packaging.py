@@ -192,19 +192,27 @@ def test_wheel_ships_migrations_rule_packs_and_scenarios(installed: Installed) -
     loaded = installed.python_json(textwrap.dedent("""\
         import json
         from sanitel.db import load_migrations
-        from sanitel.alerts.rules import default_rule_files, load_files
+        from sanitel.alerts.incidents import load_incident_rules
+        from sanitel.alerts.rules import INCIDENT_RULES_FILE, default_rule_files, load_files
+        from sanitel.emission_limits import limit_set, mee_rules
+        from sanitel.signal_conditions import conditions
         from sanitel.simulators.scenario import available_scenarios, load_scenario
 
         rules = load_files(default_rule_files())
         print(json.dumps({
             "migrations": [m.version for m in load_migrations()],
-            "rule_files": sorted(p.name for p in default_rule_files()),
+            "rule_files": sorted([INCIDENT_RULES_FILE, *(p.name for p in default_rule_files())]),
             "rules": len(rules.rules),
+            "incident_rules": load_incident_rules(None).group_wait.total_seconds(),
+            "kernel_data": [len(limit_set().limits), mee_rules().furnace_min_temp_c, sorted(conditions())],
             "scenarios": {name: load_scenario(name).name for name in available_scenarios()},
         }))
         """))
     assert isinstance(loaded, dict)
     assert len(loaded["migrations"]) == len(list((ROOT / "schemas" / "migrations").glob("*.sql")))
+    # the rule packs and the incidents' grouping and inhibition rules beside them
     assert loaded["rule_files"] == sorted(p.name for p in (ROOT / "alerts" / "rules").glob("*.y*ml"))
-    assert loaded["rules"] > 0
+    assert loaded["rules"] > 0 and loaded["incident_rules"] == 30  # incidents.yaml read from the wheel
+    # the kernel's data files: emission limits with the Order No. 10 figures, the noisy-signal conditions
+    assert loaded["kernel_data"][0] > 0 and loaded["kernel_data"][1] == 850.0 and "bin_full" in loaded["kernel_data"][2]
     assert sorted(loaded["scenarios"]) == sorted(p.stem for p in (ROOT / "simulators" / "scenarios").glob("*.yaml"))
