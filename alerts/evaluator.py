@@ -10,7 +10,10 @@
    (``lifecycle``): an episode matches the alert whose time span it overlaps. A threshold rule with a rolling
    smoothing (``{median: N}``, e.g. from ``condition: bin_full``) judges at each reading the statistic over the
    device's last N counted readings; the N−1 before the start come with the rows (``queries.reading_rows``), so a
-   window spanning passes is judged as in one pass.
+   window spanning passes is judged as in one pass. A clock-aligned window is judged once it is closed: a reading
+   after its end arrived from its subject, or ``close_grace`` has passed on the data clock (``_data_clock``: the
+   newest device time stored lately; the wall clock after a quiet spell), so a collector draining a backlog hours
+   behind the wall clock never has a window judged on the part of it that had arrived.
 5. Reminders; alerts of removed rules resolve; cursors and watermarks are saved — all in the same
    transaction as the transitions, so a crash or restart neither loses nor repeats an alert.
 
@@ -104,8 +107,15 @@ WATCHED_STAGES: tuple[Stage, ...] = ("collector", "processor")
 @dataclass(frozen=True)
 class EvaluatorConfig:
     lateness_horizon: timedelta = timedelta(days=2)  # older device times are not evaluated
-    close_grace: timedelta = timedelta(minutes=2)  # a window is closed this long after its end …
-    # … or as soon as a reading after its end arrived from its subject
+    # a window is closed this long after its end, by the data clock (the newest device time any device's stored
+    # reading has, never beyond the wall clock) — or as soon as a reading after its end arrived from its subject.
+    # Not by the wall clock alone: a collector working through a backlog stores the windows' readings hours
+    # late, and a window judged by the wall clock would be judged on the part that had arrived.
+    close_grace: timedelta = timedelta(minutes=2)
+    # the data clock holds while rows keep being stored (the newest less than this long ago); after a quiet
+    # spell (nothing stored, or a restart) windows close by the wall clock again, or a silent device's last
+    # window would wait for ever
+    data_quiet_after: timedelta = timedelta(minutes=2)
     settle: timedelta = timedelta(seconds=30)  # see queries.safe_upto
     write_margin: timedelta = timedelta(seconds=5)  # longest a reading's write transaction takes to commit
     quarantine_retry: timedelta = timedelta(minutes=15)  # a rule that failed is tried again after this
@@ -115,6 +125,12 @@ class EvaluatorConfig:
     # cems_averages_behind fires once unaveraged readings were stored this long ago (write time); the service
     # sets maintain_interval_s × stage_overdue_factor, so a processor on schedule never raises it
     averages_behind_after: timedelta = timedelta(minutes=3)
+
+
+@dataclass(frozen=True, slots=True)
+class DataSeen:
+    newest_ts: datetime  # the newest device time among the readings stored lately
+    stored_at: datetime  # when the newest of them was stored (database clock)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +177,7 @@ class _Pass:
     changes: dict[str, dict[str, Change]]
     grace: timedelta
     write_margin: timedelta
+    data_clock: datetime  # see EvaluatorConfig.close_grace
     subjects: int = 0
     # per CEMS device: readings its stored averages do not reflect yet (its averages periods from them on wait)
     averages_behind: dict[str, queries.AveragesBehind] = field(default_factory=dict)
@@ -198,6 +215,7 @@ class Evaluator:
         self.config = config or EvaluatorConfig()
         self.quarantine = quarantine if quarantine is not None else Quarantine()
         self._logged_param_problems: dict[str, str] = {}  # logged once, until they change
+        self._data_seen: DataSeen | None = None  # across passes: see EvaluatorConfig.close_grace
 
     # --- the pass -----------------------------------------------------------------------------
     def run_pass(self, now: datetime | None = None) -> PassReport:
@@ -240,8 +258,23 @@ class Evaluator:
                 self.conn, marks.get(JUDGEMENTS_TABLE, stored_since), upto, horizon)
         lifecycle = Lifecycle(self.conn, now=now, silences=Silences.load(self.conn, horizon),
                               webhooks=load_webhooks(self.conn))
+        data_clock = self._data_clock(changes, now, upto)
         return _Pass(self.conn, now, upto, horizon, Registry.load(self.conn), lifecycle, changes,
-                     self.config.close_grace, self.config.write_margin)
+                     self.config.close_grace, self.config.write_margin, data_clock)
+
+    def _data_clock(self, changes: Mapping[str, Mapping[str, Change]], now: datetime, upto: datetime) -> datetime:
+        """The newest device time of the readings stored lately, no later than ``now`` — behind the wall clock
+        while a collector works through a backlog — or ``now`` once nothing was stored for a quiet spell."""
+        stored = [c for table in BY_TABLE for c in changes.get(table, {}).values() if c.last_stored is not None]
+        if stored:
+            newest = min(now, max(c.last_ts for c in stored))
+            if self._data_seen is not None and upto - self._data_seen.stored_at < self.config.data_quiet_after:
+                newest = max(newest, self._data_seen.newest_ts)  # a batch of older rows does not turn it back
+            self._data_seen = DataSeen(newest, max(cast(datetime, c.last_stored) for c in stored))
+        seen = self._data_seen
+        if seen is None or upto - seen.stored_at >= self.config.data_quiet_after:
+            return now
+        return seen.newest_ts
 
     def _save_watermarks(self, ctx: _Pass) -> None:
         self.conn.cursor().executemany(
@@ -779,7 +812,8 @@ def _window_samples(ctx: _Pass, rule: WindowRule | EventCountRule, work: _Work,
     still-open window's sample when the rule may fire early."""
     width, limits = rule.width, work.limits
     latest = max((r.last_ts for r in rows), default=None)
-    closed_upto = max(ctx.now - ctx.grace, latest) if latest else ctx.now - ctx.grace
+    by_clock = min(ctx.now, ctx.data_clock) - ctx.grace
+    closed_upto = max(by_clock, latest) if latest else by_clock
     by_bucket = {r.bucket: r for r in rows}
     counting = isinstance(rule, EventCountRule) or rule.aggregate == "count"
     buckets = sorted(by_bucket)

@@ -82,15 +82,17 @@ class Change:
 
     first_ts: datetime
     last_ts: datetime
+    last_stored: datetime | None = None  # write time of the newest row (readings only)
 
 
 def changes(conn: psycopg.Connection, table: str, since: datetime, upto: datetime,
             horizon: datetime) -> dict[str, Change]:
     """Per device, the span of its rows stored in [since, upto) with device time after ``horizon``."""
     rows = conn.execute(
-        sql.SQL("SELECT device_id, min(ts), max(ts) FROM {} WHERE stored_at >= %s AND stored_at < %s AND ts >= %s"
+        sql.SQL("SELECT device_id, min(ts), max(ts), max(stored_at) FROM {}"
+                " WHERE stored_at >= %s AND stored_at < %s AND ts >= %s"
                 " GROUP BY device_id").format(sql.Identifier(table)), (since, upto, horizon)).fetchall()
-    return {d: Change(a, b) for d, a, b in rows}
+    return {d: Change(a, b, stored) for d, a, b, stored in rows}
 
 
 def averages_changes(conn: psycopg.Connection, since: datetime, upto: datetime,

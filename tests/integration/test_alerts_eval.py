@@ -166,6 +166,22 @@ def test_late_reading_re_evaluates_its_window(fresh_db: str) -> None:
     assert run(fresh_db, rules).transitions == []
 
 
+def test_a_backlog_does_not_close_windows_by_the_wall_clock(fresh_db: str) -> None:
+    """A collector draining a backlog stores a window's readings hours after its end. While rows keep arriving,
+    windows close by the data clock (the newest device time stored), not by the wall clock a day ahead: a window is
+    judged on all its readings, not on the half that had arrived (issue 18: a false night-noise alert)."""
+    _station(fresh_db)
+    rules, quiet_after = ruleset(H2S_30M), timedelta(minutes=2)  # the service's default
+    # the first half of 00:00-00:30 is high (0.1 > 0.06); the wall clock (NOW) is a day later
+    _h2s(fresh_db, 0, [0.1, 0.1, 0.1])
+    run(fresh_db, rules, data_quiet_after=quiet_after)
+    assert alerts(fresh_db) == []  # by the wall clock the window was closed, and its average 0.1 would fire
+    # the rest of the window and the next arrive: (0.1×3 + 0.01×3)/6 = 0.055, not above
+    _h2s(fresh_db, 15, [0.01, 0.01, 0.01, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05])
+    run(fresh_db, rules, data_quiet_after=quiet_after)
+    assert alerts(fresh_db) == []
+
+
 def test_flagged_readings_do_not_count(fresh_db: str) -> None:
     rule = {"id": "t.nox", "kind": "threshold", "summary": "nox", "severity": "major", "source": "cems_readings",
             "field": "nox_zs_mg_m3", "op": ">", "threshold": 300, "for": "2m"}
