@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import paho.mqtt.client as mqtt
 import psycopg
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
@@ -60,7 +59,7 @@ from sanitel.alerts.rules import default_rule_files, load_files
 from sanitel.db import apply_migrations, one_row
 from sanitel.processors.cems_marks import add_mark
 from sanitel.processors.maintenance import run_pass
-from sanitel.servers import MosquittoServer, PostgresServer, free_port
+from sanitel.servers import BrokerBacklog, MosquittoServer, PostgresServer, free_port
 from sanitel.settings import Settings, load_settings
 from sanitel.simulators.run import generate, inventory
 from sanitel.simulators.scenario import Scenario, load_scenario
@@ -226,42 +225,6 @@ def collector_metrics(metrics_port: int) -> dict[str, float]:
             name, value = line.split("{", 1)[0].split(" ", 1)[0], line.rsplit(" ", 1)[1]
             out[name] = out.get(name, 0.0) + float(value)
     return out
-
-
-class BrokerBacklog:
-    """What Mosquitto still holds for its subscribers — queued, or in flight and not yet acknowledged — from its $SYS
-    reports (every 10 s, of the values that changed): the message store less the retained messages
-    ($SYS's own). The collector acknowledges a
-    message only once it is stored (or spooled), so nothing held means the collector has everything; a count of what
-    it received cannot say so, as a reconnect makes the broker deliver unacknowledged messages again."""
-
-    TOPICS = ("$SYS/broker/store/messages/count", "$SYS/broker/retained messages/count")
-    INTERVAL_S = 11.0  # Mosquitto's sys_interval (10 s), and a second for the report to arrive
-
-    def __init__(self, port: int) -> None:
-        self.reports: dict[str, tuple[int, float]] = {}  # topic → (value, monotonic arrival)
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-sys-{free_port()}")
-        self.client.on_message = self._report
-        self.client.connect("127.0.0.1", port)
-        for topic in self.TOPICS:
-            self.client.subscribe(topic)
-        self.client.loop_start()
-
-    def _report(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
-        self.reports[message.topic] = (int(message.payload), time.monotonic())
-
-    def held(self, since: float) -> int | None:
-        """Messages held now, once a whole report interval has passed after ``since`` (monotonic): Mosquitto reports a
-        $SYS value only when it changed, so the latest report is the current count; None until then. The count
-        includes our own two reports on their way to us when it was taken (a quiet broker says 2)."""
-        store, retained = (self.reports.get(topic) for topic in self.TOPICS)
-        if store is None or retained is None or time.monotonic() - since < self.INTERVAL_S:
-            return None
-        return max(0, store[0] - retained[0] - len(self.TOPICS))
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
 
 
 def wait_stored(url: str, metrics_port: int, backlog: BrokerBacklog, published: int, timeout: float = 600) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
+import paho.mqtt.client as mqtt
 import psycopg
 from psycopg import sql
 
@@ -439,3 +440,40 @@ class MosquittoServer:
 
     def kill(self) -> None:
         self._signal(signal.SIGKILL, timeout=5)
+
+
+class BrokerBacklog:
+    """What Mosquitto still holds for its subscribers — queued, or in flight and not yet acknowledged — from its $SYS
+    reports (every 10 s, of the values that changed): the message store less the retained messages
+    ($SYS's own). The collector acknowledges a
+    message only once it is stored (or spooled), so nothing held means the collector has everything; a count of what
+    it received cannot say so, as a reconnect makes the broker deliver unacknowledged messages again. (For the
+    benchmarks and tests that wait for a day's messages to be stored.)"""
+
+    TOPICS = ("$SYS/broker/store/messages/count", "$SYS/broker/retained messages/count")
+    INTERVAL_S = 11.0  # Mosquitto's sys_interval (10 s), and a second for the report to arrive
+
+    def __init__(self, port: int) -> None:
+        self.reports: dict[str, tuple[int, float]] = {}  # topic → (value, monotonic arrival)
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"backlog-watch-{free_port()}")
+        self.client.on_message = self._report
+        self.client.connect("127.0.0.1", port)
+        for topic in self.TOPICS:
+            self.client.subscribe(topic)
+        self.client.loop_start()
+
+    def _report(self, _client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
+        self.reports[message.topic] = (int(message.payload), time.monotonic())
+
+    def held(self, since: float) -> int | None:
+        """Messages held now, once a whole report interval has passed after ``since`` (monotonic): Mosquitto reports a
+        $SYS value only when it changed, so the latest report is the current count; None until then. The count
+        includes our own two reports on their way to us when it was taken (a quiet broker says 2)."""
+        store, retained = (self.reports.get(topic) for topic in self.TOPICS)
+        if store is None or retained is None or time.monotonic() - since < self.INTERVAL_S:
+            return None
+        return max(0, store[0] - retained[0] - len(self.TOPICS))
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 from psycopg.rows import dict_row
@@ -35,7 +34,7 @@ from sanitel.db import one_row
 from sanitel.ingest.collector import Collector
 from sanitel.processors.cems_marks import add_mark
 from sanitel.processors.maintenance import run_pass
-from sanitel.servers import MosquittoServer, free_port
+from sanitel.servers import BrokerBacklog, MosquittoServer, free_port
 from sanitel.settings import load_settings
 from sanitel.simulators.run import Faults, generate, inventory
 from sanitel.simulators.scenario import Scenario, load_scenario
@@ -148,40 +147,6 @@ def _stored(url: str) -> int:
             " + (SELECT count(*) FROM bin_status) + (SELECT count(*) FROM bin_deposits)"
             " + (SELECT count(*) FROM camera_detections) + (SELECT count(*) FROM cems_readings)"
             " + (SELECT count(*) FROM dead_letters)"))[0])
-
-
-class BrokerBacklog:
-    """What Mosquitto still holds for its subscribers (queued, or in flight and not yet acknowledged), from its $SYS
-    reports (every 10 s, of the values that changed): the message store less the retained messages
-    ($SYS's own). The collector acknowledges a
-    message only once it is stored, so nothing held means everything is in; a count of what the collector received
-    cannot say so, as a reconnect makes the broker deliver the unacknowledged messages again."""
-
-    TOPICS = ("$SYS/broker/store/messages/count", "$SYS/broker/retained messages/count")
-    INTERVAL_S = 11.0  # Mosquitto's sys_interval (10 s), and a second for the report to arrive
-
-    def __init__(self, port: int) -> None:
-        self.reports: dict[str, tuple[int, float]] = {}  # topic → (value, monotonic arrival)
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"gt-sys-{free_port()}")
-        self.client.on_message = lambda _c, _u, m: self.reports.__setitem__(m.topic, (int(m.payload),
-                                                                                       time.monotonic()))
-        self.client.connect("127.0.0.1", port)
-        for topic in self.TOPICS:
-            self.client.subscribe(topic)
-        self.client.loop_start()
-
-    def held(self, since: float) -> int | None:
-        """Messages held now, once a whole report interval has passed after ``since`` (monotonic): Mosquitto reports a
-        $SYS value only when it changed, so the latest report is the current count; None until then. The count
-        includes our own two reports on their way to us when it was taken (a quiet broker says 2)."""
-        store, retained = (self.reports.get(topic) for topic in self.TOPICS)
-        if store is None or retained is None or time.monotonic() - since < self.INTERVAL_S:
-            return None
-        return max(0, store[0] - retained[0] - len(self.TOPICS))
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
 
 
 def _taken(collector: Collector) -> tuple[int, int]:
