@@ -257,7 +257,7 @@ def reading_rows(conn: psycopg.Connection, rule: ThresholdRule, requests: Sequen
     """Per device: (ts, value, counted, look-back) of its readings in time order — from its start, and, with
     ``lookback`` n, first the device's last n counted readings before the start (a rolling median's window spans
     passes; any age: the window is n readings, as the ground truth counts them). One statement: the look-back is
-    a LATERAL newest-first scan of the (device_id, ts DESC) index per device."""
+    a LATERAL newest-first scan of the unique (device_id, ts, seq) index per device, read backwards."""
     if not requests:
         return {}
     value, counted, where = value_sql(rule), counted_sql(rule), where_sql(rule)

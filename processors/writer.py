@@ -1,9 +1,13 @@
 """Batched, idempotent writes of decoded messages into TimescaleDB.
 
-One transaction per batch: rows are binary-COPYed into per-session staging tables and moved with
-``INSERT … SELECT … ON CONFLICT DO NOTHING`` (COPY-class speed, and a redelivered message adds nothing);
-unknown devices are registered, rejected readings go to the dead letters and ``device_last_seen`` is upserted,
-all in that one transaction. Only after ``write`` returns may the caller acknowledge the messages.
+One transaction per batch: each table's rows are binary-COPYed straight into its hypertable, under a savepoint
+(the common batch holds nothing already stored). When that COPY is refused — a redelivered message or a duplicate
+violates the unique ``(device_id, ts, seq)`` index, or a value is refused — the table is rolled back to the
+savepoint and its rows are binary-COPYed into a per-session staging table and moved with ``INSERT … SELECT … ON
+CONFLICT DO NOTHING`` instead, so a redelivered message adds nothing (issue 16: for every batch, the merge cost
+PostgreSQL ~1.4× the CPU of the straight COPY). Unknown devices are registered, rejected readings go to the dead
+letters and ``device_last_seen`` is upserted, all in that one transaction. Only after ``write`` returns may the
+caller acknowledge the messages.
 
 Who may speak for a device (issue 12; the registry is ``processors.registry``, kept current by LISTEN/NOTIFY):
 
@@ -110,6 +114,7 @@ _INSERT_PAYLOADS = (
 _REASON_MAX_CHARS = 2000
 _LAG_SAMPLES_PER_BATCH = 200
 _TEXT_OID, _BPCHAR_OID = 25, 1042
+_MERGE_AFTER_CONFLICT = 8  # batches of a table that take the staging merge at once after a conflict
 _COPY_LINE = re.compile(r"COPY stage_(\w+), line (\d+)(?:, column (\w+))?")
 
 # SQLSTATEs that say the server cannot take writes now, whatever the batch holds: connection exceptions (08),
@@ -266,6 +271,7 @@ class ReadingWriter:
         self._registrations = TokenBucket(auto_register_per_minute, clock)
         self._conn: psycopg.Connection | None = None
         self._copy_types: dict[str, list[int]] = {}
+        self._merge_only: Counter[str] = Counter()  # table → batches left that take the merge at once
 
     # --- connection ------------------------------------------------------------------------
     def _connection(self) -> psycopg.Connection:
@@ -372,7 +378,7 @@ class ReadingWriter:
             progress.position = None
             with conn.cursor() as cur:
                 for table, table_rows in rows.items():
-                    inserted = self._copy_and_merge(cur, table, table_rows, copied[table], progress)
+                    inserted = self._store(cur, table, table_rows, copied[table], progress)
                     result.inserted[table] += inserted
                     result.duplicates[table] += len(table_rows) - inserted
                 if dead is not None:
@@ -405,11 +411,44 @@ class ReadingWriter:
         result.lags_s = [(committed - r[1]).total_seconds() for rs in rows.values() for r in rs[::step]]
         return _Attempt(result, problems)
 
+    def _store(self, cur: psycopg.Cursor, table: str, rows: list[tuple[Any, ...]], positions: list[int],
+               progress: _Progress) -> int:
+        """Store one table's rows of the attempt; returns how many were new (the rest were already there).
+
+        The common batch has no row the table already holds, so it is COPYed straight into the hypertable, under
+        a savepoint. Should that COPY be refused — a redelivery or duplicate (a unique violation), or anything the
+        content causes — it is rolled back to the savepoint and the rows take the staging merge, which skips what
+        is already there and names the line of a reading the database refuses, as before. After a fallback the
+        next ``_MERGE_AFTER_CONFLICT`` batches of that table take the merge at once: redeliveries come in runs
+        (a reconnect, a replayed spool), and each would otherwise pay for a refused COPY first."""
+        if self._merge_only[table] > 0:
+            self._merge_only[table] -= 1
+            return self._copy_and_merge(cur, table, rows, positions, progress)
+        cur.execute("SAVEPOINT fast_copy")
+        try:
+            self._copy(cur, table, table, rows, positions, progress)
+        except Exception as exc:
+            conn = cur.connection
+            if database_unavailable(exc, conn.closed or conn.broken):
+                raise
+            cur.execute("ROLLBACK TO SAVEPOINT fast_copy")
+            self._merge_only[table] = _MERGE_AFTER_CONFLICT
+            return self._copy_and_merge(cur, table, rows, positions, progress)
+        cur.execute("RELEASE SAVEPOINT fast_copy")
+        return len(rows)
+
     def _copy_and_merge(self, cur: psycopg.Cursor, table: str, rows: list[tuple[Any, ...]], positions: list[int],
                         progress: _Progress) -> int:
+        self._copy(cur, f"stage_{table}", table, rows, positions, progress)
+        cur.execute(f"INSERT INTO {table} SELECT * FROM stage_{table} ON CONFLICT DO NOTHING")
+        return cur.rowcount
+
+    def _copy(self, cur: psycopg.Cursor, target: str, table: str, rows: list[tuple[Any, ...]], positions: list[int],
+              progress: _Progress) -> None:
+        """Binary-COPY ``rows`` of ``table`` into ``target`` (the table itself, or its staging table)."""
         columns = _COLUMNS[table]
         extra_at = len(columns) - 1
-        with cur.copy(f"COPY stage_{table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy:
+        with cur.copy(f"COPY {target} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(self._copy_types[table])
             for position, row in zip(positions, rows, strict=True):
                 progress.position = position
@@ -417,16 +456,15 @@ class ReadingWriter:
                     row = (*row[:extra_at], Jsonb(row[extra_at]))
                 copy.write_row(row)
             progress.position = None
-        cur.execute(f"INSERT INTO {table} SELECT * FROM stage_{table} ON CONFLICT DO NOTHING")
-        return cur.rowcount
 
     @staticmethod
     def _upsert_last_seen(cur: psycopg.Cursor, last_seen: dict[str, tuple[datetime, int, datetime]]) -> None:
         ids = sorted(last_seen)  # a fixed order: two collectors never deadlock on these rows
+        # binary parameters: adapting these arrays as text cost the writer ~8x more (2.8 vs 0.35 ms for 500 devices)
         cur.execute(
             """
             INSERT INTO device_last_seen (device_id, last_ts, last_seq, last_received)
-            SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::bigint[], %s::timestamptz[])
+            SELECT * FROM unnest(%b::text[], %b::timestamptz[], %b::bigint[], %b::timestamptz[])
             ON CONFLICT (device_id) DO UPDATE SET
                 last_seq = CASE WHEN EXCLUDED.last_ts >= device_last_seen.last_ts
                                 THEN EXCLUDED.last_seq ELSE device_last_seen.last_seq END,
