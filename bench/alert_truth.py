@@ -352,7 +352,8 @@ def run_seed(args: argparse.Namespace, seed: int, scenario: Scenario) -> SeedRes
         metrics_port = free_port()
         env = _env(url, broker, folder, metrics_port)
         with open(folder / "collector.log", "wb") as collector_log:  # the child keeps its own descriptor
-            collector = subprocess.Popen([sys.executable, "-m", "sanitel.cli", "collector"], env=env,
+            # one process: the wait reads its metrics (received and written messages)
+            collector = subprocess.Popen([sys.executable, "-m", "sanitel.cli", "collector", "--workers", "1"], env=env,
                                          stdout=subprocess.DEVNULL, stderr=collector_log)
         wait_collector(url, collector)
         evaluation = Evaluation(url, load_settings(database_url=url, mqtt_url=broker.url, data_dir=folder, city=CITY),

@@ -1,9 +1,10 @@
 """The MQTT collector: QoS 1, persistent session, acknowledgement only once a message is durable.
 
-Threads: the MQTT client's network thread receives and puts messages on a bounded queue (the MQTT 5 Receive
-Maximum and the queue bound memory: when full, the broker holds the rest); the writer thread takes them off
-in batches, writes them (``processors.writer``) — or, while the database is unreachable, fsyncs them to the
-spool (``processors.spool``) — and only then acknowledges them, in order. Redelivery after a crash is
+Threads: the MQTT client's network thread receives and appends messages to a bounded list (``Batcher``: a plain
+lock per message, no queue operation — issue 16; the MQTT 5 Receive Maximum and the bound limit memory: when full,
+the broker holds the rest); the writer thread takes them off a whole batch at a time, writes them
+(``processors.writer``) — or, while the database is unreachable, fsyncs them to the spool (``processors.spool``) —
+and only then acknowledges them, in order. Redelivery after a crash is
 harmless because writes are idempotent. ``stop()`` stops taking messages, flushes, acks, and disconnects;
 messages that arrive after that are not acknowledged and stay with the broker.
 
@@ -28,14 +29,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar, cast
+from typing import Generic, Protocol, TypeVar
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -58,6 +59,8 @@ from sanitel.settings import Settings
 log = logging.getLogger("sanitel.collector")
 _TOPIC_KINDS = frozenset((*DEVICE_KINDS, "gateway", *SYSTEM_FAMILIES))  # metric label values: known families only
 _IDLE_WAKE_S = 1.0  # the writer wakes at least this often: the spool must replay even when no traffic arrives
+# The shared-subscription group of ``sanitel collector --workers N`` when settings name none (ingest/workers.py).
+WORKERS_SHARE_GROUP = "sanitel-collectors"
 
 T = TypeVar("T")
 
@@ -146,12 +149,26 @@ class DatabaseHeartbeat:
             self._conn = None
 
 
+def receive_maximum(settings: Settings) -> int:
+    """The MQTT 5 Receive Maximum we ask for: the broker may have at most this many unacknowledged messages out to
+    us, which bounds our memory (65535 is the protocol's largest)."""
+    return min(65535, settings.collector_queue_max)
+
+
 def session_properties(settings: Settings) -> Properties:
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = settings.session_expiry_s
-    # the broker may have at most this many unacknowledged messages out to us: bounds our memory
-    props.ReceiveMaximum = min(65535, settings.collector_queue_max)
+    props.ReceiveMaximum = receive_maximum(settings)
     return props
+
+
+def stale_subscriptions(settings: Settings) -> list[str]:
+    """Subscriptions a persistent session may still hold from an earlier run in the other mode: the plain one
+    after a switch to a shared group (``--workers N``), the workers' shared one after a switch back. Left in place,
+    the session would get every message twice (plain) or keep taking a share it no longer drains (shared)."""
+    current = subscription(settings.city, settings.collector_share_group)
+    candidates = (subscription(settings.city, None), subscription(settings.city, WORKERS_SHARE_GROUP))
+    return [topic for topic in candidates if topic != current]
 
 
 def paho_collector_client(settings: Settings, handlers: ClientHandlers) -> BufferedClient:
@@ -160,7 +177,15 @@ def paho_collector_client(settings: Settings, handlers: ClientHandlers) -> Buffe
     client = paho_client(BrokerTarget.parse(settings.mqtt_url_for("collector")), settings.collector_client_id,
                          client_class=BufferedClient, protocol=mqtt.MQTTv5, clean_start=False,
                          properties=session_properties(settings), manual_ack=True)
-    client.on_connect = handlers.on_connect
+
+    def on_connect(c: object, userdata: object, flags: mqtt.ConnectFlags, reason: mqtt.ReasonCode,
+                   properties: Properties | None) -> None:
+        handlers.on_connect(c, userdata, flags, reason, properties)
+        if not reason.is_failure and flags.session_present:  # a fresh session holds no old subscription
+            for topic in stale_subscriptions(settings):
+                client.unsubscribe(topic)  # after the new SUBSCRIBE: no gap; a filter not held is answered harmlessly
+
+    client.on_connect = on_connect
     client.on_subscribe = handlers.on_subscribe
     client.on_disconnect = handlers.on_disconnect
     client.on_message = handlers.on_message
@@ -168,50 +193,110 @@ def paho_collector_client(settings: Settings, handlers: ClientHandlers) -> Buffe
 
 
 class Batcher(Generic[T]):
-    """The bounded queue between the network thread and the writer thread, taken off in batches.
+    """The bounded hand-off between the network thread and the writer thread, taken off in batches.
 
-    ``put`` blocks while the queue is full: backpressure to the broker instead of unbounded memory. ``take``
-    returns up to ``batch_size`` items; a partial batch is cut once ``flush_s`` has passed since its first item
-    and nothing more is queued. ``close`` makes the next ``take`` return what is queued, and say so.
+    Per message the network thread only appends to a list under a plain lock (issue 16: a ``queue.Queue`` put — a
+    lock, a condition and a notify per message — was ~15 % of a draining collector's samples); it wakes the writer
+    only when the list goes from empty to one item, or reaches a full batch. The writer takes a whole batch at once
+    (the list itself, when it holds no more than a batch).
+
+    ``put`` blocks while ``maxsize`` items wait: backpressure to the broker instead of unbounded memory. ``take``
+    returns up to ``batch_size`` items; a partial batch is cut once ``flush_s`` has passed since the writer saw its
+    first item (``cut_by_deadline`` then says so). ``close`` makes ``take`` return what is queued, and say so.
     """
-
-    _STOP = object()
 
     def __init__(self, maxsize: int, batch_size: int, flush_s: float,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=maxsize)
+        self.maxsize = maxsize
         self.batch_size = batch_size
         self.flush_s = flush_s
         self._monotonic = monotonic
+        self._items: list[T] = []
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)  # the writer waits here: a first item, a full batch, close
+        self._room = threading.Condition(self._lock)  # the network thread waits here while maxsize items wait
+        self._closed = False
+        self.cut_by_deadline = False  # the last batch taken was partial, cut by the flush interval
 
     def put(self, item: T) -> None:
-        self._queue.put(item)
+        with self._lock:
+            while len(self._items) >= self.maxsize:
+                self._room.wait()
+            self._items.append(item)
+            n = len(self._items)
+            if n == 1 or n == self.batch_size:
+                self._ready.notify()
 
     def close(self) -> None:
-        self._queue.put(self._STOP)
+        with self._lock:
+            self._closed = True
+            self._ready.notify_all()
 
     def qsize(self) -> int:
-        return self._queue.qsize()
+        return len(self._items)
 
     def take(self, idle_s: float) -> tuple[list[T], bool]:
-        """The next batch, and True once ``close`` was reached. An empty batch (not closed) after ``idle_s``
-        without any item."""
-        try:
-            item = self._queue.get(timeout=idle_s)
-        except queue.Empty:
-            return [], False
-        batch: list[T] = []
-        deadline = self._monotonic() + self.flush_s
-        while item is not self._STOP:
-            batch.append(cast(T, item))  # anything put but the stop marker is a T
-            if len(batch) >= self.batch_size:
-                return batch, False
-            remaining = deadline - self._monotonic()
-            try:
-                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                return batch, False
-        return batch, True
+        """The next batch, and True once ``close`` was reached and nothing is left. An empty batch (not closed)
+        after ``idle_s`` without any item."""
+        with self._lock:
+            if not self._items and not self._closed:
+                self._ready.wait(idle_s)
+            if not self._items:
+                return [], self._closed
+            deadline = self._monotonic() + self.flush_s
+            self.cut_by_deadline = False
+            while len(self._items) < self.batch_size and not self._closed:
+                remaining = deadline - self._monotonic()
+                if remaining <= 0:
+                    self.cut_by_deadline = True
+                    break
+                self._ready.wait(remaining)
+            was_full = len(self._items) >= self.maxsize
+            if len(self._items) <= self.batch_size:
+                batch, self._items = self._items, []
+            else:
+                batch = self._items[:self.batch_size]
+                del self._items[:self.batch_size]
+            if was_full:
+                self._room.notify_all()
+            return batch, self._closed and not self._items
+
+
+class InflightWindowWatch:
+    """Notices batches persistently capped by an in-flight window (issue 16), to say so once with the fix.
+
+    With acknowledge-after-commit, a broker lets at most its in-flight window of unacknowledged messages out to us
+    (MQTT 5 Receive Maximum, or a broker-side cap such as EMQX's ``max_inflight``, or Mosquitto's
+    ``max_inflight_messages`` for MQTT 3.1.1 sessions). When that window is smaller than a batch, the writer gets
+    the window, then nothing more until it acknowledges: every batch has exactly the window's size and was cut by
+    the flush timer, not by the batch size. ``batches`` such batches in a row (while the window is the limit, a
+    backlog exists by definition: the broker holds the rest) make one report; the next report needs a larger batch
+    first (the window was lifted), so the log line comes once per condition, not once per batch. A live stream
+    also gives partial batches, but their sizes vary; the same size ``batches`` times in a row is the window's
+    mark. (Arrival times do not tell them apart: Mosquitto 2.0 releases a window's messages spread over the
+    interval, not in one burst.)
+    """
+
+    def __init__(self, batch_size: int, batches: int = 10) -> None:
+        self.batch_size = batch_size
+        self.batches = batches
+        self._size = 0
+        self._run = 0
+        self.reported: int | None = None  # the window last reported, until a larger batch is seen
+
+    def observe(self, size: int, cut_by_deadline: bool) -> int | None:
+        """The window, the first time ``batches`` batches in a row were capped at it; otherwise None."""
+        if self.reported is not None and size > self.reported:
+            self.reported = None
+        capped = cut_by_deadline and 1 < size < self.batch_size
+        if not capped or size != self._size:
+            self._size, self._run = (size, 1) if capped else (0, 0)
+            return None
+        self._run += 1
+        if self._run < self.batches or self.reported == size:
+            return None
+        self.reported = size
+        return size
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +348,7 @@ class Collector:
         self._now = now  # receive time of a message (checked against device time; stored with dead letters)
         self._batcher: Batcher[_Received] = Batcher(settings.collector_queue_max, settings.collector_batch_size,
                                                     settings.collector_flush_ms / 1000, monotonic)
+        self._window = InflightWindowWatch(settings.collector_batch_size)
         self._accepting = threading.Event()
         self._connected = threading.Event()
         self._stopped = threading.Event()
@@ -374,9 +460,31 @@ class Collector:
                     self._replay_safely()
                 continue
             self.metrics.queue_depth.set(self._batcher.qsize())
-            for r in batch:
-                self.metrics.received.labels(_topic_kind(r.topic)).inc()
+            for kind, n in Counter(_topic_kind(r.topic) for r in batch).items():  # one increment per kind
+                self.metrics.received.labels(kind).inc(n)
+            self._watch_window(batch)
             self._flush(batch)
+
+    def _watch_window(self, batch: list[_Received]) -> None:
+        """Say once, with the fix, when an in-flight window keeps batches small (see ``InflightWindowWatch``)."""
+        window = self._window.observe(len(batch), self._batcher.cut_by_deadline)
+        self.metrics.inflight_window.set(self._window.reported or 0)
+        if window is None:
+            return
+        s = self.settings
+        if window >= receive_maximum(s):
+            log.warning("our own receive maximum caps batches at %d messages (SANITEL_COLLECTOR_QUEUE_MAX=%d is below "
+                        "SANITEL_COLLECTOR_BATCH_SIZE=%d): every batch waits %d ms for messages the broker may not "
+                        "send yet. Fix: raise SANITEL_COLLECTOR_QUEUE_MAX to a few batches", window,
+                        s.collector_queue_max, s.collector_batch_size, s.collector_flush_ms)
+            return
+        log.warning("broker in-flight window caps batches at %d messages (%d batches in a row, each cut by the %d ms "
+                    "flush timer while the broker held the rest back until they were acknowledged; we asked for up "
+                    "to %d): set max_inflight_messages 0 (Mosquitto; MQTT 5 sessions there follow our receive "
+                    "maximum) / raise the broker's in-flight window or receive-maximum for this client (EMQX: "
+                    "mqtt.max_inflight) to at least SANITEL_COLLECTOR_BATCH_SIZE=%d. See docs/ingest.md, "
+                    "\"Running against an external broker\"", window, self._window.batches, s.collector_flush_ms,
+                    receive_maximum(s), s.collector_batch_size)
 
     def _beat_if_due(self) -> None:
         """A heartbeat every ``collector_heartbeat_s`` while subscribed and writing to the database: a collector

@@ -52,6 +52,9 @@ class CollectorMetrics:
                                              "unknown devices not registered because SANITEL_AUTO_REGISTER_PER_MINUTE "
                                              "was reached (counted once per batch; their readings are dead-lettered "
                                              "as auto_register_limited)", registry=r)
+        self.inflight_window = Gauge("sanitel_inflight_window_cap", "messages per batch an in-flight window (the "
+                                     "broker's, or our receive maximum) persistently caps batches at; 0 when none "
+                                     "is seen", registry=r)
         self.queue_depth = Gauge("sanitel_queue_depth", "messages received and not yet written", registry=r)
         self.broker_connected = Gauge("sanitel_broker_connected", "1 while connected to the broker", registry=r)
         self.database_up = Gauge("sanitel_database_up", "1 while the database is reachable", registry=r)

@@ -157,7 +157,9 @@ class CollectorProc:
                "SANITEL_COLLECTOR_CLIENT_ID": client_id, "SANITEL_COLLECTOR_METRICS_PORT": "0"}
         if share:
             env["SANITEL_COLLECTOR_SHARE_GROUP"] = share
-        self.proc = subprocess.Popen([sys.executable, "-m", "sanitel.cli", "collector"], env=env, cwd=ROOT,
+        # one process per CollectorProc: its CPU and RSS are what is measured (two collectors: two of these)
+        self.proc = subprocess.Popen([sys.executable, "-m", "sanitel.cli", "collector", "--workers", "1"], env=env,
+                                     cwd=ROOT,
                                      stderr=open(data / f"{client_id}.log", "ab"))  # noqa: SIM115
         self.ps = psutil.Process(self.proc.pid)
         self.peak_rss = 0

@@ -10,7 +10,10 @@ and minute (issue 12), and these tests are about faults, not about registering u
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +27,7 @@ from sanitel.ingest.collector import Collector
 from sanitel.processors.spool import Spool, inspect_spool, read_quarantine
 from sanitel.servers import MosquittoServer, PostgresServer, free_port
 from sanitel.settings import Settings, load_settings
-from tests.support.mqtt_tools import count, publish, start_collector_process, wait_for
+from tests.support.mqtt_tools import count, publish, wait_for
 
 DEVICES = 1500  # the reference city's sweeper fleet
 DEVICE_TIME_MS = 1_773_100_800_000  # 2026-03-10T00:00:00Z: a fixed past device time (only the future is refused)
@@ -56,6 +59,18 @@ def distinct_rows(db_url: str) -> int:
     return count(db_url, "SELECT count(DISTINCT seq) FROM sweeper_telemetry")
 
 
+def start_single_collector(db_url: str, mqtt_url: str, data_dir: Path, *, client_id: str,
+                           metrics_port: int) -> subprocess.Popen[bytes]:
+    """``sanitel collector --workers 1``: one process, whose memory and metrics are the whole collector's
+    (``start_collector_process`` runs the default, one worker per core)."""
+    env = {**os.environ, "SANITEL_DATABASE_URL": db_url, "SANITEL_MQTT_URL": mqtt_url, "SANITEL_DATA_DIR": str(data_dir),
+           "SANITEL_COLLECTOR_CLIENT_ID": client_id, "SANITEL_COLLECTOR_METRICS_PORT": str(metrics_port)}
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / f"{client_id}.log", "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "sanitel.cli", "collector", "--workers", "1"], env=env,
+                                stdout=log, stderr=log)
+
+
 def metric(port: int, name: str) -> float | None:
     import urllib.request
 
@@ -77,7 +92,7 @@ def test_database_down_for_60s_while_20000_arrive_then_all_land_exactly_once(
     register_fleet(pg.url)
     data_dir = scratch_dir / "outage"
     port = free_port()
-    proc = start_collector_process(pg.url, mq.url, data_dir, client_id="outage", metrics_port=port)
+    proc = start_single_collector(pg.url, mq.url, data_dir, client_id="outage", metrics_port=port)
     process = psutil.Process(proc.pid)
     try:
         assert wait_for(lambda: metric(port, "sanitel_broker_connected") == 1.0, 20)
@@ -116,7 +131,7 @@ def test_collector_killed_mid_stream_and_restarted_loses_and_doubles_nothing(
     register_fleet(pg.url)
     data_dir = scratch_dir / "sigkill"
     port = free_port()
-    proc = start_collector_process(pg.url, mq.url, data_dir, client_id="sigkill", metrics_port=port)
+    proc = start_single_collector(pg.url, mq.url, data_dir, client_id="sigkill", metrics_port=port)
     try:
         assert wait_for(lambda: metric(port, "sanitel_broker_connected") == 1.0, 20)
         publisher = threading.Thread(target=publish, args=(mq.port, sweeper_messages(20_000)))
@@ -127,7 +142,7 @@ def test_collector_killed_mid_stream_and_restarted_loses_and_doubles_nothing(
         killed_at = rows(pg.url)
         assert killed_at < 20_000, "the kill came too late to test anything"
         publisher.join()
-        proc = start_collector_process(pg.url, mq.url, data_dir, client_id="sigkill", metrics_port=port)
+        proc = start_single_collector(pg.url, mq.url, data_dir, client_id="sigkill", metrics_port=port)
         assert wait_for(lambda: rows(pg.url) >= 20_000, 90)
         time.sleep(1.0)
         assert rows(pg.url) == distinct_rows(pg.url) == 20_000

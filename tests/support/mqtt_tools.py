@@ -50,10 +50,11 @@ def count(db_url: str, sql: str, *params: object) -> int:
 
 def start_collector_process(db_url: str, mqtt_url: str, data_dir: Path, *, client_id: str, metrics_port: int = 0,
                             extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """A real ``sanitel collector`` process, for tests that kill it or measure its memory."""
+    """A real ``sanitel collector`` process (one: ``--workers 1``), for tests that kill it or measure its memory."""
     env = {**os.environ, "SANITEL_DATABASE_URL": db_url, "SANITEL_MQTT_URL": mqtt_url,
            "SANITEL_DATA_DIR": str(data_dir), "SANITEL_COLLECTOR_CLIENT_ID": client_id,
            "SANITEL_COLLECTOR_METRICS_PORT": str(metrics_port), **(extra_env or {})}
     data_dir.mkdir(parents=True, exist_ok=True)
     log = open(data_dir / f"{client_id}.log", "ab")  # noqa: SIM115 - the child owns it
-    return subprocess.Popen([sys.executable, "-m", "sanitel.cli", "collector"], env=env, stdout=log, stderr=log)
+    return subprocess.Popen([sys.executable, "-m", "sanitel.cli", "collector", "--workers", "1"], env=env, stdout=log,
+                            stderr=log)

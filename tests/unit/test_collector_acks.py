@@ -501,4 +501,4 @@ def test_the_real_factory_builds_a_persistent_session_with_manual_acks(tmp_path:
     assert client._clean_start is False  # the broker keeps the session (and our messages) while we are away
     props = client._connect_properties
     assert props is not None and props.json() == {"SessionExpiryInterval": 3600, "ReceiveMaximum": 500}
-    assert client.on_message is handlers.on_message and client.on_connect is handlers.on_connect
+    assert client.on_message is handlers.on_message and client.on_subscribe is handlers.on_subscribe

@@ -23,7 +23,7 @@ import psycopg
 import pytest
 
 from sanitel.broker_auth import BrokerAuthFiles
-from sanitel.ingest.collector import Collector
+from sanitel.ingest.collector import WORKERS_SHARE_GROUP, Collector
 from sanitel.local_secrets import (
     BROKER_ACCOUNTS,
     TlsFiles,
@@ -34,6 +34,7 @@ from sanitel.local_secrets import (
     stack_secrets_file,
 )
 from sanitel.mqtt_wire import BrokerTarget, paho_client
+from sanitel.schemas.topics import subscription
 from sanitel.secret_hash import verify_secret
 from sanitel.servers import free_port
 from sanitel.settings import DatabaseRole, Settings, load_settings
@@ -111,10 +112,13 @@ def test_postgres_refuses_trust_and_wrong_passwords_and_each_component_has_its_r
             assert conn.execute("SELECT current_user").fetchone() == (user,)
 
 
+@pytest.mark.parametrize("share_group", [None, WORKERS_SHARE_GROUP])
 def test_broker_refuses_anonymous_clients_and_the_collector_account_subscribes(
-        stack: tuple[Settings, LocalStack]) -> None:
+        stack: tuple[Settings, LocalStack], share_group: str | None) -> None:
     """Attack: an anonymous broker lets anyone publish readings for any device and read every reading. The stack now
-    writes the password file and ACL before Mosquitto first starts, so there is no anonymous moment."""
+    writes the password file and ACL before Mosquitto first starts, so there is no anonymous moment. The collector's
+    account subscribes plainly and, as ``sanitel collector --workers N`` (the default) does, on a shared
+    subscription."""
     settings, local = stack
     assert local.mosquitto is not None
     assert "allow_anonymous false" in local.mosquitto.conf_file.read_text()
@@ -129,7 +133,7 @@ def test_broker_refuses_anonymous_clients_and_the_collector_account_subscribes(
     client.on_subscribe = lambda _c, _u, _m, codes, _p: granted.append(codes)
     client.on_message = lambda _c, _u, msg: received.append(msg.topic)
     client.reconnect()
-    client.subscribe(f"sanitation/{settings.city}/#", qos=1)
+    client.subscribe(subscription(settings.city, share_group), qos=1)
     stored = load_local_secrets(settings.data_dir)
     assert stored is not None
     simulator = settings.local_broker_url(BROKER_ACCOUNTS["simulator"][0], stored.broker_passwords["simulator"])
