@@ -28,6 +28,7 @@ from psycopg import sql
 from sanitel.db import set_password
 from sanitel.errors import SanitelError
 from sanitel.local_secrets import SUPERUSER, TlsFiles
+from sanitel.mqtt_wire import BrokerTarget, paho_client
 
 PG_SUPPORTED_MAJORS = (14, 15, 16, 17)  # what TimescaleDB 2.19 builds against
 # Mosquitto's limits sit this far above the collector's payload limit (SANITEL_MAX_PAYLOAD_BYTES): a payload a
@@ -455,9 +456,9 @@ class BrokerBacklog:
 
     def __init__(self, port: int) -> None:
         self.reports: dict[str, tuple[int, float]] = {}  # topic → (value, monotonic arrival)
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"backlog-watch-{free_port()}")
+        self.client = paho_client(BrokerTarget.parse(f"mqtt://127.0.0.1:{port}"), f"backlog-watch-{free_port()}")
         self.client.on_message = self._report
-        self.client.connect("127.0.0.1", port)
+        self.client.reconnect()
         for topic in self.TOPICS:
             self.client.subscribe(topic)
         self.client.loop_start()

@@ -212,6 +212,8 @@ signum
 
 # --- read by tests, benchmarks and operators (counters, catalogues, test-support entry points) ----------
 free_port  # sanitel/servers.py: the test fixtures and bench/ start servers on free ports
+BrokerBacklog  # sanitel/servers.py: the alert-truth bench and the ground-truth test wait on what the broker holds
+held  # sanitel/servers.py: BrokerBacklog.held
 generate  # simulators/run.py: a run without a broker (tests, bench, docs)
 inventory  # simulators/run.py: a scenario's device counts (tests, docs)
 check_message  # simulators/contract.py: the simulator's output checked against the wire contract (tests)
