@@ -247,10 +247,11 @@ class Batcher(Generic[T]):
             self.cut_by_deadline = False
             while len(self._items) < self.batch_size and not self._closed:
                 remaining = deadline - self._monotonic()
-                if remaining <= 0:
+                # cut by the flush interval: by the injected clock, or when the wait itself timed out (a frozen
+                # test clock never reaches the deadline)
+                if remaining <= 0 or not self._ready.wait(remaining):
                     self.cut_by_deadline = True
                     break
-                self._ready.wait(remaining)
             was_full = len(self._items) >= self.maxsize
             if len(self._items) <= self.batch_size:
                 batch, self._items = self._items, []
