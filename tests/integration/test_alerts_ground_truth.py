@@ -58,6 +58,8 @@ DAY_END = DAY_START + timedelta(days=1)
 EVAL_NOW = DAY_END + timedelta(hours=2)
 # The collector's write transactions here take well under a second.
 CONFIG = EvaluatorConfig(lateness_horizon=timedelta(days=3), write_margin=timedelta(seconds=1))
+# The day is published in this many slices, with a whole evaluation pass after each.
+STREAMED_SLICES = 6
 # Per-site parameters of the simulated sites, as an operator registers them (the shipped defaults, stated).
 SITE_PARAMS: dict[str, dict[str, Any]] = {
     "transfer_station": {"odour_grade": 2, "noise_class": 2},
@@ -116,6 +118,7 @@ class Evaluation:
         self.rules = load_files(default_rule_files())
         self.stop = threading.Event()
         self.passes = 0
+        self.passed = threading.Condition()
         self.thread = threading.Thread(target=self._loop, daemon=True)
 
     def __enter__(self) -> Evaluation:
@@ -128,7 +131,15 @@ class Evaluation:
             while not self.stop.wait(0.3):
                 run_pass(processor, self.settings, now=EVAL_NOW, retention=False)
                 evaluator.run_pass(EVAL_NOW)
-                self.passes += 1
+                with self.passed:
+                    self.passes += 1
+                    self.passed.notify_all()
+
+    def wait_whole_pass(self, timeout: float = 120) -> None:
+        """Until a pass that began after this call has ended: what was stored by now has been evaluated once."""
+        with self.passed:
+            target = self.passes + 2  # the pass under way may have begun before the call
+            assert self.passed.wait_for(lambda: self.passes >= target, timeout), "the evaluation loop stalled"
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
@@ -198,9 +209,13 @@ def simulate_day(url: str, broker: MosquittoServer, tmp: Path, faults: Faults) -
     try:
         assert collector.wait_connected(10)
         with Evaluation(url) as evaluation:
-            publish(broker.port, messages, client_id=f"gt-sim-{free_port()}", timeout=180)
+            # evaluated while the day streams in, not only at the end: a whole pass after each slice, however
+            # fast or slow this machine publishes and evaluates
+            sender, step = f"gt-sim-{free_port()}", len(messages) // STREAMED_SLICES + 1
+            for start in range(0, len(messages), step):
+                publish(broker.port, messages[start:start + step], client_id=sender, timeout=180)
+                evaluation.wait_whole_pass()
             _wait_stored(url, collector, backlog, len(messages))
-        assert evaluation.passes > 3  # evaluated while the data streamed in, not only at the end
     finally:
         backlog.close()
         collector.stop()
