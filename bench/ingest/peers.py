@@ -5,13 +5,14 @@
     .venv/bin/python bench/ingest/peers.py --json out.json    # also the figures, per round, as JSON
     .venv/bin/python bench/ingest/peers.py --from-raw raw.jsonl    # table only, from lines collected before
 
-What it does: copies the harness (/work/shared/bench-peers, read-only; ``--harness``) into a work folder (``--workdir``;
-Node-RED's ``node_modules`` there is kept between runs so that npm installs it once), makes sure PostgreSQL with
+What it does: copies the harness (``../shared/bench-peers`` beside the checkout, read-only; ``--harness``) into a
+work folder (``--workdir``; Node-RED's ``node_modules`` there is kept between runs so that npm installs it once),
+makes sure PostgreSQL with
 TimescaleDB answers on 127.0.0.1:55432 (``sanitel stack up`` otherwise, the supported way to start it; the harness
 connects as the local stack's superuser, whose password is handed on in PGPASSWORD and never printed), then per round:
 
 1. ``run_all.sh`` with ``--peers`` on the harness's broker (``max_inflight_messages 0``);
-2. if ``sanitel collector --help`` offers ``--workers``: ``backlog-sanitel`` again with SANITEL_BIN pointing at a
+2. ``backlog-sanitel`` again with SANITEL_BIN pointing at a
    two-line wrapper that adds ``--workers N`` (the harness runs ``$SANITEL_BIN collector``; no edit to it needed),
    recorded as ``backlog-sanitel-workers``;
 3. ``--default-inflight-peers`` with the harness's ``mosquitto.conf`` set to Mosquitto's default
@@ -52,7 +53,8 @@ from bench.ingest.peers_table import (  # noqa: E402
 )
 from sanitel.settings import load_settings  # noqa: E402
 
-HARNESS = Path(os.environ.get("SANITEL_BENCH_PEERS", "/work/shared/bench-peers"))
+# the shared harness sits beside the checkout (../shared/bench-peers), as the developers' guide places it
+HARNESS = Path(os.environ.get("SANITEL_BENCH_PEERS", ROOT.parent / "shared" / "bench-peers"))
 DEFAULT_PEERS = "nodered-batch500 sanitel backlog-nodered-batch500 backlog-sanitel backlog-sanitel-x2"
 DEFAULT_INFLIGHT_PEERS = "backlog-nodered-batch500 backlog-sanitel"
 HARNESS_DB = ("127.0.0.1", 55432, "postgres")  # fixed in run_all.sh and measure.py
@@ -123,11 +125,6 @@ def register_harness_fleet(sanitel_bin: Path, password: str | None) -> None:
                              "ON CONFLICT (device_id) DO NOTHING",
                              ([f"SW{i:05d}" for i in range(HARNESS_DEVICES)],)).rowcount
     log(f"harness database: migrated; {added} of its {HARNESS_DEVICES} devices newly registered")
-
-
-def collector_has_workers(sanitel_bin: Path) -> bool:
-    help_text = subprocess.run([str(sanitel_bin), "collector", "--help"], capture_output=True, text=True).stdout
-    return "--workers" in help_text
 
 
 def workers_wrapper(workdir: Path, sanitel_bin: Path, workers: int) -> Path:
@@ -202,22 +199,17 @@ def measure(a: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str], dic
            "N_BACKLOG": str(a.n_backlog)}
     if password:
         env["PGPASSWORD"] = password
-    has_workers = collector_has_workers(a.sanitel_bin)
-    workers = a.workers if a.workers > 0 and has_workers else 0
-    if a.workers > 0 and not workers:
-        notes.append("`sanitel collector --workers N` row: this tree's collector has no `--workers` option "
-                     "(`sanitel collector --help`), so it was not run.")
-    if has_workers:
-        # `collector` alone now starts one process per core: the one-collector rows (and each of the x2 pair) pin 1
-        env["SANITEL_BIN"] = str(workers_wrapper(a.workdir, a.sanitel_bin, 1))
-        notes.append("One-collector rows (and each collector of the x2 pair) run `sanitel collector --workers 1`: "
-                     "without it the collector now starts one worker process per core.")
+    workers = max(a.workers, 0)
+    # `collector` alone starts one process per core: the one-collector rows (and each of the x2 pair) pin 1
+    env["SANITEL_BIN"] = str(workers_wrapper(a.workdir, a.sanitel_bin, 1))
+    notes.append("One-collector rows (and each collector of the x2 pair) run `sanitel collector --workers 1`: "
+                 "without it the collector starts one worker process per core.")
     conditions: dict[str, Any] = {
         "command": " ".join(sys.argv), "runs": a.runs, "n": a.n, "n_backlog": a.n_backlog, "peers": a.peers,
         "default_inflight_peers": a.default_inflight_peers, "workers": workers, "harness": str(a.harness),
         "git_head": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
                                    text=True).stdout.strip(),
-        "collector_help_has_workers": has_workers, "git_diff_stat_at_start": git_diff_stat(),
+        "git_diff_stat_at_start": git_diff_stat(),
         "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
         "cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -1,6 +1,6 @@
 """The side-by-side table of issue 16 from the peer harness's ``results/raw.jsonl`` lines (no I/O here).
 
-Each line is one measured run of one peer (``/work/shared/bench-peers/measure.py``). ``bench/ingest/peers.py`` adds two
+Each line is one measured run of one peer (``../shared/bench-peers/measure.py``). ``bench/ingest/peers.py`` adds two
 keys when it collects them: ``round`` (the round of the benchmark; every peer runs once per round, so "the same run"
 means the same round) and ``broker`` (``"inflight 0"``: the harness's broker, ``max_inflight_messages 0``;
 ``"inflight 20"``: Mosquitto's default). A line without them (a plain harness run) counts as round ``run``, broker
