@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     v.set_defaults(func=validate_rules)
     ls = rules_sub.add_parser("list", help="list the rules in force")
     ls.add_argument("--database", action="store_true", help="include rules stored in the database")
-    ls.add_argument("--kind", help="only rules of this kind (threshold, window, rate, event_count, offline)")
+    ls.add_argument("--kind", help="only rules of this kind (threshold, window, rate, event_count, offline, builtin)")
     ls.set_defaults(func=list_rules)
 
     hooks = sub.add_parser("webhooks", help="list, add, remove webhooks (signed alert notifications over HTTP)")
@@ -122,7 +122,7 @@ def list_rules(args: argparse.Namespace) -> int:
 
 
 def _what(rule: RuleModel) -> str:
-    from sanitel.alerts.rules import EventCountRule, Lookup, OfflineRule, RateRule, WindowRule
+    from sanitel.alerts.rules import CheckRule, EventCountRule, Lookup, OfflineRule, RateRule, WindowRule
     from sanitel.durations import format_duration
 
     if isinstance(rule, OfflineRule):
@@ -136,7 +136,9 @@ def _what(rule: RuleModel) -> str:
         return f"{rule.aggregate}({what})/{rule.window} {rule.op} {limit}"
     if isinstance(rule, RateRule):
         return f"d{rule.field}/{format_duration(rule.rate_per)} {rule.op} {limit}"
-    bit = f" bit {rule.bit}" if getattr(rule, "bit", None) is not None else ""
+    if isinstance(rule, CheckRule):
+        return f"{rule.check} {limit}"
+    bit = f" bit {rule.bit}" if rule.bit is not None else ""
     return f"{getattr(rule, 'field', '?')}{bit} {getattr(rule, 'op', '?')} {limit}"
 
 

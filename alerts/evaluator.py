@@ -57,7 +57,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 from psycopg.types.json import Jsonb
 
-from sanitel.alerts import queries
+from sanitel.alerts import queries, trucks
 from sanitel.alerts.lifecycle import Alert, Candidate, Lifecycle, alerts_for, fingerprint, open_alerts
 from sanitel.alerts.notify.outbox import load_webhooks
 from sanitel.alerts.queries import Change, Request
@@ -70,6 +70,7 @@ from sanitel.alerts.rules import (
     QUARANTINE_RULE,
     STAGE_OVERDUE_RULE,
     BuiltinRule,
+    CheckRule,
     EventCountRule,
     Limits,
     OfflineRule,
@@ -198,6 +199,8 @@ class _Work:
     start: datetime | None = None  # device time evaluation reads from
     covered_from: datetime | None = None  # open alerts starting here or later are fully re-judged
     revisit: bool = False  # come back next pass even without new data (an open or not yet final window)
+    # a programmed check's placeholders per episode start (``_evaluate_check``): what its summary shows
+    details: dict[datetime, dict[str, Any]] = field(default_factory=dict)
 
     def saw(self, device_id: str, change: Change | None) -> None:
         self.devices.add(device_id)
@@ -288,6 +291,8 @@ class Evaluator:
             with self.conn.transaction():  # a savepoint: one broken rule never stops the others
                 if isinstance(rule, OfflineRule):
                     _evaluate_offline(ctx, rule)
+                elif isinstance(rule, CheckRule):
+                    _evaluate_check(ctx, rule)
                 elif isinstance(rule, WindowRule) and rule.source == AVERAGES_TABLE:
                     _evaluate_averages(ctx, rule)
                 elif isinstance(rule, WindowRule) and rule.source == JUDGEMENTS_TABLE:
@@ -581,7 +586,9 @@ def _labels(ctx: _Pass, rule: RuleModel | BuiltinRule, subject: Subject) -> dict
 def _candidate(ctx: _Pass, rule: RuleModel, work: _Work, episode: Episode) -> Candidate:
     labels = _labels(ctx, rule, work.subject)
     limits = work.limits
-    context = {**labels, **(limits.context if limits else {}), "value": episode.last_value, "peak": episode.peak,
+    details = work.details.get(episode.start) or (next(reversed(work.details.values())) if work.details else {})
+    context = {**labels, **details, **(limits.context if limits else {}), "value": episode.last_value,
+               "peak": episode.peak,
                "threshold": limits.threshold if limits else None, "clear": limits.clear if limits else None,
                "subject": work.subject.key, "window": getattr(rule, "window", None),
                "for": format_duration(getattr(rule, "for_", timedelta(0))), "standard": rule.standard,
@@ -988,6 +995,34 @@ def _judgement_samples(ctx: _Pass, rule: WindowRule, work: _Work,
             return samples, Sample(row.start, seen, row.value, status)
         samples.append(Sample(row.start, row.end, row.value, status))
     return samples, None
+
+
+# ------------------------------------------------------------------------------------------------
+# Programmed checks (kind: builtin): alerts/trucks.py
+# ------------------------------------------------------------------------------------------------
+
+
+def _evaluate_check(ctx: _Pass, rule: CheckRule) -> None:
+    """The check's findings (episodes per subject over a span it re-reads, open alerts' subjects included),
+    reconciled like any rule's. Deadlines and waits are judged against the data clock: while a collector works
+    through a backlog, a pickup or ticket still in it never makes a point look missed or a load unweighed."""
+    open_subjects: dict[str, datetime] = {}
+    for alert in open_alerts(ctx.conn, rule.id):
+        if alert.subject is not None:
+            open_subjects[alert.subject] = min(open_subjects.get(alert.subject, alert.started_at), alert.started_at)
+    span = trucks.Span(ctx.now, min(ctx.now, ctx.data_clock), ctx.horizon, ctx.upto, ctx.changes, open_subjects)
+    works: dict[str, _Work] = {}
+    episodes: dict[str, list[Episode]] = {}
+    for key, finding in trucks.judge_check(ctx.conn, ctx.registry, rule, span).items():
+        work = _Work(finding.subject, finding.limits, ctx.registry.subject_timezone(finding.subject))
+        work.covered_from = finding.covered_from
+        work.cursor.evaluated_upto = span.judged_at
+        work.details = {e.start: d for e, d in zip(finding.episodes, finding.details, strict=True)}
+        works[key], episodes[key] = work, finding.episodes
+    existing = _existing(ctx, rule, works)
+    for key, work in works.items():
+        _reconcile(ctx, rule, work, episodes[key], existing.setdefault(fingerprint(rule.id, key), []))
+    ctx.subjects += len(works)
 
 
 # ------------------------------------------------------------------------------------------------

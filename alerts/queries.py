@@ -559,3 +559,158 @@ def reading_gaps(conn: psycopg.Connection, tables: Sequence[str], starts: dict[s
     for device_id, prev, ts in conn.execute(query, params):
         out[device_id].append((prev, ts))
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Collection trucks (issue 15; tables of migration 0083): alerts/trucks.py
+# --------------------------------------------------------------------------------------------
+
+TRUCK_TELEMETRY = "truck_telemetry"
+
+
+@dataclass(frozen=True, slots=True)
+class TruckRow:
+    """One truck telemetry reading, the fields the truck checks read."""
+
+    ts: datetime
+    lat: float | None
+    lon: float | None
+    speed_kmh: float | None
+    load_kg: float | None
+    rated_payload_kg: float | None
+    route_id: str | None
+    shift_state: str | None
+    lookback: bool  # before the request's start: only fills a rolling window
+
+
+def truck_rows(conn: psycopg.Connection, starts: dict[str, datetime], upto: datetime,
+               lookback: int = 0) -> dict[str, list[TruckRow]]:
+    """Per truck, its telemetry from its start in time order, after its last ``lookback`` readings with a load
+    before the start (a rolling median's window spans passes). One statement, as ``reading_rows``."""
+    if not starts:
+        return {}
+    columns = "t.ts, t.lat, t.lon, t.speed_kmh, t.load_kg, t.rated_payload_kg, t.route_id, t.shift_state"
+    query = f"""
+        WITH q AS (SELECT * FROM unnest(%(devices)s::text[], %(starts)s::timestamptz[]) AS q (device_id, start))
+        SELECT device_id, ts, lat, lon, speed_kmh, load_kg, rated_payload_kg, route_id, shift_state, lookback FROM (
+            SELECT t.device_id, {columns}, false AS lookback
+            FROM truck_telemetry t JOIN q ON q.device_id = t.device_id
+            WHERE t.ts >= q.start AND t.stored_at < %(upto)s
+            UNION ALL
+            SELECT q.device_id, b.*, true FROM q CROSS JOIN LATERAL (
+                SELECT {columns} FROM truck_telemetry t
+                WHERE t.device_id = q.device_id AND t.ts < q.start AND t.stored_at < %(upto)s
+                  AND t.load_kg IS NOT NULL
+                ORDER BY t.ts DESC LIMIT %(lookback)s) b
+        ) x ORDER BY device_id, ts"""
+    out: dict[str, list[TruckRow]] = defaultdict(list)
+    for device_id, *fields in conn.execute(query, {"devices": list(starts), "starts": list(starts.values()),
+                                                   "upto": upto, "lookback": lookback}):
+        out[device_id].append(TruckRow(*fields))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Pickup:
+    truck_id: str
+    ts: datetime
+    point_id: str | None
+    category: str | None
+    weight_kg: float
+
+
+def pickups(conn: psycopg.Connection, since: datetime, until: datetime, upto: datetime,
+            points: Sequence[str] | None = None) -> list[Pickup]:
+    """Pickup events in [since, until] (device time) stored before ``upto``, in time order; only at ``points``
+    when given."""
+    where = " AND point_id = ANY(%(points)s)" if points is not None else ""
+    rows = conn.execute(
+        "SELECT device_id, ts, point_id, category, coalesce(weight_kg, 0) FROM truck_events"
+        " WHERE event = 'pickup' AND ts >= %(since)s AND ts <= %(until)s AND stored_at < %(upto)s" + where +
+        " ORDER BY ts, device_id, seq",
+        {"since": since, "until": until, "upto": upto, "points": list(points or ())}).fetchall()
+    return [Pickup(*row) for row in rows]
+
+
+def fleet_reported(conn: psycopg.Connection, start: datetime, end: datetime, upto: datetime) -> bool:
+    """Whether any truck's telemetry of [start, end) (device time) was stored before ``upto``: one probe of the
+    hypertable's ts index."""
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM truck_telemetry WHERE ts >= %s AND ts < %s AND stored_at < %s)",
+                       (start, end, upto)).fetchone()
+    return bool(row and row[0])
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    truck_id: str
+    ts: datetime
+    ticket_id: str
+    net_kg: float
+
+
+def tickets(conn: psycopg.Connection, since: datetime, until: datetime, upto: datetime) -> list[Ticket]:
+    """Weighbridge tickets of loads coming in (direction ``in``) in [since, until], in time order."""
+    rows = conn.execute(
+        "SELECT truck_id, ts, ticket_id, net_kg FROM weighbridge_tickets"
+        " WHERE coalesce(direction, 'in') = 'in' AND ts >= %s AND ts <= %s AND stored_at < %s"
+        " ORDER BY ts, device_id, seq", (since, until, upto)).fetchall()
+    return [Ticket(*row) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    route_id: str
+    truck_id: str | None
+    points: tuple[str, ...]
+    valid_from: Any  # date
+    valid_to: Any  # date | None
+
+
+def routes(conn: psycopg.Connection, trucks: Sequence[str]) -> list[Route]:
+    """The planned routes of these trucks (any validity: the caller picks the day's)."""
+    rows = conn.execute("SELECT route_id, truck_id, points, valid_from, valid_to FROM truck_routes"
+                        " WHERE truck_id = ANY(%s) ORDER BY route_id", (list(trucks),)).fetchall()
+    return [Route(r[0], r[1], tuple(r[2] or ()), r[3], r[4]) for r in rows]
+
+
+def fill_rows(conn: psycopg.Connection, starts: dict[str, datetime], upto: datetime,
+              lookback: int) -> dict[str, list[tuple[datetime, float, bool]]]:
+    """Per bin: (ts, fill_level_pct, look-back) from its start in time order, after its last ``lookback`` readings
+    before it (a rolling median's window)."""
+    if not starts:
+        return {}
+    query = """
+        WITH q AS (SELECT * FROM unnest(%(devices)s::text[], %(starts)s::timestamptz[]) AS q (device_id, start))
+        SELECT device_id, ts, v, lookback FROM (
+            SELECT t.device_id, t.ts, t.fill_level_pct AS v, false AS lookback
+            FROM bin_status t JOIN q ON q.device_id = t.device_id
+            WHERE t.ts >= q.start AND t.stored_at < %(upto)s AND t.fill_level_pct IS NOT NULL
+            UNION ALL
+            SELECT q.device_id, b.ts, b.v, true FROM q CROSS JOIN LATERAL (
+                SELECT t.ts, t.fill_level_pct AS v FROM bin_status t
+                WHERE t.device_id = q.device_id AND t.ts < q.start AND t.stored_at < %(upto)s
+                  AND t.fill_level_pct IS NOT NULL
+                ORDER BY t.ts DESC LIMIT %(lookback)s) b
+        ) x ORDER BY device_id, ts"""
+    out: dict[str, list[tuple[datetime, float, bool]]] = defaultdict(list)
+    for device_id, ts, v, lookback_row in conn.execute(
+            query, {"devices": list(starts), "starts": list(starts.values()), "upto": upto, "lookback": lookback}):
+        out[device_id].append((ts, v, lookback_row))
+    return out
+
+
+def truck_positions_near(conn: psycopg.Connection, points: dict[str, tuple[float, float]], radius_m: float,
+                         since: datetime, upto: datetime) -> list[tuple[str, datetime, str, float, float]]:
+    """(truck, ts, point, lat, lon) of collecting trucks' readings since ``since`` within about ``radius_m`` of these points
+    (a box of that half-width: the caller measures the distance)."""
+    if not points:
+        return []
+    rows = conn.execute(
+        """WITH p AS (SELECT * FROM unnest(%(ids)s::text[], %(lats)s::float8[], %(lons)s::float8[]) AS p (id, lat, lon))
+           SELECT t.device_id, t.ts, p.id, t.lat, t.lon FROM truck_telemetry t JOIN p
+             ON abs(t.lat - p.lat) <= %(dlat)s AND abs(t.lon - p.lon) <= %(dlat)s / greatest(cos(radians(p.lat)), 0.01)
+           WHERE t.ts >= %(since)s AND t.stored_at < %(upto)s AND t.shift_state = 'collecting'
+           ORDER BY t.device_id, t.ts""",
+        {"ids": list(points), "lats": [p[0] for p in points.values()], "lons": [p[1] for p in points.values()],
+         "dlat": radius_m / 111_000.0, "since": since, "upto": upto}).fetchall()
+    return [(truck, ts, point, lat, lon) for truck, ts, point, lat, lon in rows]

@@ -161,7 +161,7 @@ Limit = Annotated[float | Lookup, BeforeValidator(_limit_value)]
 class Scope(_Strict):
     """Which subjects a rule applies to: device kinds, sites (a site or any ancestor), devices."""
 
-    kinds: list[Literal["sweeper", "transfer_station", "bin", "camera", "cems"]] = []
+    kinds: list[Literal["sweeper", "transfer_station", "bin", "camera", "cems", "truck"]] = []
     sites: list[str] = []
     devices: list[str] = []
 
@@ -459,9 +459,139 @@ class OfflineRule(RuleBase):
         return self
 
 
-Rule = Annotated[ThresholdRule | RateRule | WindowRule | EventCountRule | OfflineRule, Field(discriminator="kind")]
-RuleModel = ThresholdRule | RateRule | WindowRule | EventCountRule | OfflineRule
-RULE_KINDS = ("threshold", "window", "rate", "event_count", "offline")
+# --------------------------------------------------------------------------------------------
+# Programmed checks (kind: builtin): judgements over several tables that no reading rule can state
+# --------------------------------------------------------------------------------------------
+
+# The collection-truck checks of issue 15 (alerts/trucks.py evaluates them; the contract fixes the ids the simulators'
+# ground truth uses). Each names what it reads, its subject and what "certain evidence" means for it there.
+TruckCheck = Literal["point_not_cleared", "truck_overweight", "truck_off_route", "truck_idle", "load_not_weighed",
+                     "weighbridge_mismatch", "overflow_not_picked_up"]
+# the keys each check needs (besides the common ones); any other check-specific key is refused
+_CHECK_KEYS: dict[str, frozenset[str]] = {
+    "point_not_cleared": frozenset(),
+    "truck_overweight": frozenset({"condition"}),
+    "truck_off_route": frozenset({"distance_m", "for"}),
+    "truck_idle": frozenset({"for"}),
+    "load_not_weighed": frozenset({"within"}),
+    "weighbridge_mismatch": frozenset({"tolerance_pct", "tolerance_kg"}),
+    "overflow_not_picked_up": frozenset({"condition", "distance_m"}),
+}
+_CHECK_OPTIONAL = ("condition", "distance_m", "for", "within", "tolerance_pct", "tolerance_kg")
+# the field a check's condition must judge (sanitel/signal_conditions.yaml)
+_CHECK_CONDITION_FIELDS = {"truck_overweight": "load_pct_of_rated", "overflow_not_picked_up": "fill_level_pct"}
+# which devices a check covers (its alerts' devices, for scopes and disabled_rules)
+CHECK_KINDS: dict[str, tuple[str, ...]] = {
+    "point_not_cleared": ("truck",), "truck_overweight": ("truck",), "truck_off_route": ("truck",),
+    "truck_idle": ("truck",), "load_not_weighed": ("truck",), "weighbridge_mismatch": ("truck",),
+    "overflow_not_picked_up": ("bin",)}
+# placeholders a check's summary may use beyond the common ones
+CHECK_FIELDS: dict[str, tuple[str, ...]] = {
+    "point_not_cleared": ("category", "deadline", "status"),
+    "truck_overweight": ("load_kg", "rated_payload_kg"),
+    "truck_off_route": ("route_id", "distance_m"),
+    "truck_idle": ("idle_min",),
+    "load_not_weighed": ("pickups_kg", "first_pickup"),
+    "weighbridge_mismatch": ("ticket_id", "net_kg", "pickups_kg", "difference_pct"),
+    "overflow_not_picked_up": ("truck_id", "visited_at"),
+}
+
+CHECK_TEXT_FIELDS = frozenset({"category", "deadline", "status", "route_id", "ticket_id", "first_pickup", "truck_id",
+                               "visited_at"})
+
+
+class CheckRule(RuleBase):
+    """``kind: builtin``: a judgement programmed in the engine (``check:`` names it; alerts/trucks.py), configured
+    here — severity, labels, summary, scope, smoothing and the check's own limits:
+
+    - ``point_not_cleared``: a sorting point's category not picked up by its ``clearance`` deadline
+      (sanitel.clearance, subject ``point:<site>``), from the deadline until the first pickup;
+    - ``truck_overweight``: ``condition`` (load as % of the rated payload, k of n readings);
+    - ``truck_off_route``: a collecting truck farther than ``distance_m`` from its route's path for ``for``;
+    - ``truck_idle``: speed 0 on shift away from depot and tip for ``for`` (or the truck's ``idle_limit_min``);
+    - ``load_not_weighed``: pickups not followed by a weighbridge ticket of the truck ``within``;
+    - ``weighbridge_mismatch``: a ticket's net off the pickups summed since the previous ticket by more than
+      ``tolerance_pct`` and ``tolerance_kg``;
+    - ``overflow_not_picked_up``: a bin full by ``condition`` while a truck came within ``distance_m`` of its point
+      without a pickup there.
+
+    ``threshold`` (the alert's threshold, and what ``limits: {<rule id>: N}`` moves per site) is the check's main
+    limit: % of rated payload, metres, minutes, hours, % difference."""
+
+    kind: Literal["builtin"]
+    check: TruckCheck
+    condition: str | None = None
+    distance_m: float | None = Field(None, gt=0, le=100_000)
+    for_: Duration = Field(timedelta(0), alias="for")
+    within: Duration | None = None
+    tolerance_pct: float | None = Field(None, ge=0, le=1000)
+    tolerance_kg: float | None = Field(None, ge=0, le=100_000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kernel_threshold(cls, data: Any) -> Any:
+        """A check judging a condition (the kernel's definition) takes its smoothing from it; one given as well
+        must be the condition's."""
+        if not isinstance(data, dict) or not isinstance(data.get("condition"), str):
+            return data
+        name = data["condition"]
+        if name not in conditions():
+            raise ValueError(f"[condition] {name!r} is not a condition of {CONDITIONS_FILE.name} — fix: use one of "
+                             f"{', '.join(conditions())}")
+        wanted = {condition(name).smoothing.how: condition(name).smoothing.readings}
+        given = data.get("smoothing")
+        if given is None:
+            return {**data, "smoothing": wanted}
+        if not _same_setting("smoothing", given, wanted):
+            raise ValueError(f"[smoothing] {given!r} is not condition {name}'s {wanted!r} — fix: remove 'smoothing' "
+                             "(the rule takes it from the condition)")
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CheckRule:
+        """The keys of the check, and a condition on the field it judges."""
+        needed = _CHECK_KEYS[self.check]
+        named = self.model_fields_set | ({"for"} if "for_" in self.model_fields_set else set())
+        given = {k for k in _CHECK_OPTIONAL if k in named}
+        for key in sorted(needed - given):
+            raise ValueError(f"[{key}] check {self.check} needs '{key}' — fix: add it (see alerts/rules/truck.yaml)")
+        for key in sorted(given - needed):
+            raise ValueError(f"[{key}] check {self.check} does not use '{key}' — fix: remove it")
+        if self.for_ < timedelta(0) or (self.within is not None and self.within <= timedelta(0)):
+            raise ValueError("[within] durations must be longer than 0s")
+        wanted = _CHECK_CONDITION_FIELDS.get(self.check)
+        if wanted is not None and condition(cast(str, self.condition)).field != wanted:
+            raise ValueError(f"[condition] check {self.check} judges {wanted}; condition {self.condition} judges "
+                             f"{condition(cast(str, self.condition)).field} — fix: name a condition on {wanted}")
+        return self
+
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(self.scope.kinds) or CHECK_KINDS[self.check]
+
+    @property
+    def threshold(self) -> float:
+        """The check's main limit (see the class)."""
+        if self.condition is not None:
+            return condition(self.condition).limits()[0]
+        if self.check == "truck_off_route":
+            return float(cast(float, self.distance_m))
+        if self.check == "truck_idle":
+            return self.for_.total_seconds() / 60
+        if self.check == "load_not_weighed":
+            return cast(timedelta, self.within).total_seconds() / 3600
+        if self.check == "weighbridge_mismatch":
+            return float(cast(float, self.tolerance_pct))
+        return 0.0  # point_not_cleared: the deadline itself (minutes late)
+
+    @property
+    def clear(self) -> float | None:
+        return condition(self.condition).limits()[1] if self.condition is not None else None
+
+
+Rule = Annotated[ThresholdRule | RateRule | WindowRule | EventCountRule | OfflineRule | CheckRule,
+                 Field(discriminator="kind")]
+RuleModel = ThresholdRule | RateRule | WindowRule | EventCountRule | OfflineRule | CheckRule
+RULE_KINDS = ("threshold", "window", "rate", "event_count", "offline", "builtin")
 _RULE = TypeAdapter(Rule)
 
 
@@ -578,8 +708,12 @@ def _check_smoothing(rule: RuleModel) -> None:
     if rule.smoothing is None:
         return
     kind, how = rule.kind, rule.smoothing.how
-    if how in ("median", "mean") and (kind != "threshold" or getattr(rule, "bit", None) is not None
-                                      or getattr(rule, "flagged", None) is not None):
+    if how in ("median", "mean") and isinstance(rule, CheckRule):
+        if rule.condition is None:
+            raise ValueError(f"a rolling {how} is a condition's smoothing — fix: name a condition, or state for or "
+                             "{none: …}")
+    elif how in ("median", "mean") and (kind != "threshold" or getattr(rule, "bit", None) is not None
+                                        or getattr(rule, "flagged", None) is not None):
         raise ValueError(f"a rolling {how} smooths the value of a threshold rule (not a flag, a bit, a "
                          "rate or a window) — fix: use for, for_readings, window or {none: …}")
     if how == "for" and getattr(rule, "for_", timedelta(0)) <= timedelta(0):
@@ -713,7 +847,8 @@ class _Defaulting(dict[str, Any]):
 def _summary_fields(rule: RuleModel) -> frozenset[str]:
     params = {lim.param for lim in (getattr(rule, "threshold", None), getattr(rule, "clear", None))
               if isinstance(lim, Lookup)}
-    return SUMMARY_FIELDS | params | set(rule.labels)
+    checked = CHECK_FIELDS[rule.check] if isinstance(rule, CheckRule) else ()
+    return SUMMARY_FIELDS | params | set(rule.labels) | set(checked)
 
 
 def render_summary(rule: RuleModel | BuiltinRule, context: Mapping[str, Any]) -> str:
@@ -752,6 +887,10 @@ def _sample_context(rule: RuleModel) -> dict[str, Any]:
         context.update({"threshold": 900, "timeout_s": 900})
         return context
     context.update({"value": 12.5, "peak": 13.5, "threshold": 10.0, "clear": 9.0})
+    if isinstance(rule, CheckRule):
+        context.update({name: f"sample-{name}" if name in CHECK_TEXT_FIELDS else 12.5
+                        for name in CHECK_FIELDS[rule.check]})
+        return context
     if isinstance(rule, WindowRule | EventCountRule):
         context["window"] = rule.window
     for limit in (rule.threshold, rule.clear):
@@ -877,6 +1016,8 @@ def limits_for(rule: RuleModel, params: Mapping[str, Any], sites: SiteParams = (
     raises ConfigError when a site's ``emission_limits`` does not parse or ``limits`` still names the rule."""
     if isinstance(rule, OfflineRule) or rule_disabled_for(rule.id, params):
         return None
+    if isinstance(rule, CheckRule):
+        return _check_limits(rule, params)
     if isinstance(rule, WindowRule) and rule.emission_limit is not None:
         return _emission_limits(rule, params, sites)
     context = {lim.param: params.get(lim.param, lim.default)
@@ -897,6 +1038,19 @@ def limits_for(rule: RuleModel, params: Mapping[str, Any], sites: SiteParams = (
         clear = _scaled_clear(threshold, clear, new_threshold)
         threshold = new_threshold
     return Limits(threshold, _clear_on_safe_side(rule.op, threshold, clear), context)
+
+
+def _check_limits(rule: CheckRule, params: Mapping[str, Any]) -> Limits:
+    """A check's main limit, moved by ``limits: {<rule id>: N}`` (the clear level scaled, as for any rule)."""
+    threshold, clear = rule.threshold, rule.clear
+    override = _overrides(params).get(rule.id)
+    if override is not None:
+        where = f"limits.{rule.id}"
+        raw = override.get("threshold", threshold) if isinstance(override, Mapping) else override
+        new_threshold = _number(raw, where)
+        clear = _scaled_clear(threshold, clear, new_threshold)
+        threshold = new_threshold
+    return Limits(threshold, _clear_on_safe_side(">", threshold, clear))
 
 
 def _emission_limits(rule: WindowRule, params: Mapping[str, Any], sites: SiteParams) -> Limits:
@@ -1072,7 +1226,7 @@ _FIX_BY_KEY = {
 
 def _known_keys(kind: object) -> list[str]:
     models: dict[str, type[RuleBase]] = {"threshold": ThresholdRule, "rate": RateRule, "window": WindowRule,
-                                         "event_count": EventCountRule, "offline": OfflineRule}
+                                         "event_count": EventCountRule, "offline": OfflineRule, "builtin": CheckRule}
     model = models.get(str(kind))
     if model is None:
         return []

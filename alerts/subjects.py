@@ -27,6 +27,8 @@ class Site:
     parent_id: str | None
     timezone: str
     params: Mapping[str, Any]
+    latitude: float | None = None  # WGS-84: a sorting point's position (truck routes, visits)
+    longitude: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +74,8 @@ class Registry:
 
     @classmethod
     def load(cls, conn: psycopg.Connection) -> Registry:
-        sites = {r[0]: Site(r[0], r[1], r[2], r[3] or DEFAULT_TZ, r[4] or {}) for r in conn.execute(
-            "SELECT site_id, kind, parent_id, timezone, params FROM sites").fetchall()}
+        sites = {r[0]: Site(r[0], r[1], r[2], r[3] or DEFAULT_TZ, r[4] or {}, r[5], r[6]) for r in conn.execute(
+            "SELECT site_id, kind, parent_id, timezone, params, latitude, longitude FROM sites").fetchall()}
         devices = {r[0]: Device(r[0], r[1], r[2], r[3], r[4] or {}) for r in conn.execute(
             "SELECT device_id, kind, site_id, inactivity_timeout_s, metadata FROM devices").fetchall()}
         return cls(devices, sites)

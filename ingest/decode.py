@@ -71,12 +71,14 @@ REASONS = {
                     "levels are not accepted either)",
     "duplicate_key": "a JSON object has two members with the same name",
     "wrong_shape": "JSON of the wrong shape (object or array of objects expected)",
-    "missing_field": "a required field is absent",
+    "missing_field": "a required field is absent (also: a truck pickup without point_id or bin_tag, a tip without "
+                     "site_id)",
     "wrong_type": "a field has the wrong type",
     "out_of_range": "a value is outside its physical range, or an identifier outside its grammar",
     "bad_topic": "the topic is outside the grammar",
-    "unknown_kind": "the device kind is not one of the five",
+    "unknown_kind": f"the device kind is not one of {', '.join(DEVICE_KINDS)}",
     "device_mismatch": "device_id in the payload differs from the topic",
+    "inconsistent_weights": "a weighbridge ticket's net_kg differs from gross_kg − tare_kg by more than 1 kg",
     "bad_timestamp": "ts is neither RFC 3339 with an offset nor epoch milliseconds, or is out of range",
     "ts_in_future": "ts is too far in the future",
     "ts_too_old": "ts is before 2000-01-01",
@@ -583,6 +585,9 @@ def _reading_to_row(reading_type: type[Reading], reading: Reading, extra: dict[s
         value = getattr(reading, name)
         if value is not None and value.endswith("\n"):
             raise _Reject("out_of_range", f"{name} {value!r} must match {ID_PATTERN}")
+    problem = reading.problem()  # rules across fields (schemas.readings), e.g. a weighbridge's net = gross − tare
+    if problem is not None:
+        raise _Reject(*problem)
     ts = parse_device_time(reading.ts)
     limits = ctx.limits
     if ts > ctx.received_at + limits.max_future_skew:

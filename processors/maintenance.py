@@ -20,7 +20,7 @@ import psycopg
 
 from sanitel.db import one_row
 from sanitel.heartbeats import process_instance, record_pass
-from sanitel.processors import cems_averages, cems_judgement
+from sanitel.processors import cems_averages, cems_judgement, clearance
 from sanitel.processors.retention import apply_retention
 from sanitel.processors.rollups import ROLLUP_SOURCES, refresh, settled_upto
 from sanitel.processors.watermarks import read_watermark, store_watermark
@@ -65,6 +65,8 @@ def run_pass(conn: psycopg.Connection, settings: Settings, *, now: datetime | No
         if result.cems_watermark is not None:
             # a day judged while it ran gets no later readings once its line stops sending: settle it now
             cems_judgement.finalise_ended_days(conn, now=now)
+        # daily clearance (issue 15): each scheduled point's yesterday and today, judged again as pickups arrive
+        clearance.derive_recent(conn, now)
         if retention and now - read_watermark(conn, "retention") >= RETENTION_EVERY:
             with conn.transaction():
                 result.dropped = apply_retention(

@@ -4,6 +4,11 @@
     sanitel report emissions --plant P [--line L] --year YYYY [--format json|csv] [--out FILE]
     sanitel report recompute --device D --from YYYY-MM-DD [--to YYYY-MM-DD]
 
+and of issue #15 (daily clearance, the weekly street sanitation index):
+
+    sanitel report clearance --district SITE --day YYYY-MM-DD [--format json|csv] [--section S] [--out FILE]
+    sanitel report sanitation-index --week YYYY-Www [--district SITE] [--format json|csv] [--out FILE]
+
 (``sanitel hj212-listener``, the HJ 212 TCP intake, is ingest's: ingest/cli.py.)
 """
 
@@ -12,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +28,8 @@ if TYPE_CHECKING:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    report = sub.add_parser("report", help="emission compliance reports (GB 18485-2014, EU 2010/75/EU)")
+    report = sub.add_parser("report", help="emission compliance (GB 18485-2014, EU 2010/75/EU), daily clearance, "
+                                           "street sanitation index")
     rsub = report.add_subparsers(dest="report_command", required=True, metavar="REPORT")
     em = rsub.add_parser("emissions", help="a plant's (or line's) compliance for one local day, or its annual report")
     em.add_argument("--plant", required=True, help="plant site id")
@@ -41,6 +47,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rc.add_argument("--from", dest="first", required=True, type=_day)
     rc.add_argument("--to", dest="last", type=_day, help="last day, inclusive (default: --from)")
     rc.set_defaults(func=run_recompute)
+    cl = rsub.add_parser("clearance", help="daily clearance of a district or street (issue 15): points, routes, "
+                                           "tonnage")
+    cl.add_argument("--district", required=True, help="site id: a district, a street (estate / urban village) or "
+                                                      "any site above sorting points")
+    cl.add_argument("--day", required=True, type=_day, help="local day of the site, YYYY-MM-DD")
+    cl.add_argument("--format", choices=("json", "csv"), default="json")
+    cl.add_argument("--section", choices=("points", "streets", "routes", "tonnage"), default="points",
+                    help="the table --format csv writes (json has them all)")
+    cl.add_argument("--out", type=Path, help="file to write (default: stdout)")
+    cl.set_defaults(func=run_clearance)
+    si = rsub.add_parser("sanitation-index", help="weekly street sanitation index, ranked, with week-on-week change "
+                                                  "(docs/sanitation-index.md)")
+    si.add_argument("--week", required=True, type=_week, help="ISO week, YYYY-Www (the streets' local weeks)")
+    si.add_argument("--district", help="site id whose streets to rank (default: every street)")
+    si.add_argument("--format", choices=("json", "csv"), default="json")
+    si.add_argument("--out", type=Path, help="file to write (default: stdout)")
+    si.set_defaults(func=run_sanitation_index)
 
 
 def _day(text: str) -> date:
@@ -48,6 +71,15 @@ def _day(text: str) -> date:
         return date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a day YYYY-MM-DD") from None
+
+
+def _week(text: str) -> date:
+    from sanitel.processors.sanitation_index import parse_week
+
+    try:
+        return parse_week(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _year(text: str) -> int:
@@ -134,3 +166,30 @@ def run_recompute(args: argparse.Namespace) -> int:
     print(f"{n} averages written for {args.device}, {args.first} … {last}")
     return 0
 
+
+
+def run_clearance(args: argparse.Namespace) -> int:
+    from sanitel.processors import clearance
+
+    with _connect(recompute=False) as conn:
+        try:
+            report = clearance.build_report(conn, args.district, args.day, datetime.now(UTC))
+        except LookupError as exc:
+            raise SanitelError(f"{exc.args[0]}; list sites with GET /sites") from None
+    data = (clearance.report_csv(report, args.section) if args.format == "csv"
+            else json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    _emit(data, args.out)
+    return 0
+
+
+def run_sanitation_index(args: argparse.Namespace) -> int:
+    from sanitel.processors import clearance, sanitation_index
+
+    with _connect(recompute=False) as conn:
+        if args.district is not None and clearance.site_info(conn, args.district) is None:
+            raise SanitelError(f"site {args.district!r} does not exist; list sites with GET /sites")
+        report = sanitation_index.build_index(conn, args.district, args.week, datetime.now(UTC))
+    data = (sanitation_index.index_csv(report) if args.format == "csv"
+            else json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    _emit(data, args.out)
+    return 0

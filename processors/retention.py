@@ -13,7 +13,7 @@ import psycopg
 from sanitel.db import one_row
 
 RAW_TABLES = ("sweeper_telemetry", "station_telemetry", "bin_deposits", "bin_status", "camera_detections",
-              "cems_readings")
+              "cems_readings", "truck_telemetry", "truck_events", "weighbridge_tickets")
 ROLLUP_TABLES = ("sweeper_telemetry_5m", "station_telemetry_5m", "cems_averages")
 HEARTBEAT_RETENTION = timedelta(days=7)
 

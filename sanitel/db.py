@@ -149,4 +149,7 @@ HYPERTABLES = (
     "bin_status",
     "camera_detections",
     "cems_readings",
+    "truck_telemetry",
+    "truck_events",
+    "weighbridge_tickets",
 )

@@ -18,6 +18,7 @@ import msgspec
 from msgspec import Meta
 
 from sanitel.schemas.timestamps import RFC3339_PATTERN
+from sanitel.schemas.topics import DeviceKind
 
 # PostgreSQL text and jsonb cannot hold U+0000; the collector's one rule for it (ingest/decode.py applies it).
 NUL_RULE = ("U+0000 (NUL): trailing NULs are padding and are removed; any other NUL is stored as U+FFFD and the "
@@ -58,6 +59,24 @@ WasteCategory = Literal["recyclable", "hazardous", "kitchen", "other"]
 Detection = Literal["mis_sorted", "bag_outside", "overflow", "scattered_waste", "littering", "smoke_fire"]
 CemsDataKind = Literal["rtd", "minute", "hour", "day"]
 
+# Vehicle fields shared by sweepers and collection trucks: one definition, so the two kinds' ranges cannot drift.
+# Battery fields are GB/T 32960.3-2016's real-time vehicle and battery data (the
+# clause, §7.2.3, not verified here); absent on diesel vehicles.
+Lat = Annotated[float, _r(-90, 90, "degrees", "WGS-84 latitude")]
+Lon = Annotated[float, _r(-180, 180, "degrees", "WGS-84 longitude")]
+SpeedKmh = Annotated[float, _r(0, 200, "km/h")]
+HeadingDeg = Annotated[float, _r(0, 360, "degrees")]
+OdometerKm = Annotated[float, _r(0, 10_000_000, "km", "may wrap or reset")]
+SocPct = Annotated[float, _r(0, 100, "%", "battery state of charge")]
+PackVoltageV = Annotated[float, _r(0, 1500, "V")]
+PackCurrentA = Annotated[float, _r(-1000, 1000, "A", "negative while charging")]
+CellVoltageV = Annotated[float, _r(0, 15, "V")]
+BatteryTempMaxC = Annotated[float, _r(-40, 210, "°C", "highest probe")]
+BatteryTempMinC = Annotated[float, _r(-40, 210, "°C", "lowest probe")]
+InsulationKohm = Annotated[float, _r(0, 60_000, "kΩ")]
+AlarmLevel = Annotated[int, Meta(ge=0, le=3, description="GB/T 32960 alarm level 0-3")]
+AlarmFlags = Annotated[int, Meta(ge=0, le=2**32 - 1, description="GB/T 32960 32-bit general alarm flag")]
+
 
 class Reading(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Fields every reading has. ``device_id`` may be omitted on a device topic (the topic names it)."""
@@ -70,6 +89,11 @@ class Reading(msgspec.Struct, kw_only=True, omit_defaults=True):
     seq: Seq = 0
     device_id: Ident | None = None
 
+    def problem(self) -> tuple[str, str] | None:
+        """A rule across fields that JSON Schema cannot state: (reason code, message) when this reading breaks it.
+        The collector dead-letters such a reading with that reason (ingest/decode.py)."""
+        return None
+
 
 class SweeperTelemetry(Reading):
     """Electric street sweeper: GB/T 32960.3 vehicle data plus EN 15430-1 sweeper records."""
@@ -78,19 +102,19 @@ class SweeperTelemetry(Reading):
     kind: ClassVar[str] = "sweeper"
     stream: ClassVar[str] = "telemetry"
 
-    lat: Annotated[float, _r(-90, 90, "degrees", "WGS-84 latitude")] | None = None
-    lon: Annotated[float, _r(-180, 180, "degrees", "WGS-84 longitude")] | None = None
-    speed_kmh: Annotated[float, _r(0, 200, "km/h")] | None = None
-    heading_deg: Annotated[float, _r(0, 360, "degrees")] | None = None
-    odometer_km: Annotated[float, _r(0, 10_000_000, "km", "may wrap or reset")] | None = None
-    soc_pct: Annotated[float, _r(0, 100, "%", "battery state of charge")] | None = None
-    pack_voltage_v: Annotated[float, _r(0, 1500, "V")] | None = None
-    pack_current_a: Annotated[float, _r(-1000, 1000, "A", "negative while charging")] | None = None
-    cell_voltage_max_v: Annotated[float, _r(0, 15, "V")] | None = None
-    cell_voltage_min_v: Annotated[float, _r(0, 15, "V")] | None = None
-    battery_temp_max_c: Annotated[float, _r(-40, 210, "°C", "highest probe")] | None = None
-    battery_temp_min_c: Annotated[float, _r(-40, 210, "°C", "lowest probe")] | None = None
-    insulation_kohm: Annotated[float, _r(0, 60_000, "kΩ")] | None = None
+    lat: Lat | None = None
+    lon: Lon | None = None
+    speed_kmh: SpeedKmh | None = None
+    heading_deg: HeadingDeg | None = None
+    odometer_km: OdometerKm | None = None
+    soc_pct: SocPct | None = None
+    pack_voltage_v: PackVoltageV | None = None
+    pack_current_a: PackCurrentA | None = None
+    cell_voltage_max_v: CellVoltageV | None = None
+    cell_voltage_min_v: CellVoltageV | None = None
+    battery_temp_max_c: BatteryTempMaxC | None = None
+    battery_temp_min_c: BatteryTempMinC | None = None
+    insulation_kohm: InsulationKohm | None = None
     motor_temp_c: Annotated[float, _r(-40, 210, "°C")] | None = None
     motor_rpm: Annotated[float, _r(-20_000, 20_000, "rpm")] | None = None
     charging_state: ChargingState | None = None
@@ -101,8 +125,8 @@ class SweeperTelemetry(Reading):
     hopper_fill_pct: Annotated[float, _r(0, 100, "%")] | None = None
     swept_distance_km: Annotated[float, _r(0, 10_000_000, "km", "counter; may wrap or reset")] | None = None
     work_hours_h: Annotated[float, _r(0, 1_000_000, "h", "counter; may wrap or reset")] | None = None
-    alarm_level: Annotated[int, Meta(ge=0, le=3, description="GB/T 32960 alarm level 0-3")] | None = None
-    alarm_flags: Annotated[int, Meta(ge=0, le=2**32 - 1, description="GB/T 32960 32-bit general alarm flag")] | None = None
+    alarm_level: AlarmLevel | None = None
+    alarm_flags: AlarmFlags | None = None
 
 
 class StationTelemetry(Reading):
@@ -224,14 +248,109 @@ class CemsReading(Reading):
     furnace_temp_c: Annotated[float, _r(0, 2000, "°C", "furnace average temperature")] | None = None
 
 
+# Collection trucks and weighbridges (issue 15). Weights are kilograms. No national standard fixes an on-board scale's
+# message; the ranges are physical: a 3-axle collection truck's gross mass is at most 25 t (GB 1589-2016 §4.3, not
+# verified here), so 60 t bounds any payload, and a weighbridge platform weighs up to 100 t (GB/T 7723-2017's
+# usual ranges, not verified here).
+Powertrain = Literal["electric", "diesel", "cng", "hybrid"]
+CompactorState = Literal["idle", "compacting", "fault"]
+LifterState = Literal["stowed", "lifting", "fault"]
+ShiftState = Literal["depot", "to_route", "collecting", "to_tip", "tipping", "returning", "off_shift"]
+TruckEventKind = Literal["pickup", "tip"]
+WEIGHT_TOLERANCE_KG = 1.0  # a ticket's net may differ from gross − tare by rounding only (the contract's rule)
+
+
+class TruckTelemetry(Reading):
+    """Garbage collection truck: position, GB/T 32960.3 battery data (electric trucks), on-board scale, compactor
+    and lifter, and where its shift stands."""
+
+    table: ClassVar[str] = "truck_telemetry"
+    kind: ClassVar[str] = "truck"
+    stream: ClassVar[str] = "telemetry"
+
+    lat: Lat | None = None
+    lon: Lon | None = None
+    speed_kmh: SpeedKmh | None = None
+    heading_deg: HeadingDeg | None = None
+    odometer_km: OdometerKm | None = None
+    soc_pct: SocPct | None = None
+    pack_voltage_v: PackVoltageV | None = None
+    pack_current_a: PackCurrentA | None = None
+    cell_voltage_max_v: CellVoltageV | None = None
+    cell_voltage_min_v: CellVoltageV | None = None
+    battery_temp_max_c: BatteryTempMaxC | None = None
+    battery_temp_min_c: BatteryTempMinC | None = None
+    insulation_kohm: InsulationKohm | None = None
+    alarm_level: AlarmLevel | None = None
+    alarm_flags: AlarmFlags | None = None
+    powertrain: Powertrain | None = None
+    load_kg: Annotated[float, _r(0, 60_000, "kg", "on-board scale: current payload")] | None = None
+    rated_payload_kg: Annotated[float, _r(0, 60_000, "kg", "the truck's rated payload")] | None = None
+    compactor_state: CompactorState | None = None
+    lifter_state: LifterState | None = None
+    route_id: Ident | None = None
+    shift_state: ShiftState | None = None
+
+
+class TruckEvent(Reading):
+    """A collection truck's pickup (a bin lifted at a sorting point, weighed by the lifter scale) or tip (its load
+    unloaded at a transfer station or plant, weighed by the on-board scale). A pickup names its point (point_id)
+    or bin (bin_tag), a tip its site (site_id): otherwise the reading is dead-lettered missing_field."""
+
+    table: ClassVar[str] = "truck_events"
+    kind: ClassVar[str] = "truck"
+    stream: ClassVar[str] = "event"
+
+    event: TruckEventKind
+    weight_kg: Annotated[float, _r(0, 20_000, "kg", "pickup: weight lifted; tip: weight unloaded")]
+    point_id: Ident | None = None
+    bin_tag: Annotated[str, _text(64, "the bin's RFID tag")] | None = None
+    category: WasteCategory | None = None
+    site_id: Ident | None = None
+    lat: Lat | None = None
+    lon: Lon | None = None
+
+    def problem(self) -> tuple[str, str] | None:
+        if self.event == "pickup" and self.point_id is None and not self.bin_tag:
+            return "missing_field", "a pickup needs point_id or bin_tag (which point or bin was emptied)"
+        if self.event == "tip" and self.site_id is None:
+            return "missing_field", "a tip needs site_id (the transfer station or plant where the load went)"
+        return None
+
+
+class WeighbridgeTicket(Reading):
+    """A weighbridge ticket at a transfer station or plant (its weighbridge is a transfer_station device); ts is
+    the ticket time. net_kg must equal gross_kg − tare_kg within 1 kg, else inconsistent_weights."""
+
+    table: ClassVar[str] = "weighbridge_tickets"
+    kind: ClassVar[str] = "transfer_station"
+    stream: ClassVar[str] = "event"
+
+    ticket_id: Annotated[str, _text(64, "the weighbridge's ticket number", min_length=1)]
+    truck_id: Ident
+    gross_kg: Annotated[float, _r(0, 100_000, "kg", "gross weight")]
+    tare_kg: Annotated[float, _r(0, 100_000, "kg", "tare weight")]
+    net_kg: Annotated[float, _r(0, 100_000, "kg", "net weight, gross − tare")]
+    category: WasteCategory | None = None
+    direction: Literal["in", "out"] = "in"
+
+    def problem(self) -> tuple[str, str] | None:
+        # net = gross − tare is what a net weight is (OIML R 76-1 T.5.3.3, not verified here)
+        if abs(self.net_kg - (self.gross_kg - self.tare_kg)) > WEIGHT_TOLERANCE_KG:
+            return "inconsistent_weights", (f"net_kg {self.net_kg} differs from gross_kg − tare_kg = "
+                                            f"{self.gross_kg - self.tare_kg:g} by more than {WEIGHT_TOLERANCE_KG:g} kg")
+        return None
+
+
 READING_TYPES: tuple[type[Reading], ...] = (
     SweeperTelemetry, StationTelemetry, BinDeposit, BinStatus, CameraDetection, CemsReading,
+    TruckTelemetry, TruckEvent, WeighbridgeTicket,
 )
 # (kind, stream) → the reading type a device topic carries.
 BY_KIND_STREAM: dict[tuple[str, str], type[Reading]] = {(t.kind, t.stream): t for t in READING_TYPES}
 # In a gateway batch, `stream` may be omitted: each kind's default.
 DEFAULT_STREAM = {"sweeper": "telemetry", "transfer_station": "telemetry", "bin": "status",
-                  "camera": "event", "cems": "telemetry"}
+                  "camera": "event", "cems": "telemetry", "truck": "telemetry"}
 BY_TABLE: dict[str, type[Reading]] = {t.table: t for t in READING_TYPES}
 
 
@@ -249,7 +368,7 @@ def table_columns(reading_type: type[Reading]) -> tuple[str, ...]:
 class GatewayReading(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     """The envelope of one reading inside a gateway batch (the rest of the object is the reading)."""
 
-    kind: Literal["sweeper", "transfer_station", "bin", "camera", "cems"]
+    kind: DeviceKind
     device_id: Ident
     stream: Literal["telemetry", "event", "status"] | None = None
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 ROOT = "sanitation"
-DEVICE_KINDS = ("sweeper", "transfer_station", "bin", "camera", "cems")
+DEVICE_KINDS = ("sweeper", "transfer_station", "bin", "camera", "cems", "truck")
 STREAMS = ("telemetry", "event", "status")
 SEVERITIES = ("critical", "major", "minor", "warning")
 SYSTEM_FAMILIES = ("alerts",)  # topic families sanitel itself publishes under sanitation/{city}/
@@ -28,7 +28,7 @@ _ID = re.compile(rf"^{ID_PATTERN}$")
 CITY_PATTERN = r"[a-z0-9_-]{1,32}"
 _CITY = re.compile(rf"^{CITY_PATTERN}$")
 
-DeviceKind = Literal["sweeper", "transfer_station", "bin", "camera", "cems"]
+DeviceKind = Literal["sweeper", "transfer_station", "bin", "camera", "cems", "truck"]
 
 
 class TopicError(ValueError):

@@ -38,6 +38,7 @@ _._known_field  # alerts/rules.py
 _._consistent  # alerts/rules.py
 _._positive  # alerts/rules.py
 _._metadata_storable  # api/models.py
+_._dates_in_order  # api/models.py TruckRoutePlan
 _._only_when_provisional  # api/models.py HistoryPoint: a model_serializer
 _._check_database_url  # sanitel/settings.py
 _._check_mqtt_url  # sanitel/settings.py
@@ -181,6 +182,11 @@ flue_pressure_kpa
 flue_velocity_m_s
 flue_flow_m3_h
 furnace_temp_c
+compactor_state  # schemas/readings.py TruckTelemetry
+lifter_state  # schemas/readings.py TruckTelemetry
+direction  # schemas/readings.py WeighbridgeTicket
+shift_start  # api/models.py TruckRoutePlan (response field)
+shift_end  # api/models.py TruckRoutePlan (response field)
 pnum  # schemas/hj212.py: the frame's PNUM header, parsed with the others
 QN_RTN_READY  # schemas/hj212.py: the standard's whole QnRtn code table, beside the codes the listener sends
 QN_RTN_REJECTED
@@ -259,3 +265,22 @@ _._kernel_threshold  # alerts/rules.py (pydantic validator)
 rejudge  # processors/cems_judgement.py: judges from stored averages (tests that build a year of averages by SQL)
 _.device_settings_fallbacks  # ingest/hj212_tcp.py (listener stats, read by metrics)
 device_settings_fallbacks  # ingest/hj212_tcp.py
+# issue 14: the console's endpoints (FastAPI routes) and their response fields (api/console_models.py)
+fleet_positions  # api/routes/fleet.py
+site_limits  # api/routes/sites.py
+sorting_points_day  # api/routes/sorting_points.py
+position_ts
+min_lat
+max_lat
+min_lon
+max_lon
+extent
+households_registered
+households_active
+participation_rate
+weight_kg_by_category
+detections_by_type
+_._clearance_has_bins  # simulators/scenario.py
+_._some_share  # simulators/scenario.py
+me  # api/console.py: GET /me
+preview_silence  # api/routes/silences.py: POST /silences/preview

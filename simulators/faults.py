@@ -11,7 +11,9 @@ one of three places:
   below 850 °C for 3-4 minutes, ``count`` times in one local day), ``dau_outage_backfill`` (the data unit
   silent for hours, then re-sending the span as minute data), ``o2_calibration`` (the O2 analyser calibrated
   while the pollutant values still carry normalised values), ``over_range`` (a pollutant above its
-  analyser's range, flagged T);
+  analyser's range, flagged T); and the truck faults (issue 15): ``missed_pickup``, ``late_round``, ``overweight``,
+  ``off_route``, ``never_weighed``, ``weighbridge_mismatch``, each changing one shift of a truck, whose model
+  records what then happened (models/truck.py);
 - the **reading** (what the device says): ``spike``, ``stuck_sensor``, ``silence`` (nothing is
   sent), ``clock_skew`` (the device's clock is off), ``malformed`` with reason ``wrong_type`` or
   ``out_of_range``;
@@ -63,6 +65,7 @@ from sanitel.simulators.models.cems import (
     Dip,
     Window,
 )
+from sanitel.simulators.models.truck import SHIFT_FAULTS
 from sanitel.simulators.truth import GroundTruth, SignalWatch, TruthRecord
 
 if TYPE_CHECKING:
@@ -70,9 +73,10 @@ if TYPE_CHECKING:
 
 FaultKind = Literal["spike", "stuck_sensor", "silence", "clock_skew", "duplicate", "out_of_order", "malformed",
                     "burst", "emission_exceedance", "charger_failure", "bin_fire",
-                    "furnace_dips", "dau_outage_backfill", "o2_calibration", "over_range"]
+                    "furnace_dips", "dau_outage_backfill", "o2_calibration", "over_range",
+                    "missed_pickup", "late_round", "overweight", "off_route", "never_weighed", "weighbridge_mismatch"]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
-DeviceKind = Literal["sweeper", "transfer_station", "bin", "camera", "cems"]
+DeviceKind = Literal["sweeper", "transfer_station", "bin", "camera", "cems", "truck"]
 MalformedReason = Literal["invalid_json", "wrong_type", "out_of_range"]
 Pollutant = Literal["nox", "co", "so2", "dust", "hcl"]
 
@@ -100,6 +104,7 @@ TARGET_KINDS: dict[str, tuple[str, ...]] = {
     "dau_outage_backfill": ("cems",),
     "o2_calibration": ("cems",),
     "over_range": ("cems",),
+    **{kind: ("truck",) for kind in SHIFT_FAULTS},
 }
 # The CEMS regulatory cases: planned around the line's own events and earlier faults on it (module docstring).
 CEMS_EVENTS = frozenset({"furnace_dips", "dau_outage_backfill", "o2_calibration", "over_range"})
@@ -110,7 +115,12 @@ DEFAULT_DURATION_S: dict[str, float] = {
     "charger_failure": 3 * 3600.0, "bin_fire": 1800.0,
     # furnace_dips: the part of one local day the dips are spread over
     "furnace_dips": 6 * 3600.0, "dau_outage_backfill": 4 * 3600.0, "o2_calibration": 900.0, "over_range": 1200.0,
+    # truck faults change a whole shift (models/truck.py); late_round's duration is how late the shift leaves
+    **dict.fromkeys(SHIFT_FAULTS, 0.0), "late_round": 5 * 3600.0,
 }
+# Two truck faults that cannot share a shift: a load dumped short of the weighbridge is never weighed, so no ticket
+# can disagree with its pickups. Planned on one truck, the second waits for the truck's next shift.
+TRUCK_CONFLICTS = {"never_weighed": "weighbridge_mismatch", "weighbridge_mismatch": "never_weighed"}
 # The field a sensor fault hits by default, per device kind; a spike's value (inside the schema's
 # physical range, so the row is stored — it is an outlier, not a rejection).
 SENSOR_FIELD = {"sweeper": "soc_pct", "transfer_station": "h2s_mg_m3", "bin": "fill_level_pct", "cems": "o2_pct"}
@@ -208,6 +218,7 @@ PRESETS: dict[str, tuple[dict[str, Any], ...]] = {
     "dau_outage_backfill": ({"device_kind": "cems"},),
     "o2_calibration": ({"device_kind": "cems"},),
     "over_range": ({"device_kind": "cems", "pollutant": "so2"},),
+    **{kind: ({"device_kind": "truck"},) for kind in SHIFT_FAULTS},
 }
 NEEDS = "_needs"  # a preset left out when the fleet has fewer devices of its kind than this
 
@@ -520,6 +531,7 @@ class _Planned:
     used: Counter[str] = field(default_factory=Counter)
     windows: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     dips: set[str] = field(default_factory=set)
+    truck_faults: dict[str, set[str]] = field(default_factory=dict)
 
 
 def plan_faults(specs: Sequence[FaultSpec], ctx: PlanContext) -> FaultInjector:
@@ -640,6 +652,7 @@ def _plan_one(spec: FaultSpec, index: int, device_id: str, ctx: PlanContext, rng
         "dau_outage_backfill": lambda: _plan_backfill(fleet.cems_line(device_id), start, end, ctx, details, record),
         "o2_calibration": lambda: _plan_o2_calibration(fleet.cems_line(device_id), start, end, details, record),
         "over_range": lambda: _plan_over_range(spec, fleet.cems_line(device_id), start, end, ctx, details, record),
+        **{kind: (lambda: _plan_truck(spec, device_id, ctx, details, planned)) for kind in SHIFT_FAULTS},
     }
     return planners[spec.kind]()
 
@@ -737,6 +750,29 @@ def _plan_charger(device_id: str, start: float, end: float, fleet: Fleet, record
 def _plan_fire(device_id: str, start: float, end: float, fleet: Fleet) -> list[ActiveFault]:
     # the point picks the bin and records the fire itself (source "injected"), with the bin's id
     fleet.point_of(device_id).add_fire(start, end - start)
+    return []
+
+
+def _plan_truck(spec: FaultSpec, device_id: str, ctx: PlanContext, details: dict[str, Any],
+                planned: _Planned) -> list[ActiveFault]:
+    """A truck fault changes the first shift leaving at or after the fault's time (``at``/``after``, else the run's
+    start); the truck records what it then does as ground truth (models/truck.py), so a fault whose shift lies
+    beyond the run leaves none. A fault that conflicts with one planned on the same truck (TRUCK_CONFLICTS) takes
+    the shift a day later."""
+    if spec.after is not None:
+        after = ctx.start + spec.after
+    elif spec.at is not None:
+        after = ctx.fleet.local.next_time_of_day(ctx.start, spec.at)
+    else:
+        after = ctx.start
+    taken = planned.truck_faults.setdefault(device_id, set())
+    if TRUCK_CONFLICTS.get(spec.kind) in taken:
+        after += 86_400.0
+        details["next_shift_because"] = TRUCK_CONFLICTS[spec.kind]
+    taken.add(spec.kind)
+    if spec.kind == "late_round":
+        details["delay_s"] = spec.duration if spec.duration is not None else DEFAULT_DURATION_S["late_round"]
+    ctx.fleet.truck(device_id).add_fault(spec.kind, after, details)
     return []
 
 

@@ -28,9 +28,11 @@ from sanitel.simulators.connections import DevicePublisher, open_device_publishe
 from sanitel.simulators.credentials import Sender, SenderCredentials, load_credentials
 from sanitel.simulators.encode import Encoder
 from sanitel.simulators.faults import FaultInjector, FaultSpec, Message, PlanContext, parse_fault_names, plan_faults
-from sanitel.simulators.fleet import Fleet, build_fleet
-from sanitel.simulators.models.base import Emission
+from sanitel.simulators.fleet import Fleet, TruckLayout, build_fleet, truck_layout
+from sanitel.simulators.models.base import DeviceModel, Emission
+from sanitel.simulators.models.routes import District
 from sanitel.simulators.models.sorting_point import SortingPoint
+from sanitel.simulators.models.truck import Truck, hhmm
 from sanitel.simulators.publisher import Publisher, open_publisher
 from sanitel.simulators.scenario import Scenario, load_scenario
 from sanitel.simulators.truth import GroundTruth
@@ -119,7 +121,7 @@ class Simulation:
         self.injector: FaultInjector = plan_faults(
             specs, PlanContext(self.fleet, seed, start, self.end, self.truth, realtime=realtime))
         self.encoder = Encoder(scenario.ts_formats(), self.fleet.local, self.fleet.hj212_units())
-        self.models = self.fleet.models[index::count]
+        self.models = shard_models(self.fleet, index, count)
         if count > 1:
             mine = {info.device_id for model in self.models for info in model.devices()}
             self.truth.records = [r for r in self.truth.records if r.device_id in mine]
@@ -165,7 +167,10 @@ class Simulation:
         if emission.fmt == "batch":
             self._deliver_batch(emission, ready)
             return
-        if emission.device_id not in injector.by_device:  # the fast path: most devices are healthy
+        # the fast path: most devices are healthy; a station's faults hit its own telemetry, not the weighbridge's
+        # tickets it carries (they are the trucks' ground truth: models/station.py Weighbridge)
+        if emission.device_id not in injector.by_device or (
+                emission.stream == "event" and emission.kind == "transfer_station"):
             payload = self.encoder.encode(emission, emission.body)
             ready.append(Message(emission.topic, payload, emission.t, emission.kind, emission.device_id))
             return
@@ -190,6 +195,22 @@ class Simulation:
         """Close ground-truth records at the time the run stopped: what did not happen is not truth."""
         for record in self.truth.records:
             record.end = min(record.end, reached)
+
+
+def shard_models(fleet: Fleet, index: int, count: int) -> list[DeviceModel]:
+    """Every ``count``-th model from ``index``; a truck goes with the station whose weighbridge tickets it causes
+    (they are published as the station: with ``--credentials`` only the station's own shard holds its connection)."""
+    models = fleet.models
+    place = {id(m): i for i, m in enumerate(models)}
+
+    def shard(i: int, model: DeviceModel) -> int:
+        if isinstance(model, Truck) and model.weighbridge is not None:
+            station = fleet.owners.get(model.weighbridge.device_id)
+            if station is not None:
+                return place[id(station)] % count
+        return i % count
+
+    return [m for i, m in enumerate(models) if shard(i, m) == index]
 
 
 def resolve_faults(scenario: Scenario, faults: Faults) -> list[FaultSpec]:
@@ -402,3 +423,58 @@ def inventory(scenario: Scenario | str | Path, *, seed: int = 0, city: str = DEF
         out += [{"device_id": d.device_id, "kind": d.kind, "site_id": d.site_id, "metadata": d.metadata,
                  "gateway_id": gateway_id if d.device_id in behind else None} for d in model.devices()]
     return out
+
+
+# The day truck routes count from when the caller gives none: before any simulated day (the routes hold every day).
+ROUTES_VALID_FROM = "2020-01-01"
+
+
+def inventory_routes(scenario: Scenario | str | Path, *, seed: int = 0, city: str = DEFAULT_CITY,
+                     valid_from: str = ROUTES_VALID_FROM) -> list[dict[str, Any]]:
+    """The trucks' planned routes as rows of ``truck_routes`` (the truck contract): ``route_id``, ``truck_id``,
+    ``shift_start``/``shift_end`` (local ``HH:MM``), ``points`` (ordered sorting point ids), ``tip_site_id``,
+    ``valid_from``, ``valid_to``. Depends on the seed: pass the run's. Empty without trucks."""
+    layout = _layout(scenario, seed, city)
+    return [] if layout is None else [r.as_inventory(valid_from) for r in layout.routes]
+
+
+def inventory_sites(scenario: Scenario | str | Path, *, seed: int = 0, city: str = DEFAULT_CITY) -> list[dict[str, Any]]:
+    """The sites trucks need registered, parents first: ``site_id``, ``kind``, ``parent_id``, ``lat``/``lon`` and
+    ``params`` — each district, its truck depot (``dp-<district>``), its transfer stations, its estates and their
+    sorting points (``sp-00001``, kind ``sorting_point``; those on a route carry the scenario's ``clearance``
+    parameter, the truck contract's site parameter). Empty without trucks (the other kinds' sites are named by their
+    devices' ``site_id``, :func:`inventory`)."""
+    loaded = _as_scenario(scenario)
+    layout = _layout(loaded, seed, city)
+    if layout is None:
+        return []
+    clearance = {c: {"by": hhmm(spec.by), "every": spec.every} for c, spec in loaded.sorting_points.clearance.items()}
+    covered = layout.covered_points()
+    out: list[dict[str, Any]] = []
+    for district in layout.districts:
+        out.append(_site(district.district_id, "district", None, district, 0.0, 0.0))
+        out.append(_site(f"dp-{district.district_id}", "depot", district.district_id, district, *district.depot()))
+    out += [_site(s.site_id, "transfer_station", s.district.district_id, s.district, s.x, s.y)
+            for s in layout.stations.values()]
+    estates: set[str] = set()
+    for pid, where in layout.points.items():
+        if where.site_id not in estates:
+            estates.add(where.site_id)
+            out.append(_site(where.site_id, "estate", where.district.district_id, where.district, where.x, where.y))
+        params = {"clearance": clearance} if clearance and pid in covered else {}
+        out.append(_site(pid, "sorting_point", where.site_id, where.district, where.x, where.y, params))
+    return out
+
+
+def _layout(scenario: Scenario | str | Path, seed: int, city: str) -> TruckLayout | None:
+    loaded = _as_scenario(scenario)
+    if not loaded.trucks.count:
+        return None
+    return truck_layout(loaded, seed)
+
+
+def _site(site_id: str, kind: str, parent: str | None, district: District, x: float, y: float,
+          params: dict[str, Any] | None = None) -> dict[str, Any]:
+    lat, lon = district.to_latlon(x, y)
+    return {"site_id": site_id, "kind": kind, "parent_id": parent, "lat": round(lat, 6), "lon": round(lon, 6),
+            "params": params or {}}

@@ -65,6 +65,14 @@ class StationFleet(_Strict):
     ts_format: TsFormat = "rfc3339"
 
 
+class ClearanceSpec(_Strict):
+    """When a category of every sorting point on a truck route must be picked up (the truck contract's site
+    parameter ``clearance``): by a local time, every day."""
+
+    by: TimeOfDay
+    every: Literal["daily"] = "daily"
+
+
 class SortingPointFleet(_Strict):
     count: int = Field(0, ge=0, le=1_000_000)
     households: tuple[int, int] = (200, 600)
@@ -78,7 +86,16 @@ class SortingPointFleet(_Strict):
     fire_rate_per_day: float = Field(0.0005, ge=0, le=10)
     fill_outlier_prob: float = Field(0.002, ge=0, le=1)
     gateway_interval: PositiveDuration | None = None
+    clearance: dict[Category, ClearanceSpec] = Field(default_factory=dict)
     ts_format: TsFormat = "rfc3339"
+
+    @model_validator(mode="after")
+    def _clearance_has_bins(self) -> SortingPointFleet:
+        absent = sorted(set(self.clearance) - set(self.categories))
+        if absent:
+            raise ValueError(f"clearance names {', '.join(absent)}, which the points have no bin for; add it to "
+                             f"'categories' or remove it from 'clearance'")
+        return self
 
     @field_validator("households")
     @classmethod
@@ -92,6 +109,32 @@ class SortingPointFleet(_Strict):
     def _unique_categories(cls, v: list[str]) -> list[str]:
         if len(set(v)) != len(v):
             raise ValueError("a category is listed twice; list each bin category once")
+        return v
+
+
+Powertrain = Literal["electric", "diesel", "cng", "hybrid"]
+# the fleet's mix when a scenario gives none (illustrative: Shenzhen electrified most of its sanitation fleet)
+DEFAULT_POWERTRAINS: dict[Powertrain, float] = {"electric": 0.6, "diesel": 0.3, "hybrid": 0.05, "cng": 0.05}
+
+
+class TruckFleet(_Strict):
+    """Collection trucks: each drives one planned route of sorting points a day (simulators/models/truck.py)."""
+
+    count: int = Field(0, ge=0, le=100_000)
+    interval: PositiveDuration = 10.0
+    parked_interval: PositiveDuration = 60.0
+    shift: TimeWindow = (5 * 3600.0, 12 * 3600.0)
+    points_per_route: int = Field(15, ge=1, le=200)
+    rated_payload_kg: float = Field(8000.0, gt=0, le=60_000)
+    idle_limit_min: int = Field(30, ge=1, le=1440)
+    powertrains: dict[Powertrain, float] = Field(default_factory=lambda: dict(DEFAULT_POWERTRAINS))
+    ts_format: TsFormat = "rfc3339"
+
+    @field_validator("powertrains")
+    @classmethod
+    def _some_share(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v or any(share < 0 for share in v.values()) or sum(v.values()) <= 0:
+            raise ValueError("give each powertrain a share >= 0, at least one above 0, e.g. {electric: 0.6, diesel: 0.4}")
         return v
 
 
@@ -151,6 +194,7 @@ class Scenario(_Strict):
     sweepers: SweeperFleet = SweeperFleet()
     stations: StationFleet = StationFleet()
     sorting_points: SortingPointFleet = SortingPointFleet()
+    trucks: TruckFleet = TruckFleet()
     plants: list[PlantSpec] = Field(default_factory=list)
     faults: list[FaultSpec] = Field(default_factory=list)
     source: str = Field("", exclude=True, description="the file it was loaded from")
@@ -172,6 +216,9 @@ class Scenario(_Strict):
             if name not in ids:
                 raise ValueError(f"sweepers.districts names {name!r}, which is not under 'districts' "
                                  f"(known: {', '.join(ids) or 'none'})")
+        if self.trucks.count and not (self.districts and self.stations.count and self.sorting_points.count):
+            raise ValueError("trucks need 'districts' to drive in, 'sorting_points' to collect from and 'stations' "
+                             "to tip at; add them or set trucks.count to 0")
         plant_ids = [p.id for p in self.plants]
         if len(set(plant_ids)) != len(plant_ids):
             raise ValueError("plants: a plant id is used twice; give each plant its own id")
@@ -187,6 +234,7 @@ class Scenario(_Strict):
             "bin": points.count * len(points.categories),
             "camera": points.count * points.cameras,
             "cems": sum(p.lines for p in self.plants),
+            "truck": self.trucks.count,
         }
 
     def scaled(self, fraction: float) -> Scenario:
@@ -202,13 +250,14 @@ class Scenario(_Strict):
             "sweepers": self.sweepers.model_copy(update={"count": scale(self.sweepers.count)}),
             "stations": self.stations.model_copy(update={"count": scale(self.stations.count)}),
             "sorting_points": self.sorting_points.model_copy(update={"count": scale(self.sorting_points.count)}),
+            "trucks": self.trucks.model_copy(update={"count": scale(self.trucks.count)}),
         })
 
     def ts_formats(self) -> dict[str, str]:
         cems = {p.ts_format for p in self.plants}
         return {"sweeper": self.sweepers.ts_format, "transfer_station": self.stations.ts_format,
                 "bin": self.sorting_points.ts_format, "camera": self.sorting_points.ts_format,
-                "cems": cems.pop() if len(cems) == 1 else "rfc3339"}
+                "cems": cems.pop() if len(cems) == 1 else "rfc3339", "truck": self.trucks.ts_format}
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -313,6 +362,6 @@ def _message(err: ErrorDetails) -> str:
 def _all_keys() -> set[str]:
     keys: set[str] = set()
     for model in (Scenario, DistrictSpec, SweeperFleet, StationFleet, SortingPointFleet, PlantSpec, Calibration,
-                  LineEvent, FaultSpec):
+                  LineEvent, FaultSpec, TruckFleet, ClearanceSpec):
         keys |= set(model.model_fields)
     return keys

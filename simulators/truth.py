@@ -13,7 +13,9 @@ messages were *sent*, not the skewed time they carry. ``messages`` counts the me
 touched. ``expected_effect`` is what the pipeline should make of it, with these keys:
 
 - ``alert``: the rule that should fire (e.g. ``sweeper_low_soc``, ``device_offline``,
-  ``cems_nox_half_hourly``, ``bin_fire``, ``cems_furnace_850_daily``, ``cems_so2_over_range``)
+  ``cems_nox_half_hourly``, ``bin_fire``, ``cems_furnace_850_daily``, ``cems_so2_over_range``; the truck pack's
+  ``point_not_cleared`` — about the point ``details.point_id``, the record's device is the truck of its route —,
+  ``truck_overweight``, ``truck_off_route``, ``load_not_weighed``, ``weighbridge_mismatch``)
 - ``no_alert``: why no alert should fire although values look odd (``calibration``, ``o2_calibration``,
   ``marked_start_up`` / ``marked_shut_down`` / ``marked_shut`` (an outage under an operating-state mark),
   ``cems_furnace_850_daily`` for five furnace dips …)

@@ -8,6 +8,7 @@ error.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import random
 from dataclasses import dataclass
@@ -26,6 +27,11 @@ class District:
         lat = self.lat + y / M_PER_DEG_LAT
         lon = self.lon + x / (M_PER_DEG_LAT * math.cos(math.radians(self.lat)))
         return lat, lon
+
+    def to_xy(self, lat: float, lon: float) -> tuple[float, float]:
+        """The inverse of :meth:`to_latlon`: a position in this district's flat frame (metres)."""
+        return ((lon - self.lon) * M_PER_DEG_LAT * math.cos(math.radians(self.lat)),
+                (lat - self.lat) * M_PER_DEG_LAT)
 
     def depot(self) -> tuple[float, float]:
         """The district's depot (charging, water, unloading): a fixed point off the centre."""
@@ -89,3 +95,19 @@ def move_towards(x: float, y: float, tx: float, ty: float, step_m: float) -> tup
         return tx, ty, heading_deg(dx, dy) if dist else 0.0, True
     f = step_m / dist
     return x + f * dx, y + f * dy, heading_deg(dx, dy), False
+
+
+def distance_to_segment(x: float, y: float, a: tuple[float, float], b: tuple[float, float]) -> float:
+    """Shortest distance (m) from (x, y) to the segment a-b."""
+    (ax, ay), (bx, by) = a, b
+    dx, dy = bx - ax, by - ay
+    length2 = dx * dx + dy * dy
+    f = 0.0 if length2 == 0 else max(0.0, min(1.0, ((x - ax) * dx + (y - ay) * dy) / length2))
+    return math.hypot(x - (ax + f * dx), y - (ay + f * dy))
+
+
+def distance_to_path(x: float, y: float, path: list[tuple[float, float]]) -> float:
+    """Shortest distance (m) from (x, y) to a polyline (a single point: the distance to it)."""
+    if len(path) == 1:
+        return math.hypot(x - path[0][0], y - path[0][1])
+    return min(distance_to_segment(x, y, a, b) for a, b in itertools.pairwise(path))

@@ -19,7 +19,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from sanitel.schemas.readings import StationTelemetry
+from sanitel.schemas.readings import StationTelemetry, WeighbridgeTicket
 from sanitel.schemas.topics import device_topic
 from sanitel.simulators.clock import LocalTime
 from sanitel.simulators.models.base import (
@@ -195,3 +195,42 @@ class TransferStation(DeviceModel):
             "leachate_level_pct": round(self.leachate, 1),
             "deodoriser_on": running or 5 * 3600.0 <= sod < 23 * 3600.0,
         }
+
+
+# --- the weighbridge's tickets (issue 15) ----------------------------------------------------------------------------
+
+
+class Weighbridge:
+    """A station's weighbridge as a collection truck meets it: weighed in full, weighed out empty, one ticket per
+    visit on the station's ``event`` stream (the truck contract's ``weighbridge_tickets``: ticket id, truck, gross,
+    tare, net = gross − tare, ticket time). Its own random stream and sequence numbers: a station's telemetry is
+    the same with or without trucks tipping there.
+
+    A weighbridge reads in whole divisions: ``DIVISION_KG`` = 10 kg, a typical division for a 30-60 t road
+    weighbridge (OIML R 76 class III; the figure is typical, not verified against a Shenzhen station)."""
+
+    DIVISION_KG = 10.0
+
+    def __init__(self, device_id: str, *, seed: int, city: str, site_id: str | None = None) -> None:
+        self.device_id = device_id
+        self.site_id = site_id or device_id
+        rng = device_rng(seed, device_id, "weighbridge")
+        self.seq = SeqCounter(rng)
+        self.next_ticket = rng.randrange(1, 900_000)
+        self.topic = device_topic(city, WeighbridgeTicket.kind, device_id, WeighbridgeTicket.stream)
+
+    def weigh(self, kg: float) -> float:
+        """A mass as the bridge shows it: rounded to its division."""
+        return round(kg / self.DIVISION_KG) * self.DIVISION_KG
+
+    def ticket(self, t: float, truck_id: str, gross_kg: float, tare_kg: float,
+               category: str | None = None) -> Emission:
+        """The ticket of a truck weighed in at ``gross_kg`` and out at ``tare_kg`` (both as shown), issued at ``t``."""
+        number = self.next_ticket
+        self.next_ticket += 1
+        body: dict[str, Any] = {"ts": t, "seq": self.seq(), "ticket_id": f"{self.device_id}-{number:06d}",
+                                "truck_id": truck_id, "gross_kg": gross_kg, "tare_kg": tare_kg,
+                                "net_kg": gross_kg - tare_kg, "direction": "in"}
+        if category is not None:
+            body["category"] = category
+        return Emission(self.topic, self.device_id, WeighbridgeTicket.kind, WeighbridgeTicket.stream, t, body)

@@ -57,10 +57,14 @@ def test_every_reading_kind_lands_with_device_time_receive_time_and_extra(
         (topic("bin", "bin-1-k", "status"), j({"ts": ts, "fill_level_pct": 103.0})),
         (topic("camera", "cam-1", "event"), j({"ts": ts, "detection": "mis_sorted", "confidence": 0.91})),
         (topic("cems", "cems-p1-l1"), j({"ts": ts, "nox_mg_m3": 120.0, "nox_flag": "N", "o2_pct": 8.5})),
+        (topic("truck", "tr-1"), j({"ts": ts, "load_kg": 3200.0, "shift_state": "collecting"})),
+        (topic("truck", "tr-1", "event"), j({"ts": ts, "event": "pickup", "point_id": "sp-1", "weight_kg": 42.0})),
+        (topic("transfer_station", "ts-1", "event"), j({"ts": ts, "ticket_id": "T-1", "truck_id": "tr-1",
+                                                        "gross_kg": 12_000, "tare_kg": 9_000, "net_kg": 3_000})),
     ]
     publish(mqtt_server.port, messages)
     tables = ["sweeper_telemetry", "station_telemetry", "bin_deposits", "bin_status", "camera_detections",
-              "cems_readings"]
+              "cems_readings", "truck_telemetry", "truck_events", "weighbridge_tickets"]
     assert wait_for(lambda: all(count(fresh_db, f"SELECT count(*) FROM {t}") == 1 for t in tables), 15)
     with psycopg.connect(fresh_db) as conn:
         ts_db, received, extra = one_row(conn.execute("SELECT ts, received_at, extra FROM sweeper_telemetry"))
@@ -71,8 +75,8 @@ def test_every_reading_kind_lands_with_device_time_receive_time_and_extra(
     assert received > ts_db  # receive time is kept beside device time
     assert extra == {"fw": "2.1"}
     assert fill == 100.0 and fill_extra == {"raw_fill_level_pct": 103.0}  # clamped, raw kept
-    assert set(seen) == {"sw-1", "ts-1", "bin-1-k", "cam-1", "cems-p1-l1"}
-    assert kinds["cems-p1-l1"] == "cems" and kinds["bin-1-k"] == "bin"
+    assert set(seen) == {"sw-1", "ts-1", "bin-1-k", "cam-1", "cems-p1-l1", "tr-1"}
+    assert kinds["cems-p1-l1"] == "cems" and kinds["bin-1-k"] == "bin" and kinds["tr-1"] == "truck"
 
 
 BAD_MESSAGES: list[tuple[str, bytes, str]] = [

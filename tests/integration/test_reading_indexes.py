@@ -26,7 +26,7 @@ from sanitel.db import load_migrations
 from sanitel.processors import rollups
 
 READING_TABLES = ("sweeper_telemetry", "station_telemetry", "bin_deposits", "bin_status", "camera_detections",
-                  "cems_readings")
+                  "cems_readings", "truck_telemetry", "truck_events", "weighbridge_tickets")
 END = datetime(2026, 3, 3, tzinfo=UTC)  # data: the two days before; nothing here reads the clock
 TZ = "Asia/Shanghai"
 DEVICES = 20

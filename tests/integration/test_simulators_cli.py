@@ -20,8 +20,8 @@ def test_a_run_prints_a_summary_and_writes_ground_truth(
                  "--start", "2026-11-22T06:00:00+08:00", "--faults", "silence,spike", "--seed", "4"])
     assert code == 0
     captured = capsys.readouterr()
-    assert "simulating demo (64 devices)" in captured.err and "2 h simulated" in captured.err
-    assert "scenario demo, seed 4, 64 devices" in captured.out
+    assert "simulating demo (70 devices)" in captured.err and "2 h simulated" in captured.err
+    assert "scenario demo, seed 4, 70 devices" in captured.out
     assert "faults injected: silence 1, spike 1" in captured.out
     assert "acknowledged" in captured.out and "errors 0" in captured.out
     truth = tmp_path / "simulator" / "ground-truth-demo-4.jsonl"

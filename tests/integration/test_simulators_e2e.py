@@ -120,7 +120,7 @@ def test_a_registered_district_lands_whole_gateway_batches_and_hj212_frames_incl
             return await register_fleet(conn, "district", city=CITY, seed=SEED, known=known)
 
     first = asyncio.run(register(None))
-    assert len(first["gateways"]) == 150 and len(first["devices"]) == 843
+    assert len(first["gateways"]) == 150 and len(first["devices"]) == 853
     assert asyncio.run(register(first)) == first
     with psycopg.connect(fresh_db) as conn:
         behind: dict[str, int] = dict(conn.execute(

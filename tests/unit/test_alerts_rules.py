@@ -155,7 +155,7 @@ def test_shipped_packs_validate_and_cover_the_issue() -> None:
                 *(f"cems_{p}_over_range" for p in ("dust", "so2", "nox", "co", "hcl"))}
     assert expected <= ids
     kinds = {r.kind for r in ruleset.rules.values()}
-    assert kinds == {"threshold", "window", "rate", "event_count", "offline"}
+    assert kinds == {"threshold", "window", "rate", "event_count", "offline", "builtin"}
     # values from standards.md
     rules = ruleset.rules
     thresholds = {rule_id: r.threshold for rule_id, r in rules.items() if not isinstance(r, OfflineRule)}

@@ -41,7 +41,8 @@ def test_the_shipped_file_validates_with_the_issues_ranks_and_inhibitions() -> N
     assert rules.rank("device_offline") < rules.rank("station_h2s")
     assert rules.rank("cems_furnace_below_850") < rules.rank("cems_nox_gb_1h") < rules.rank("some_new_rule")
     by_name = {r.name: r for r in rules.inhibit}
-    assert set(by_name) == {"device_offline_holds_its_readings", "marked_shut_down_holds_emissions", "station_outage"}
+    assert set(by_name) == {"device_offline_holds_its_readings", "marked_shut_down_holds_emissions", "station_outage",
+                            "device_offline_holds_truck_positions"}
     emissions = by_name["marked_shut_down_holds_emissions"].target
     assert emissions.matches("cems_nox_gb_1h", "cems_averages") and emissions.matches("cems_co_10min", None)
     assert not emissions.matches("cems_marked_hours_cap", None) and not emissions.matches("cems_mark_too_long", None)

@@ -30,7 +30,7 @@ from tests.support.api_helpers import api_settings, auth, mint_key
 from tests.support.mqtt_tools import count, publish, wait_for
 
 READING_TABLES = ("sweeper_telemetry", "station_telemetry", "bin_deposits", "bin_status", "camera_detections",
-                  "cems_readings")
+                  "cems_readings", "truck_telemetry", "truck_events", "weighbridge_tickets")
 T0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)  # device time of the fixture readings: fixed, in the past
 
 
