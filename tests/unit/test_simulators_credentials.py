@@ -157,7 +157,7 @@ def test_options_that_contradict_per_device_connections(write: Callable[..., Pat
 @pytest.mark.parametrize(("mode", "extra", "message"), [
     (0o644, [], "lets other users read or change the device passwords it holds; make it private with: chmod 600"),
     (0o600, ["--engine", "fast"], "--engine fast is for load runs"),
-    (0o600, [], "no password for 63 of the 64 senders of this run"),
+    (0o600, [], "no password for 69 of the 70 senders of this run"),
 ])
 def test_the_command_reports_credentials_problems_in_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch,

@@ -145,7 +145,7 @@ def test_distance_counter_wraps_like_a_16_bit_register() -> None:
 def test_compaction_raises_odour_and_noise_and_lowers_the_hopper() -> None:
     running: list[StationTelemetry] = []
     idle: list[StationTelemetry] = []
-    for readings in by_device("transfer_station").values():
+    for readings in by_device("transfer_station", "telemetry").values():
         periodic = [r for r in readings if r.noise_dba is not None]
         for r in periodic:
             (running if r.compactor_running else idle).append(r)
@@ -164,20 +164,20 @@ def test_compaction_raises_odour_and_noise_and_lowers_the_hopper() -> None:
 def test_trucks_weigh_in_full_and_out_empty_mostly_by_day() -> None:
     arrivals: dict[str, float] = {}
     weighed = 0
-    for readings in by_device("transfer_station").values():
+    for readings in by_device("transfer_station", "telemetry").values():
         for r in readings:
             if r.weighbridge_in_t is not None:
                 arrivals[r.truck_id] = r.weighbridge_in_t
             if r.weighbridge_out_t is not None and r.truck_id in arrivals:
                 assert r.weighbridge_out_t < arrivals[r.truck_id]
                 weighed += 1
-    hours = [local_hour(r) for rs in by_device("transfer_station").values() for r in rs if r.weighbridge_in_t]
+    hours = [local_hour(r) for rs in by_device("transfer_station", "telemetry").values() for r in rs if r.weighbridge_in_t]
     assert weighed > 50
     assert sum(5 <= h < 22 for h in hours) > 0.9 * len(hours)
 
 
 def test_boundary_noise_is_lower_at_night() -> None:
-    periodic = [r for rs in by_device("transfer_station").values() for r in rs if r.noise_dba is not None]
+    periodic = [r for rs in by_device("transfer_station", "telemetry").values() for r in rs if r.noise_dba is not None]
     night = [r.noise_dba for r in periodic if local_hour(r) >= 22 or local_hour(r) < 6]
     day = [r.noise_dba for r in periodic if 6 <= local_hour(r) < 22]
     assert median(day) > median(night) + 4

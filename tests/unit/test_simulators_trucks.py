@@ -341,7 +341,10 @@ def test_inventory_lists_trucks_with_their_registry_params_and_sites_with_cleara
     assert point["params"]["clearance"] == {"kitchen": {"by": "10:00", "every": "daily"},
                                             "other": {"by": "18:00", "every": "daily"},
                                             "recyclable": {"by": "18:00", "every": "daily"}}
-    assert inventory_routes("demo") == [] and inventory_sites("demo") == []
+    # a scenario without trucks lays out no routes and no truck sites (the demo has six trucks since issue 14)
+    no_trucks = small(trucks={"count": 0})
+    assert inventory_routes(no_trucks) == [] and inventory_sites(no_trucks) == []
+    assert len(inventory_routes("demo")) == 6
 
 
 def test_shipped_scenarios_have_their_trucks() -> None:
