@@ -13,26 +13,12 @@ from fastapi import FastAPI
 from psycopg_pool import AsyncConnectionPool
 
 from sanitel import __version__
+from sanitel.api.console import mount_console
 from sanitel.api.deps import ApiContext
 from sanitel.api.errors import install_error_handlers
 from sanitel.api.guard import GuardMiddleware, KeyVerifier
 from sanitel.api.observability import ApiMetrics, RequestMetricsMiddleware, TimedCache
-from sanitel.api.routes import (
-    alerts,
-    deposits,
-    devices,
-    emissions,
-    gateways,
-    health,
-    incidents,
-    marks,
-    readings,
-    reports,
-    rules,
-    silences,
-    sites,
-    webhooks,
-)
+from sanitel.api.routes import ROUTERS, health
 from sanitel.api.stream import AlertBroadcaster
 from sanitel.broker_auth import BrokerAuthFiles
 from sanitel.secret_hash import VerifiedCache
@@ -124,7 +110,7 @@ def create_app(settings: Settings | None = None, *, broker_auth: BrokerAuthFiles
     # the last added runs first: metrics count every request, also those the guard refuses before routing
     app.add_middleware(GuardMiddleware, max_body_bytes=settings.api_max_body_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
-    for module in (sites, devices, gateways, readings, deposits, alerts, incidents, silences, webhooks, rules, reports,
-                   emissions, marks, health):
-        app.include_router(module.router)
+    for router in ROUTERS:
+        app.include_router(router)
+    mount_console(app)  # the supervisor console at / (issue 14); after the API's routes, which keep their paths
     return app

@@ -56,7 +56,13 @@ def _metrics_of(reading_type: type[Reading]) -> list[Metric]:
 
 @cache
 def all_metrics() -> tuple[Metric, ...]:
-    return tuple(m for t in READING_TYPES for m in _metrics_of(t))
+    """Every metric, once per kind and name: where two reading types of a kind share a field (a truck's lat in its
+    telemetry and in its events), the first type's — the telemetry's — is the metric, so a name means one table."""
+    seen: dict[tuple[str, str], Metric] = {}
+    for t in READING_TYPES:
+        for m in _metrics_of(t):
+            seen.setdefault((m.kind, m.name), m)
+    return tuple(seen.values())
 
 
 @cache

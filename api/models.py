@@ -6,7 +6,7 @@ Every model carries an example so ``/docs`` shows a realistic request and respon
 from __future__ import annotations
 
 import json
-from datetime import date, datetime
+from datetime import date, datetime, time
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import (
@@ -17,14 +17,15 @@ from pydantic import (
     StringConstraints,
     field_validator,
     model_serializer,
+    model_validator,
 )
 
 from sanitel.api.params import ApiTime, Ident, LongText, ShortText, contains_nul
 from sanitel.broker_auth import USERNAME_PATTERN
+from sanitel.schemas.topics import DeviceKind as DeviceKind  # re-exported: the API takes the wire contract's kinds
 
 T = TypeVar("T")
 
-DeviceKind = Literal["sweeper", "transfer_station", "bin", "camera", "cems"]
 SiteKind = Literal["district", "estate", "urban_village", "sorting_point", "transfer_station", "depot", "plant", "line"]
 Severity = Literal["critical", "major", "minor", "warning"]
 AlertState = Literal["pending", "firing", "resolved"]
@@ -498,3 +499,37 @@ class Health(BaseModel):
                                      "instances; degraded when overdue or never seen)")
     problems: list[str] = Field(default_factory=list,
                                 description="one line per check that is not ok: which one, and what to check")
+
+
+# --- truck routes ------------------------------------------------------------------------------------
+
+class TruckRoutePlan(BaseModel):
+    """A truck's planned route (issue 15): the ordered sorting points it collects in a shift and where it tips."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"truck_id": "TR-0001", "shift_start": "05:30", "shift_end": "11:00",
+         "points": ["sp-futian-001", "sp-futian-002", "sp-futian-003"], "tip_site_id": "ts-futian-01",
+         "valid_from": "2026-11-01", "valid_to": None}]})
+    truck_id: Ident = Field(description="a registered device of kind truck")
+    shift_start: time = Field(description="local time (the points' time zone) the shift starts")
+    shift_end: time = Field(description="local time the shift ends; before shift_start for a shift past midnight")
+    points: list[Ident] = Field(min_length=1, max_length=500,
+                                description="sorting point site ids, in the order the truck visits them")
+    tip_site_id: Ident | None = Field(None, description="the transfer station or plant where the truck tips")
+    valid_from: date
+    valid_to: date | None = Field(None, description="last day the plan holds (inclusive); null: until replaced")
+
+    @model_validator(mode="after")
+    def _dates_in_order(self) -> TruckRoutePlan:
+        if self.valid_to is not None and self.valid_to < self.valid_from:
+            raise ValueError("valid_to must not be before valid_from")
+        return self
+
+
+class TruckRoute(TruckRoutePlan):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"route_id": "R-futian-am-1", "truck_id": "TR-0001", "shift_start": "05:30:00", "shift_end": "11:00:00",
+         "points": ["sp-futian-001", "sp-futian-002"], "tip_site_id": "ts-futian-01", "valid_from": "2026-11-01",
+         "valid_to": None, "updated_at": _TS}]})
+    route_id: str
+    updated_at: datetime

@@ -185,21 +185,29 @@ async def register_demo_fleet(settings: Settings, scenario: str | Path, *, seed:
 async def register_fleet(conn: AsyncConnection, scenario: Scenario | str | Path, *, city: str, seed: int,
                          known: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, dict[str, str]]:
     """The registry part of :func:`register_demo_fleet`, on an autocommit ``conn``: the scenario's inventory as an
-    operator registers a real fleet. Each device with its kind, metadata, site (when that site is registered) and a
-    broker password (``known``'s, else a new one); each HJ 212 unit also with the access password its frames carry
-    (its plant's, HJ 212-2017 §6.3 PW) so the collector's password check passes; each gateway the inventory names
-    with a broker password, its devices' site and exactly its devices behind it (the collector takes a gateway
-    batch only for those). Idempotent: what an earlier run registered keeps its row and gets the password given.
-    Returns the passwords ({"devices": …, "gateways": …}); against an anonymous broker (tests) they go unused."""
+    operator registers a real fleet. First its sites (:func:`scenario_sites`: districts, depots, estates, sorting
+    points, transfer stations, plants and their lines, with names and parents); then each device with its kind,
+    metadata, site (:func:`device_site`) and a broker password (``known``'s, else a new one); each HJ 212 unit also
+    with the access password its frames carry (its plant's, HJ 212-2017 §6.3 PW) so the collector's password check
+    passes; each gateway the inventory names with a broker password, its devices' site and exactly its devices behind
+    it (the collector takes a gateway batch only for those); each truck's planned route. Idempotent: what an earlier
+    run registered keeps its row (a site, too, with the params an operator gave it; a route, with its plan) and gets
+    the password given; its devices that have no site yet get theirs. Returns the passwords ({"devices": …,
+    "gateways": …}); against an anonymous broker (tests) they go unused."""
     from sanitel.api.queries import devices as device_queries
     from sanitel.api.queries import gateways as gateway_queries
+    from sanitel.api.queries import routes as route_queries
     from sanitel.api.queries import sites as site_queries
-    from sanitel.simulators.run import inventory
+    from sanitel.simulators.run import inventory, inventory_routes, inventory_sites
     from sanitel.simulators.scenario import Scenario, load_scenario
 
     loaded = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
     known = known or {}
     devices = inventory(loaded, seed=seed, city=city)
+    await site_queries.add_sites(conn, merge_sites(scenario_sites(loaded, devices),
+                                                   inventory_sites(loaded, seed=seed, city=city), loaded.timezone))
+    for device in devices:
+        device["site_id"] = device_site(device)
     plant_passwords = {p.id: p.password for p in loaded.plants if p.protocol == "hj212"}
     passwords: dict[str, dict[str, str]] = {"devices": {}, "gateways": {}}
     sites: dict[str, bool] = {}  # site id → registered (a city has far fewer sites than devices)
@@ -250,7 +258,110 @@ async def register_fleet(conn: AsyncConnection, scenario: Scenario | str | Path,
                                                         password_hash=hashed):
                 await gateway_queries.set_gateway_password(conn, gateway_id, hashed)
             await gateway_queries.set_devices(conn, gateway_id, device_ids)
+    # devices an earlier run registered before their sites existed (sanitel run until issue 14) get them now
+    await site_queries.attach_unplaced_devices(conn, {d["device_id"]: d["site_id"] for d in devices if d["site_id"]})
+    # the trucks' planned routes (a route registered before, perhaps changed by an operator, keeps its plan)
+    for route in inventory_routes(loaded, seed=seed, city=city):
+        if await route_queries.get_route(conn, route["route_id"]) is None:
+            plan = {key: value for key, value in route.items() if key != "route_id"}
+            await route_queries.put_route(conn, route["route_id"], plan)
     return passwords
+
+
+def device_site(device: Mapping[str, Any]) -> str | None:
+    """Where a simulated device is registered: a sorting point's bins and camera at the point itself — the place
+    alerts/incidents.py groups a bin fire and the camera's smoke at — the others at the site the inventory names."""
+    point = (device.get("metadata") or {}).get("point_id")
+    return str(point) if point else device.get("site_id")
+
+
+def scenario_sites(scenario: Scenario, devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The site tree of a simulated fleet, parents first, for :func:`register_fleet`: each district (its centre); a
+    depot per district with sweepers (where they park, from their metadata); the estates the inventory names, each
+    under a district (round robin: the simulator places no estate); under them each sorting point, with its
+    ``households`` (the registered households its participation rate is measured against); each transfer station,
+    under a district the same way; each plant and its lines. Names are made from the ids (a scenario has none but a
+    plant's); the time zone is the scenario's."""
+    tz = scenario.timezone
+    districts = [d.id for d in scenario.districts]
+
+    def site(site_id: str, kind: str, name: str, parent: str | None = None, lat: float | None = None,
+             lon: float | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {"site_id": site_id, "kind": kind, "name": name, "parent_id": parent, "timezone": tz,
+                "latitude": lat, "longitude": lon, "params": params or {}}
+
+    def district_of(n: int) -> str | None:
+        return districts[n % len(districts)] if districts else None
+
+    rows = [site(d.id, "district", f"{d.id.replace('_', ' ').title()} district", lat=d.lat, lon=d.lon)
+            for d in scenario.districts]
+    depots: dict[str, tuple[float, float]] = {}
+    estates: list[str] = []
+    points: dict[str, tuple[str, int | None]] = {}  # point → (estate, households)
+    stations: list[str] = []
+    for device in devices:
+        meta = device.get("metadata") or {}
+        if device["kind"] == "sweeper" and device.get("site_id") in districts and meta.get("depot"):
+            depots.setdefault(device["site_id"], (float(meta["depot"][0]), float(meta["depot"][1])))
+        elif meta.get("point_id") and device.get("site_id"):
+            if device["site_id"] not in estates:
+                estates.append(device["site_id"])
+            points.setdefault(meta["point_id"], (device["site_id"], meta.get("households")))
+        elif device["kind"] == "transfer_station" and device.get("site_id"):
+            stations.append(device["site_id"])
+    rows += [site(f"dp-{d}", "depot", f"{d.replace('_', ' ').title()} depot", d, lat, lon)
+             for d, (lat, lon) in depots.items()]
+    rows += [site(e, "estate", f"Estate {e}", district_of(n)) for n, e in enumerate(estates) if e not in points]
+    rows += [site(p, "sorting_point", f"Sorting point {p}", estate if estate != p else None,
+                  params={"households": households} if households else None)
+             for p, (estate, households) in points.items()]
+    rows += [site(t, "transfer_station", f"Transfer station {t}", district_of(n)) for n, t in enumerate(stations)]
+    for plant in scenario.plants:
+        rows.append(site(plant.id, "plant", plant.name or f"Plant {plant.id}"))
+        rows += [site(f"{plant.id}-l{n}", "line", f"{plant.name or plant.id} line {n}", plant.id)
+                 for n in range(1, plant.lines + 1)]
+    return rows
+
+
+FIRST_KEY_NAME = "first admin (sanitel run)"
+
+
+async def create_first_key(settings: Settings) -> str | None:
+    """An admin key when the registry has no usable key yet (a fresh stack): its token, to be shown once — only its
+    hash is stored. None when a key that is not revoked exists (then nothing is created and nothing shown)."""
+    from psycopg import AsyncConnection
+
+    from sanitel.api.auth import new_key
+    from sanitel.api.queries import keys as key_queries
+
+    async with await AsyncConnection.connect(settings.database_url_for("api"), autocommit=True) as conn, \
+            conn.transaction():
+        # two `sanitel run` at once must not both mint one: the check and the insert under one lock
+        await conn.execute("LOCK TABLE api_keys IN SHARE ROW EXCLUSIVE MODE")
+        if await key_queries.list_keys(conn, include_revoked=False):
+            return None
+        key = new_key()
+        await key_queries.insert_key(conn, key.key_id, FIRST_KEY_NAME, "admin", key.secret_hash)
+    return key.token
+
+
+# Parents before children: the kinds in the order their rows are registered.
+_SITE_ORDER = ("district", "depot", "estate", "urban_village", "transfer_station", "sorting_point", "plant", "line")
+
+
+def merge_sites(ours: list[dict[str, Any]], placed: list[dict[str, Any]], timezone: str) -> list[dict[str, Any]]:
+    """:func:`scenario_sites` with the sites a truck scenario lays out (``simulators.run.inventory_sites``: the
+    same ids, with the positions and districts the trucks drive between, and parameters such as ``clearance``) taking
+    precedence for where a site is; parameters of both are kept. Parents first."""
+    merged = {r["site_id"]: dict(r) for r in ours}
+    for row in placed:
+        mine = merged.get(row["site_id"], {})
+        name = mine.get("name") or f"{row['kind'].replace('_', ' ').capitalize()} {row['site_id']}"
+        merged[row["site_id"]] = {
+            "site_id": row["site_id"], "kind": row["kind"], "name": name, "parent_id": row.get("parent_id"),
+            "timezone": timezone, "latitude": row.get("lat"), "longitude": row.get("lon"),
+            "params": {**(mine.get("params") or {}), **(row.get("params") or {})}}
+    return sorted(merged.values(), key=lambda r: _SITE_ORDER.index(r["kind"]) if r["kind"] in _SITE_ORDER else 99)
 
 
 def _read_credentials(path: Path) -> dict[str, dict[str, str]]:
@@ -283,10 +394,16 @@ def run_all(args: argparse.Namespace) -> int:
     credentials = None
     if not args.no_simulator and settings.uses_local_broker:
         credentials = asyncio.run(register_demo_fleet(settings, args.scenario))
+    first_key = asyncio.run(create_first_key(settings))
     database, broker = _local_note(settings)
     print(f"[run] database {redact_url(settings.database_url_for('owner'))}{database}")
     print(f"[run] broker {redact_url(settings.effective_mqtt_url)}{broker}")
-    print(f"[run] API http://{settings.api_host}:{settings.api_port}/docs — Ctrl-C stops everything")
+    base = f"http://{settings.api_host}:{settings.api_port}"
+    print(f"[run] console {base}/ — API docs {base}/docs — Ctrl-C stops everything")
+    if first_key is not None:
+        print(f"[run] first API key (admin; shown this once — sign in to the console with it): {first_key}")
+    else:
+        print("[run] API keys exist already; 'sanitel keys create --role admin --name NAME' makes another")
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
     stop = False
 

@@ -88,4 +88,26 @@ else
     .venv/bin/python -m pip install -q -e ".[dev]"
     echo "$want" > "$stamp"
 fi
+# --- 4. The supervisor console (issue 14) ----------------------------------------------------------
+# Debian's Chromium drives the browser tests (Playwright is told its path; it never downloads a browser of its own)
+# and Noto CJK gives it Chinese glyphs; ECharts comes from the npm registry at the version package-lock.json pins,
+# and its ES-module build is copied into the folder the API serves, so the page loads nothing from a CDN.
+apt_install chromium fonts-noto-cjk
+command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+console_dir=api/console
+vendor="$console_dir/static/vendor"
+lock_sum="$(sha256sum "$console_dir/package-lock.json" | cut -c1-16)"
+if [ "$(cat "$console_dir/node_modules/.sanitel-installed" 2>/dev/null)" != "$lock_sum" ]; then
+    log "npm ci (console: $(sed -nE 's/.*"echarts": "([^"]+)".*/echarts \1/p' "$console_dir/package.json" | head -1))"
+    (cd "$console_dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null) \
+        || die "npm ci in $console_dir failed: check that the npm registry is reachable (npm config get registry)"
+    echo "$lock_sum" > "$console_dir/node_modules/.sanitel-installed"
+fi
+mkdir -p "$vendor"
+# .js, not .mjs: every server maps .js to a JavaScript MIME type, which module scripts require
+for pair in "echarts/dist/echarts.esm.min.mjs:echarts.esm.min.js" "echarts/LICENSE:ECHARTS-LICENSE.txt"; do
+    from="$console_dir/node_modules/${pair%%:*}"; to="$vendor/${pair##*:}"
+    [ -f "$from" ] || die "$from is missing after npm ci (has the echarts package layout changed?)"
+    cmp -s "$from" "$to" || { cp "$from" "$to"; log "console: $to updated"; }
+done
 log "ready"

@@ -111,6 +111,29 @@ async def acknowledge(conn: AsyncConnection, alert_id: int, actor: str, comment:
     return alert
 
 
+async def resolve_by_hand(conn: AsyncConnection, alert_id: int, actor: str, comment: str | None
+                          ) -> dict[str, Any] | None:
+    """Resolve an open alert by hand — what ``alerts.lifecycle.Lifecycle.clear`` does in the engine (ThingsBoard's
+    clear): the evaluator does not raise it again for the episode it belongs to, only for the condition's next
+    occurrence. None when it is not open."""
+    async with conn.transaction():
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute("SELECT state FROM alerts WHERE alert_id = %s AND state <> 'resolved' FOR UPDATE",
+                          (alert_id,))
+        before = await cur.fetchone()
+        if before is None:
+            return None
+        await cur.execute(
+            f"""UPDATE alerts SET state = 'resolved', resolved_at = greatest(now(), started_at),
+                                 resolved_by = %(actor)s, updated_at = now()
+                WHERE alert_id = %(id)s RETURNING {COLUMNS}""", {"id": alert_id, "actor": actor})
+        alert = await cur.fetchone()
+        assert alert is not None  # locked above
+        await conn.execute(*history.record(alert, before["state"], "resolved", actor=actor, comment=comment,
+                                           details={"reason": "cleared by hand"}))
+    return alert
+
+
 async def assign(conn: AsyncConnection, alert_id: int, actor: str, assignee: str | None) -> dict[str, Any] | None:
     async with conn.transaction():
         cur = conn.cursor(row_factory=dict_row)

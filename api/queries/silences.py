@@ -10,6 +10,8 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from sanitel.api.queries.alerts import COLUMNS as ALERT_COLUMNS  # the columns of every alert the API returns
+
 _COLUMNS = """silence_id, matchers, starts_at, ends_at, created_by, comment, created_at,
               CASE WHEN ends_at <= now() THEN 'expired' WHEN starts_at > now() THEN 'pending'
                    ELSE 'active' END AS status"""
@@ -70,3 +72,17 @@ async def expire_silence(conn: AsyncConnection, silence_id: int) -> dict[str, An
              WHERE silence_id = %s AND ends_at > now() RETURNING {_COLUMNS}""",
         (silence_id,))
     return await cur.fetchone()
+
+
+# A silence preview reads every open alert's labels: the open ones are few (the partial index on open alerts
+# serves this), and matching runs in Python with the alert engine's own matchers, so the preview cannot disagree
+# with what the engine will mute. The cap bounds a pathological backlog of open alerts.
+PREVIEW_SCAN_LIMIT = 20000
+
+
+async def open_alerts(conn: AsyncConnection) -> list[dict[str, Any]]:
+    """Pending and firing alerts (the ones a new silence can still mute), newest first."""
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(f"""SELECT {ALERT_COLUMNS} FROM alerts WHERE state <> 'resolved'
+                           ORDER BY started_at DESC, alert_id DESC LIMIT {PREVIEW_SCAN_LIMIT}""")
+    return await cur.fetchall()

@@ -6,6 +6,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 _COLUMNS = "site_id, kind, name, parent_id, timezone, latitude, longitude, params, created_at"
 
@@ -65,3 +66,60 @@ async def site_counts(conn: AsyncConnection, site_id: str) -> dict[str, Any]:
 async def site_exists(conn: AsyncConnection, site_id: str) -> bool:
     cur = await conn.execute("SELECT 1 FROM sites WHERE site_id = %s", (site_id,))
     return await cur.fetchone() is not None
+
+
+async def site_chain(conn: AsyncConnection, site_id: str) -> list[dict[str, Any]]:
+    """The site and its ancestors, root first (the order parameters merge in: the nearest site wins). A cycle in
+    parent ids ends the walk instead of looping."""
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(
+        """
+        WITH RECURSIVE chain AS (
+            SELECT site_id, kind, parent_id, timezone, params, 0 AS depth, ARRAY[site_id] AS seen
+              FROM sites WHERE site_id = %(site_id)s
+            UNION ALL
+            SELECT s.site_id, s.kind, s.parent_id, s.timezone, s.params, c.depth + 1, c.seen || s.site_id
+              FROM sites s JOIN chain c ON s.site_id = c.parent_id
+             WHERE NOT s.site_id = ANY(c.seen)
+        )
+        SELECT site_id, kind, parent_id, timezone, params FROM chain ORDER BY depth DESC""", {"site_id": site_id})
+    return await cur.fetchall()
+
+
+async def device_kinds_below(conn: AsyncConnection, site_id: str) -> list[str]:
+    """Kinds of the devices at the site and below it."""
+    cur = await conn.execute(SUBTREE + " SELECT DISTINCT kind FROM devices WHERE site_id IN (SELECT site_id FROM"
+                                       " subtree) ORDER BY kind", {"site_id": site_id})
+    return [r[0] for r in await cur.fetchall()]
+
+
+async def add_sites(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Register sites (``site_id``, ``kind``, ``name``, ``parent_id``, ``timezone``, ``latitude``, ``longitude``,
+    ``params``), parents before children. A site already registered keeps its row: its name, place and the params an
+    operator may have set since."""
+    cur = conn.cursor()
+    await cur.executemany(
+        "INSERT INTO sites (site_id, kind, name, parent_id, timezone, latitude, longitude, params)"
+        " VALUES (%(site_id)s, %(kind)s, %(name)s, %(parent_id)s, %(timezone)s, %(latitude)s, %(longitude)s,"
+        "         %(params)s) ON CONFLICT (site_id) DO NOTHING",
+        [{**r, "params": Jsonb(r.get("params") or {})} for r in rows])
+
+
+async def attach_unplaced_devices(conn: AsyncConnection, site_of: dict[str, str]) -> int:
+    """Put each device that has no site yet at the one given (devices of an earlier registration, made before their
+    sites existed); a device already at a site stays there. Returns how many moved."""
+    cur = await conn.execute(
+        "UPDATE devices d SET site_id = m.site_id FROM unnest(%s::text[], %s::text[]) AS m (device_id, site_id)"
+        " WHERE d.device_id = m.device_id AND d.site_id IS NULL AND EXISTS (SELECT 1 FROM sites s"
+        "                                                                  WHERE s.site_id = m.site_id)",
+        (list(site_of), list(site_of.values())))
+    return cur.rowcount
+
+
+async def sorting_points_below(conn: AsyncConnection, site_id: str) -> list[dict[str, Any]]:
+    """The sorting points at or below the site, with their names, parents and params."""
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(SUBTREE + " SELECT site_id, name, parent_id, params FROM sites WHERE kind = 'sorting_point'"
+                                " AND site_id IN (SELECT site_id FROM subtree) ORDER BY site_id",
+                      {"site_id": site_id})
+    return await cur.fetchall()

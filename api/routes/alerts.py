@@ -1,5 +1,5 @@
 """Alerts: filter and page (each with its incident; or grouped by incident), detail, history, acknowledge, assign,
-and the live stream (Server-Sent Events)."""
+resolve by hand, and the live stream (Server-Sent Events)."""
 
 from __future__ import annotations
 
@@ -142,7 +142,20 @@ async def assign(alert_id: AlertId, body: Assign, conn: Db, who: Supervisor) -> 
     return Alert.model_validate(row)
 
 
-async def _not_open(conn: AsyncConnection, alert_id: int) -> ApiError:
+@router.post("/{alert_id}/resolve", response_model=Alert, summary="Resolve an open alert by hand (supervisor)",
+             description="For a condition the supervisor knows is over (a fire put out, a sensor replaced) before "
+                         "the data shows it. Recorded in the history with who, when and the comment; `resolved_by` "
+                         "names who. The evaluator does not raise it again for the same episode, only for the "
+                         "condition's next occurrence. A resolved alert cannot be resolved again (409).",
+             responses=error_responses(404, 409))
+async def resolve(alert_id: AlertId, body: Acknowledge, conn: Db, who: Supervisor) -> Alert:
+    row = await queries.resolve_by_hand(conn, alert_id, who.name, body.comment)
+    if row is None:
+        raise await _not_open(conn, alert_id, "resolved")
+    return Alert.model_validate(row)
+
+
+async def _not_open(conn: AsyncConnection, alert_id: int, action: str = "acknowledged") -> ApiError:
     if await queries.get_alert(conn, alert_id) is None:
         return not_found("alert", alert_id)
-    return ApiError(409, f"alert {alert_id} is resolved; only pending or firing alerts can be acknowledged")
+    return ApiError(409, f"alert {alert_id} is resolved; only pending or firing alerts can be {action}")

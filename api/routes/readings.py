@@ -17,7 +17,7 @@ from sanitel.api.catalog import Metric, all_metrics, metric_for
 from sanitel.api.deps import ApiContext, Context, Db, Viewer
 from sanitel.api.errors import ApiError, error_responses, not_found
 from sanitel.api.latest import latest_for_device
-from sanitel.api.models import Aggregate, DeviceLatest, History, HistoryPoint, HistorySource, MetricInfo
+from sanitel.api.models import Aggregate, DeviceKind, DeviceLatest, History, HistoryPoint, HistorySource, MetricInfo
 from sanitel.api.params import (
     BUCKET_PATTERN,
     MAX_RAW_POINTS,
@@ -60,8 +60,7 @@ def _timezones() -> frozenset[str]:
 
 
 @router.get("/readings/metrics", response_model=list[MetricInfo], summary="Metrics each device kind reports")
-async def metric_catalogue(_: Viewer, kind: Literal["sweeper", "transfer_station", "bin", "camera", "cems"]
-                           | None = None) -> list[MetricInfo]:
+async def metric_catalogue(_: Viewer, kind: DeviceKind | None = None) -> list[MetricInfo]:
     return [MetricInfo(kind=m.kind, type=m.table, metric=m.name, unit=m.unit, description=m.description)
             for m in all_metrics() if kind is None or m.kind == kind]
 

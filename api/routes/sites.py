@@ -1,10 +1,10 @@
-"""Sites: list with filters and paging, detail, the newest readings of every device at a site, and the
+"""Sites: list with filters and paging, detail, the newest readings of every device at a site, the
 site's rule parameters (``PUT /sites/{id}/params``, validated before they are stored: the alert engine and the
-compliance report read them)."""
+compliance report read them) and the limits those parameters give the rules in force (``GET /sites/{id}/limits``)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import APIRouter, Body, Path, Query
@@ -13,11 +13,18 @@ from psycopg.types.json import Jsonb
 
 from sanitel.alerts.rules import (
     RuleModel,
+    ThresholdRule,
+    WindowRule,
     legacy_limit_message,
     legacy_limit_rules,
+    limits_for,
     load_files_tolerant,
     validate_rule_dict,
 )
+from sanitel.alerts.subjects import Registry
+from sanitel.alerts.subjects import Site as RegistrySite
+from sanitel.api.catalog import metric_for, tables_of_kind
+from sanitel.api.console_models import SiteLimit, SiteLimits
 from sanitel.api.deps import Admin, Context, Db, Viewer
 from sanitel.api.errors import ApiError, error_responses, not_found
 from sanitel.api.latest import latest_for_devices
@@ -70,6 +77,61 @@ async def site_latest(site_id: SiteId, conn: Db, _: Viewer,
                                                 after=after, limit=limit)
     items = await latest_for_devices(conn, devices)
     return Page(items=items, next_cursor=encode_cursor(devices[-1]["device_id"]) if len(devices) == limit else None)
+
+
+@router.get("/{site_id}/limits", response_model=SiteLimits, responses=error_responses(404),
+            summary="Effective limits of the rules that judge the site's devices",
+            description="Each threshold or window rule in force (files and API-managed) that judges a reading of a "
+                        "device kind at the site or below, with its threshold after the site's parameters (odour "
+                        "grade, noise class, `limits` overrides, merged down the site tree as the alert engine "
+                        "merges them). Rules the site disables, rules on a flag or bit, rates, counts and "
+                        "emission-limit averages (see `/plants/{id}/compliance`) are left out.")
+async def site_limits(site_id: SiteId, ctx: Context, conn: Db, _: Viewer) -> SiteLimits:
+    chain = await queries.site_chain(conn, site_id)
+    if not chain:
+        raise not_found("site", site_id)
+    kinds = await queries.device_kinds_below(conn, site_id)
+    registry = Registry(sites={r["site_id"]: RegistrySite(r["site_id"], r["kind"], r["parent_id"], r["timezone"],
+                                                          r["params"] or {}) for r in chain})
+    params = registry.site_params(site_id)
+    limits = [limit for rule in await _rules_in_force(ctx, conn) for kind in kinds
+              if (limit := effective_limit(rule, kind, params, [c["site_id"] for c in chain])) is not None]
+    return SiteLimits(site_id=site_id, timezone=registry.timezone(site_id), limits=limits)
+
+
+def effective_limit(rule: RuleModel, kind: str, params: dict[str, Any], chain: list[str]) -> SiteLimit | None:
+    """The rule's limit on the metric of ``kind`` it judges, with these merged site ``params``; None when the rule
+    does not judge a plain reading value of that kind there (see ``site_limits``)."""
+    if not isinstance(rule, ThresholdRule | WindowRule) or not rule.enabled:  # rates, counts, offline: no level
+        return None
+    if rule.field is None or rule.source not in tables_of_kind(kind) or kind not in rule.kinds():
+        return None
+    if isinstance(rule, ThresholdRule) and (rule.bit is not None or rule.flagged is not None):
+        return None
+    if isinstance(rule, WindowRule) and (rule.emission_limit is not None or rule.aggregate == "count"):
+        return None
+    if rule.scope.devices or (rule.scope.sites and not set(rule.scope.sites) & set(chain)):
+        return None  # a rule for named devices, or for another part of the tree
+    try:
+        limits = limits_for(rule, params)
+    except ConfigError:
+        return None  # params the engine refuses too (it raises rule_quarantined for them)
+    if limits is None:
+        return None
+    metric = metric_for(kind, rule.field)
+    return SiteLimit(rule_id=rule.id, metric=rule.field, op=rule.op, threshold=limits.threshold,
+                     unit=metric.unit if metric else None, period=period_of(rule.local_hours), hours=rule.local_hours,
+                     source=rule.standard, clear=limits.clear, kind=kind, severity=rule.severity,
+                     unverified=rule.unverified, params=limits.context)
+
+
+def period_of(hours: str | None) -> Literal["day", "night"] | None:
+    # GB 12348-2008 names day (06:00-22:00) and night (22:00-06:00) periods (its clause number not checked here):
+    # a rule's hours that hold noon are its day
+    if hours is None:
+        return None
+    start, end = hours.split("-")
+    return "day" if (start <= "12:00" < end) or (end <= start and not end <= "12:00" < start) else "night"
 
 
 _PARAMS_EXAMPLE: dict[str, Any] = {

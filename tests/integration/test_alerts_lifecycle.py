@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import timedelta
 
@@ -10,6 +11,7 @@ import pytest
 
 from sanitel.alerts import lifecycle
 from sanitel.alerts.silences import create_silence, expire_silence
+from sanitel.api.queries import alerts as api_alerts
 from tests.support.alerts_db import (
     NOW,
     add_device,
@@ -83,6 +85,23 @@ def test_cleared_by_hand_stays_cleared_for_that_episode(bins: str) -> None:
     run(bins, rules)
     found = alerts(bins)
     assert [a["state"] for a in found] == ["resolved", "firing"] and found[1]["started_at"] == at(5)
+
+
+def test_resolved_through_the_api_stays_resolved_for_that_episode(bins: str) -> None:
+    rules = ruleset(FIRE)
+    _fire(bins, "bin-1", [0, 1])
+    run(bins, rules)
+
+    async def resolve(alert_id: int) -> None:
+        async with await psycopg.AsyncConnection.connect(bins, autocommit=True) as conn:
+            assert await api_alerts.resolve_by_hand(conn, alert_id, "zhang.min", "extinguished") is not None
+
+    asyncio.run(resolve(alerts(bins)[0]["alert_id"]))
+    _fire(bins, "bin-1", [2, 3])  # the alarm is still on: the same occurrence, not a new alert
+    run(bins, rules)
+    (alert,) = alerts(bins)
+    assert alert["state"] == "resolved" and alert["resolved_by"] == "zhang.min"
+    assert [n["event"] for n in notifications(bins)] == ["firing", "resolved"]  # notified like the engine's clear
 
 
 def test_one_open_alert_per_rule_and_subject(bins: str) -> None:

@@ -121,6 +121,22 @@ def test_acknowledge_records_who_when_and_why(client: TestClient, viewer: dict[s
                  "validation_error", "body.note")
 
 
+def test_resolve_by_hand_records_who_and_why(client: TestClient, viewer: dict[str, str],
+                                             supervisor: dict[str, str]) -> None:
+    assert_error(client.post("/alerts/1/resolve", json={}, headers=viewer), 403, "forbidden")
+    response = client.post("/alerts/1/resolve", json={"comment": "fire put out"}, headers=supervisor)
+    assert response.status_code == 200, response.text
+    alert = response.json()
+    assert alert["state"] == "resolved" and alert["resolved_by"] == "duty-supervisor"
+    assert alert["resolved_at"] is not None
+    history = client.get("/alerts/1/history", headers=viewer).json()
+    assert [h["to_state"] for h in history] == ["pending", "firing", "resolved"]
+    assert history[-1]["actor"] == "duty-supervisor" and history[-1]["comment"] == "fire put out"
+    assert history[-1]["details"] == {"reason": "cleared by hand"}
+    assert_error(client.post("/alerts/1/resolve", json={}, headers=supervisor), 409, "conflict")  # already resolved
+    assert_error(client.post("/alerts/999/resolve", json={}, headers=supervisor), 404, "not_found")
+
+
 def test_assign_and_unassign(client: TestClient, viewer: dict[str, str], supervisor: dict[str, str]) -> None:
     assert client.post("/alerts/4/assign", json={"assignee": "li.wei"}, headers=supervisor).json()["assignee"] \
         == "li.wei"

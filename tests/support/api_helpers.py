@@ -10,18 +10,15 @@ flag) is set up against the database's clock by the test that asserts it.
 from __future__ import annotations
 
 import contextlib
-import threading
-import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
-import uvicorn
 from fastapi import FastAPI
 
 from sanitel.api.auth import new_key
+from sanitel.api.threaded import serve_in_thread
 from sanitel.servers import free_port
 from sanitel.settings import Settings, load_settings
 
@@ -114,25 +111,10 @@ def assert_error(response: Any, status: int, code: str, field: str | None = None
     return body["error"]
 
 
-@contextlib.contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
+def serve(app: FastAPI) -> contextlib.AbstractContextManager[str]:
     """``app`` served by uvicorn on a free port, in a thread; yields its base URL. For what needs a real
     server: endless SSE responses, concurrent clients, raw sockets."""
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
-                            timeout_graceful_shutdown=1)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline and thread.is_alive():
-        time.sleep(0.02)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    return serve_in_thread(app, start_timeout_s=10)
 
 
 def revoke_key(db_url: str, token: str) -> None:

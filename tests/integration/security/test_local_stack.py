@@ -227,13 +227,13 @@ def test_run_registers_the_demo_fleet_so_the_simulator_publishes_as_each_device(
     assert path == simulator_devices_file(settings.data_dir)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     devices: dict[str, str] = json.loads(path.read_text())["devices"]
-    assert len(devices) == 64 and "cems-p2-l1" in devices
+    assert len(devices) == 70 and "cems-p2-l1" in devices
     with psycopg.connect(settings.database_url_for("owner")) as conn:
         with_credentials = conn.execute("SELECT count(*) FROM devices WHERE mqtt_password_hash IS NOT NULL"
                                         " AND device_id = ANY(%s)", (list(devices),)).fetchone()
         (hj212_hash,) = conn.execute("SELECT hj212_password_hash FROM devices WHERE device_id = 'cems-p2-l1'"
                                      ).fetchone() or (None,)
-    assert with_credentials == (64,)
+    assert with_credentials == (70,)
     assert hj212_hash is not None and verify_secret("123456", hj212_hash)  # demo.yaml plant p2's PW (the default)
     device_url = settings.local_broker_url("sw-0001", devices["sw-0001"])
     assert wait_for(lambda: _connack(device_url, "sw-0001") == "Success", 15)  # the broker reloads its files
