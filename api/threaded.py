@@ -11,14 +11,12 @@ from collections.abc import Iterator
 import uvicorn
 from fastapi import FastAPI
 
-from sanitel.servers import free_port
-
 
 @contextlib.contextmanager
 def serve_in_thread(app: FastAPI, start_timeout_s: float = 30) -> Iterator[str]:
     """``app`` served on 127.0.0.1 at a free port until the block ends; yields its base URL."""
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
+    # port 0: the kernel picks a free port when uvicorn binds (no window for another process to take it)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
                             timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="sanitel-api", daemon=True)
@@ -27,7 +25,8 @@ def serve_in_thread(app: FastAPI, start_timeout_s: float = 30) -> Iterator[str]:
     while not server.started and time.monotonic() < deadline and thread.is_alive():
         time.sleep(0.02)
     if not server.started:
-        raise RuntimeError(f"uvicorn did not start on port {port} within {start_timeout_s:g} s")
+        raise RuntimeError(f"uvicorn did not start within {start_timeout_s:g} s")
+    port = server.servers[0].sockets[0].getsockname()[1]
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -284,3 +284,5 @@ _._clearance_has_bins  # simulators/scenario.py
 _._some_share  # simulators/scenario.py
 me  # api/console.py: GET /me
 preview_silence  # api/routes/silences.py: POST /silences/preview
+serve_in_thread  # api/threaded.py: used by tests/support, bench/console and scripts/console_screenshots.py
+_.should_exit  # api/threaded.py: uvicorn.Server reads it to stop
