@@ -22,8 +22,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("collector", help="take readings from the broker into TimescaleDB")
     p.add_argument("--client-id", help="fixed MQTT client id (default: settings.collector_client_id)")
     p.add_argument("--share-group", help="MQTT 5 shared-subscription group, to run several collectors")
-    p.add_argument("--metrics-port", type=int, help="Prometheus port (0 = none); worker k of --workers N serves on "
-                   "this port + k - 1")
+    p.add_argument("--metrics-port", type=int, help="Prometheus port (0 = none); workers 2…N of --workers N serve on the "
+                   "next ports up, skipping the other services' ports (the evaluator's 9109)")
     p.add_argument("--workers", type=_positive, default=None,
                    help="collector processes on one MQTT 5 shared subscription (default: the number of cores, "
                    f"{os.cpu_count() or 1} here; 1 = a single collector in this process, no shared subscription "

@@ -10,7 +10,9 @@ supervisor, with
 - one shared subscription ``$share/<group>/…`` (MQTT 5 §4.8.2): ``collector_share_group`` or, when settings name
   none, ``sanitel-collectors``;
 - its own database connection, spool folder (the spool is per client id) and heartbeat instance;
-- its own Prometheus port: ``collector_metrics_port + k - 1`` (none when the port is 0). The simplest correct
+- its own Prometheus port: ``collector_metrics_port`` for worker 1, the next free ones upward for the others,
+  skipping every other port the settings give a sanitel service (the evaluator's 9109 is the collector's
+  9108 + 1: ``sanitel run`` on two cores crash-looped worker 2 on it); none when the port is 0. The simplest correct
   choice: each worker's metrics are its own process's, so no cross-process aggregation can be wrong; Prometheus
   scrapes N targets and sums them.
 
@@ -69,9 +71,24 @@ class WorkerSpec:
 def worker_specs(settings: Settings, n: int) -> list[WorkerSpec]:
     base = settings.collector_client_id
     group = settings.collector_share_group or WORKERS_SHARE_GROUP
-    port = settings.collector_metrics_port
-    return [WorkerSpec(k, base if k == 1 else f"{base}-w{k}", group, port + k - 1 if port else 0)
-            for k in range(1, n + 1)]
+    ports = worker_metrics_ports(settings, n)
+    return [WorkerSpec(k, base if k == 1 else f"{base}-w{k}", group, ports[k - 1]) for k in range(1, n + 1)]
+
+
+def worker_metrics_ports(settings: Settings, n: int) -> list[int]:
+    """Worker k's Prometheus port: the configured one for worker 1, then upward past the ports the settings give
+    other services (all 0 when the collector serves none)."""
+    first = settings.collector_metrics_port
+    if not first:
+        return [0] * n
+    taken = {settings.evaluator_metrics_port, settings.api_metrics_port, settings.api_port, settings.pg_port,
+             settings.mqtt_port, settings.mqtt_tls_port}
+    ports, port = [first], first + 1
+    while len(ports) < n:
+        if port not in taken:
+            ports.append(port)
+        port += 1
+    return ports
 
 
 class Child(Protocol):

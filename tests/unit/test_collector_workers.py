@@ -67,8 +67,10 @@ def specs(n: int = 2) -> list[WorkerSpec]:
 def test_worker_ids_ports_and_group(tmp_path: Path) -> None:
     settings = load_settings(data_dir=tmp_path, collector_client_id="col", collector_metrics_port=9108)
     got = worker_specs(settings, 3)
+    # 9109 is the evaluator's (settings' default): `sanitel run` on two cores crash-looped worker 2 on it
+    assert settings.evaluator_metrics_port == 9109
     assert [(s.client_id, s.metrics_port, s.share_group) for s in got] == [
-        ("col", 9108, WORKERS_SHARE_GROUP), ("col-w2", 9109, WORKERS_SHARE_GROUP), ("col-w3", 9110, WORKERS_SHARE_GROUP)]
+        ("col", 9108, WORKERS_SHARE_GROUP), ("col-w2", 9110, WORKERS_SHARE_GROUP), ("col-w3", 9111, WORKERS_SHARE_GROUP)]
     no_metrics = worker_specs(load_settings(data_dir=tmp_path, collector_metrics_port=0, collector_share_group="x"), 2)
     assert [(s.metrics_port, s.share_group) for s in no_metrics] == [(0, "x"), (0, "x")]
     argv = got[1].argv(supervisor_pid=42)
