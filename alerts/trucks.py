@@ -425,6 +425,10 @@ def _unweighed_loads(conn: psycopg.Connection, registry: Registry, rule: CheckRu
         wait = timedelta(hours=limits.threshold)  # `limits: {load_not_weighed: 2}` moves it per site (hours)
         found = [f for f in unweighed_episodes(pickups.get(truck, []), tickets.get(truck, []), wait, span.judged_at)
                  if f[0].start >= span.horizon or f[0].open]
+        tz = ZoneInfo(registry.timezone(registry.devices[truck].site_id))
+        for _, details in found:  # the summary shows the truck's local time, as point_not_cleared's deadline
+            first = datetime.fromisoformat(details["first_pickup"]).astimezone(tz)
+            details["first_pickup"] = first.strftime("%Y-%m-%d %H:%M")
         if found or key in span.open_subjects:
             out[key] = Finding(registry.subject(key), limits, _ALWAYS,
                                [e for e, _ in found], [d for _, d in found])

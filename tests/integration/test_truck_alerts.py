@@ -198,6 +198,8 @@ def test_a_load_never_weighed_fires_after_three_hours_not_before_and_resolves_at
     (alert,) = alerts(fresh_db, "load_not_weighed")
     assert alert["state"] == "firing" and alert["started_at"] == at(180) and alert["subject"] == "device:tr-1"
     assert alert["value"] == 2000 and alert["threshold"] == 3
+    # the first pickup at T0 (08:00 in Shanghai), in the truck's local time
+    assert alert["summary"] == "tr-1: 2000 kg picked up since 2026-03-10 08:00 not weighed at a weighbridge within 3 h"
     ticket(200, 2000, url=fresh_db)
     run(fresh_db, rules("load_not_weighed"), now=at(210))
     (alert,) = alerts(fresh_db, "load_not_weighed")
