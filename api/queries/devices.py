@@ -13,13 +13,17 @@ from psycopg.types.json import Jsonb
 from sanitel.api.queries.sites import SUBTREE, escape_like
 from sanitel.broker_auth import GATEWAY, BrokerAccount
 
-_SELECT = """
+# Online: heard from (receive time) within the device's own inactivity timeout, by the database's clock; with
+# ``d`` the devices row and ``s`` its device_last_seen row (NULL s: never heard from).
+HEARD_WITHIN_TIMEOUT = "s.last_received > now() - make_interval(secs => d.inactivity_timeout_s)"
+
+_SELECT = f"""
     SELECT d.device_id, d.kind, d.site_id, d.name, d.inactivity_timeout_s, d.metadata, d.auto_registered,
            d.registered_at, d.mqtt_password_hash IS NOT NULL AS has_credentials, d.gateway_id,
            d.hj212_password_hash IS NOT NULL AS has_hj212_password,
            s.last_ts, s.last_received,
            CASE WHEN s.last_received IS NULL THEN NULL
-                ELSE s.last_received > now() - make_interval(secs => d.inactivity_timeout_s) END AS online
+                ELSE {HEARD_WITHIN_TIMEOUT} END AS online
     FROM devices d LEFT JOIN device_last_seen s USING (device_id)"""
 
 
@@ -27,13 +31,12 @@ async def list_devices(conn: AsyncConnection, *, kind: str | None, site_id: str 
                        q: str | None, after: str | None, limit: int) -> list[dict[str, Any]]:
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(
-        SUBTREE + _SELECT + """
+        SUBTREE + _SELECT + f"""
         WHERE (%(kind)s::text IS NULL OR d.kind = %(kind)s)
           AND (%(site_id)s::text IS NULL OR d.site_id IN (SELECT site_id FROM subtree))
           AND (%(q)s::text IS NULL OR d.device_id ILIKE %(q)s || '%%' OR d.name ILIKE '%%' || %(q)s || '%%')
           AND (%(after)s::text IS NULL OR d.device_id > %(after)s)
-          AND (%(online)s::boolean IS NULL OR coalesce(
-                 s.last_received > now() - make_interval(secs => d.inactivity_timeout_s), false) = %(online)s)
+          AND (%(online)s::boolean IS NULL OR coalesce({HEARD_WITHIN_TIMEOUT}, false) = %(online)s)
         ORDER BY d.device_id LIMIT %(limit)s""",
         {"kind": kind, "site_id": site_id, "q": escape_like(q), "after": after, "online": online, "limit": limit})
     return await cur.fetchall()

@@ -14,10 +14,10 @@ from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
 from sanitel.api.catalog import metric_for
+from sanitel.api.queries.devices import HEARD_WITHIN_TIMEOUT
 
-# Online as /devices says it (api/queries/devices.py _SELECT): heard from (receive time) within the device's own
-# inactivity_timeout_s, compared with the database's clock. Never heard from: offline here (the plot greys it).
-_ONLINE = "coalesce(s.last_received > now() - make_interval(secs => d.inactivity_timeout_s), false)"
+# Online as /devices says it; never heard from: offline here (the plot greys it).
+_ONLINE = f"coalesce({HEARD_WITHIN_TIMEOUT}, false)"
 
 
 def position_columns(kind: str) -> tuple[str, str | None] | None:
