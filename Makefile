@@ -7,9 +7,14 @@ install:
 run: install
 	.venv/bin/sanitel run
 
+# two test processes (pytest-xdist), each with its own PostgreSQL and Mosquitto; a file's tests stay in one process
+# (their module fixtures are shared). Most of the suite waits on servers and subprocesses, so two processes halve
+# it even on one core.
+PYTEST_PARALLEL = -n 2 --dist loadfile
+
 # lint first: a layering, type or style error fails before the slow tests start
 test: install lint
-	.venv/bin/pytest
+	.venv/bin/pytest $(PYTEST_PARALLEL)
 
 test-unit: install
 	.venv/bin/pytest tests/unit

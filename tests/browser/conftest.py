@@ -31,6 +31,7 @@ make_postgres = integration.make_postgres
 make_mosquitto = integration.make_mosquitto
 pg_server = integration.pg_server
 mqtt_server = integration.mqtt_server
+_database_dropper = integration._database_dropper
 fresh_db = integration.fresh_db
 make_collector = integration.make_collector
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import queue
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -108,15 +110,38 @@ def mqtt_server(make_mosquitto: Callable[..., MosquittoServer]) -> MosquittoServ
 _db_counter = itertools.count()
 
 
+class _DatabaseDropper:
+    """Drops used test databases one at a time on a thread of its own. A DROP DATABASE waits for a checkpoint, which
+    took up to a minute on a busy disk; the next test need not wait for it (the cluster dies with the session)."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+        self.names: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._run, name="test-db-dropper", daemon=True).start()
+
+    def drop_later(self, name: str) -> None:
+        self.names.put(name)
+
+    def _run(self) -> None:
+        while True:
+            name = self.names.get()
+            with contextlib.suppress(psycopg.Error), psycopg.connect(self.admin_url, autocommit=True) as conn:
+                conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def _database_dropper(pg_server: PostgresServer) -> _DatabaseDropper:
+    return _DatabaseDropper(pg_server.url.rsplit("/", 1)[0] + "/postgres")
+
+
 @pytest.fixture
-def fresh_db(pg_server: PostgresServer) -> Iterator[str]:
+def fresh_db(pg_server: PostgresServer, _database_dropper: _DatabaseDropper) -> Iterator[str]:
     """URL of a new, migrated, empty database of its own (copied from the template: fast)."""
     name = f"t{next(_db_counter)}_{free_port()}"
     admin = pg_server.url.rsplit("/", 1)[0] + "/postgres"
     _copy_database(admin, TEMPLATE_DB, name)
     yield pg_server.url.rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    _database_dropper.drop_later(name)
 
 
 @pytest.fixture
