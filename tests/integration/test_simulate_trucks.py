@@ -4,11 +4,8 @@ topics, exactly as generated, each valid against the wire contract; a truck faul
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from sanitel.cli import main
@@ -18,42 +15,11 @@ from sanitel.simulators.contract import check_message
 from sanitel.simulators.run import generate
 from sanitel.simulators.scenario import load_scenario
 from sanitel.simulators.truth import read_ground_truth
+from tests.support.mqtt_tools import TopicRecorder
 
 CITY = "simtrucks"
 # the morning shift of a tenth of the district: the truck leaves at 05:00, works its 15 points and tips before 08:00
 START, HOURS, SEED = "2026-03-09T04:30:00+08:00", 4, 5
-
-
-class TruckSubscriber:
-    """Collects the trucks' topics and the stations' event topics at QoS 1."""
-
-    def __init__(self, port: int) -> None:
-        self.received: list[tuple[str, bytes]] = []
-        self.lock = threading.Lock()
-        subscribed = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sub-{CITY}-{port}")
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *args: subscribed.set()
-        self.client.connect("127.0.0.1", port)
-        self.client.subscribe([(f"sanitation/{CITY}/truck/#", 1), (f"sanitation/{CITY}/transfer_station/+/event", 1)])
-        self.client.loop_start()
-        assert subscribed.wait(10), "no SUBACK"
-
-    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        with self.lock:
-            self.received.append((msg.topic, bytes(msg.payload)))
-
-    def wait_for(self, count: int, timeout: float = 60) -> list[tuple[str, bytes]]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and len(self.received) < count:
-            time.sleep(0.05)
-        time.sleep(0.2)  # anything beyond the expected count would show up now
-        with self.lock:
-            return list(self.received)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def expected(faults: str) -> list[tuple[str, bytes]]:
@@ -68,7 +34,8 @@ def expected(faults: str) -> list[tuple[str, bytes]]:
 @pytest.mark.parametrize("faults", ["none", "overweight"])
 def test_a_district_slice_publishes_its_trucks_and_tickets(mqtt_server: MosquittoServer, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str], faults: str) -> None:
-    subscriber = TruckSubscriber(mqtt_server.port)
+    topics = [f"sanitation/{CITY}/truck/#", f"sanitation/{CITY}/transfer_station/+/event"]
+    subscriber = TopicRecorder(mqtt_server.port, topics, client_id=f"sub-{CITY}-{mqtt_server.port}")
     truth = tmp_path / "gt.jsonl"
     try:
         code = main(["simulate", "--scenario", "district", "--scale", "0.1", "--broker", mqtt_server.url, "--city",

@@ -4,13 +4,11 @@ device, acknowledged; credentials, TLS, pacing and reconnects work."""
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from sanitel.errors import SanitelError
@@ -20,40 +18,16 @@ from sanitel.simulators.credentials import SenderCredentials, sender_of
 from sanitel.simulators.publisher import open_publisher
 from sanitel.simulators.run import generate, inventory, simulate
 from sanitel.simulators.truth import read_ground_truth
+from tests.support.mqtt_tools import TopicRecorder
 
 START = "2026-11-22T06:30:00+08:00"  # sweepers on their way out, sorting slot about to open
 
 
-class Subscriber:
-    """Collects everything published under ``sanitation/{city}/#`` at QoS 1."""
+class Subscriber(TopicRecorder):
+    """Everything published under ``sanitation/{city}/#``."""
 
     def __init__(self, port: int, city: str) -> None:
-        self.received: list[tuple[str, bytes]] = []
-        self.lock = threading.Lock()
-        self.subscribed = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sub-{city}-{port}")
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *args: self.subscribed.set()
-        self.client.connect("127.0.0.1", port)
-        self.client.subscribe(f"sanitation/{city}/#", qos=1)
-        self.client.loop_start()
-        assert self.subscribed.wait(10), "no SUBACK"
-
-    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        with self.lock:
-            self.received.append((msg.topic, bytes(msg.payload)))  # received payloads are bytes: kept as is
-
-    def wait_for(self, count: int, timeout: float = 30) -> list[tuple[str, bytes]]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and len(self.received) < count:
-            time.sleep(0.05)
-        time.sleep(0.2)  # anything beyond the expected count would show up now
-        with self.lock:
-            return list(self.received)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        super().__init__(port, [f"sanitation/{city}/#"], client_id=f"sub-{city}-{port}")
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -32,6 +33,40 @@ def publish(port: int, messages: Iterable[tuple[str, bytes]], *, client_id: str 
         client.disconnect()
         client.loop_stop()
     return len(infos)
+
+
+class TopicRecorder:
+    """Records what the broker delivers on ``topics`` (filters) at QoS 1, in arrival order."""
+
+    def __init__(self, port: int, topics: Iterable[str], client_id: str) -> None:
+        self.received: list[tuple[str, bytes]] = []
+        self.lock = threading.Lock()
+        subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *args: subscribed.set()
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe([(topic, 1) for topic in topics])
+        self.client.loop_start()
+        assert subscribed.wait(10), "no SUBACK"
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            self.received.append((msg.topic, bytes(msg.payload)))  # received payloads are bytes: kept as is
+
+    def wait_for(self, count: int, timeout: float = 60) -> list[tuple[str, bytes]]:
+        """What arrived once ``count`` messages have (or at ``timeout``), plus anything beyond the count that
+        shows up within a short grace: an over-delivery fails the caller's comparison instead of hiding."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(self.received) < count:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        with self.lock:
+            return list(self.received)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
