@@ -58,9 +58,7 @@ def simulate_in_workers(scenario: Scenario, options: RunOptions, workers: int, *
             if progress is not None and latest:
                 progress(_aggregate(scenario, options, latest, wall_start), max(s[4] for s in latest.values()))
             if len(done) + len(errors) < workers and not any(p.is_alive() for p in processes):
-                _collect(results, done, errors, timeout=1.0)
-                if len(done) + len(errors) < workers:
-                    errors.append("a worker process died without a summary")
+                _collect_after_exit(results, done, errors, workers)
     except KeyboardInterrupt:
         # stop every worker (a Ctrl-C at the terminal reached them already; a second one is ignored) and
         # let each finish cleanly: flush, wait for PUBACKs, report
@@ -69,7 +67,7 @@ def simulate_in_workers(scenario: Scenario, options: RunOptions, workers: int, *
                 os.kill(process.pid, signal.SIGINT)
         while len(done) + len(errors) < workers and any(p.is_alive() for p in processes):
             _collect(results, done, errors, timeout=0.5)
-        _collect(results, done, errors, timeout=0.5)
+        _collect_queued(results, done, errors, workers, timeout=0.5)
     for process in processes:
         process.join(timeout=30)
     if errors:
@@ -127,15 +125,32 @@ def _work(scenario: Scenario, options: RunOptions, shard: tuple[int, int], truth
         results.put((shard[0], None, "interrupted before the run started"))
 
 
-def _collect(results: Any, done: dict[int, SimulationSummary], errors: list[str], timeout: float) -> None:
+def _collect(results: Any, done: dict[int, SimulationSummary], errors: list[str], timeout: float) -> bool:
+    """One worker's summary or error, if one comes within ``timeout``; whether one came."""
     try:
         k, summary, error = results.get(timeout=timeout)
     except queue.Empty:
-        return
+        return False
     if error is not None:
         errors.append(error)
     else:
         done[k] = summary
+    return True
+
+
+def _collect_queued(results: Any, done: dict[int, SimulationSummary], errors: list[str], workers: int,
+                    timeout: float) -> None:
+    """Every worker has exited: read every summary still queued — several may be, when the workers ended together —
+    until each worker is heard of or none comes within ``timeout``."""
+    while len(done) + len(errors) < workers and _collect(results, done, errors, timeout=timeout):
+        pass
+
+
+def _collect_after_exit(results: Any, done: dict[int, SimulationSummary], errors: list[str], workers: int) -> None:
+    """Every worker has exited: read what they left (reading only one summary made a clean run fail, "a worker process
+    died without a summary", on a slow machine), then count each worker still unheard of as died."""
+    _collect_queued(results, done, errors, workers, timeout=1.0)
+    errors.extend("a worker process died without a summary" for _ in range(workers - len(done) - len(errors)))
 
 
 def _drain_progress(snapshots: Any, latest: dict[int, Snapshot]) -> None:
