@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import threading
@@ -71,12 +72,23 @@ def _run_one(settings: Settings, supervisor_pid: int | None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     collector.start()
+    _collect_cycles_less_often()
     # a worker whose supervisor died (SIGKILL) stops too: the next supervisor's worker needs its client id
     while not done.wait(1.0):
         if supervisor_pid is not None and os.getppid() != supervisor_pid:
             break
     collector.stop()
     return 0
+
+
+def _collect_cycles_less_often() -> None:
+    """A draining collector makes some ten objects a message, nearly all freed by reference counting; at the default
+    threshold (700 allocations) the cyclic collector ran every ~70 messages and walked the batches in flight each
+    time, and its older generations everything loaded at start. Objects alive now (modules, settings, caches) are
+    moved out of its sight (``gc.freeze``) and it runs less often; cycles are still collected. Issue 16: 7 % fewer
+    instructions per decoded message (valgrind, 20,000 harness messages in batches of 5,000)."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 def _run_supervisor(settings: Settings, workers: int) -> int:

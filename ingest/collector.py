@@ -300,13 +300,35 @@ class InflightWindowWatch:
         return size
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per message, and a frozen one costs three times as much to make
 class _Received:
     topic: str
     payload: bytes
     received_at: datetime
     mid: int
     qos: int
+
+
+class _Commit:
+    """One batch being made durable and acknowledged (``Collector._flush``) on a thread of its own, so that the
+    writer thread decodes the next batch meanwhile. A thread per batch (a few a second at most) keeps the hand-off
+    trivially correct: ``settle`` is a join."""
+
+    def __init__(self, thread: threading.Thread) -> None:
+        self._thread = thread
+
+    @classmethod
+    def start(cls, flush: Callable[[list[_Received], list[Message] | None], None], batch: list[_Received],
+              decoded: list[Message] | None) -> _Commit:
+        thread = threading.Thread(target=flush, args=(batch, decoded), name="sanitel-commit", daemon=True)
+        thread.start()
+        return cls(thread)
+
+    @staticmethod
+    def settle(commit: _Commit | None) -> None:
+        """Wait until the batch is durable and acknowledged (or left unacknowledged); None: nothing in flight."""
+        if commit is not None:
+            commit._thread.join()
 
 
 def _utc_now() -> datetime:
@@ -368,7 +390,6 @@ class Collector:
             return
         topic = subscription(self.settings.city, self.settings.collector_share_group)
         self.client.subscribe(topic, qos=1)
-        self.metrics.broker_connected.set(1)
         log.info("connected to %s:%s (session present: %s), subscribed to %s", self._broker.host,
                  self._broker.port, flags.session_present, topic)
 
@@ -378,6 +399,9 @@ class Collector:
             log.error("broker refused the subscription: %s", reasons)
             return
         self._connected.set()  # ready: on a fresh session nothing is routed to us before the SUBACK
+        # connected *and* subscribed: a shared subscription's messages published before it reach the other workers
+        # or, with none, nobody
+        self.metrics.broker_connected.set(1)
 
     def _on_disconnect(self, client: object, userdata: object, flags: mqtt.DisconnectFlags,
                        reason: mqtt.ReasonCode, properties: Properties | None) -> None:
@@ -446,10 +470,17 @@ class Collector:
 
     # --- the writer thread -----------------------------------------------------------------
     def _write_loop(self) -> None:
+        """Take a batch and decode it while the previous batch commits on a thread of its own (``_Commit``), then
+        wait for that commit (and its acknowledgement) before starting this one: at most one batch is in the
+        database at a time, so batches become durable and are acknowledged in the order they came (issue 16: one
+        thread that decoded, then waited for PostgreSQL, then acknowledged, left the GIL idle for the whole commit
+        and drained a backlog at ~18k messages/s). Everything that touches the spool, the writer's connection or a
+        held batch runs only while no commit is in flight."""
         closed = False
+        commit: _Commit | None = None
         while not closed:
-            self._beat_if_due()
-            if self._held:
+            self._beat_if_due()  # the heartbeat's own connection: safe while a commit is in flight
+            if commit is None and self._held:  # (only a settled commit may have set it)
                 held, self._held = self._held, []
                 self._flush(held)
                 if self._held:  # still refused: take nothing more (backpressure), try again soon
@@ -457,6 +488,8 @@ class Collector:
                     continue
             batch, closed = self._batcher.take(self._idle_wake_s)
             if not batch:
+                _Commit.settle(commit)
+                commit = None
                 if not closed:
                     self._replay_safely()
                 continue
@@ -464,7 +497,24 @@ class Collector:
             for kind, n in Counter(_topic_kind(r.topic) for r in batch).items():  # one increment per kind
                 self.metrics.received.labels(kind).inc(n)
             self._watch_window(batch)
-            self._flush(batch)
+            decoded = self._predecode(batch)  # overlaps the commit in flight
+            _Commit.settle(commit)
+            commit = None
+            if self._held:  # the full spool refused the previous batch: this one queues behind it, unacknowledged
+                self._held += batch
+                continue
+            commit = _Commit.start(self._flush, batch, decoded)
+        _Commit.settle(commit)
+
+    def _predecode(self, batch: list[_Received]) -> list[Message] | None:
+        """The batch decoded for the database, or None when that has to wait for the commit (the database or the
+        registry is unreachable: the batch will be spooled raw or decoded again then)."""
+        if self._db_down_since is not None:
+            return None
+        try:
+            return self._decode([(r.topic, r.payload, r.received_at) for r in batch])
+        except Exception:  # the commit decodes again and meets the same error on its own path (spool, log)
+            return None
 
     def _watch_window(self, batch: list[_Received]) -> None:
         """Say once, with the fix, when an in-flight window keeps batches small (see ``InflightWindowWatch``)."""
@@ -498,11 +548,12 @@ class Collector:
         now = self._now()
         self.heartbeat.beat(now, self._started_at or now)
 
-    def _flush(self, batch: list[_Received]) -> None:
+    def _flush(self, batch: list[_Received], decoded: list[Message] | None = None) -> None:
         """Make the batch durable, then acknowledge it in order; a batch that fails stays unacknowledged, and one
-        the full spool refused is held for another try (unless stopping: then the broker keeps it)."""
+        the full spool refused is held for another try (unless stopping: then the broker keeps it). ``decoded``:
+        the batch already decoded (``_predecode``), used when it goes straight to the database."""
         try:
-            self._persist(batch)
+            self._persist(batch, decoded)
         except SpoolFull as exc:
             self._spool_refused(str(exc))
             if not self._stop_requested.is_set():
@@ -516,13 +567,13 @@ class Collector:
         if self._full_reason is not None:
             self._spool_accepting()
 
-    def _persist(self, batch: list[_Received]) -> None:
+    def _persist(self, batch: list[_Received], decoded: list[Message] | None = None) -> None:
         raw: list[SpooledMessage] = [(r.topic, r.payload, r.received_at) for r in batch]
         if self._db_down_since is not None or not self.spool.is_empty():
             self._replay_safely()  # when the database is back this drains the spool (and frees space)
         if self._db_down_since is None and self.spool.is_empty():
             try:
-                self._write(raw)
+                self._write(raw, decoded)
                 return
             except DatabaseUnavailable as exc:
                 log.warning("database unavailable (%s); spooling to %s", exc, self.spool.folder)
@@ -530,11 +581,14 @@ class Collector:
                 self.metrics.database_up.set(0)
         self._spool(raw)  # behind what is spooled already: order kept
 
-    def _write(self, raw: list[SpooledMessage]) -> WriteResult:
+    def _decode(self, raw: list[SpooledMessage]) -> list[Message]:
         bases = self._hj212_bases(raw)
-        messages = [Message(topic, payload, at,
-                             decode_message(topic, payload, at, self.limits, bases.get(topic, DEFAULT_BASIS)))
-                    for topic, payload, at in raw]
+        return [Message(topic, payload, at,
+                        decode_message(topic, payload, at, self.limits, bases.get(topic, DEFAULT_BASIS)))
+                for topic, payload, at in raw]
+
+    def _write(self, raw: list[SpooledMessage], decoded: list[Message] | None = None) -> WriteResult:
+        messages = decoded if decoded is not None else self._decode(raw)
         started = self._monotonic()
         result = self.writer.write(messages)
         self.metrics.write_latency.observe(self._monotonic() - started)

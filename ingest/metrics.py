@@ -56,7 +56,8 @@ class CollectorMetrics:
                                      "broker's, or our receive maximum) persistently caps batches at; 0 when none "
                                      "is seen", registry=r)
         self.queue_depth = Gauge("sanitel_queue_depth", "messages received and not yet written", registry=r)
-        self.broker_connected = Gauge("sanitel_broker_connected", "1 while connected to the broker", registry=r)
+        self.broker_connected = Gauge("sanitel_broker_connected", "1 while connected to the broker and subscribed",
+                                      registry=r)
         self.database_up = Gauge("sanitel_database_up", "1 while the database is reachable", registry=r)
         for per_process in (DECODE_INTERNAL_ERRORS, HJ212_UNKNOWN_CODES, HJ212_INVALID_FIELDS):
             r.register(per_process)

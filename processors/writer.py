@@ -214,7 +214,7 @@ def _split(part: list[T], failed: AttemptFailed) -> list[list[T]]:
     return [part[:mid], part[mid:]]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per reading, and a frozen one costs three times as much to make
 class _Item:
     """One reading of the batch: its message (by position in the batch) and its row."""
 

@@ -78,6 +78,11 @@ def _from_epoch_ms(ms: int) -> datetime:
 
 
 def _from_rfc3339(text: str) -> datetime:
+    canonical = _canonical_utc(text)
+    return canonical if canonical is not None else _general_rfc3339(text)
+
+
+def _general_rfc3339(text: str) -> datetime:
     m = _RFC3339.fullmatch(text)
     if m is None:
         raise TimestampError(f"ts {_show(text)} is not RFC 3339 with an offset "
@@ -104,6 +109,24 @@ def _from_rfc3339(text: str) -> datetime:
             raise
         raise TimestampError(f"ts {_show(text)} is not a valid date and time in 0001…9999 UTC ({exc})") from None
     return utc
+
+
+def _canonical_utc(text: str) -> datetime | None:
+    """The spelling nearly every device sends, ``YYYY-MM-DDTHH:MM:SS[.1-9 digits]Z``, read by the C parser: 0.2 µs a
+    reading instead of the general parse's 3.6 (issue 16). None for anything else — another spelling, a leap second,
+    a date out of range —, which the general parse below then judges. The layout is checked here, digits and ranges
+    by ``datetime.fromisoformat``; tests/unit/test_timestamps.py holds the two paths to the same answer."""
+    n = len(text)
+    if not 20 <= n <= 30 or text[-1] != "Z" or text[10] != "T" or not text.isascii():
+        return None
+    if text[4] != "-" or text[7] != "-" or text[13] != ":" or text[16] != ":":
+        return None
+    if n > 20 and (text[19] != "." or not text[20:-1].isdigit()):  # ASCII (checked above): 0-9 only
+        return None
+    try:
+        return datetime.fromisoformat(text)  # "Z" gives datetime.UTC itself; digits past the sixth are truncated
+    except ValueError:
+        return None
 
 
 def _after_leap_second(text: str, at_59: datetime) -> datetime:

@@ -55,7 +55,13 @@ from sanitel.settings import load_settings  # noqa: E402
 
 # the shared harness sits beside the checkout (../shared/bench-peers), as the developers' guide places it
 HARNESS = Path(os.environ.get("SANITEL_BENCH_PEERS", ROOT.parent / "shared" / "bench-peers"))
-DEFAULT_PEERS = "nodered-batch500 sanitel backlog-nodered-batch500 backlog-sanitel backlog-sanitel-x2"
+# Node-RED's peers first: sanitel's collector keeps a persistent session (client id sanitel-collector-1) that the
+# harness clears only after a sanitel *backlog* run, so a Node-RED run after the live `sanitel` run published its
+# 200,000 readings (same topics, same device ids, seq and ts) into that offline session too, and `backlog-sanitel`
+# then drained both backlogs — its prime run already wrote ~70,000 of Node-RED's readings before the timed drain
+# began (issue 16, measured 2026-11-29: first rows visible 0.05 s after the launch). This order leaves no sanitel
+# session open while a Node-RED run publishes.
+DEFAULT_PEERS = "nodered-batch500 backlog-nodered-batch500 sanitel backlog-sanitel backlog-sanitel-x2"
 DEFAULT_INFLIGHT_PEERS = "backlog-nodered-batch500 backlog-sanitel"
 HARNESS_DB = ("127.0.0.1", 55432, "postgres")  # fixed in run_all.sh and measure.py
 HARNESS_DEVICES = 1500  # publish.py --devices default; ids SW00000…SW01499

@@ -20,6 +20,7 @@ import pytest
 from sanitel.db import one_row
 from sanitel.ingest.collector import Collector
 from sanitel.servers import MosquittoServer, free_port
+from sanitel.settings import load_settings
 from tests.support.mqtt_tools import count, publish, start_collector_process, wait_for
 
 CITY = "shenzhen"
@@ -153,6 +154,45 @@ def test_redelivery_never_creates_a_second_row_or_dead_letter(
     time.sleep(0.5)
     assert count(fresh_db, "SELECT count(*) FROM sweeper_telemetry") == 1
     assert count(fresh_db, "SELECT count(*) FROM dead_letters") == 1
+
+
+def test_a_backlog_many_receive_windows_deep_drains_every_reading_once_and_acknowledges_every_message(
+        fresh_db: str, mqtt_server: MosquittoServer, scratch_dir: Path) -> None:
+    # Receive Maximum 100 (the queue bound) and batches of 40: the backlog is 30 windows deep, so the broker can
+    # only send more as acknowledgements come back, and a batch commits while the next is decoded (issue 16)
+    settings = load_settings(database_url=fresh_db, mqtt_url=mqtt_server.url, data_dir=scratch_dir / "deep",
+                             collector_metrics_port=0, collector_flush_ms=50, collector_client_id="deep-backlog",
+                             collector_queue_max=100, collector_batch_size=40)
+
+    def run() -> Collector:
+        collector = Collector(settings)
+        collector.start()
+        assert collector.wait_connected(10), "collector did not connect to the broker"
+        return collector
+
+    def received(collector: Collector) -> float:
+        return collector.metrics.registry.get_sample_value("sanitel_messages_received_total", {"kind": "sweeper"}) or 0
+
+    run().stop()  # the persistent session exists: the broker queues for it while no collector runs
+    n = 3000
+    publish(mqtt_server.port, [(topic("sweeper", f"sw-deep-{i % 30}"), j({"ts": device_ms(-i), "seq": i}))
+                               for i in range(n)])
+    collector = run()
+    try:
+        assert wait_for(lambda: count(fresh_db, "SELECT count(*) FROM sweeper_telemetry") == n, 120)
+    finally:
+        collector.stop()
+    assert received(collector) == n  # none delivered twice
+    assert count(fresh_db, "SELECT count(DISTINCT (device_id, seq)) FROM sweeper_telemetry") == n
+    # every message was acknowledged: a new run of the session gets only what is published after it
+    collector = run()
+    try:
+        publish(mqtt_server.port, [(topic("sweeper", "sw-deep-last"), j({"ts": device_ms(), "seq": n}))])
+        assert wait_for(lambda: count(fresh_db, "SELECT count(*) FROM sweeper_telemetry WHERE device_id = "
+                                                "'sw-deep-last'") == 1, 30)
+    finally:
+        collector.stop()
+    assert received(collector) == 1
 
 
 def test_unknown_device_is_dead_lettered_when_auto_registration_is_off(

@@ -67,8 +67,10 @@ def supervisor(fresh_db: str, make_mosquitto: Callable[..., MosquittoServer],
     port = two_free_ports()
     parent = start_supervisor(fresh_db, mq, data_dir, port)
     try:
-        assert wait_for(lambda: connected(fresh_db, "wk") and connected(fresh_db, "wk-w2"), 60), \
-            (data_dir / "supervisor.log").read_text()[-3000:]
+        # subscribed, not only connected: what is published before a shared subscription has a member is lost
+        assert wait_for(lambda: connected(fresh_db, "wk") and connected(fresh_db, "wk-w2")
+                        and metric(port, "sanitel_broker_connected") == metric(port + 1, "sanitel_broker_connected")
+                        == 1.0, 60), (data_dir / "supervisor.log").read_text()[-3000:]
         yield parent, mq, port
     finally:
         if parent.poll() is None:

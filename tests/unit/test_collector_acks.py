@@ -452,16 +452,18 @@ def test_the_collector_flushes_a_partial_batch_after_the_interval(make: Make) ->
 def test_a_full_queue_holds_the_network_thread_until_the_writer_catches_up(
         make: Make, writer: MemoryWriter) -> None:
     writer.gate = threading.Event()  # the database is slow: the first write hangs until released
-    _, client, _ = make(collector_batch_size=1)
+    collector, client, _ = make(collector_batch_size=1)
     client.deliver(1)
-    assert writer.writing.wait(WAIT_S)  # the writer thread holds message 1 and waits on the database
-    for mid in range(2, 102):  # 100 more fill the queue exactly
+    assert writer.writing.wait(WAIT_S)  # message 1 is in the database, which does not answer
+    client.deliver(2)  # taken and decoded meanwhile; it waits for message 1's commit
+    wait_until(lambda: collector._batcher.qsize() == 0)
+    for mid in range(3, 103):  # 100 more fill the queue exactly
         client.deliver(mid)
     entered, returned = threading.Event(), threading.Event()
 
     def network_thread() -> None:
         entered.set()
-        client.deliver(102)
+        client.deliver(103)
         returned.set()
 
     threading.Thread(target=network_thread, daemon=True).start()
@@ -469,7 +471,35 @@ def test_a_full_queue_holds_the_network_thread_until_the_writer_catches_up(
     assert not returned.is_set()  # held, not dropped: the broker keeps the rest (Receive Maximum)
     writer.gate.set()
     assert returned.wait(WAIT_S)
-    assert client.wait_acked(102) == list(range(1, 103))
+    assert client.wait_acked(103) == list(range(1, 104))
+
+
+def test_the_next_batch_is_decoded_while_one_commits_and_committed_only_after_it_was_acked(
+        make: Make, writer: MemoryWriter) -> None:
+    writer.gate = threading.Event()  # the first commit hangs until released
+    in_database, most_in_database = [0], [0]
+    write = writer.write
+
+    def counting_write(messages: list[Message]) -> WriteResult:
+        in_database[0] += 1
+        most_in_database[0] = max(most_in_database[0], in_database[0])
+        try:
+            return write(messages)
+        finally:
+            in_database[0] -= 1
+
+    writer.write = counting_write  # type: ignore[method-assign]
+    collector, client, _ = make(collector_batch_size=1)
+    client.deliver(1)
+    assert writer.writing.wait(WAIT_S)
+    client.deliver(2)
+    wait_until(lambda: collector._batcher.qsize() == 0)  # taken off the queue (and decoded) during 1's commit
+    assert client.acked() == [] and writer.durable() == []
+    writer.gate.set()
+    assert client.wait_acked(2) == [1, 2]
+    assert client.acks == [[1], [2]]  # one acknowledgement per batch, in order, each after its commit
+    assert client.acked_before_durable == []
+    assert most_in_database[0] == 1  # one batch in the database at a time
 
 
 # --- stopping (SIGTERM/SIGINT) ----------------------------------------------------------------------------------

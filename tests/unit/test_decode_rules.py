@@ -120,7 +120,7 @@ def test_an_unexpected_exception_outside_the_readings_is_an_internal_error_for_t
     def broken(topic: str) -> object:
         raise KeyError("injected")
 
-    monkeypatch.setattr(decode_module, "parse_topic", broken)
+    monkeypatch.setattr(decode_module, "_parse_topic_cached", broken)
     out = decode(SW, {"ts": NOW_MS})
     assert not out.rows and [(r.reason_code, r.index) for r in out.rejections] == [("internal_error", None)]
     assert out.rejections[0].reason.startswith("KeyError")

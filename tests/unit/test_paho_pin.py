@@ -122,3 +122,66 @@ def test_ack_many_goes_out_through_packet_queue_as_pubacks_in_order(
     while len(data) < len(expected):
         data += broker.recv(64)
     assert data == expected, pin_broken("_packet_queue no longer writes a raw PUBACK blob as it is")
+
+
+# --- the fast path: PUBLISH packets taken straight out of the read buffer (issue 16) -----------------------------
+
+
+def mqtt5_publish(topic: str, mid: int, payload: bytes, qos: int = 1, properties: bytes = b"") -> bytes:
+    """Any size: the remaining length as a variable byte integer (MQTT 5 §1.5.5)."""
+    body = struct.pack("!H", len(topic)) + topic.encode() + (struct.pack("!H", mid) if qos else b"")
+    body += bytes((len(properties),)) + properties + payload
+    length, n = bytearray(), len(body)
+    while True:
+        n, digit = n >> 7, n & 0x7F
+        length.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes((0x30 | qos << 1,)) + bytes(length) + body
+
+
+def read_until(client: BufferedClient, received: list[mqtt.MQTTMessage], count: int) -> None:
+    for _ in range(1000):  # each loop_read takes what has arrived; the socket pair is local, so this ends at once
+        rc = client.loop_read()
+        assert rc == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS, f"loop_read returned {rc}"
+        if len(received) >= count:
+            return
+    raise AssertionError(f"only {len(received)} of {count} messages delivered")
+
+
+def test_a_stream_of_publishes_split_anywhere_is_delivered_once_each_in_order(
+        wired: tuple[BufferedClient, socket.socket, list[mqtt.MQTTMessage]]) -> None:
+    client, broker, received = wired
+    expected = [(f"sanitation/x/bin/b{i}/telemetry", i, 0 if i % 7 == 0 else 1, b"p" * (i * 13 % 300))
+                for i in range(1, 401)]
+    stream = b""
+    for topic, mid, qos, body in expected:
+        stream += mqtt5_publish(topic, mid, body, qos, properties=b"\x03\x00\x01j" if mid % 5 == 0 else b"")
+        if mid % 50 == 0:
+            stream += bytes((0xD0, 0))  # a PINGRESP among them: paho's reader takes it
+    for cut in range(0, len(stream), 997):  # segments that end inside headers and bodies
+        broker.sendall(stream[cut:cut + 997])
+        client.loop_read()
+    read_until(client, received, len(expected))
+    assert [(m.topic, m.mid, m.qos, m.payload) for m in received] == [
+        (topic, mid if qos else 0, qos, body) for topic, mid, qos, body in expected]
+
+
+def test_a_malformed_publish_after_good_ones_is_refused_by_paho_after_the_good_ones_are_delivered(
+        wired: tuple[BufferedClient, socket.socket, list[mqtt.MQTTMessage]]) -> None:
+    client, broker, received = wired
+    bad = bytes((0x32, 6)) + struct.pack("!H", 1) + b"t" + struct.pack("!H", 9) + b"\x7f"  # properties past the end
+    broker.sendall(mqtt5_publish("a/b", 1, b"x") + mqtt5_publish("a/c", 2, b"y") + bad)
+    rc = client.loop_read()
+    assert [m.mid for m in received] == [1, 2]
+    assert rc != mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS  # the connection is dropped: the broker redelivers
+
+
+def test_a_message_from_the_fast_path_fills_every_slot_of_mqtt_message(
+        wired: tuple[BufferedClient, socket.socket, list[mqtt.MQTTMessage]]) -> None:
+    client, broker, received = wired
+    broker.sendall(mqtt5_publish("a/b", 3, b"x") + mqtt5_publish("a/c", 4, b"y"))  # the second: the fast path
+    client.loop_read()
+    assert [m.mid for m in received] == [3, 4]
+    for name in mqtt.MQTTMessage.__slots__:  # an unset slot would raise AttributeError in whoever reads it
+        getattr(received[1], name)
+    assert (received[1].topic, received[1].dup, received[1].retain) == ("a/c", False, False)

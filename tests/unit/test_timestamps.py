@@ -9,7 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sanitel.schemas.timestamps import RFC3339_PATTERN, TimestampError, parse_timestamp
+from sanitel.schemas.timestamps import (
+    RFC3339_PATTERN,
+    TimestampError,
+    _canonical_utc,
+    _general_rfc3339,
+    parse_timestamp,
+)
 
 T = datetime(2026, 11, 28, 19, 21, 20, tzinfo=UTC)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -146,3 +152,44 @@ def test_round_trips_isoformat_and_epoch_milliseconds(value: datetime) -> None:
     assert parse_timestamp(value.isoformat().replace("+00:00", "z").replace("T", "t")) == value
     ms = (value - EPOCH) // MS
     assert parse_timestamp(ms) == EPOCH + ms * MS
+
+
+# --- the C fast path for the canonical spelling (issue 16) -------------------------------------------------------
+
+# canonical-shaped strings with any character at any place: digits mostly, and what a parser might let slip (a
+# sign, a space, a non-ASCII digit, a lower-case t or z, a comma for the decimal point)
+_ODD = "+- ,.:Tt Zz٣𝟘"
+_LAYOUT = "0000-00-00T00:00:00"
+
+
+def _place(expected: str) -> st.SearchStrategy[str]:
+    return (st.sampled_from("0123456789") if expected == "0" else st.just(expected)) | st.sampled_from(_ODD)
+
+
+_CANONICAL_SHAPED = st.builds(
+    lambda chars, end: "".join(chars) + end,
+    st.tuples(*map(_place, _LAYOUT)),
+    st.sampled_from(["Z", "z", ".Z", "+08:00"]) | st.from_regex(r"\.[0-9]{1,12}[Zz]", fullmatch=True))
+
+
+def _canonical(d: datetime) -> str:
+    digits = d.microsecond % 7  # 0–6 fractional digits
+    return d.isoformat(timespec="seconds") + (f".{d.microsecond:06d}"[: 1 + digits] if digits else "") + "Z"
+
+
+_CANONICAL_VALID = st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59)).map(
+    _canonical)
+
+
+@given(_CANONICAL_SHAPED | _CANONICAL_VALID | st.from_regex(RFC3339_PATTERN, fullmatch=True))
+def test_the_fast_path_accepts_nothing_the_grammar_refuses_and_reads_the_same_instant(text: str) -> None:
+    fast = _canonical_utc(text)
+    if fast is None:
+        return  # the general parse judges it
+    assert fast == _general_rfc3339(text)
+    assert fast.tzinfo is UTC
+
+
+@given(_CANONICAL_VALID)
+def test_the_canonical_spelling_takes_the_fast_path(text: str) -> None:
+    assert _canonical_utc(text) is not None, text
