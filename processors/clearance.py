@@ -3,8 +3,11 @@ its deadline; per planned truck route, were the points visited in plan order; pe
 points against the tonnage received at weighbridges.
 
 The judgement itself is the kernel's (sanitel/clearance.py ``judge_clearance``), shared with the alert pack's
-``point_not_cleared``; this module reads the inputs and keeps the verdicts in ``clearance_days`` (migration 0084),
-which the scheduled processor refreshes for "yesterday" and "today" of each point (``derive_recent``).
+``point_not_cleared``, and so is the one query of whether the fleet reported at all that day
+(``fleet_first_report``): a deadline the fleet had not reported by is ``no_data``, not missed, in the report, the
+stored rows and the alert alike. This module reads the inputs and keeps the verdicts in ``clearance_days``
+(migrations 0084, 0085), which the scheduled processor refreshes for "yesterday" and "today" of each point
+(``derive_recent``).
 
 Written against a plain ``psycopg.Connection`` (``execute(…).fetchall()`` only), so the API runs the same code through
 ``api.blocking.run_blocking`` and a report equals what ``sanitel report clearance`` prints.
@@ -32,6 +35,7 @@ from sanitel.clearance import (
     PickupAt,
     day_bounds,
     deadline,
+    fleet_first_report,
     judge_clearance,
     parse_clearance,
 )
@@ -43,6 +47,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("sanitel.clearance")
 STREET_KINDS = ("estate", "urban_village")  # the truck contract: a sorting point's parent of these kinds is its street
 SECTIONS = ("points", "streets", "routes", "tonnage")
+STATUSES = ("on_time", "late", "missed", "no_data", "overdue", "pending")  # the counts of a report's totals
+# [start, end) of a local day (``day_bounds``) → device time of the fleet's first data that day (None: none)
+FleetReports = Mapping[tuple[datetime, datetime], datetime | None]
 # a site's day may start up to 14 h before or after UTC midnight (UTC+14 … UTC−12): pickups are fetched this wide
 _ZONE_SLACK = timedelta(hours=15)
 
@@ -142,30 +149,41 @@ def fetch_pickups(conn: psycopg.Connection, start: datetime, end: datetime, *, p
     return [Pickup(p, t, c, ts, float(w or 0.0)) for p, t, c, ts, w in rows]
 
 
+def fleet_reports(conn: psycopg.Connection, points: Sequence[Point], days: Iterable[date]) -> dict[
+        tuple[datetime, datetime], datetime | None]:
+    """The fleet's first data on each local day of ``days`` in the points' zones: one probe per distinct day."""
+    wanted = {day_bounds(d, tz) for d in days for tz in {p.tz for p in points}}
+    return {b: fleet_first_report(conn, *b, stored_before=None) for b in sorted(wanted)}
+
+
 # -- judging (pure) -----------------------------------------------------------------------------------------------
 
-def judge_point_day(point: Point, pickups: Sequence[Pickup], day: date, now: datetime) -> list[ClearanceRow]:
-    """The point's schedules on its local ``day``, from its pickups (any day: those outside are ignored)."""
+def judge_point_day(point: Point, pickups: Sequence[Pickup], day: date, now: datetime,
+                    fleet_first: datetime | None) -> list[ClearanceRow]:
+    """The point's schedules on its local ``day``, from its pickups (any day: those outside are ignored) and the
+    fleet's first data that day (``fleet_first_report``)."""
     tz = point.tz
     start, end = day_bounds(day, tz)
     known = [p for p in pickups if p.point_id == point.point_id and start <= p.at < end and p.at <= now]
+    at_point = [PickupAt(p.category, p.at) for p in known]  # every category: any pickup is fleet data
     out = []
     for schedule in point.schedules:
         mine = [p for p in known if p.category is None or p.category == schedule.category]
-        status = judge_clearance(schedule, day, tz, [PickupAt(p.category, p.at) for p in mine], now)
+        status = judge_clearance(schedule, day, tz, at_point, now, fleet_first_report=fleet_first)
         out.append(ClearanceRow(point.point_id, point.street_id, schedule.category, day, schedule.by,
                                 deadline(schedule, day, tz), status, min((p.at for p in mine), default=None),
                                 len(mine), sum(p.weight_kg for p in mine)))
     return out
 
 
-def judge_days(points: Sequence[Point], pickups: Sequence[Pickup], days: Iterable[date],
-               now: datetime) -> list[ClearanceRow]:
+def judge_days(points: Sequence[Point], pickups: Sequence[Pickup], days: Iterable[date], now: datetime,
+               fleet: FleetReports) -> list[ClearanceRow]:
+    """Every point's every day; ``fleet`` must hold each of those local days (``fleet_reports``)."""
     by_point: dict[str | None, list[Pickup]] = defaultdict(list)
     for p in pickups:
         by_point[p.point_id].append(p)
-    return [row for day in days for point in points for row in judge_point_day(point, by_point[point.point_id], day,
-                                                                                 now)]
+    return [row for day in days for point in points for row in judge_point_day(
+        point, by_point[point.point_id], day, now, fleet[day_bounds(day, point.tz)])]
 
 
 def in_order_visits(planned: Sequence[str], visited: Sequence[str]) -> int:
@@ -195,7 +213,8 @@ def first_visits(pickups: Iterable[Pickup]) -> list[str]:
 def derive_recent(conn: psycopg.Connection, now: datetime) -> int:
     """Judge every scheduled point's local "yesterday" and "today" as of ``now`` and store them in
     ``clearance_days``; returns the rows written. Yesterday is re-judged so that its pending/overdue rows turn
-    final (on_time, late or missed) once it has ended. Only rows that changed are written (a city's points make
+    final (on_time, late or missed) once it has ended, and a no_data row turns into a verdict when the fleet's data
+    arrive late. Only rows that changed are written (a city's points make
     ~90,000 rows a pass, nearly all unchanged), so ``judged_at`` is when a row's verdict was last given."""
     points, invalid = scheduled_points(conn, None)
     for bad in invalid:
@@ -208,7 +227,7 @@ def derive_recent(conn: psycopg.Connection, now: datetime) -> int:
     end = datetime.combine(days[-1] + timedelta(days=1), time(0), ZoneInfo("UTC")) + _ZONE_SLACK
     pickups = fetch_pickups(conn, start, end, point_ids=[p.point_id for p in points])
     stored = _stored(conn, days)
-    rows = [r for r in judge_days(points, pickups, days, now)
+    rows = [r for r in judge_days(points, pickups, days, now, fleet_reports(conn, points, days))
             if (r.point_id, r.day) in wanted and stored.get((r.point_id, r.category, r.day)) != _facts(r)]
     with conn.transaction():
         store(conn, rows, now)
@@ -256,7 +275,7 @@ def build_report(conn: psycopg.Connection, site_id: str, day: date, now: datetim
     start, end = day_bounds(day, zone(timezone))
     points, invalid = scheduled_points(conn, site_id)
     pickups = fetch_pickups(conn, start - _ZONE_SLACK, end + _ZONE_SLACK, point_ids=[p.point_id for p in points])
-    rows = judge_days(points, pickups, [day], now)
+    rows = judge_days(points, pickups, [day], now, fleet_reports(conn, points, [day]))
     return {
         "site_id": site_id, "kind": kind, "name": name, "day": day.isoformat(), "timezone": timezone,
         "as_of": now.isoformat(), "day_over": now >= end,
@@ -270,7 +289,9 @@ def build_report(conn: psycopg.Connection, site_id: str, day: date, now: datetim
 
 
 def _counts(rows: Sequence[ClearanceRow]) -> dict[str, Any]:
-    counts = {s: sum(1 for r in rows if r.status == s) for s in ("on_time", "late", "missed", "overdue", "pending")}
+    """Counts per status; on_time_pct over the verdicts only: pending and overdue are not a result yet, and no_data
+    is none at all (the fleet had not reported by the deadline) — neither on time nor missed."""
+    counts = {s: sum(1 for r in rows if r.status == s) for s in STATUSES}
     finished = counts["on_time"] + counts["late"] + counts["missed"]
     return {"scheduled": len(rows), **counts,
             "on_time_pct": None if not finished else round(100.0 * counts["on_time"] / finished, 1)}
@@ -357,7 +378,7 @@ def report_csv(report: Mapping[str, Any], section: str = "points") -> str:
 _EMPTY_HEADERS = {
     "points": ["point_id", "street_id", "category", "by", "deadline", "status", "first_pickup_at", "pickups",
                "weight_kg"],
-    "streets": ["street_id", "scheduled", "on_time", "late", "missed", "overdue", "pending", "on_time_pct"],
+    "streets": ["street_id", "scheduled", *STATUSES, "on_time_pct"],
     "routes": ["route_id", "truck_id", "planned", "visited", "in_plan_order", "adherence_pct", "skipped"],
     "tonnage": ["category", "collected_kg", "received_kg", "difference_kg"],
 }

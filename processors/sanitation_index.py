@@ -5,7 +5,8 @@ data. Per street (a sorting point's parent site of kind estate or urban_village)
 components, each 0–100 (100 = nothing wrong):
 
     clearance  on-time clearance rate of the street's points: on_time / (on_time + late + missed), judged by
-               sanitel/clearance.py for each day of the week (days not over yet count what is already final)
+               sanitel/clearance.py for each day of the week (days not over yet count what is already final;
+               no_data deadlines, which the fleet had not reported by, are in neither count)
     overflow   bin-overflow hours per bin, from bin_status with the ``bin_full`` condition of
                sanitel/signal_conditions.yaml (the alert rule's own definition)
     odour      hours with an odour alert (station_h2s, station_nh3, station_odour) firing at a transfer station of
@@ -31,7 +32,14 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from sanitel.processors.clearance import STREET_KINDS, fetch_pickups, judge_days, scheduled_points, zone
+from sanitel.processors.clearance import (
+    STREET_KINDS,
+    fetch_pickups,
+    fleet_reports,
+    judge_days,
+    scheduled_points,
+    zone,
+)
 from sanitel.signal_conditions import condition
 
 if TYPE_CHECKING:
@@ -213,14 +221,20 @@ def _station_alerts(conn: psycopg.Connection, district_ids: Sequence[str], rules
     return out
 
 
-def _stations_per_district(conn: psycopg.Connection, district_ids: Sequence[str]) -> dict[str, int]:
+def _stations_reporting(conn: psycopg.Connection, district_ids: Sequence[str], start: datetime,
+                        end: datetime) -> dict[str, int]:
+    """district → its transfer stations with a reading in [start, end). A week in which no station sent anything
+    has no odour or noise component: no alert then is no data, not a clean week (as bins without readings)."""
     rows = conn.execute("""
         WITH RECURSIVE tree AS (
             SELECT site_id, site_id AS district_id FROM sites WHERE site_id = ANY(%(districts)s)
             UNION SELECT s.site_id, t.district_id FROM sites s JOIN tree t ON s.parent_id = t.site_id
         )
         SELECT t.district_id, count(*)::int FROM devices d JOIN tree t ON t.site_id = d.site_id
-         WHERE d.kind = 'transfer_station' GROUP BY 1""", {"districts": list(district_ids)}).fetchall()
+         WHERE d.kind = 'transfer_station'
+           AND EXISTS (SELECT 1 FROM station_telemetry r
+                        WHERE r.device_id = d.device_id AND r.ts >= %(start)s AND r.ts < %(end)s)
+         GROUP BY 1""", {"districts": list(district_ids), "start": start, "end": end}).fetchall()
     return {str(k): int(n) for k, n in rows}
 
 
@@ -284,12 +298,13 @@ def _score_week(conn: psycopg.Connection, site_id: str | None, streets: Sequence
     points, _ = scheduled_points(conn, site_id)
     pickups = fetch_pickups(conn, start - timedelta(days=1), end + timedelta(days=1),
                             point_ids=[p.point_id for p in points])
-    verdicts = judge_days(points, pickups, [monday + timedelta(days=i) for i in range(7)], now)
+    days = [monday + timedelta(days=i) for i in range(7)]
+    verdicts = judge_days(points, pickups, days, now, fleet_reports(conn, points, days))
     bins = _bin_readings(conn, ids, start, end)
     reporting = _bins_reporting(conn, ids, start, end)
     odour = _station_alerts(conn, districts, ODOUR_RULES, start, end, now)
     noise = _station_alerts(conn, districts, NOISE_RULES, start, end, now)
-    stations = _stations_per_district(conn, districts)
+    stations = _stations_reporting(conn, districts, start, end)
     sweeping = _sweeping(conn, ids, start, end)
     out = {}
     for street in streets:
@@ -298,6 +313,7 @@ def _score_week(conn: psycopg.Connection, site_id: str | None, streets: Sequence
         mine = [v for v in verdicts if v.street_id == street.street_id]
         finished = [v for v in mine if v.status in ("on_time", "late", "missed")]
         on_time = sum(1 for v in finished if v.status == "on_time")
+        no_data = sum(1 for v in mine if v.status == "no_data")
         n_bins = reporting.get(street.street_id, 0)
         bin_hours = sum(union_hours(overflow_intervals(r), w_start, upto) for r in bins[street.street_id].values())
         has_stations = bool(street.district_id and stations.get(street.district_id))
@@ -313,7 +329,7 @@ def _score_week(conn: psycopg.Connection, site_id: str | None, streets: Sequence
             "sweeping": round(100.0 * min(1.0, swept_h / planned_h), 1) if planned_h > 0 else None,
         }
         out[street.street_id] = {"index": weighted_index(components), "components": components, "inputs": {
-            "clearance_finished": len(finished), "clearance_on_time": on_time,
+            "clearance_finished": len(finished), "clearance_on_time": on_time, "clearance_no_data": no_data,
             "bins": n_bins, "overflow_bin_hours": round(bin_hours, 2),
             "odour_hours": None if odour_h is None else round(odour_h, 2),
             "noise_hours": None if noise_h is None else round(noise_h, 2),

@@ -9,24 +9,30 @@ waste of a category is picked up each day by a deadline. A `sorting_point` site'
 ``by`` is local wall-clock time in the site's time zone. Only ``every: daily`` exists so far: the seeds name no
 other cadence (a weekly hazardous-waste round would be the next one; not verified against any city's rule).
 
-Pure functions, no I/O: the alert pack (``point_not_cleared``), the daily clearance report (processors/clearance.py)
-and the simulators' ground truth judge with the same code, so they cannot disagree about "late" or "missed".
+Pure functions, no I/O, but for the one query both judges need (``fleet_first_report``, at the end): the alert pack
+(``point_not_cleared``) and the daily clearance report with its ``clearance_days`` rows (processors/clearance.py)
+judge with the same code, so they cannot disagree about "late", "missed" or "no_data". (The simulators' ground truth,
+simulators/truth.py, does not judge clearance: it lists the alerts its faults must raise.)
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 from zoneinfo import ZoneInfo
 
 from sanitel.errors import ConfigError
 from sanitel.schemas.readings import WasteCategory
 
+if TYPE_CHECKING:
+    import psycopg
+
 Cadence = Literal["daily"]
-ClearanceStatus = Literal["pending", "on_time", "overdue", "late", "missed"]
+ClearanceStatus = Literal["pending", "on_time", "overdue", "late", "missed", "no_data"]
 CATEGORIES: tuple[str, ...] = get_args(WasteCategory)
 CADENCES: tuple[str, ...] = get_args(Cadence)
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
@@ -86,6 +92,7 @@ def _schedule(category: str, entry: Any, where: str) -> ClearanceSchedule:
     return ClearanceSchedule(category, time(int(match[1]), int(match[2])), "daily")
 
 
+@functools.lru_cache(maxsize=4096)  # pure, and asked for every point's every day of every evaluator pass
 def day_bounds(day: date, tz: ZoneInfo) -> tuple[datetime, datetime]:
     """[start, end) of the local ``day`` in ``tz`` (23 or 25 hours long on a DST change), in UTC: Python compares
     and subtracts two datetimes of the same zone by wall clock, which is wrong across a DST change."""
@@ -93,6 +100,7 @@ def day_bounds(day: date, tz: ZoneInfo) -> tuple[datetime, datetime]:
             datetime.combine(day + timedelta(days=1), time(0), tz).astimezone(UTC))
 
 
+@functools.lru_cache(maxsize=4096)
 def deadline(schedule: ClearanceSchedule, day: date, tz: ZoneInfo) -> datetime:
     """The instant ``schedule`` falls due on the local ``day``. A wall-clock time a DST change skips is read with
     fold 0 (zoneinfo: the offset before the change), i.e. an hour later in real time — never earlier than asked.
@@ -101,26 +109,48 @@ def deadline(schedule: ClearanceSchedule, day: date, tz: ZoneInfo) -> datetime:
 
 
 def judge_clearance(schedule: ClearanceSchedule, day: date, tz: ZoneInfo, pickups: Sequence[PickupAt],
-                    now: datetime) -> ClearanceStatus:
+                    now: datetime, *, fleet_first_report: datetime | None) -> ClearanceStatus:
     """The status of ``schedule`` on the local ``day``, knowing what happened up to ``now``.
 
+    ``fleet_first_report`` is the device time of the first truck data of any truck stored for that local day
+    (``fleet_first_report()`` below; None when there is none). ``pickups`` are the point's, of any category.
+
     on_time: a pickup of the category (or of no category) on that local day at or before the deadline;
-    late: the first such pickup came after the deadline, that day; pending: none yet, deadline still ahead;
-    overdue: none yet, deadline passed, day not over; missed: the day ended with none. Pickups after ``now`` are
-    ignored (not yet known), so a verdict never depends on the future, and "missed" is never given before the day
-    has ended (issue 18: no premature verdicts)."""
+    pending: none yet, deadline still ahead;
+    no_data: no such pickup by the deadline, and the fleet had not reported by then — neither telemetry nor a
+    pickup of any category (a pickup is truck data) between the day's start and the deadline. The fleet's
+    telematics were down or not connected yet, or its data have not arrived: a missing pickup is then missing
+    data, not a missed clearance (issue 18: no verdict without data). This also holds when a pickup came after the
+    deadline: nothing shows whether an earlier one was lost with the rest of the morning's data, so it is not
+    called late (the row still shows that pickup);
+    late: the first such pickup came after the deadline, that day; overdue: none yet, deadline passed, day not over;
+    missed: the day ended with none.
+    Pickups and reports after ``now`` are ignored (not yet known), so a verdict never depends on the future, and
+    "missed" is never given before the day has ended (issue 18: no premature verdicts). A no_data verdict is not
+    final: data stored later (a collector's backlog) turn it into a verdict."""
     _aware(now, "now")
     start, end = day_bounds(day, tz)
     due = deadline(schedule, day, tz)
-    times = [p.at for p in pickups if _counts(p, schedule.category) and start <= _aware(p.at, "pickup") < end
-             and p.at <= now]
+    known = [p for p in pickups if start <= _aware(p.at, "pickup") < end and p.at <= now]
+    times = [p.at for p in known if _counts(p, schedule.category)]
     if any(t <= due for t in times):
         return "on_time"
-    if times:
-        return "late"
     if now < due:
         return "pending"
+    if not _fleet_reported_by(due, start, fleet_first_report, known):  # now >= due: all of it is known
+        return "no_data"
+    if times:
+        return "late"
     return "overdue" if now < end else "missed"
+
+
+def _fleet_reported_by(due: datetime, start: datetime, fleet_first_report: datetime | None,
+                       known_pickups: Sequence[PickupAt]) -> bool:
+    """Whether some truck data of the day is at or before ``due`` (the same "at or before" as on_time's: a report
+    at the deadline was in time)."""
+    if fleet_first_report is not None and start <= _aware(fleet_first_report, "fleet_first_report") <= due:
+        return True
+    return any(p.at <= due for p in known_pickups)
 
 
 def _counts(pickup: PickupAt, category: str) -> bool:
@@ -131,3 +161,25 @@ def _aware(at: datetime, what: str) -> datetime:
     if at.tzinfo is None or at.utcoffset() is None:
         raise ValueError(f"{what} {at!r} has no time zone — pass an aware datetime")
     return at
+
+
+# -- the one query ------------------------------------------------------------------------------------------------
+
+# The first truck data of [start, end): telemetry or an event (a pickup or a tip is truck data too), of any truck.
+# Two probes of the hypertables' ts indexes (TimescaleDB's default one), whatever the fleet's size.
+_FLEET_FIRST_REPORT = """
+    SELECT least(
+        (SELECT min(ts) FROM truck_telemetry
+          WHERE ts >= %(start)s AND ts < %(end)s AND (%(before)s::timestamptz IS NULL OR stored_at < %(before)s)),
+        (SELECT min(ts) FROM truck_events
+          WHERE ts >= %(start)s AND ts < %(end)s AND (%(before)s::timestamptz IS NULL OR stored_at < %(before)s)))"""
+
+
+def fleet_first_report(conn: psycopg.Connection, start: datetime, end: datetime, *,
+                       stored_before: datetime | None) -> datetime | None:
+    """Device time of the fleet's first stored data in [start, end) (a local day: ``day_bounds``), None when none:
+    ``judge_clearance``'s ``fleet_first_report``. ``stored_before``: only rows stored before it count (the alert
+    evaluator's ``upto``: rows committed when its pass began); None for every row stored (a report, which ignores
+    data after its "now" by device time, as it does pickups)."""
+    row = conn.execute(_FLEET_FIRST_REPORT, {"start": start, "end": end, "before": stored_before}).fetchone()
+    return None if row is None else row[0]

@@ -7,7 +7,8 @@ machine's 5432/1883), the scenario's sites and devices registered as ``sanitel r
 stored by the collector, one pass of the scheduled processor (rollups, CEMS averages and judgements) and of the
 alert evaluator with the shipped rules, then the API with the console and headless Chromium (/usr/bin/chromium).
 
-    .venv/bin/python scripts/console_screenshots.py [--out docs/console] [--hours 24] [--seed 21]
+    .venv/bin/python scripts/console_screenshots.py [--out docs/console] [--hours 24] [--seed 21] \
+        [--pages clearance index]
 
 Takes a few minutes (mostly the simulated day going through the broker). Runs on the wall clock on purpose: the
 pages show "today" and "the last 24 h".
@@ -20,11 +21,12 @@ import asyncio
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import psycopg
 
@@ -45,11 +47,12 @@ from sanitel.simulators.run import generate
 from sanitel.stack_cli import register_fleet
 
 CHROMIUM = "/usr/bin/chromium"
-PAGES = ("alerts", "fleet", "stations", "sorting", "incineration")
+PAGES = ("alerts", "fleet", "stations", "sorting", "incineration", "clearance", "index")
+FILE_NAMES = {"index": "sanitation-index"}  # a page whose screenshot is named otherwise than its address
 LANGS = ("zh-CN", "en")
 VIEWPORTS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
 STORED_TABLES = ("sweeper_telemetry", "station_telemetry", "bin_status", "bin_deposits", "camera_detections",
-                 "cems_readings", "dead_letters")
+                 "cems_readings", "truck_telemetry", "truck_events", "dead_letters")
 MAX_SCREENS = 3  # a screenshot shows at most this many screen heights of a page
 SETTLED_S = 3.0  # the collector has stored everything once the row counts hold still this long
 
@@ -58,6 +61,16 @@ SETTLED_S = 3.0  # the collector has stored everything once the row counts hold 
 class City:
     settings: Settings
     token: str  # a supervisor's API key
+    timezone: str  # the city's (its first district's) zone
+
+
+def report_views(timezone: str, now: datetime) -> dict[str, str]:
+    """The report pages' views that the simulated hours fill: the city's local today (the clearance page opens on
+    yesterday, which the last 24 h cover only in part) and its ISO week (the index page opens on the last whole
+    week, before the simulated data)."""
+    today = now.astimezone(ZoneInfo(timezone)).date()
+    year, week, _ = today.isocalendar()
+    return {"clearance": f"#/clearance?day={today}", "index": f"#/index?week={year}-W{week:02d}"}
 
 
 def _log(message: str) -> None:
@@ -96,7 +109,8 @@ def living_city(work: Path, *, hours: float, seed: int) -> Iterator[City]:
             key = new_key()
             conn.execute("INSERT INTO api_keys (key_id, name, role, secret_hash) VALUES (%s, %s, 'supervisor', %s)",
                          (key.key_id, "supervisor-demo", key.secret_hash))
-        yield City(settings, key.token)
+            zone = conn.execute("SELECT timezone FROM sites WHERE kind = 'district' ORDER BY name LIMIT 1").fetchone()
+        yield City(settings, key.token, zone[0] if zone else "UTC")
 
 
 async def _register(settings: Settings, seed: int) -> None:
@@ -126,7 +140,8 @@ def _wait_stored(url: str) -> None:
     _log("stored: " + ", ".join(f"{t} {n}" for t, n in zip(STORED_TABLES, counts, strict=True)))
 
 
-def shoot(url: str, token: str, out: Path) -> list[Path]:
+def shoot(url: str, token: str, out: Path, pages: Sequence[str] = PAGES,
+          views: Mapping[str, str] | None = None) -> list[Path]:
     from playwright.sync_api import sync_playwright
 
     written = []
@@ -142,14 +157,18 @@ def shoot(url: str, token: str, out: Path) -> list[Path]:
                 page.fill("#apikey", token)
                 page.click("#signin button[type=submit]")
                 page.wait_for_selector("nav.pages a[aria-current=page]")
-                for name in PAGES:
-                    page.click(f"nav.pages a[data-page={name}]")
+                for name in pages:
+                    view = (views or {}).get(name)
+                    if view is None:
+                        page.click(f"nav.pages a[data-page={name}]")
+                    else:  # a view with its choices in the address
+                        page.evaluate("view => { location.hash = view; }", view)
                     page.wait_for_selector(f"#view[data-page={name}][data-ready]")
                     if name == "alerts":
                         page.wait_for_selector(".stream[data-stream=live]")
                     # charts draw on the next animation frames
                     page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
-                    path = out / f"{name}-{lang}-{device}.png"
+                    path = out / f"{FILE_NAMES.get(name, name)}-{lang}-{device}.png"
                     # the whole page, up to a few screens: a long alert list or device table says no more below
                     height = min(int(page.evaluate("() => document.documentElement.scrollHeight")),
                                  MAX_SCREENS * viewport["height"])
@@ -167,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "console")
     parser.add_argument("--hours", type=float, default=24.0, help="simulated hours up to now (default 24)")
     parser.add_argument("--seed", type=int, default=21)
+    parser.add_argument("--pages", nargs="+", choices=PAGES, default=list(PAGES),
+                        help="only these pages' screenshots (default: every page)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sanitel-screens-") as scratch:
@@ -174,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         work.chmod(0o755)  # run as root, PostgreSQL runs as postgres: it must reach its folder below this one
         with (living_city(work, hours=args.hours, seed=args.seed) as city,
               serve_in_thread(create_app(city.settings)) as url):
-            shoot(url, city.token, args.out)
+            shoot(url, city.token, args.out, args.pages, report_views(city.timezone, datetime.now(UTC)))
     return 0
 
 

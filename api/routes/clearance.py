@@ -2,7 +2,8 @@
 index (docs/sanitation-index.md). JSON, or CSV with ``format=csv`` or ``Accept: text/csv``. Viewer role.
 
 Both are computed when asked, as of the request's instant: a day or week still running says so (``day_over``,
-``pending`` / ``overdue`` statuses), and a point is never "missed" before its day has ended."""
+``pending`` / ``overdue`` statuses), a point is never "missed" before its day has ended, and never on a deadline the
+fleet had not reported by (``no_data``: sanitel/clearance.py, the alert ``point_not_cleared``'s definition)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,9 @@ def _csv(text: str, filename: str) -> Response:
 
 @router.get("/clearance", summary="Daily clearance of a district or street (issue 15)",
             description="Per sorting point and category: scheduled, on time, late, missed (pending / overdue while "
-                        "the day runs); per street the counts and on-time share; per planned truck route the points "
+                        "the day runs), or no_data when no truck of the fleet had reported between the day's start "
+                        "and the deadline (counted apart: neither on time nor missed, not in the on-time share); "
+                        "per street the counts and on-time share; per planned truck route the points "
                         "visited in plan order; per category the tonnage lifted at the points against the net "
                         "received at the area's weighbridges. CSV: one table, chosen by `section`.",
             responses={**error_responses(404), 200: {"content": {"text/csv": {}}}})

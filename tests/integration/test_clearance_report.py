@@ -65,6 +65,16 @@ def pickup(conn: psycopg.Connection, at: datetime, point: str, category: str | N
                  " VALUES ('T1', %s, %s, %s, 'pickup', %s, %s, %s)", (at, seq, at, kg, point, category))
 
 
+def fleet_report(conn: psycopg.Connection, at: datetime) -> None:
+    """T1 reports from its depot: the fleet's telematics are up that day (its pickups, or their absence, count)."""
+    conn.execute("INSERT INTO truck_telemetry (device_id, ts, received_at, shift_state) VALUES ('T1', %s, %s, 'depot')",
+                 (at, at))
+
+
+def statuses_of(report: dict[str, Any]) -> dict[tuple[str, str], str]:
+    return {(p["point_id"], p["category"]): p["status"] for p in report["points"]}
+
+
 def seed_day(conn: psycopg.Connection) -> None:
     """DAY: p1 kitchen on time, p3 kitchen on time (visited before p2), p1 other late, p2 never; one ticket."""
     conn.execute(REGISTRY)
@@ -93,8 +103,9 @@ def test_the_daily_report_after_the_day(conn: psycopg.Connection) -> None:
     statuses = {(p["point_id"], p["category"]): p["status"] for p in report["points"]}
     assert statuses == {("p1", "kitchen"): "on_time", ("p1", "other"): "late", ("p2", "kitchen"): "missed",
                         ("p3", "kitchen"): "on_time"}
-    assert {k: report["totals"][k] for k in ("scheduled", "on_time", "late", "missed", "overdue", "pending")} == {
-        "scheduled": 4, "on_time": 2, "late": 1, "missed": 1, "overdue": 0, "pending": 0}
+    assert {k: report["totals"][k] for k in ("scheduled", "on_time", "late", "missed", "no_data", "overdue",
+                                             "pending")} == {
+        "scheduled": 4, "on_time": 2, "late": 1, "missed": 1, "no_data": 0, "overdue": 0, "pending": 0}
     assert report["totals"]["on_time_pct"] == 50.0
     streets = {s["street_id"]: (s["on_time"], s["late"], s["missed"]) for s in report["streets"]}
     assert streets == {"e1": (1, 1, 1), "e2": (1, 0, 0)}
@@ -122,6 +133,45 @@ def test_a_point_is_overdue_not_missed_while_its_day_runs(conn: psycopg.Connecti
     assert report["day_over"] is False and report["totals"]["missed"] == 0
 
 
+def test_a_day_no_truck_reported_is_no_data_and_a_day_with_telemetry_but_no_pickup_is_missed(
+        conn: psycopg.Connection) -> None:
+    """The day before DAY: no pickup anywhere. Without any truck data that day, the fleet's telematics were down (or
+    not connected yet): no verdict, counted apart, not in the on-time share — as the alert point_not_cleared gives
+    none. Once telemetry of that day is stored, the same day is missed everywhere."""
+    before = DAY - timedelta(days=1)
+    report = clearance.build_report(conn, "d1", before, AFTER_DAY)
+    assert set(statuses_of(report).values()) == {"no_data"}
+    assert {k: report["totals"][k] for k in ("scheduled", "no_data", "missed", "on_time", "late")} == {
+        "scheduled": 4, "no_data": 4, "missed": 0, "on_time": 0, "late": 0}
+    assert report["totals"]["on_time_pct"] is None  # no verdict at all: no share
+    assert {s["street_id"]: s["no_data"] for s in report["streets"]} == {"e1": 3, "e2": 1}
+    (header, *rows) = list(csv.reader(io.StringIO(clearance.report_csv(report, "streets"))))
+    assert "no_data" in header and [r[header.index("no_data")] for r in rows] == ["3", "1"]
+    assert {r["status"] for r in csv.DictReader(io.StringIO(clearance.report_csv(report, "points")))} == {"no_data"}
+
+    fleet_report(conn, local(before, 11))  # connected at 11:00, after the 10:00 kitchen deadlines
+    report = clearance.build_report(conn, "d1", before, AFTER_DAY)
+    assert statuses_of(report) == {("p1", "kitchen"): "no_data", ("p1", "other"): "missed",
+                                   ("p2", "kitchen"): "no_data", ("p3", "kitchen"): "no_data"}
+    assert report["totals"]["on_time_pct"] == 0.0
+
+    fleet_report(conn, local(before, 6))  # a report of 06:00 arrives late: now every deadline is judged
+    report = clearance.build_report(conn, "d1", before, AFTER_DAY)
+    assert set(statuses_of(report).values()) == {"missed"}
+    assert (report["totals"]["missed"], report["totals"]["no_data"]) == (4, 0)
+
+
+def test_a_truck_event_is_fleet_data_even_without_telemetry(conn: psycopg.Connection) -> None:
+    """DAY has no telemetry at all, only pickups (seed_day): a pickup is truck data, so p2's kitchen is missed,
+    not no_data — one at another point, by another category, is enough."""
+    assert conn.execute("SELECT count(*) FROM truck_telemetry").fetchone() == (0,)
+    assert statuses_of(clearance.build_report(conn, "e1", DAY, AFTER_DAY))[("p2", "kitchen")] == "missed"
+    conn.execute("DELETE FROM truck_events WHERE ts > %s", (local(DAY, 10),))  # only the 08:00 and 08:30 pickups
+    conn.execute("DELETE FROM truck_events WHERE point_id = 'p1'")  # only p3's, in the other street
+    assert statuses_of(clearance.build_report(conn, "e1", DAY, AFTER_DAY)) == {
+        ("p1", "kitchen"): "missed", ("p1", "other"): "missed", ("p2", "kitchen"): "missed"}
+
+
 def test_a_street_report_holds_only_its_points(conn: psycopg.Connection) -> None:
     report = clearance.build_report(conn, "e2", DAY, AFTER_DAY)
     assert [(p["point_id"], p["status"]) for p in report["points"]] == [("p3", "on_time")]
@@ -136,7 +186,8 @@ def test_the_scheduled_processor_keeps_yesterday_and_today(conn: psycopg.Connect
     stored = dict(((p, c, d), s) for p, c, d, s in conn.execute(
         "SELECT point_id, category, day, status FROM clearance_days").fetchall())
     assert stored[("p2", "kitchen", DAY)] == "overdue"
-    assert stored[("p2", "kitchen", DAY - timedelta(days=1))] == "missed"
+    # no truck sent anything the day before: stored as no_data (migration 0085 allows it), as the report says
+    assert stored[("p2", "kitchen", DAY - timedelta(days=1))] == "no_data"
     # the next pass after midnight turns the day's verdicts final, and starts the new day as pending
     assert run_pass(conn, load_settings(database_url=fresh_db), now=AFTER_DAY, retention=False).ran
     rows = {(p, c, d): (s, n, w, street) for p, c, d, s, n, w, street in conn.execute(
@@ -158,8 +209,14 @@ def test_the_scheduled_processor_keeps_yesterday_and_today(conn: psycopg.Connect
 
 def seed_week(conn: psycopg.Connection) -> None:
     """W47 beside DAY's pickups: BIN1 (e1) full for about 3 h on the 18th, BIN2 (e1) never; odour alerts at WB1 on
-    the 19th (6 h, one overlapping, one never fired); SW1 (e2) sweeping 4 h on the 17th. W46: one on-time pickup at
-    p3."""
+    the 19th (6 h, one overlapping, one never fired); SW1 (e2) sweeping 4 h on the 17th; T1 reporting from the
+    depot at 06:00 on the 16th to the 19th (nothing on the 21st and 22nd); WB1 reporting at noon every day of W47.
+    W46: one on-time pickup at p3, nothing from the station."""
+    for day in range(16, 20):
+        fleet_report(conn, local(date(2026, 11, day), 6))
+    for day in range(16, 23):
+        conn.execute("INSERT INTO station_telemetry (device_id, ts, received_at, h2s_mg_m3) VALUES ('WB1', %s, %s, 0.01)",
+                     (local(date(2026, 11, day), 12), local(date(2026, 11, day), 12)))
     start = local(date(2026, 11, 18), 9)
     fills = [40.0] * 5 + [95.0] * 18 + [30.0] * 5
     for i, fill in enumerate(fills):
@@ -186,9 +243,12 @@ def test_the_weekly_index_components_ranking_and_change(conn: psycopg.Connection
     assert report["week"] == "2026-W47"
     by_street = {r["street_id"]: r for r in report["streets"]}
     e1, e2 = by_street["e1"], by_street["e2"]
-    # clearance: e1 has 3 schedules a day (21 in the week), one on time; e2 7, one on time (p4 invalid, p5 none)
-    assert e1["inputs"]["clearance_finished"] == 21 and e1["components"]["clearance"] == round(100 / 21, 1)
-    assert e2["inputs"]["clearance_finished"] == 7 and e2["components"]["clearance"] == round(100 / 7, 1)
+    # clearance: e1 has 3 schedules a day, e2 1 (p4 invalid, p5 none); judged on the 16th-20th (the fleet reported),
+    # no_data on the 21st and 22nd (it did not): in neither count. One on time in each street (on DAY)
+    assert (e1["inputs"]["clearance_finished"], e1["inputs"]["clearance_no_data"]) == (15, 6)
+    assert e1["components"]["clearance"] == round(100 / 15, 1)
+    assert (e2["inputs"]["clearance_finished"], e2["inputs"]["clearance_no_data"]) == (5, 2)
+    assert e2["components"]["clearance"] == round(100 / 5, 1)
     # overflow: BIN1 about 3 h full (the median of 5 lags a little at both ends), BIN2 (sited at p2, its readings
     # naming no point) never: the mean over the street's 2 bins; e2 has no bins
     assert 2.5 <= e1["inputs"]["overflow_bin_hours"] <= 3.2 and e1["inputs"]["bins"] == 2
@@ -210,6 +270,10 @@ def test_the_weekly_index_components_ranking_and_change(conn: psycopg.Connection
     for street in (e1, e2):
         assert street["previous_index"] is not None
         assert street["change"] == round(street["index"] - street["previous_index"], 1)
+    # W46: no station sent anything, so no alert then says nothing about odour or noise: no component, not 100
+    before = {r["street_id"]: r for r in sanitation_index.build_index(conn, "d1", date(2026, 11, 9), AFTER_WEEK)["streets"]}
+    for street in before.values():
+        assert (street["components"]["odour"], street["components"]["noise"]) == (None, None)
 
 
 # --- the command line and the API ----------------------------------------------------------------------------
@@ -224,7 +288,8 @@ def test_the_command_line(conn: psycopg.Connection, fresh_db: str, monkeypatch: 
     (tmp_path / "none.yaml").write_text("{}\n")
     with time_machine.travel(AFTER_WEEK, tick=False):
         assert main(["report", "clearance", "--district", "d1", "--day", str(DAY)]) == 0
-        assert json.loads(capsys.readouterr().out)["totals"]["missed"] == 1
+        totals = json.loads(capsys.readouterr().out)["totals"]
+        assert (totals["missed"], totals["no_data"]) == (1, 0)
         assert main(["report", "clearance", "--district", "d1", "--day", str(DAY), "--format", "csv",
                      "--section", "routes"]) == 0
         (row,) = csv.DictReader(io.StringIO(capsys.readouterr().out))
@@ -247,6 +312,10 @@ def test_the_api(conn: psycopg.Connection, fresh_db: str, tmp_path: Path) -> Non
         r = client.get("/reports/clearance", params={"site_id": "d1", "day": str(DAY)}, headers=viewer)
         assert r.status_code == 200, r.text
         assert r.json()["totals"]["on_time"] == 2
+        # the 21st: no truck sent anything (seed_week): no verdict, in the JSON totals too
+        r = client.get("/reports/clearance", params={"site_id": "d1", "day": str(DAY + timedelta(days=1))},
+                       headers=viewer)
+        assert (r.json()["totals"]["no_data"], r.json()["totals"]["missed"]) == (4, 0)
         r = client.get("/reports/clearance", params={"site_id": "d1", "day": str(DAY), "section": "streets"},
                        headers=viewer | {"Accept": "text/csv"})
         assert r.headers["content-type"].startswith("text/csv")

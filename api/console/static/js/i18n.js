@@ -37,6 +37,9 @@ export function tValue(prefix, value) {
   return key in dict ? dict[key] : String(value);
 }
 
+// Whether there is a translation for `key` (an optional explanation of a value the API names).
+export const has = (key) => key in dict;
+
 export function translate(root) {
   root.querySelectorAll("[data-i18n]").forEach((el) => { el.textContent = t(el.dataset.i18n); });
   root.querySelectorAll("[data-i18n-placeholder]").forEach((el) => { el.placeholder = t(el.dataset.i18nPlaceholder); });

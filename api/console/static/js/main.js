@@ -8,6 +8,8 @@ const PAGES = {
   stations: () => import("./pages/stations.js"),
   sorting: () => import("./pages/sorting.js"),
   incineration: () => import("./pages/incineration.js"),
+  clearance: () => import("./pages/clearance.js"),
+  index: () => import("./pages/sanitation-index.js"),
 };
 const WRITE_ROLES = ["supervisor", "admin"]; // api/auth.py: supervisors acknowledge, assign and silence
 

@@ -50,6 +50,7 @@ export function render(view, app) {
     board.scheduled = true;
     requestAnimationFrame(() => {
       board.scheduled = false;
+      if (abort.signal.aborted) return; // the page was left (or the user signed out): its view belongs to another
       const started = performance.now();
       const patched = !board.full && patch();
       if (!patched) draw();
@@ -183,6 +184,7 @@ export function render(view, app) {
       </li>`).join("")}</ul>` : `<p class="empty">${esc(t("silences.none"))}</p>`;
   }
 
+  // tied to the page's life: the view element outlives the page, and a listener left on it would act once per visit
   view.addEventListener("click", async (event) => {
     const button = event.target.closest("button[data-action]");
     if (!button) return;
@@ -236,7 +238,7 @@ export function render(view, app) {
     } catch (error) {
       app.fail(error);
     }
-  });
+  }, { signal: abort.signal });
 
   const onEvent = (event, data) => {
     if (event === "alert") {

@@ -4,6 +4,7 @@
 import { get, getBlob, query } from "../api.js";
 import { chart, limitLine, maxWithLimits, spreadLabels } from "../charts.js";
 import { esc, fmtHour, fmtNum, fmtTime, localDay, t, translate, tValue } from "../i18n.js";
+import { saveAs } from "../reports.js";
 
 const LIMIT_COLORS = { "gb.1h": "#c0392b", "gb.24h": "#e67e22", "eu.half_hour_a": "#8e44ad", "eu.daily": "#2c3e50",
   "eu.half_hour_b": "#16a085", "eu.10min": "#7f8c8d", "eu.co_24h": "#7f8c8d" };
@@ -110,16 +111,10 @@ export function render(view, app) {
   async function download(kind) {
     const name = `${plantSel.value}-${daySel.value}`;
     try {
-      const url = kind === "csv"
-        ? URL.createObjectURL(await getBlob(`/plants/${encodeURIComponent(plantSel.value)}/compliance${query({ day: daySel.value, format: "csv" })}`))
+      const data = kind === "csv"
+        ? await getBlob(`/plants/${encodeURIComponent(plantSel.value)}/compliance${query({ day: daySel.value, format: "csv" })}`)
         : plot.instance.getDataURL({ type: "png", pixelRatio: 2, backgroundColor: "#fff" });
-      const a = document.createElement("a");
-      a.href = url;
-      a.download = `${name}${kind === "png" ? `-${lineSel.value}-${pollSel.value}` : ""}.${kind}`;
-      document.body.append(a);
-      a.click();
-      a.remove();
-      if (kind === "csv") setTimeout(() => URL.revokeObjectURL(url), 1000);
+      saveAs(data, `${name}${kind === "png" ? `-${lineSel.value}-${pollSel.value}` : ""}.${kind}`);
     } catch (error) {
       app.fail(error);
     }
@@ -129,10 +124,12 @@ export function render(view, app) {
   daySel.addEventListener("change", load);
   lineSel.addEventListener("change", () => { pollutants(); draw(); });
   pollSel.addEventListener("change", draw);
+  // tied to the page's life (abort): the view element outlives the page, and a listener left on it would download
+  // once per earlier visit
   view.addEventListener("click", (e) => {
     const action = e.target.closest("button[data-action]")?.dataset.action;
     if (action) download(action);
-  });
+  }, { signal: abort.signal });
   load();
   return () => {
     abort.abort();
