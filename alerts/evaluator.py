@@ -67,6 +67,7 @@ from sanitel.alerts.rules import (
     BUILTIN_RULES,
     DEVICE_TABLES,
     JUDGEMENTS_TABLE,
+    OFF_SHIFT,
     QUARANTINE_RULE,
     STAGE_OVERDUE_RULE,
     BuiltinRule,
@@ -77,16 +78,14 @@ from sanitel.alerts.rules import (
     RateRule,
     RuleModel,
     RuleSet,
-    SiteParams,
     ThresholdRule,
     WindowRule,
-    limits_for,
     render_summary,
     site_params_problems,
     smoothing_text,
 )
 from sanitel.alerts.silences import Silences
-from sanitel.alerts.subjects import Registry, Subject, subject_key
+from sanitel.alerts.subjects import Registry, RegistryCache, Subject, subject_key
 from sanitel.alerts.timeline import Cursor, Episode, Policy, Sample, Status, advance, judge
 from sanitel.db import one_row
 from sanitel.durations import format_duration
@@ -212,36 +211,46 @@ class Evaluator:
     """Evaluates a rule set against one database. Not thread-safe: one connection, one pass at a time."""
 
     def __init__(self, conn: psycopg.Connection, ruleset: RuleSet, config: EvaluatorConfig | None = None,
-                 quarantine: Quarantine | None = None) -> None:
+                 quarantine: Quarantine | None = None, registry_cache: RegistryCache | None = None) -> None:
         self.conn = conn
         self.ruleset = ruleset
         self.config = config or EvaluatorConfig()
         self.quarantine = quarantine if quarantine is not None else Quarantine()
+        # the registry across passes (the service shares it with the incident step); None: one of its own
+        self.registry_cache = registry_cache if registry_cache is not None else RegistryCache()
         self._logged_param_problems: dict[str, str] = {}  # logged once, until they change
         self._data_seen: DataSeen | None = None  # across passes: see EvaluatorConfig.close_grace
+        self.truck_memo = trucks.TruckMemo()  # across passes: what the truck checks judged (alerts/trucks.py)
 
     # --- the pass -----------------------------------------------------------------------------
     def run_pass(self, now: datetime | None = None) -> PassReport:
         """Evaluate everything that changed; returns what happened. ``now`` (wall clock) is for tests."""
         started = time.monotonic()
-        with self.conn.transaction():
-            if not one_row(self.conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (EVALUATOR_LOCK_ID,)))[0]:
-                return PassReport(ran=False)
-            upto = queries.safe_upto(self.conn, self.config.settle)
-            now = now or datetime.now(UTC)
-            ctx = self._context(now, upto)
-            ctx.averages_behind = self._averages_behind(ctx)
-            ctx.param_problems = self._param_problems(ctx)
-            self.quarantine.forget_missing(r.id for r in self.ruleset.enabled())
-            for rule in self.ruleset.enabled():
-                if not self.quarantine.holds(rule, now, self.config.quarantine_retry):
-                    self._evaluate(ctx, rule)
-            self._quarantine_alerts(ctx)
-            self._stage_alerts(ctx)
-            self._averages_behind_alerts(ctx)
-            self._retire_removed_rules(ctx)
-            self._remind(ctx)
-            self._save_watermarks(ctx)
+        try:
+            with self.conn.transaction():
+                if not one_row(self.conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (EVALUATOR_LOCK_ID,)))[0]:
+                    return PassReport(ran=False)
+                upto = queries.safe_upto(self.conn, self.config.settle)
+                now = now or datetime.now(UTC)
+                ctx = self._context(now, upto)
+                ctx.averages_behind = self._averages_behind(ctx)
+                ctx.param_problems = self._param_problems(ctx)
+                self.quarantine.forget_missing(r.id for r in self.ruleset.enabled())
+                for rule in self.ruleset.enabled():
+                    if not self.quarantine.holds(rule, now, self.config.quarantine_retry):
+                        self._evaluate(ctx, rule)
+                self._quarantine_alerts(ctx)
+                self._stage_alerts(ctx)
+                self._averages_behind_alerts(ctx)
+                self._retire_removed_rules(ctx)
+                self._remind(ctx)
+                self._save_watermarks(ctx)
+        except BaseException:
+            # rolled back: a notification read in it may have been acted on, or its LISTEN undone with it; the
+            # truck checks' verdicts stand for alerts that were not written
+            self.registry_cache.drop()
+            self.truck_memo.forget_verdicts()
+            raise
         return PassReport(True, now, ctx.lifecycle.transitions, ctx.subjects, time.monotonic() - started)
 
     def _context(self, now: datetime, upto: datetime) -> _Pass:
@@ -262,7 +271,8 @@ class Evaluator:
         lifecycle = Lifecycle(self.conn, now=now, silences=Silences.load(self.conn, horizon),
                               webhooks=load_webhooks(self.conn))
         data_clock = self._data_clock(changes, now, upto)
-        return _Pass(self.conn, now, upto, horizon, Registry.load(self.conn), lifecycle, changes,
+        # after the pass's first statements: the notifications waiting on the connection have been read
+        return _Pass(self.conn, now, upto, horizon, self.registry_cache.get(self.conn), lifecycle, changes,
                      self.config.close_grace, self.config.write_margin, data_clock)
 
     def _data_clock(self, changes: Mapping[str, Mapping[str, Change]], now: datetime, upto: datetime) -> datetime:
@@ -292,7 +302,7 @@ class Evaluator:
                 if isinstance(rule, OfflineRule):
                     _evaluate_offline(ctx, rule)
                 elif isinstance(rule, CheckRule):
-                    _evaluate_check(ctx, rule)
+                    _evaluate_check(ctx, rule, self.truck_memo)
                 elif isinstance(rule, WindowRule) and rule.source == AVERAGES_TABLE:
                     _evaluate_averages(ctx, rule)
                 elif isinstance(rule, WindowRule) and rule.source == JUDGEMENTS_TABLE:
@@ -316,6 +326,7 @@ class Evaluator:
     def _failed(self, ctx: _Pass, rule: RuleModel, exc: Exception, transitions: int, subjects: int) -> None:
         del ctx.lifecycle.transitions[transitions:]  # rolled back with the savepoint
         ctx.subjects = subjects
+        self.truck_memo.forget_verdicts()  # the alerts they stand for were rolled back too
         error = f"{type(exc).__name__}: {exc}".strip()
         known = self.quarantine.failures.get(rule.id)
         if known is None or known.error != error:
@@ -452,14 +463,9 @@ def _still_applies(registry: Registry, rule: RuleModel, alert: Alert) -> bool:
         return True
     subject = registry.subject(alert.subject, alert.kind)
     try:
-        return limits_for(rule, registry.params(subject), _site_chain(registry, subject)) is not None
+        return registry.limits_with_site_chain(rule, subject) is not None
     except ConfigError:
         return True  # its site's params are broken (quarantined): the alert waits, as for a rule that does not validate
-
-
-def _site_chain(registry: Registry, subject: Subject) -> SiteParams:
-    """The subject's sites with their own params, root first (plant, then line): what ``limit_set`` overlays."""
-    return [(site.site_id, site.params) for site in reversed(registry.chain(subject.site_id))]
 
 
 def _device_param_problems(device_id: str, metadata: Mapping[str, Any], rules: Sequence[RuleModel]) -> list[str]:
@@ -530,7 +536,7 @@ def _new_work(ctx: _Pass, rule: RuleModel, key: str, works: dict[str, _Work]) ->
         return works[key]
     subject = ctx.registry.subject(key, _source_kind(rule))
     try:
-        limits = limits_for(rule, ctx.registry.params(subject), _site_chain(ctx.registry, subject))
+        limits = ctx.registry.limits_with_site_chain(rule, subject)
     except ConfigError:
         if not (isinstance(rule, WindowRule) and rule.emission_limit is not None):
             raise  # the rule as a whole is quarantined, as before
@@ -1002,7 +1008,7 @@ def _judgement_samples(ctx: _Pass, rule: WindowRule, work: _Work,
 # ------------------------------------------------------------------------------------------------
 
 
-def _evaluate_check(ctx: _Pass, rule: CheckRule) -> None:
+def _evaluate_check(ctx: _Pass, rule: CheckRule, memo: trucks.TruckMemo) -> None:
     """The check's findings (episodes per subject over a span it re-reads, open alerts' subjects included),
     reconciled like any rule's. Deadlines and waits are judged against the data clock: while a collector works
     through a backlog, a pickup or ticket still in it never makes a point look missed or a load unweighed."""
@@ -1010,7 +1016,8 @@ def _evaluate_check(ctx: _Pass, rule: CheckRule) -> None:
     for alert in open_alerts(ctx.conn, rule.id):
         if alert.subject is not None:
             open_subjects[alert.subject] = min(open_subjects.get(alert.subject, alert.started_at), alert.started_at)
-    span = trucks.Span(ctx.now, min(ctx.now, ctx.data_clock), ctx.horizon, ctx.upto, ctx.changes, open_subjects)
+    span = trucks.Span(ctx.now, min(ctx.now, ctx.data_clock), ctx.horizon, ctx.upto, ctx.changes, open_subjects,
+                       memo)
     works: dict[str, _Work] = {}
     episodes: dict[str, list[Episode]] = {}
     for key, finding in trucks.judge_check(ctx.conn, ctx.registry, rule, span).items():
@@ -1039,17 +1046,21 @@ def _evaluate_offline(ctx: _Pass, rule: OfflineRule) -> None:
                                                       sorted(open_by_device | changed_ids))
             if ctx.registry.in_scope(rule, s.device_id)}
     timeouts = {d: s.timeout_s for d, s in seen.items()}
+    live = {d: s for d, s in seen.items()  # silent now (receive time: our clock, not the device's)
+            if ctx.now - (s.last_received or s.registered_at) > timedelta(seconds=timeouts[d])}
+    gaps = _gaps(ctx, kinds, _offline_changes(ctx, kinds, seen), timeouts)
+    expected = _expected_to_report(ctx, rule, [(d, s.last_ts) for d, s in live.items()]
+                                   + [(d, prev) for d, pairs in gaps.items() for prev, _ in pairs])
     episodes: dict[str, list[Episode]] = defaultdict(list)
-    for device_id, s in seen.items():  # silent now (receive time: our clock, not the device's)
-        reference = s.last_received or s.registered_at
-        if ctx.now - reference > timedelta(seconds=timeouts[device_id]):
-            start = reference + timedelta(seconds=timeouts[device_id])
+    for device_id, s in live.items():
+        if expected(device_id, s.last_ts):
+            start = (s.last_received or s.registered_at) + timedelta(seconds=timeouts[device_id])
             episodes[device_id].append(Episode(start, start, None, None, None, None))
-    changed = _offline_changes(ctx, kinds, seen)
-    for device_id, gaps in _gaps(ctx, kinds, changed, timeouts).items():
-        for prev, nxt in gaps:  # silences in device time, seen when the data after them landed
-            start = prev + timedelta(seconds=timeouts[device_id])
-            episodes[device_id].append(Episode(start, start, nxt, nxt, None, None))
+    for device_id, pairs in gaps.items():
+        for prev, nxt in pairs:  # silences in device time, seen when the data after them landed
+            if expected(device_id, prev):
+                start = prev + timedelta(seconds=timeouts[device_id])
+                episodes[device_id].append(Episode(start, start, nxt, nxt, None, None))
     works: dict[str, _Work] = {}
     for device_id in set(episodes) | (open_by_device & set(seen)):
         subject = ctx.registry.subject(subject_key("device", device_id))
@@ -1066,6 +1077,18 @@ def _evaluate_offline(ctx: _Pass, rule: OfflineRule) -> None:
         alerts = existing.setdefault(fingerprint(rule.id, key), [])
         _reconcile(ctx, rule, work, _merge_overlapping(found), alerts)
     ctx.subjects += len(works)
+
+
+def _expected_to_report(ctx: _Pass, rule: OfflineRule,
+                        silences: Sequence[tuple[str, datetime | None]]) -> Callable[[str, datetime | None], bool]:
+    """Whether a device was expected to report during a silence that began after its reading at the given device
+    time (None: it never reported). Always, unless the rule says ``only_while: on_shift``: then only when the
+    truck's last telemetry by then states a shift state other than off_shift — none stated (or no reading at all)
+    counts as on shift, so a box that never says is watched like any device (alerts/rules/offline.yaml)."""
+    if rule.only_while is None:
+        return lambda device_id, since: True
+    states = queries.shift_states_at(ctx.conn, [(d, t) for d, t in silences if t is not None], ctx.upto)
+    return lambda device_id, since: since is None or states.get((device_id, since)) != OFF_SHIFT
 
 
 def _offline_changes(ctx: _Pass, kinds: Sequence[str], seen: dict[str, queries.LastSeen]) -> dict[str, datetime]:

@@ -51,7 +51,7 @@ from sanitel.alerts.evaluator import EVALUATOR_LOCK_ID
 from sanitel.alerts.lifecycle import ALERT_COLUMNS, Alert
 from sanitel.alerts.notify.outbox import enqueue, load_webhooks
 from sanitel.alerts.rules import AVERAGES_TABLE, DEFAULT_RULES_PACKAGE, INCIDENT_RULES_FILE, JUDGEMENTS_TABLE, RuleSet
-from sanitel.alerts.subjects import Registry
+from sanitel.alerts.subjects import Registry, RegistryCache
 from sanitel.db import one_row
 from sanitel.durations import parse_duration
 from sanitel.errors import ConfigError
@@ -369,17 +369,19 @@ class _Changes:
     notifications: list[tuple[Incident, dict[str, Any]]] = field(default_factory=list)
 
 
-def maintain(conn: psycopg.Connection, now: datetime, rules: IncidentRules, ruleset: RuleSet | None = None
-             ) -> IncidentReport:
+def maintain(conn: psycopg.Connection, now: datetime, rules: IncidentRules, ruleset: RuleSet | None = None,
+             registry_cache: RegistryCache | None = None) -> IncidentReport:
     """Group, inhibit and notify after a pass at wall-clock ``now`` (the pass's). Skips (ran=False) while another
-    evaluator holds the evaluation lock: it will run the step after its own pass."""
+    evaluator holds the evaluation lock: it will run the step after its own pass. ``registry_cache``: the
+    evaluator's (the service shares it; the caller drops it when this raises); None: the registry is read anew."""
     with conn.transaction():
         if not one_row(conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (EVALUATOR_LOCK_ID,)))[0]:
             return IncidentReport(ran=False)
         incidents = _open_incidents(conn)
         before = {i.incident_id: _stored(i) for i in incidents.values()}
         alerts = _work_alerts(conn, list(incidents), now - LOOKBACK)
-        step = _Step(now, rules, Registry.load(conn), ruleset, alerts, _marks(conn, rules, alerts))
+        registry = Registry.load(conn) if registry_cache is None else registry_cache.get(conn)
+        step = _Step(now, rules, registry, ruleset, alerts, _marks(conn, rules, alerts))
         changes = _Changes()
         step.inhibit(alerts, changes)
         report = IncidentReport(ran=True, inhibition_changes=len(changes.inhibitions))

@@ -513,6 +513,22 @@ def last_seen(conn: psycopg.Connection, kinds: Sequence[str], now: datetime, tim
     return [LastSeen(*r) for r in rows]
 
 
+def shift_states_at(conn: psycopg.Connection, instants: Sequence[tuple[str, datetime]],
+                    upto: datetime | None = None) -> dict[tuple[str, datetime], str | None]:
+    """Per (truck, device time), the ``shift_state`` of the truck's newest telemetry reading at or before that time
+    (stored before ``upto`` when given) — None when there is no such reading or it states none. One statement; the
+    unique (device_id, ts, seq) index finds each row."""
+    if not instants:
+        return {}
+    devices, times = [d for d, _ in instants], [t for _, t in instants]
+    rows = conn.execute(
+        sql.SQL("SELECT q.device_id, q.at, (SELECT t.shift_state FROM {} t WHERE t.device_id = q.device_id"
+                " AND t.ts <= q.at AND (%s::timestamptz IS NULL OR t.stored_at < %s) ORDER BY t.ts DESC, t.seq DESC"
+                " LIMIT 1) FROM unnest(%s::text[], %s::timestamptz[]) AS q (device_id, at)").format(
+            sql.Identifier(TRUCK_TELEMETRY)), (upto, upto, devices, times)).fetchall()
+    return {(device_id, at): state for device_id, at, state in rows}
+
+
 def previous_reading(conn: psycopg.Connection, tables: Sequence[str], before: dict[str, datetime],
                      horizon: datetime) -> dict[str, datetime]:
     """Per device, its newest reading before the given device time (after ``horizon``)."""
@@ -540,9 +556,12 @@ def reading_gaps(conn: psycopg.Connection, tables: Sequence[str], starts: dict[s
     if not starts:
         return {}
     devices = list(starts)
+    # per device along its (device_id, ts) index: as a join (or a LATERAL the planner pulls up into one: OFFSET 0
+    # keeps it) the planner scanned the whole newest chunk of a table for a few rows per device
     union = sql.SQL(" UNION ALL ").join(
-        sql.SQL("SELECT t.device_id, t.ts FROM {} t JOIN q ON q.device_id = t.device_id"
-                " WHERE t.ts >= q.start AND t.stored_at < %(upto)s").format(sql.Identifier(table))
+        sql.SQL("SELECT q.device_id, t.ts FROM q CROSS JOIN LATERAL (SELECT ts FROM {} t"
+                " WHERE t.device_id = q.device_id AND t.ts >= q.start AND t.stored_at < %(upto)s OFFSET 0) t"
+                ).format(sql.Identifier(table))
         for table in tables)
     query = sql.SQL(
         """WITH q AS (SELECT * FROM unnest(%(devices)s::text[], %(starts)s::timestamptz[], %(timeouts)s::int[])
@@ -610,6 +629,18 @@ def truck_rows(conn: psycopg.Connection, starts: dict[str, datetime], upto: date
     return out
 
 
+def truck_rows_stored(conn: psycopg.Connection, since: datetime, stored_from: datetime | None, upto: datetime
+                      ) -> list[tuple[str, TruckRow]]:
+    """(truck, row) of every truck's telemetry from ``since`` (device time) stored in [``stored_from``, ``upto``)
+    — from any time when None —, in time order per truck: what a telemetry log kept between passes adds."""
+    stored = " AND stored_at >= %(stored_from)s" if stored_from is not None else ""
+    rows = conn.execute(
+        "SELECT device_id, ts, lat, lon, speed_kmh, load_kg, rated_payload_kg, route_id, shift_state, false"
+        " FROM truck_telemetry WHERE ts >= %(since)s AND stored_at < %(upto)s" + stored + " ORDER BY device_id, ts",
+        {"since": since, "stored_from": stored_from, "upto": upto})
+    return [(device_id, TruckRow(*fields)) for device_id, *fields in rows]
+
+
 @dataclass(frozen=True, slots=True)
 class Pickup:
     truck_id: str
@@ -619,25 +650,17 @@ class Pickup:
     weight_kg: float
 
 
-def pickups(conn: psycopg.Connection, since: datetime, until: datetime, upto: datetime,
-            points: Sequence[str] | None = None) -> list[Pickup]:
-    """Pickup events in [since, until] (device time) stored before ``upto``, in time order; only at ``points``
-    when given."""
-    where = " AND point_id = ANY(%(points)s)" if points is not None else ""
+def pickups_stored(conn: psycopg.Connection, since: datetime, stored_from: datetime | None, upto: datetime
+                   ) -> list[Pickup]:
+    """Pickup events from ``since`` (device time, no upper bound) stored in [``stored_from``, ``upto``) — from any
+    time when None —, in time order: what a pickup log kept between passes adds (``trucks.PickupLog``)."""
+    stored = " AND stored_at >= %(stored_from)s" if stored_from is not None else ""
     rows = conn.execute(
         "SELECT device_id, ts, point_id, category, coalesce(weight_kg, 0) FROM truck_events"
-        " WHERE event = 'pickup' AND ts >= %(since)s AND ts <= %(until)s AND stored_at < %(upto)s" + where +
+        " WHERE event = 'pickup' AND ts >= %(since)s AND stored_at < %(upto)s" + stored +
         " ORDER BY ts, device_id, seq",
-        {"since": since, "until": until, "upto": upto, "points": list(points or ())}).fetchall()
+        {"since": since, "stored_from": stored_from, "upto": upto}).fetchall()
     return [Pickup(*row) for row in rows]
-
-
-def fleet_reported(conn: psycopg.Connection, start: datetime, end: datetime, upto: datetime) -> bool:
-    """Whether any truck's telemetry of [start, end) (device time) was stored before ``upto``: one probe of the
-    hypertable's ts index."""
-    row = conn.execute("SELECT EXISTS (SELECT 1 FROM truck_telemetry WHERE ts >= %s AND ts < %s AND stored_at < %s)",
-                       (start, end, upto)).fetchone()
-    return bool(row and row[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -699,18 +722,21 @@ def fill_rows(conn: psycopg.Connection, starts: dict[str, datetime], upto: datet
     return out
 
 
-def truck_positions_near(conn: psycopg.Connection, points: dict[str, tuple[float, float]], radius_m: float,
-                         since: datetime, upto: datetime) -> list[tuple[str, datetime, str, float, float]]:
-    """(truck, ts, point, lat, lon) of collecting trucks' readings since ``since`` within about ``radius_m`` of these points
-    (a box of that half-width: the caller measures the distance)."""
-    if not points:
-        return []
-    rows = conn.execute(
-        """WITH p AS (SELECT * FROM unnest(%(ids)s::text[], %(lats)s::float8[], %(lons)s::float8[]) AS p (id, lat, lon))
-           SELECT t.device_id, t.ts, p.id, t.lat, t.lon FROM truck_telemetry t JOIN p
-             ON abs(t.lat - p.lat) <= %(dlat)s AND abs(t.lon - p.lon) <= %(dlat)s / greatest(cos(radians(p.lat)), 0.01)
-           WHERE t.ts >= %(since)s AND t.stored_at < %(upto)s AND t.shift_state = 'collecting'
-           ORDER BY t.device_id, t.ts""",
-        {"ids": list(points), "lats": [p[0] for p in points.values()], "lons": [p[1] for p in points.values()],
-         "dlat": radius_m / 111_000.0, "since": since, "upto": upto}).fetchall()
-    return [(truck, ts, point, lat, lon) for truck, ts, point, lat, lon in rows]
+def collecting_positions(conn: psycopg.Connection, since: datetime, stored_from: datetime | None, upto: datetime
+                         ) -> list[tuple[str, datetime, float, float]]:
+    """(truck, ts, lat, lon) of collecting trucks' readings with a position from ``since`` (device time), stored in
+    [``stored_from``, ``upto``) — from any time when None."""
+    stored = " AND stored_at >= %(stored_from)s" if stored_from is not None else ""
+    return [(truck, ts, lat, lon) for truck, ts, lat, lon in conn.execute(
+        "SELECT device_id, ts, lat, lon FROM truck_telemetry WHERE ts >= %(since)s AND stored_at < %(upto)s" + stored
+        + " AND shift_state = 'collecting' AND lat IS NOT NULL AND lon IS NOT NULL",
+        {"since": since, "stored_from": stored_from, "upto": upto})]
+
+
+def newest_telemetry(conn: psycopg.Connection, since: datetime, stored_from: datetime | None,
+                     upto: datetime) -> dict[str, datetime]:
+    """Per truck, the device time of its newest telemetry from ``since`` stored in [``stored_from``, ``upto``)."""
+    stored = " AND stored_at >= %(stored_from)s" if stored_from is not None else ""
+    return dict(conn.execute(
+        "SELECT device_id, max(ts) FROM truck_telemetry WHERE ts >= %(since)s AND stored_at < %(upto)s" + stored
+        + " GROUP BY device_id", {"since": since, "stored_from": stored_from, "upto": upto}).fetchall())

@@ -40,6 +40,7 @@ from sanitel.alerts.notify.mqtt import MqttSink, deliver_pending
 from sanitel.alerts.notify.outbox import upsert_webhook
 from sanitel.alerts.notify.webhook import HttpLimits, RetryPolicy, WebhookDispatcher
 from sanitel.alerts.rules import RuleSet, load_database_rules, load_files_tolerant, rule_files
+from sanitel.alerts.subjects import RegistryCache
 from sanitel.errors import ConfigError, SanitelError
 from sanitel.heartbeats import process_instance, record_pass
 from sanitel.schemas.topics import SEVERITIES
@@ -100,6 +101,9 @@ class EvaluatorService:
         self._rules_version: str | None = None
         self._rules_checked = 0.0
         self.quarantine = Quarantine()  # rules that failed while evaluated, across passes
+        # the registry across passes, shared by the pass and the incident step (see RegistryCache)
+        self.registry_cache = RegistryCache(settings.registry_refresh_s)
+        self._evaluator: Evaluator | None = None  # kept while the connection and the rule set are the same
         self.ruleset = self._load_rules_from_files(None)
         self.incident_rules = self._load_incident_rules(None)
         self.created_webhooks = register_webhooks(self.url, webhooks)
@@ -130,7 +134,7 @@ class EvaluatorService:
             conn = self._connection()
             self._maybe_reload(conn)
             with self.metrics.pass_seconds.time():
-                report = Evaluator(conn, self.ruleset, self.config, self.quarantine).run_pass(self.clock())
+                report = self._evaluator_on(conn).run_pass(self.clock())
             if report.ran and report.now is not None:  # committed: a pass skipped for the lock reports nothing
                 self._incidents(conn, report.now)
                 record_pass(conn, "evaluator", self.instance, interval_s=self.interval_s, at=report.now,
@@ -172,7 +176,18 @@ class EvaluatorService:
             self._conn = psycopg.connect(self.url, connect_timeout=5, application_name="sanitel evaluator")
         return self._conn
 
+    def _evaluator_on(self, conn: psycopg.Connection) -> Evaluator:
+        """The evaluator of the passes so far — its state across passes (the data clock, problems logged) kept —
+        or a new one after a reconnect or a rule reload."""
+        evaluator = self._evaluator
+        if evaluator is None or evaluator.conn is not conn or evaluator.ruleset is not self.ruleset:
+            evaluator = Evaluator(conn, self.ruleset, self.config, self.quarantine, self.registry_cache)
+            self._evaluator = evaluator
+        return evaluator
+
     def _drop_connection(self) -> None:
+        self._evaluator = None
+        self.registry_cache.drop()  # its LISTEN went with the connection
         if self._conn is not None:
             with contextlib.suppress(psycopg.Error):
                 self._conn.close()
@@ -188,7 +203,7 @@ class EvaluatorService:
         """The incident step right after the pass, in its own transaction: a failure there (logged) leaves the
         pass committed and the next pass's step does the work (it is idempotent)."""
         try:
-            done = maintain(conn, now, self.incident_rules, self.ruleset)
+            done = maintain(conn, now, self.incident_rules, self.ruleset, self.registry_cache)
             log.debug("incidents: %d opened, %d resolved, %d notifications, %d inhibitions changed", done.opened,
                       done.resolved, done.notifications, done.inhibition_changes)
         except psycopg.OperationalError:
@@ -196,6 +211,7 @@ class EvaluatorService:
         except Exception:
             log.exception("incident step failed; alerts are kept, their notifications wait for the next pass")
             conn.rollback()
+            self.registry_cache.drop()  # a notification read in the rolled-back step may have been used up
 
     def _load_incident_rules(self, previous: IncidentRules | None) -> IncidentRules:
         """incidents.yaml (rules_dir's, else the shipped one); one that does not validate keeps the previous rules

@@ -20,7 +20,7 @@ from psycopg.types.json import Jsonb
 
 from sanitel.alerts.evaluator import Evaluator, EvaluatorConfig, PassReport
 from sanitel.alerts.incidents import IncidentRules, maintain
-from sanitel.alerts.rules import RuleSet, validate_rule_dict
+from sanitel.alerts.rules import RuleSet, default_rule_files, load_files, validate_rule_dict
 
 # Device time of the tests: midnight UTC, 08:00 in Shanghai (the default site time zone below).
 T0 = datetime(2026, 3, 10, tzinfo=UTC)
@@ -67,6 +67,17 @@ def series(start: datetime, step_s: float, values: Iterable[Any], field: str, **
     return [{"ts": start + timedelta(seconds=i * step_s), field: v, **extra} for i, v in enumerate(values)]
 
 
+_SHIPPED = load_files(default_rule_files()).rules
+
+
+def shipped_rules(*rule_ids: str) -> RuleSet:
+    """The shipped rules of these ids, as the evaluator loads them."""
+    out = RuleSet()
+    for rule_id in rule_ids:
+        out.add(_SHIPPED[rule_id], "shipped")
+    return out
+
+
 def ruleset(*rules: Mapping[str, Any]) -> RuleSet:
     out = RuleSet()
     for rule in rules:
@@ -89,6 +100,32 @@ def run(url: str, rules: RuleSet, now: datetime = NOW, **config: Any) -> PassRep
         if report.ran:
             maintain(conn, now, AT_ONCE, rules)
         return report
+
+
+class KeptEvaluators:
+    """``run`` with one Evaluator (and its connection) kept across the passes of a test, per database, rule ids and
+    config — as the evaluator service keeps it. What an evaluator remembers between passes (the truck checks' logs
+    and verdicts) must never change a verdict: a test passing with ``run`` must pass with this one."""
+
+    def __init__(self) -> None:
+        self._kept: dict[tuple[Any, ...], tuple[psycopg.Connection, Evaluator]] = {}
+
+    def run(self, url: str, rules: RuleSet, now: datetime = NOW, **config: Any) -> PassReport:
+        config.setdefault("data_quiet_after", timedelta(0))
+        key = (url, tuple(sorted(rules.rules)), tuple(sorted(config.items())))
+        if key not in self._kept:
+            conn = psycopg.connect(url)
+            self._kept[key] = (conn, Evaluator(conn, rules, EvaluatorConfig(**config)))
+        conn, evaluator = self._kept[key]
+        report = evaluator.run_pass(now)
+        if report.ran:
+            maintain(conn, now, AT_ONCE, evaluator.ruleset)
+        return report
+
+    def close(self) -> None:
+        for conn, _ in self._kept.values():
+            conn.close()
+        self._kept.clear()
 
 
 def alerts(url: str, rule_id: str | None = None) -> list[dict[str, Any]]:
