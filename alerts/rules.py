@@ -13,7 +13,8 @@ Rule kinds (``kind:``):
                   CEMS unit and local day: Order No. 10's furnace count, marked hours, the EU CO 24-hour rule)
 - ``rate``        change of a reading per unit of time over a look-back (``over``)
 - ``event_count`` events per window per device, site or sorting point
-- ``offline``     no data for longer than the device's inactivity timeout (or the rule's)
+- ``offline``     no data for longer than the device's inactivity timeout (or the rule's); ``only_while:
+                  on_shift`` watches a truck only while its last telemetry says it is on shift
 
 Per-site parameters come from ``sites.params`` (merged down the site tree, the nearest site winning)
 and ``devices.metadata``: a limit may be a ``{param, values, default}`` lookup (e.g. the station's
@@ -446,16 +447,37 @@ class EventCountRule(RuleBase, _Source):
         return None
 
 
+# Offline rules' ``only_while``: when a device is expected to report at all, and the device kinds whose readings say
+# so. ``on_shift``: a collection truck whose last stored telemetry states a shift state other than ``off_shift`` (the
+# truck contract: TruckTelemetry.shift_state) — a parked truck's telematics may go quiet with the ignition off.
+OnlyWhile = Literal["on_shift"]
+ONLY_WHILE_KINDS: dict[str, tuple[str, ...]] = {"on_shift": ("truck",)}
+OFF_SHIFT = "off_shift"
+
+
 class OfflineRule(RuleBase):
-    """No reading for longer than the device's ``inactivity_timeout_s`` (or ``timeout`` when given)."""
+    """No reading for longer than the device's ``inactivity_timeout_s`` (or ``timeout`` when given) — with
+    ``only_while: on_shift``, only a silence that began while the truck's last telemetry said it was on shift."""
 
     kind: Literal["offline"]
     timeout: Duration | None = None
+    only_while: OnlyWhile | None = None
 
     @model_validator(mode="after")
-    def _positive(self) -> OfflineRule:
+    def _consistent(self) -> OfflineRule:
+        """A positive timeout; ``only_while`` reads a state only some kinds report: a scope wider than those would
+        leave the others judged on a field they never send."""
         if self.timeout is not None and self.timeout <= timedelta(0):
             raise ValueError("[timeout] timeout must be longer than 0s")
+        if self.only_while is None:
+            return self
+        wanted = ONLY_WHILE_KINDS[self.only_while]
+        others = [k for k in self.kinds() if k not in wanted]
+        if others:
+            shown = f"kinds {', '.join(others)}" if self.scope.kinds else "every device kind (no scope.kinds)"
+            raise ValueError(f"[only_while] {self.only_while} reads the shift state only {', '.join(wanted)} devices "
+                             f"report, but the rule's scope covers {shown} — fix: scope: {{kinds: "
+                             f"[{', '.join(wanted)}]}} (and a rule without only_while for the others)")
         return self
 
 

@@ -49,6 +49,7 @@ MATCH_SLACK = timedelta(hours=2)
 DEFAULT_RESOLVE_SLACK = timedelta(minutes=90)
 RESOLVE_SLACK: Mapping[str, timedelta] = {
     "device_offline": timedelta(minutes=5),      # the first reading after the silence ends it
+    "truck_offline": timedelta(minutes=5),       # as device_offline
     "bin_fire": timedelta(minutes=45),           # a cooling bin stays above its alarm temperature, then keep-firing
     "bin_overflow": timedelta(minutes=40),       # emptied: the next status reports (every 5-10 min) fall below clear
     "sweeper_low_soc": timedelta(hours=2),       # charging back above the clear level takes a while

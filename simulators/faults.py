@@ -13,7 +13,8 @@ one of three places:
   while the pollutant values still carry normalised values), ``over_range`` (a pollutant above its
   analyser's range, flagged T); and the truck faults (issue 15): ``missed_pickup``, ``late_round``, ``overweight``,
   ``off_route``, ``never_weighed``, ``weighbridge_mismatch``, each changing one shift of a truck, whose model
-  records what then happened (models/truck.py);
+  records what then happened (models/truck.py), and ``truck_telematics_outage`` (the truck's terminal silent during a
+  haul while the truck keeps working);
 - the **reading** (what the device says): ``spike``, ``stuck_sensor``, ``silence`` (nothing is
   sent), ``clock_skew`` (the device's clock is off), ``malformed`` with reason ``wrong_type`` or
   ``out_of_range``;
@@ -65,7 +66,7 @@ from sanitel.simulators.models.cems import (
     Dip,
     Window,
 )
-from sanitel.simulators.models.truck import SHIFT_FAULTS
+from sanitel.simulators.models.truck import OUTAGE_S, SHIFT_FAULTS, TELEMATICS_OUTAGE
 from sanitel.simulators.truth import GroundTruth, SignalWatch, TruthRecord
 
 if TYPE_CHECKING:
@@ -74,7 +75,8 @@ if TYPE_CHECKING:
 FaultKind = Literal["spike", "stuck_sensor", "silence", "clock_skew", "duplicate", "out_of_order", "malformed",
                     "burst", "emission_exceedance", "charger_failure", "bin_fire",
                     "furnace_dips", "dau_outage_backfill", "o2_calibration", "over_range",
-                    "missed_pickup", "late_round", "overweight", "off_route", "never_weighed", "weighbridge_mismatch"]
+                    "missed_pickup", "late_round", "overweight", "off_route", "never_weighed", "weighbridge_mismatch",
+                    "truck_telematics_outage"]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 DeviceKind = Literal["sweeper", "transfer_station", "bin", "camera", "cems", "truck"]
 MalformedReason = Literal["invalid_json", "wrong_type", "out_of_range"]
@@ -105,6 +107,7 @@ TARGET_KINDS: dict[str, tuple[str, ...]] = {
     "o2_calibration": ("cems",),
     "over_range": ("cems",),
     **{kind: ("truck",) for kind in SHIFT_FAULTS},
+    TELEMATICS_OUTAGE: ("truck",),
 }
 # The CEMS regulatory cases: planned around the line's own events and earlier faults on it (module docstring).
 CEMS_EVENTS = frozenset({"furnace_dips", "dau_outage_backfill", "o2_calibration", "over_range"})
@@ -117,9 +120,11 @@ DEFAULT_DURATION_S: dict[str, float] = {
     "furnace_dips": 6 * 3600.0, "dau_outage_backfill": 4 * 3600.0, "o2_calibration": 900.0, "over_range": 1200.0,
     # truck faults change a whole shift (models/truck.py); late_round's duration is how late the shift leaves
     **dict.fromkeys(SHIFT_FAULTS, 0.0), "late_round": 5 * 3600.0,
+    TELEMATICS_OUTAGE: OUTAGE_S,  # how long the truck's terminal is silent, from a little into a haul to the tip
 }
 # Two truck faults that cannot share a shift: a load dumped short of the weighbridge is never weighed, so no ticket
-# can disagree with its pickups. Planned on one truck, the second waits for the truck's next shift.
+# can disagree with its pickups. They are planned on different trucks; on a fleet of one truck the second waits for
+# the truck's next shift.
 TRUCK_CONFLICTS = {"never_weighed": "weighbridge_mismatch", "weighbridge_mismatch": "never_weighed"}
 # The field a sensor fault hits by default, per device kind; a spike's value (inside the schema's
 # physical range, so the row is stored — it is an outlier, not a rejection).
@@ -219,6 +224,7 @@ PRESETS: dict[str, tuple[dict[str, Any], ...]] = {
     "o2_calibration": ({"device_kind": "cems"},),
     "over_range": ({"device_kind": "cems", "pollutant": "so2"},),
     **{kind: ({"device_kind": "truck"},) for kind in SHIFT_FAULTS},
+    TELEMATICS_OUTAGE: ({"device_kind": "truck"},),
 }
 NEEDS = "_needs"  # a preset left out when the fleet has fewer devices of its kind than this
 
@@ -580,6 +586,10 @@ def _targets(spec: FaultSpec, kind: str, fleet: Fleet, rng: random.Random, plann
     else:
         # prefer devices no other fault touches (cleaner ground truth); share them when the fleet is small
         candidates = [d for d in every if d not in planned.used] or every
+        if spec.kind in TRUCK_CONFLICTS:  # … but not a truck whose shift the conflicting fault has taken: there it
+            # would wait for the next shift, a day later (outside a one-day run) — as it must on a one-truck fleet
+            clash = TRUCK_CONFLICTS[spec.kind]
+            candidates = [d for d in candidates if clash not in planned.truck_faults.get(d, ())] or candidates
     if not candidates:
         raise ConfigError(f"faults: {spec.kind}: the scenario has no {kind} devices to fault; add "
                           f"{kind} devices to the scenario or set device_kind to one of "
@@ -652,7 +662,8 @@ def _plan_one(spec: FaultSpec, index: int, device_id: str, ctx: PlanContext, rng
         "dau_outage_backfill": lambda: _plan_backfill(fleet.cems_line(device_id), start, end, ctx, details, record),
         "o2_calibration": lambda: _plan_o2_calibration(fleet.cems_line(device_id), start, end, details, record),
         "over_range": lambda: _plan_over_range(spec, fleet.cems_line(device_id), start, end, ctx, details, record),
-        **{kind: (lambda: _plan_truck(spec, device_id, ctx, details, planned)) for kind in SHIFT_FAULTS},
+        **{kind: (lambda: _plan_truck(spec, device_id, ctx, details, planned))
+           for kind in (*SHIFT_FAULTS, TELEMATICS_OUTAGE)},
     }
     return planners[spec.kind]()
 
@@ -772,6 +783,9 @@ def _plan_truck(spec: FaultSpec, device_id: str, ctx: PlanContext, details: dict
     taken.add(spec.kind)
     if spec.kind == "late_round":
         details["delay_s"] = spec.duration if spec.duration is not None else DEFAULT_DURATION_S["late_round"]
+    if spec.kind == TELEMATICS_OUTAGE:  # the first haul to the tip at or after `after` (models/truck.py)
+        details["duration_s"] = spec.duration if spec.duration is not None else DEFAULT_DURATION_S[TELEMATICS_OUTAGE]
+        details["timeout_s"] = OFFLINE_TIMEOUT_S
     ctx.fleet.truck(device_id).add_fault(spec.kind, after, details)
     return []
 

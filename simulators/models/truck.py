@@ -17,8 +17,9 @@ truck contract): a clearance deadline of a point on the route that passes withou
 local day (``point_not_cleared``: late when the pickup comes later that day, missed when none does), a load above
 the rated payload (``truck_overweight``), a load not followed by a weighbridge ticket within 3 h
 (``load_not_weighed``), a ticket whose net differs from the pickups summed since the previous ticket by more than
-10 % and 200 kg (``weighbridge_mismatch``), a detour beyond 300 m of the path (``truck_off_route``). A record is
-``injected`` when a fault planned on the truck caused it, ``model`` otherwise — a clean day has none.
+10 % and 200 kg (``weighbridge_mismatch``, until the truck's next ticket, as the rule holds it), a detour beyond 300 m
+of the path (``truck_off_route``). A record is ``injected`` when a fault planned on the truck caused it, ``model``
+otherwise — a clean day has none.
 
 Bin weights per 240 L bin (``BIN_KG``): kitchen 20-120 kg as the brief gives it; the others are plausible
 densities of a 240 L bin (not verified against a published survey). The bins' own fill levels
@@ -37,6 +38,7 @@ from typing import Any, ClassVar
 
 from sanitel.schemas.readings import TruckEvent, TruckTelemetry
 from sanitel.schemas.topics import device_topic
+from sanitel.signal_conditions import condition
 from sanitel.simulators.clock import LocalTime, rfc3339
 from sanitel.simulators.models.base import (
     INF,
@@ -65,7 +67,11 @@ DEPOT, TO_ROUTE, COLLECTING, TO_TIP, TIPPING, RETURNING, OFF_SHIFT = (
     "depot", "to_route", "collecting", "to_tip", "tipping", "returning", "off_shift")
 WITH_PACK = frozenset({"electric", "hybrid"})  # GB/T 32960.3 battery data: absent on diesel and CNG trucks
 
-# The limits of the truck rules (the truck contract; alerts/rules/truck.yaml), which the ground truth judges with.
+# Overweight is the kernel's condition truck_overweight (sanitel/signal_conditions.yaml), read by the rule too: the load
+# above `threshold` % of the rated payload, until at or below `clear` %.
+OVERWEIGHT = condition("truck_overweight")
+# The limits of the other truck rules (alerts/rules/truck.yaml), which the ground truth judges with: restated here (the
+# simulators may import no alert code), held equal to the shipped rules by tests/integration/test_truck_ground_truth.py.
 OFF_ROUTE_M = 300.0
 OFF_ROUTE_FOR_S = 300.0
 WEIGH_WITHIN_S = 3 * 3600.0
@@ -85,6 +91,15 @@ CURRENT_A = {"drive": 110.0, "lift": 70.0, "idle": 4.0}
 SHIFT_FAULTS = ("missed_pickup", "late_round", "overweight", "off_route", "never_weighed", "weighbridge_mismatch")
 DETOUR_M = (900.0, 1300.0, 2000.0, 3000.0)   # how far off the path an off-route detour goes (first that fits)
 DETOUR_PAUSE_S = (480.0, 600.0)              # … and waits there: well over the rule's 5 minutes beyond 300 m
+# A telematics outage (fault truck_telematics_outage, :class:`TelematicsOutage`): the terminal sends nothing, telemetry
+# or events, from a little into the first haul to the tip at or after the fault's time, while the truck keeps working
+# (drives on, is weighed, tips, drives back). The haul, because no pickup falls in it: a lost pickup would rightly
+# make its point look not cleared — another fault's effect. Expected: the truck rules' offline alert, a silence
+# begun on shift (alerts/rules/offline.yaml).
+TELEMATICS_OUTAGE = "truck_telematics_outage"
+OFFLINE_ALERT = "truck_offline"
+OUTAGE_S = 45 * 60.0          # silent this long unless the fault's duration says otherwise
+OUTAGE_INTO_HAUL_S = 120.0    # … from this far into the haul: the readings of the load just lifted still go out
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +195,44 @@ class ShiftFault:
     details: dict[str, Any]
 
 
+class TelematicsOutage:
+    """A truck's terminal silent in [start, end): nothing it would send goes out. Its ground-truth record opens with the
+    first message it swallows (an outage the run never reached is no truth) and expects ``truck_offline`` when the gap
+    left between the messages sent — last before → first after, ``details.gap_s`` — is longer than the truck's
+    inactivity timeout, measured as the ``silence`` fault measures it (simulators/faults.py ``Silence``). The
+    last message before the outage was sent on shift (collecting or hauling), so the silence began on shift."""
+
+    __slots__ = ("details", "end", "last_before", "measured", "record", "sink", "start", "timeout_s")
+
+    def __init__(self, start: float, end: float, timeout_s: float, last_before: float, details: dict[str, Any],
+                 sink: IncidentSink) -> None:
+        self.start, self.end, self.timeout_s, self.last_before = start, end, timeout_s, last_before
+        self.details, self.sink = details, sink
+        self.record: TruthRecord | None = None
+        self.measured = False
+
+    def swallows(self, device_id: str, t: float) -> bool:
+        """Whether a message the truck sends at ``t`` is lost."""
+        if t < self.start:
+            self.last_before = t
+            return False
+        if t < self.end:
+            if self.record is None:
+                planned = {"alert": OFFLINE_ALERT} if self.end - self.start > self.timeout_s else {}
+                self.record = self.sink(TruthRecord(device_id, KIND, TELEMATICS_OUTAGE, self.start, self.end,
+                                                    {"rows": "missing", **planned}, details=self.details))
+            self.record.messages += 1
+            return True
+        if self.record is not None and not self.measured:
+            self.measured = True
+            gap = t - self.last_before
+            self.record.details["gap_s"] = round(gap, 3)
+            self.record.expected_effect.pop("alert", None)
+            if gap > self.timeout_s:
+                self.record.expected_effect["alert"] = OFFLINE_ALERT
+        return False
+
+
 class Truck(DeviceModel):
     kind: ClassVar[str] = KIND
 
@@ -227,10 +280,12 @@ class Truck(DeviceModel):
         self.open_records: list[TruthRecord] = []
         self.overweight: TruthRecord | None = None
         self.unweighed: TruthRecord | None = None
+        self.mismatch: TruthRecord | None = None   # open until the truck's next ticket
         self.off_route: TruthRecord | None = None
         self.clearance_open: dict[tuple[str, str], TruthRecord] = {}
         self.clearance_day_end = INF
         self.next_deadline = self._deadline_after(start)
+        self.outage: TelematicsOutage | None = None
 
     # --- interface ---------------------------------------------------------------------------
 
@@ -249,7 +304,9 @@ class Truck(DeviceModel):
                             "district_id": self.route.district.district_id, "depot": [round(lat, 6), round(lon, 6)]})]
 
     def add_fault(self, kind: str, after: float, details: dict[str, Any]) -> None:
-        """Fault hook: ``kind`` (one of SHIFT_FAULTS) changes the first shift leaving at or after ``after``."""
+        """Fault hook: ``kind`` (one of SHIFT_FAULTS) changes the first shift leaving at or after ``after``;
+        TELEMATICS_OUTAGE silences the first haul to the tip at or after it (``details``: ``timeout_s``, the truck's
+        inactivity timeout, and ``duration_s``)."""
         self.pending.append(ShiftFault(kind, after, details))
 
     def step(self, t: float, out: list[Emission]) -> float:
@@ -267,8 +324,7 @@ class Truck(DeviceModel):
         if t >= self.clearance_day_end:
             self._day_ends()
         if t >= self.next_report:
-            out.append(Emission(self.telemetry_topic, self.device_id, KIND, TELEMETRY, t, self._reading(t)))
-            self._touch(t)
+            self._send(out, Emission(self.telemetry_topic, self.device_id, KIND, TELEMETRY, t, self._reading(t)))
             parked = self.action.kind == "park"
             self.next_report = t + self.cadence(t, self.parked_interval_s if parked else self.interval_s)
         return min(self.next_report, self.action.end, self.next_deadline, self.clearance_day_end)
@@ -364,6 +420,8 @@ class Truck(DeviceModel):
             action.end = t + action.distance_m / (speed / 3.6)
             if action.distance_m > 0:
                 self.heading = heading_deg(action.to[0] - self.x, action.to[1] - self.y)
+            if action.state == TO_TIP:
+                self._haul_begins(t)
             if action.detour == "out" and self.off_route is None:
                 self.off_route = self._record(t, "off_route", "truck_off_route", {
                     "path_limit_m": OFF_ROUTE_M, "for_s": OFF_ROUTE_FOR_S, "route_id": self.route.route_id})
@@ -408,7 +466,7 @@ class Truck(DeviceModel):
             self._dumped(t)
         elif kind == "leak":
             self._leak()
-            if self.overweight is not None and self.load_kg <= self.rated_payload_kg:
+            if self.overweight is not None and not self._over_payload():
                 self._close(self.overweight, t)
                 self.overweight = None
 
@@ -432,7 +490,7 @@ class Truck(DeviceModel):
         self.first_pickup = min(self.first_pickup, t)
         self.last_pickup = t
         self._picked(stop.point_id, action.category, t)
-        if self.load_kg > self.rated_payload_kg and self.overweight is None:
+        if self._over_payload() and self.overweight is None:
             self.overweight = self._record(t, "overweight", "truck_overweight",
                                            {"rated_payload_kg": self.rated_payload_kg, "load_kg": round(self.load_kg)})
 
@@ -448,6 +506,13 @@ class Truck(DeviceModel):
         self.load_kg += change
         if mismatch is not None:
             mismatch.details["mechanism"] = "leak" if change < 0 else "unweighed_load"
+
+    def _over_payload(self) -> bool:
+        """The load against the rated payload as truck_overweight judges it: above the threshold, and until at or
+        below the clear level once above it (hysteresis)."""
+        threshold, clear = OVERWEIGHT.limits()
+        pct = 100.0 * self.load_kg / self.rated_payload_kg
+        return OVERWEIGHT.breaches(pct, threshold if self.overweight is None or clear is None else clear)
 
     def _unloaded(self, t: float) -> None:
         self.load_kg = 0.0
@@ -469,6 +534,9 @@ class Truck(DeviceModel):
         net = gross - tare
         if self.weighbridge is not None:
             out.append(self.weighbridge.ticket(t, self.device_id, gross, tare))
+        if self.mismatch is not None:  # the rule holds a mismatch until the truck's next ticket
+            self._close(self.mismatch, t)
+            self.mismatch = None
         if self.unweighed is not None:  # the unweighed load's condition lasts until a ticket
             self._close(self.unweighed, t)
             self.unweighed = None
@@ -477,9 +545,9 @@ class Truck(DeviceModel):
                          {"picked_kg": round(self.picked_kg, 1), "ticket_at": rfc3339(t)}, end=t)
         diff = abs(net - self.picked_kg)
         if diff > MISMATCH_SHARE * self.picked_kg and diff > MISMATCH_KG:
-            self._record(t, "weighbridge_mismatch", "weighbridge_mismatch", {
+            self.mismatch = self._record(t, "weighbridge_mismatch", "weighbridge_mismatch", {
                 "net_kg": net, "picked_kg": round(self.picked_kg, 1), "tolerance_share": MISMATCH_SHARE,
-                "tolerance_kg": MISMATCH_KG, "site_id": self.route.tip_site_id}, end=t + 3600.0)
+                "tolerance_kg": MISMATCH_KG, "site_id": self.route.tip_site_id})
         self.picked_kg, self.first_pickup, self.last_pickup = 0.0, INF, INF
 
     def _bridge(self, kg: float) -> float:
@@ -490,9 +558,27 @@ class Truck(DeviceModel):
 
     def _event(self, t: float, out: list[Emission], body: dict[str, Any]) -> None:
         lat, lon = self.route.district.to_latlon(self.x, self.y)
-        out.append(Emission(self.event_topic, self.device_id, KIND, EVENT, t,
-                            {"ts": t, "seq": self.seq(), **body, "lat": r6(lat), "lon": r6(lon)}))
-        self._touch(t)
+        self._send(out, Emission(self.event_topic, self.device_id, KIND, EVENT, t,
+                                 {"ts": t, "seq": self.seq(), **body, "lat": r6(lat), "lon": r6(lon)}))
+
+    def _send(self, out: list[Emission], emission: Emission) -> None:
+        """A message of the truck's terminal goes out, unless a telematics outage swallows it (its sequence number
+        is spent all the same: the receiver sees the gap)."""
+        if self.outage is not None and self.outage.swallows(self.device_id, emission.t):
+            return
+        out.append(emission)
+        self._touch(emission.t)
+
+    def _haul_begins(self, t: float) -> None:
+        """truck_telematics_outage: an outage due by now starts a little into this haul to the tip."""
+        fault = self._take(TELEMATICS_OUTAGE, t)
+        if fault is None:
+            return
+        start = t + OUTAGE_INTO_HAUL_S
+        duration = float(fault.details.get("duration_s", OUTAGE_S))
+        timeout = float(fault.details["timeout_s"])
+        details = {**fault.details, "duration_s": duration, "route_id": self.route.route_id, "shift_state": TO_TIP}
+        self.outage = TelematicsOutage(start, start + duration, timeout, t, details, self.incidents)
 
     # --- clearance deadlines -------------------------------------------------------------------
 

@@ -75,11 +75,11 @@ def _site_kind(site: str) -> str:
             else "line" if "-l" in site else "district")
 
 
-def _register(url: str, scenario: Scenario) -> None:
+def _register(url: str, scenario: Scenario, seed: int) -> None:
     """The fleet in the registry with its sites, as an operator would have it (stations on grade 2): the sites
     first, then the devices with their metadata and sites, the sorting points' gateways with their bins behind
     them and the HJ 212 unit with its PW, registered as ``sanitel run`` registers a simulated fleet."""
-    devices = inventory(scenario, seed=SEED, city=CITY)
+    devices = inventory(scenario, seed=seed, city=CITY)
     with psycopg.connect(url, autocommit=True) as conn:
         for site in sorted({d["site_id"] for d in devices}):
             kind = _site_kind(site)
@@ -90,7 +90,7 @@ def _register(url: str, scenario: Scenario) -> None:
             conn.execute("INSERT INTO sites (site_id, kind, name, parent_id, timezone, params) VALUES"
                          " (%s, %s, %s, %s, %s, %s)", (site, kind, site, parent, scenario.timezone,
                                                        Jsonb(SITE_PARAMS.get(kind, {}))))
-    register_scenario_fleet(url, scenario, city=CITY, seed=SEED)
+    register_scenario_fleet(url, scenario, city=CITY, seed=seed)
 
 
 def _enter_api_marks(url: str, truth: list[dict[str, Any]]) -> int:
@@ -189,14 +189,16 @@ def _wait_stored(url: str, collector: Collector, backlog: BrokerBacklog, publish
                        f"{backlog.held(finished)} for it after {timeout} s"
 
 
-def simulate_day(url: str, broker: MosquittoServer, tmp: Path, faults: Faults) -> tuple[list[dict[str, Any]], Path]:
-    """One simulated day through broker → collector → database → evaluator; returns the ground truth and its file."""
-    scenario = _scenario()
-    _register(url, scenario)
+def simulate_day(url: str, broker: MosquittoServer, tmp: Path, faults: Faults, *, scenario: Scenario | None = None,
+                 seed: int = SEED) -> tuple[list[dict[str, Any]], Path]:
+    """One simulated day through broker → collector → database → evaluator; returns the ground truth and its file.
+    ``scenario``: this module's (SCENARIO at SCALE) unless given."""
+    scenario = scenario or _scenario()
+    _register(url, scenario, seed)
     truth_file = tmp / "truth.jsonl"
     # the day plus ten minutes of the next: the units report past midnight, so the day is complete
     messages = [(topic, payload) for topic, payload, _ in generate(
-        scenario, seed=SEED, start=DAY_START.timestamp(), duration_s=86400 + 600, city=CITY, faults=faults,
+        scenario, seed=seed, start=DAY_START.timestamp(), duration_s=86400 + 600, city=CITY, faults=faults,
         ground_truth_path=truth_file)]
     truth = read_ground_truth(truth_file)
     _enter_api_marks(url, truth)

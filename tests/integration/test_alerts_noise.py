@@ -10,11 +10,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from sanitel.alerts.rules import RuleSet, default_rule_files, load_files
 from sanitel.signal_conditions import condition
-from tests.support.alerts_db import add_device, add_site, alerts, at, history, insert, run, series
+from tests.support.alerts_db import add_device, add_site, alerts, at, history, insert, run, series, shipped_rules
 
-SHIPPED = load_files(default_rule_files()).rules
 BIN_FULL = condition("bin_full")
 STEP_S = 300  # a bin reports every 5 minutes (simulators/scenarios/district.yaml status_interval)
 
@@ -28,13 +26,6 @@ STEP_S = 300  # a bin reports every 5 minutes (simulators/scenarios/district.yam
 #   i12 [88,93,90,88,91]→90 · i13 [93,90,88,91,89]→90 · i14 [90,88,91,89,5]→89 (80-90: holds)
 #   i15 [88,91,89,5,4]→88 (holds) · i16 [91,89,5,4,3]→5 < 80: over at 80 min
 HOVER = [70, 78, 84, 87, 88, 92, 89, 91, 88, 93, 90, 88, 91, 89, 5, 4, 3, 3]
-
-
-def _rules(*rule_ids: str) -> RuleSet:
-    out = RuleSet()
-    for rule_id in rule_ids:
-        out.add(SHIPPED[rule_id], "shipped")
-    return out
 
 
 def _bins(url: str, *devices: str) -> None:
@@ -56,7 +47,7 @@ def _span(alert: dict[str, Any]) -> tuple[Any, ...]:
 
 def test_a_bin_hovering_at_the_limit_fires_once_and_resolves_once_after_emptying(fresh_db: str) -> None:
     _bins(fresh_db, "bin-1")
-    rules = _rules("bin_overflow")
+    rules = shipped_rules("bin_overflow")
     _fill(fresh_db, "bin-1", 0, HOVER[:14])  # filling and hovering: full from i9 (45 min), still full at i13
     run(fresh_db, rules)
     (alert,) = alerts(fresh_db, "bin_overflow")
@@ -82,7 +73,7 @@ def test_a_single_reading_of_95_does_not_fire(fresh_db: str) -> None:
     _fill(fresh_db, "bin-1", 60, HOVER)
     # bin-2: its very first reading is a 95 % echo: no verdict before 5 readings, then [95,60,61,60,62]→61
     _fill(fresh_db, "bin-2", 0, [95, 60, 61, 60, 62, 60, 61])
-    run(fresh_db, _rules("bin_overflow"))
+    run(fresh_db, shipped_rules("bin_overflow"))
     (alert,) = alerts(fresh_db, "bin_overflow")
     assert alert["device_id"] == "bin-1" and alert["started_at"] == at(60 + 45) and alert["resolved_at"] == at(60 + 80)
 
@@ -109,7 +100,7 @@ def test_h2s_noise_around_the_limit(fresh_db: str) -> None:
         add_site(conn, "ts-1", params={"odour_grade": 2})
         add_device(conn, "st-1", "transfer_station", site="ts-1")
         add_device(conn, "st-2", "transfer_station", site="ts-1")
-    rules = _rules("station_h2s")
+    rules = shipped_rules("station_h2s")
     _h2s(fresh_db, "st-1", 0, BELOW)
     _h2s(fresh_db, "st-2", 0, ABOVE[:8])
     run(fresh_db, rules)
@@ -132,7 +123,7 @@ def test_the_look_back_makes_two_passes_judge_as_one(fresh_db: str) -> None:
     pass over bin-b. A flagged reading (maintenance, M) at 42 min counts in neither window: with it, the window
     would be [89,91,88,10,93]→89 and the bin not full until later."""
     _bins(fresh_db, "bin-a", "bin-b")
-    rules = _rules("bin_overflow")
+    rules = shipped_rules("bin_overflow")
     flagged = {"fill_level_pct": 10, "extra": {"flag": "M"}}
     _fill(fresh_db, "bin-a", 0, HOVER[:9])
     with psycopg.connect(fresh_db, autocommit=True) as conn:
@@ -153,7 +144,7 @@ def test_late_reading_re_evaluates_the_windows_it_lands_in(fresh_db: str) -> Non
     """A reading arriving late changes the medians of the next 4 readings too: the subject is re-evaluated from
     before it, and the look-back refills the windows there."""
     _bins(fresh_db, "bin-1")
-    rules = _rules("bin_overflow")
+    rules = shipped_rules("bin_overflow")
     # i9 (93 at 45 min) arrives late: without it the hover is 88 92 89 91 88 · 90 88 91 89 — medians
     # i9' [92,89,91,88,90]→90 (45→50 min: full from 50 min)
     _fill(fresh_db, "bin-1", 0, HOVER[:9])

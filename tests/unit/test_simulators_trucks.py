@@ -29,6 +29,7 @@ from sanitel.simulators.models.truck import (
     OFF_ROUTE_FOR_S,
     OFF_ROUTE_M,
     SHIFT_FAULTS,
+    TELEMATICS_OUTAGE,
     WEIGH_WITHIN_S,
     Stop,
     Truck,
@@ -272,11 +273,12 @@ CHECKS = {"missed_pickup": _missed, "late_round": _late, "overweight": _overweig
 
 
 def test_faults_all_puts_each_truck_fault_on_its_own_truck_when_the_fleet_has_enough() -> None:
-    _, sim = run(small(trucks={"count": 6, "points_per_route": 2}), faults="all")
+    truck_faults = {*SHIFT_FAULTS, TELEMATICS_OUTAGE}
+    _, sim = run(small(trucks={"count": len(truck_faults), "points_per_route": 2}), faults="all")
     injected = [r for r in truck_records(sim) if r.source == "injected"]
-    assert {r.fault for r in injected} == set(SHIFT_FAULTS)
+    assert {r.fault for r in injected} == truck_faults
     by_fault = {r.fault: r.device_id for r in injected}
-    assert len(set(by_fault.values())) == 6
+    assert len(set(by_fault.values())) == len(truck_faults)
     assert not [r for r in truck_records(sim) if r.source == "model"]
 
 

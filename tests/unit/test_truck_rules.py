@@ -17,6 +17,7 @@ from sanitel.alerts.queries import Pickup, Ticket, TruckRow
 from sanitel.alerts.rules import CheckRule, TruckCheck, limits_for, load_rule_file, smoothing_text, validate_rule_dict
 from sanitel.alerts.timeline import Episode, Policy, Status
 from sanitel.alerts.trucks import (
+    PointGrid,
     clearance_episodes,
     distance_to_path_m,
     held_episodes,
@@ -269,8 +270,13 @@ def test_a_visit_without_a_pickup_while_the_bin_is_full_is_an_overflow_not_picke
     found = visits(near)
     assert [(v.truck_id, v.start, v.end) for v in found] == [("tr-1", minutes(10), minutes(12)),
                                                             ("tr-2", minutes(40), minutes(40))]
-    missed = unserved(found, [pickup(11, 80, truck="tr-1")])  # tr-1 lifted the bin; tr-2 drove past
+    heard = {"tr-1": minutes(50), "tr-2": minutes(50)}  # both drove on: their pickups there would be stored by now
+    missed = unserved(found, [pickup(11, 80, truck="tr-1")], heard)  # tr-1 lifted the bin; tr-2 drove past
     assert [v.truck_id for v in missed] == ["tr-2"]
+    # a visit the truck's data does not yet go past (by more than the slack) is not judged: its pickup may be on
+    # its way, or still being made
+    assert unserved(found, [], {"tr-1": minutes(50), "tr-2": minutes(45)}) == [found[0]]
+    assert unserved(found, [], {"tr-1": minutes(17), "tr-2": minutes(40)}) == []
     full = [Episode(minutes(0), minutes(0), minutes(60), minutes(60), 95.0, 91.0)]
     ((episode, details),) = overflow_episodes(full, missed)
     assert (episode.start, episode.resolved_at, details["truck_id"]) == (minutes(40), minutes(60), "tr-2")
@@ -294,6 +300,29 @@ def test_incidents_rank_the_missed_round_first_keep_trucks_apart_and_hold_a_sile
     assert rules.rank("point_not_cleared") < rules.rank("overflow_not_picked_up") < rules.rank("bin_overflow")
     assert rules.rank("truck_off_route") < rules.rank("load_not_weighed")
     (held,) = [r for r in rules.inhibit if r.name == "device_offline_holds_truck_positions"]
-    assert held.alerts == ("device_offline",)
+    assert held.alerts == ("device_offline", "truck_offline")
     assert held.target.matches("truck_idle", None) and held.target.matches("truck_off_route", None)
     assert not held.target.matches("truck_overweight", None)  # a load measured before the silence still holds
+
+
+# --- PointGrid: the overflow check's points near a truck ---------------------------------------------------------
+
+_CITY_LAT = st.floats(22.4, 22.9)  # Shenzhen's span, and far north where a degree of longitude is short
+_NORTH_LAT = st.floats(59.0, 60.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data(), st.sampled_from([_CITY_LAT, _NORTH_LAT]), st.floats(5.0, 300.0))
+def test_the_grid_finds_exactly_the_points_a_measurement_of_each_would(data: st.DataObject,
+                                                                      lats: st.SearchStrategy[float],
+                                                                      radius: float) -> None:
+    """Against measuring every point: points and positions within a few radii of each other, so that many are
+    near, many just beyond — at a city's latitude and far north, where cells must be wider in longitude."""
+    base_lat = data.draw(lats)
+    spread = 4 * radius / 111_000.0
+    coord = st.tuples(st.floats(base_lat - spread, base_lat + spread), st.floats(114.0 - 3 * spread, 114.0 + 3 * spread))
+    places = {f"p{i}": p for i, p in enumerate(data.draw(st.lists(coord, min_size=1, max_size=30)))}
+    grid = PointGrid(places, radius)
+    for lat, lon in data.draw(st.lists(coord, min_size=1, max_size=20)):
+        measured = {p for p, (plat, plon) in places.items() if distance_to_path_m(lat, lon, [(plat, plon)]) <= radius}
+        assert set(grid.near(lat, lon)) == measured
