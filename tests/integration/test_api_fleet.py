@@ -6,7 +6,7 @@ index backwards on every chunk (no (device_id, ts DESC) index since migration 00
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -105,13 +105,29 @@ def _scans(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from _scans(child)
 
 
-def test_the_newest_row_is_an_index_probe_on_every_chunk(fleet_db: str) -> None:
-    with psycopg.connect(fleet_db) as conn:
+# Three whole UTC days of filler readings before today's midnight: one-day chunks (migration 0002) each hold
+# 14,400 rows at any hour. (fleet_db's readings run up to the database's now, so between 00:00 and 01:00 UTC its
+# newest chunk held only the last few rows, and the planner rightly took either index for it: the test failed at
+# that hour only.)
+_WHOLE_DAYS = """
+    INSERT INTO sweeper_telemetry (device_id, ts, seq, received_at, lat, lon, soc_pct)
+    SELECT 'fill-' || d, t, 0, t, 22.5, 114.0, 50
+    FROM generate_series(1, 20) d,
+         generate_series(%(midnight)s::timestamptz - interval '3 days', %(midnight)s::timestamptz - interval '2 minutes',
+                         interval '2 minutes') t"""
+
+
+def test_the_newest_row_is_an_index_probe_on_every_chunk(fresh_db: str) -> None:
+    midnight = database_now(fresh_db).astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    with psycopg.connect(fresh_db) as conn:
+        conn.execute("INSERT INTO devices (device_id, kind) SELECT 'fill-' || d, 'sweeper' FROM generate_series(1, 20) d")
+        conn.execute(_WHOLE_DAYS, {"midnight": midnight})
+        conn.execute("ANALYZE sweeper_telemetry")
         chunks = {r[0] for r in conn.execute("SELECT chunk_name FROM timescaledb_information.chunks"
                                              " WHERE hypertable_name = 'sweeper_telemetry'")}
         plan = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) ") + positions_query("sweeper"),
                             {"kind": "sweeper"}).fetchone()
-    assert len(chunks) >= 2 and plan is not None
+    assert len(chunks) == 3 and plan is not None
     scans = [(n["Relation Name"], n["Node Type"], n.get("Scan Direction"), n.get("Index Name"))
              for n in _scans(plan[0][0]["Plan"]) if n["Relation Name"] in chunks]
     assert scans and {s[0] for s in scans} == chunks
