@@ -28,6 +28,7 @@ with a fake client, an in-memory writer and a clock they move by hand.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -318,9 +319,8 @@ class _Commit:
         self._thread = thread
 
     @classmethod
-    def start(cls, flush: Callable[[list[_Received], list[Message] | None], None], batch: list[_Received],
-              decoded: list[Message] | None) -> _Commit:
-        thread = threading.Thread(target=flush, args=(batch, decoded), name="sanitel-commit", daemon=True)
+    def start(cls, flush: Callable[[], None]) -> _Commit:
+        thread = threading.Thread(target=flush, name="sanitel-commit", daemon=True)
         thread.start()
         return cls(thread)
 
@@ -329,6 +329,13 @@ class _Commit:
         """Wait until the batch is durable and acknowledged (or left unacknowledged); None: nothing in flight."""
         if commit is not None:
             commit._thread.join()
+
+    @staticmethod
+    def settle_all(commits: list[_Commit]) -> list[_Commit]:
+        """Wait for every commit in flight, oldest first; returns the empty list that is now in flight."""
+        for commit in commits:
+            commit._thread.join()
+        return []
 
 
 def _utc_now() -> datetime:
@@ -339,7 +346,8 @@ class Collector:
     def __init__(self, settings: Settings, *, serve_metrics: bool = True,
                  client_factory: ClientFactory = paho_collector_client, writer: ReadingStore | None = None,
                  monotonic: Callable[[], float] = time.monotonic, now: Callable[[], datetime] = _utc_now,
-                 idle_wake_s: float = _IDLE_WAKE_S, heartbeat: StageHeartbeat | None = None) -> None:
+                 idle_wake_s: float = _IDLE_WAKE_S, heartbeat: StageHeartbeat | None = None,
+                 lane_writer: ReadingStore | None = None) -> None:
         self.settings = settings
         self.metrics = CollectorMetrics()
         self.limits = DecodeLimits(settings.max_payload_bytes, timedelta(seconds=settings.max_future_skew_s))
@@ -354,9 +362,13 @@ class Collector:
                 dead_letters_per_message=settings.dead_letters_per_message, registry=self.registry,
                 auto_register_per_minute=settings.auto_register_per_minute,
                 require_hj212_password=settings.hj212_require_password, clock=monotonic)
+            if settings.collector_commit_lanes == 2:
+                lane_writer = writer.twin()
             if heartbeat is None:
                 heartbeat = DatabaseHeartbeat(url, settings.collector_client_id, settings.collector_heartbeat_s)
         self.writer: ReadingStore = writer
+        # the writers of the commit lanes, used in turn (the first is ``writer``): see ``_write_loop``
+        self._lanes: list[ReadingStore] = [writer] if lane_writer is None else [writer, lane_writer]
         self.heartbeat = heartbeat  # None (an injected writer without one): no heartbeats
         self._next_beat: float | None = None  # monotonic time of the next heartbeat; None: at once
         self._started_at: datetime | None = None
@@ -454,7 +466,8 @@ class Collector:
         self._stopped.set()
         self.client.disconnect()
         self.client.loop_stop()
-        self.writer.close()
+        for writer in self._lanes:
+            writer.close()
         if self.heartbeat is not None:
             self.heartbeat.close()  # the writer thread, its only user, has ended
         if self.registry is not None:
@@ -470,17 +483,21 @@ class Collector:
 
     # --- the writer thread -----------------------------------------------------------------
     def _write_loop(self) -> None:
-        """Take a batch and decode it while the previous batch commits on a thread of its own (``_Commit``), then
-        wait for that commit (and its acknowledgement) before starting this one: at most one batch is in the
-        database at a time, so batches become durable and are acknowledged in the order they came (issue 16: one
-        thread that decoded, then waited for PostgreSQL, then acknowledged, left the GIL idle for the whole commit
-        and drained a backlog at ~18k messages/s). Everything that touches the spool, the writer's connection or a
-        held batch runs only while no commit is in flight."""
+        """Take a batch and decode it while earlier batches commit, each on a thread of its own (``_Commit``) and a
+        commit lane (a writer, a database connection) of its own: with two lanes a batch is COPYed while the one
+        before it is still being stored and committed. A batch is acknowledged only after it is durable and the
+        batch before it has been acknowledged (or left unacknowledged), so acknowledgements go out in the order the
+        batches came (issue 16: one thread that decoded, then waited for PostgreSQL, then acknowledged, left the GIL
+        idle for the whole commit and drained a backlog at ~18k messages/s; one batch in the database at a time
+        left it idle for part of every commit still). Everything that touches the spool or a held batch runs only
+        after the commits before it have settled: here with nothing in flight, in a commit after its predecessor
+        (``_flush``)."""
         closed = False
-        commit: _Commit | None = None
+        in_flight: list[_Commit] = []  # oldest first; at most one per lane
+        lane = 0  # the next batch's; lanes are taken in turn, so the next one's last commit has settled
         while not closed:
-            self._beat_if_due()  # the heartbeat's own connection: safe while a commit is in flight
-            if commit is None and self._held:  # (only a settled commit may have set it)
+            self._beat_if_due()  # the heartbeat's own connection: safe while commits are in flight
+            if not in_flight and self._held:  # (only a settled commit may have set it)
                 held, self._held = self._held, []
                 self._flush(held)
                 if self._held:  # still refused: take nothing more (backpressure), try again soon
@@ -488,8 +505,7 @@ class Collector:
                     continue
             batch, closed = self._batcher.take(self._idle_wake_s)
             if not batch:
-                _Commit.settle(commit)
-                commit = None
+                in_flight = _Commit.settle_all(in_flight)
                 if not closed:
                     self._replay_safely()
                 continue
@@ -497,14 +513,25 @@ class Collector:
             for kind, n in Counter(_topic_kind(r.topic) for r in batch).items():  # one increment per kind
                 self.metrics.received.labels(kind).inc(n)
             self._watch_window(batch)
-            decoded = self._predecode(batch)  # overlaps the commit in flight
-            _Commit.settle(commit)
-            commit = None
-            if self._held:  # the full spool refused the previous batch: this one queues behind it, unacknowledged
+            decoded = self._predecode(batch)  # overlaps the commits in flight
+            if len(in_flight) == len(self._lanes):
+                _Commit.settle(in_flight.pop(0))
+            if not self._may_overlap(decoded):  # the spool or a held batch may be touched: one commit at a time
+                in_flight = _Commit.settle_all(in_flight)
+            if self._held:  # the full spool refused an earlier batch: this one queues behind it, unacknowledged
+                in_flight = _Commit.settle_all(in_flight)  # (those in flight queue behind it first)
                 self._held += batch
                 continue
-            commit = _Commit.start(self._flush, batch, decoded)
-        _Commit.settle(commit)
+            writer, previous = self._lanes[lane], in_flight[-1] if in_flight else None
+            lane = (lane + 1) % len(self._lanes)
+            in_flight.append(_Commit.start(functools.partial(self._flush, batch, decoded, writer, previous)))
+        _Commit.settle_all(in_flight)
+
+    def _may_overlap(self, decoded: list[Message] | None) -> bool:
+        """Whether the next batch may be written while another commits: only when it goes straight to the
+        database (decoded, the database up, nothing spooled or held). Read while a commit may change it, so only a
+        hint: a batch that meets the spool anyway does so after the commit before it has settled (``_flush``)."""
+        return decoded is not None and self._db_down_since is None and not self._held and self.spool.is_empty()
 
     def _predecode(self, batch: list[_Received]) -> list[Message] | None:
         """The batch decoded for the database, or None when that has to wait for the commit (the database or the
@@ -548,12 +575,27 @@ class Collector:
         now = self._now()
         self.heartbeat.beat(now, self._started_at or now)
 
-    def _flush(self, batch: list[_Received], decoded: list[Message] | None = None) -> None:
+    def _flush(self, batch: list[_Received], decoded: list[Message] | None = None, writer: ReadingStore | None = None,
+               previous: _Commit | None = None) -> None:
         """Make the batch durable, then acknowledge it in order; a batch that fails stays unacknowledged, and one
         the full spool refused is held for another try (unless stopping: then the broker keeps it). ``decoded``:
-        the batch already decoded (``_predecode``), used when it goes straight to the database."""
+        the batch already decoded (``_predecode``), used when it goes straight to the database; ``writer``: its
+        commit lane (default the first); ``previous``: the commit before it, still in flight on the other lane —
+        this batch's write overlaps it, and nothing else of this batch happens before it has settled."""
+        writer = writer or self.writer
+        if previous is not None:
+            written = self._write_overlapping(batch, decoded, writer)
+            _Commit.settle(previous)
+            if written is None:
+                return  # a failure that is not the database's: left unacknowledged, as below
+            if self._held:  # the batch before was refused by the full spool: this one waits behind it (it is
+                self._held += batch  # stored already; the retry finds it there)
+                return
+            if written:
+                self._acknowledge(batch)
+                return
         try:
-            self._persist(batch, decoded)
+            self._persist(batch, decoded, writer)
         except SpoolFull as exc:
             self._spool_refused(str(exc))
             if not self._stop_requested.is_set():
@@ -563,17 +605,37 @@ class Collector:
             log.exception("unexpected error writing a batch of %d; left unacknowledged, the broker "
                           "redelivers it on the next connection", len(batch))
             return
+        self._acknowledge(batch)
+
+    def _write_overlapping(self, batch: list[_Received], decoded: list[Message] | None,
+                           writer: ReadingStore) -> bool | None:
+        """Write the batch while the commit before it may still run: True when stored; False when the database is
+        unavailable (the caller takes the spool's way once that commit has settled); None after anything else,
+        logged (the batch stays unacknowledged)."""
+        try:
+            self._write([(r.topic, r.payload, r.received_at) for r in batch], decoded, writer)
+            return True
+        except DatabaseUnavailable:  # (the writer has closed its connection)
+            return False
+        except Exception:
+            log.exception("unexpected error writing a batch of %d; left unacknowledged, the broker "
+                          "redelivers it on the next connection", len(batch))
+            return None
+
+    def _acknowledge(self, batch: list[_Received]) -> None:
         self.client.ack_many([r.mid for r in batch if r.qos == 1])
         if self._full_reason is not None:
             self._spool_accepting()
 
-    def _persist(self, batch: list[_Received], decoded: list[Message] | None = None) -> None:
+    def _persist(self, batch: list[_Received], decoded: list[Message] | None = None,
+                 writer: ReadingStore | None = None) -> None:
+        writer = writer or self.writer
         raw: list[SpooledMessage] = [(r.topic, r.payload, r.received_at) for r in batch]
         if self._db_down_since is not None or not self.spool.is_empty():
-            self._replay_safely()  # when the database is back this drains the spool (and frees space)
+            self._replay_safely(writer)  # when the database is back this drains the spool (and frees space)
         if self._db_down_since is None and self.spool.is_empty():
             try:
-                self._write(raw, decoded)
+                self._write(raw, decoded, writer)
                 return
             except DatabaseUnavailable as exc:
                 log.warning("database unavailable (%s); spooling to %s", exc, self.spool.folder)
@@ -587,10 +649,11 @@ class Collector:
                         decode_message(topic, payload, at, self.limits, bases.get(topic, DEFAULT_BASIS)))
                 for topic, payload, at in raw]
 
-    def _write(self, raw: list[SpooledMessage], decoded: list[Message] | None = None) -> WriteResult:
+    def _write(self, raw: list[SpooledMessage], decoded: list[Message] | None = None,
+               writer: ReadingStore | None = None) -> WriteResult:
         messages = decoded if decoded is not None else self._decode(raw)
         started = self._monotonic()
-        result = self.writer.write(messages)
+        result = (writer or self.writer).write(messages)
         self.metrics.write_latency.observe(self._monotonic() - started)
         self.metrics.batch_size.observe(len(messages))
         self.metrics.database_up.set(1)
@@ -656,33 +719,34 @@ class Collector:
         self.metrics.spool_full.set(0)
         self.spool.write_status(full=False, reason=None)
 
-    def _replay_safely(self) -> None:
+    def _replay_safely(self, writer: ReadingStore | None = None) -> None:
         """Replay, and log rather than raise whatever goes wrong: neither start() nor the writer thread may die of
-        the spool (a failed replay is retried on the next idle wake)."""
+        the spool (a failed replay is retried on the next idle wake). ``writer``: the lane to replay on (a commit's
+        own, while the next batch may be written on the other; default the first)."""
         try:
-            self._replay_spool_if_possible()
+            self._replay_spool_if_possible(writer or self.writer)
         except Exception:
             log.exception("spool replay failed; retrying shortly")
             self._db_down_since = self._monotonic()  # paces the retry like an outage
 
-    def _replay_spool_if_possible(self) -> None:
+    def _replay_spool_if_possible(self, writer: ReadingStore) -> None:
         """Replay spooled segments oldest first once the database answers; at most every second while down."""
         if self.spool.is_empty() and self._db_down_since is None:
             return
         if self._db_down_since is not None and self._monotonic() - self._db_down_since < 1.0:
             return
-        if not self.writer.ping():
+        if not writer.ping():
             self._db_down_since = self._monotonic()
             return
         while (segment := self.spool.oldest_segment()) is not None:
-            if not self._replay_segment(segment):
+            if not self._replay_segment(segment, writer):
                 self._db_down_since = self._monotonic()
                 return
             self.metrics.spool_backlog_bytes.set(self.spool.backlog_bytes())
         self._db_down_since = None
         self.metrics.database_up.set(1)
 
-    def _replay_segment(self, segment: Path) -> bool:
+    def _replay_segment(self, segment: Path, writer: ReadingStore) -> bool:
         """Write a segment's records, quarantine what cannot be replayed, then delete it. False when the database
         went away (the segment stays, to be replayed again: idempotent writes)."""
         contents = self.spool.read_segment(segment)
@@ -690,7 +754,7 @@ class Collector:
         size = self.settings.collector_batch_size
         try:
             for i in range(0, len(contents.records), size):
-                bad += self._replay_records(contents.records[i:i + size])
+                bad += self._replay_records(contents.records[i:i + size], writer)
         except DatabaseUnavailable:
             return False
         if bad:
@@ -704,22 +768,22 @@ class Collector:
                  segment.name, " (old format)" if contents.legacy else "")
         return True
 
-    def _replay_records(self, records: list[SpoolRecord]) -> list[BadSpan]:
+    def _replay_records(self, records: list[SpoolRecord], writer: ReadingStore) -> list[BadSpan]:
         """Write spooled records; a failure that is not the database going away is the content's: bisect down to
         the record(s) that cause it and return them, to be quarantined, after writing the rest."""
         try:
-            self._write([r.message for r in records])
+            self._write([r.message for r in records], writer=writer)
             return []
         except DatabaseUnavailable:
             raise
         except Exception as exc:
             error = exc
-        self.writer.close()  # nothing half-written survives: the next write starts on a fresh connection
-        if not self.writer.ping():
+        writer.close()  # nothing half-written survives: the next write starts on a fresh connection
+        if not writer.ping():
             raise DatabaseUnavailable(f"database lost during replay ({error.__class__.__name__})") from error
         if len(records) > 1:
             half = len(records) // 2
-            return self._replay_records(records[:half]) + self._replay_records(records[half:])
+            return self._replay_records(records[:half], writer) + self._replay_records(records[half:], writer)
         log.error("a spooled message cannot be written (topic %r); quarantining it", records[0].message[0],
                   exc_info=error)
         return [BadSpan(records[0].offset, records[0].length, "replay_error", f"{error.__class__.__name__}: {error}")]

@@ -50,6 +50,7 @@ is made storable (NUL and lone surrogates escaped), so a dead letter itself is n
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import logging
 import re
@@ -165,6 +166,16 @@ class TokenBucket:
             self._tokens = max(0.0, self._tokens - n)
 
 
+class RegistrationAllowance:
+    """A collector's auto-registrations, shared by its writers (one a commit lane). A writer that registers holds
+    it from counting what is left until its transaction has committed or rolled back, so two writers never both
+    spend the same allowance; writers that register nothing never touch it (the common batch)."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.bucket = TokenBucket(per_minute, clock)
+        self.lock = threading.Lock()
+
+
 class AttemptFailed(Exception):
     """One attempt at writing a set of readings failed (and was rolled back). ``culprit`` is the position of the
     reading that caused it, when known (the database named its COPY line, or the driver failed encoding it)."""
@@ -268,7 +279,9 @@ class ReadingWriter:
         self.dead_letters_per_message = dead_letters_per_message
         self.require_hj212_password = require_hj212_password
         self.registry = registry if registry is not None else DeviceRegistry(url, clock=clock)
-        self._registrations = TokenBucket(auto_register_per_minute, clock)
+        self._allowance = RegistrationAllowance(auto_register_per_minute, clock)
+        self._registrations = self._allowance.bucket
+        self._holds_allowance = False
         self._conn: psycopg.Connection | None = None
         self._copy_types: dict[str, list[int]] = {}
         self._merge_only: Counter[str] = Counter()  # table → batches left that take the merge at once
@@ -298,6 +311,16 @@ class ReadingWriter:
             raise DatabaseUnavailable(_describe(exc)) from None
         self._conn = conn
         return conn
+
+    def twin(self) -> ReadingWriter:
+        """Another writer on a connection of its own, for a batch that commits while this one's does (the
+        collector's second commit lane): the same settings, device cache and auto-registration allowance."""
+        twin = copy.copy(self)
+        twin._conn = None
+        twin._copy_types = {}
+        twin._merge_only = Counter()
+        twin._holds_allowance = False
+        return twin
 
     def ping(self) -> bool:
         try:
@@ -352,6 +375,15 @@ class ReadingWriter:
         """Write these readings in one transaction — and, when ``dead`` is given, the batch's dead letters with
         them (registry problems included); otherwise registry problems are returned for the caller to
         dead-letter. Rolls back and raises AttemptFailed on a refusal, DatabaseUnavailable when unavailable."""
+        try:
+            return self._attempt_holding_allowance(messages, items, dead)
+        finally:
+            if self._holds_allowance:  # taken by _resolve_devices for registering: the attempt has ended
+                self._holds_allowance = False
+                self._allowance.lock.release()
+
+    def _attempt_holding_allowance(self, messages: list[Message], items: list[_Item],
+                                   dead: list[list[Rejection]] | None) -> _Attempt:
         conn = self._connection()
         result = WriteResult()
         copied: dict[str, list[int]] = defaultdict(list)  # table → positions in ``items``, in COPY order
@@ -491,7 +523,12 @@ class ReadingWriter:
         registered: list[str] = []
         limited: frozenset[str] = frozenset()
         unknown = [d for d in missing if d not in read and d in candidates]
-        if unknown and self.auto_register:
+        if not (unknown and self.auto_register):
+            return _Devices(cached | read, read, token, registered, limited)
+        # held until the attempt ends (``_attempt``): the other commit lane counts what is left after this spends it
+        self._allowance.lock.acquire()
+        self._holds_allowance = True
+        try:
             allowed = self._registrations.available()
             register, limited = unknown[:allowed], frozenset(unknown[allowed:])
             if register:
@@ -500,6 +537,10 @@ class ReadingWriter:
                     "SELECT d, k, true FROM unnest(%s::text[], %s::text[]) AS t (d, k) ON CONFLICT DO NOTHING "
                     "RETURNING device_id", (register, [candidates[d] for d in register])).fetchall()]
                 read |= self.registry.lookup(register, conn)  # also those another collector registered meanwhile
+        except BaseException:
+            self._holds_allowance = False
+            self._allowance.lock.release()
+            raise
         return _Devices(cached | read, read, token, registered, limited)
 
     def _registry_problem(self, row: Row, entry: DeviceEntry | None, limited: frozenset[str]) -> Rejection | None:

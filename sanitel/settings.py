@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     collector_batch_size: int = Field(5000, ge=1, le=100_000, description="readings per write transaction, at most")
     collector_flush_ms: int = Field(200, ge=1, le=60_000, description="a partial batch is written after this")
     collector_queue_max: int = Field(20_000, ge=100, description="messages buffered before backpressure")
+    collector_commit_lanes: int = Field(2, ge=1, le=2, description="batches written to the database at once, each on a "
+                                        "connection of its own; acknowledged in order either way")
     collector_metrics_port: int = Field(9108, ge=0, le=65535, description="0 = no metrics endpoint")
     session_expiry_s: int = Field(7 * 24 * 3600, ge=0, description="broker keeps messages while the collector is away")
     auto_register_devices: bool = Field(True, description="unknown device ids are registered on first sight "

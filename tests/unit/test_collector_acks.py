@@ -54,20 +54,23 @@ def payload(mid: int) -> bytes:
 class MemoryWriter:
     """The database: commits batches into a list; can be down, or fail a batch, or hold a batch until released."""
 
-    def __init__(self) -> None:
-        self.committed: list[bytes] = []
+    def __init__(self, database: MemoryWriter | None = None) -> None:
+        """``database``: another writer whose committed list this one writes to (a second commit lane)."""
+        self.committed: list[bytes] = [] if database is None else database.committed
         self.up = True
         self.fail_with: Exception | None = None  # raised by the next write
         self.poison: bytes | None = None  # a batch holding this payload fails, every time: a content error
         self.gate: threading.Event | None = None  # when set up, write waits for it
         self.writing = threading.Event()  # a write has begun
-        self._lock = threading.Lock()
+        self._lock: threading.Lock = threading.Lock() if database is None else database._lock
+        self.writers: list[MemoryWriter] = [] if database is None else database.writers  # who wrote, in turn
 
     def ping(self) -> bool:
         return self.up
 
     def write(self, messages: list[Message]) -> WriteResult:
         self.writing.set()
+        self.writers.append(self)
         if self.gate is not None:
             assert self.gate.wait(WAIT_S), "the test never released the writer"
         if not self.up:
@@ -170,7 +173,7 @@ def make(tmp_path: Path, writer: MemoryWriter) -> Iterator[Make]:
     made: list[Collector] = []
 
     def _make(clock: Clock | None = None, start: bool = True, refuse_connect: bool = False, idle_wake_s: float = 1.0,
-              **overrides: object) -> tuple[Collector, FakeClient, Clock]:
+              lane: MemoryWriter | None = None, **overrides: object) -> tuple[Collector, FakeClient, Clock]:
         clock = clock or Clock()
         settings = load_settings(**{
             "data_dir": tmp_path, "city": "testcity", "collector_client_id": "unit", "collector_metrics_port": 0,
@@ -183,7 +186,7 @@ def make(tmp_path: Path, writer: MemoryWriter) -> Iterator[Make]:
             return clients[-1]
 
         collector = Collector(settings, serve_metrics=False, client_factory=factory, writer=writer,
-                              monotonic=clock, now=lambda: RECEIVED_AT, idle_wake_s=idle_wake_s)
+                              monotonic=clock, now=lambda: RECEIVED_AT, idle_wake_s=idle_wake_s, lane_writer=lane)
         made.append(collector)
         if start:
             collector.start(wait_connected=0 if refuse_connect else WAIT_S)
@@ -266,6 +269,59 @@ def test_a_database_lost_mid_write_spools_the_batch_before_acking(make: Make, wr
         client.deliver(mid)
     assert client.wait_acked(3) == [1, 2, 3]
     assert client.acked_before_durable == []
+
+
+# --- two commit lanes: a batch is written while the one before still commits; acknowledgements stay in order ---
+
+
+def test_with_two_lanes_a_batch_commits_beside_the_one_before_and_waits_for_its_ack(
+        make: Make, writer: MemoryWriter) -> None:
+    lane = MemoryWriter(database=writer)
+    writer.gate = threading.Event()  # the first lane's commit takes its time
+    _, client, _ = make(lane=lane)
+    for mid in range(1, 7):
+        client.deliver(mid)
+    wait_until(lambda: writer.durable() == [payload(mid) for mid in (4, 5, 6)])  # the second lane did not wait
+    assert client.acked() == []  # 4-6 are durable, but 1-3 are not acknowledged yet: nor are they
+    writer.gate.set()
+    assert client.wait_acked(6) == [1, 2, 3, 4, 5, 6]
+    assert client.acks == [[1, 2, 3], [4, 5, 6]] and client.acked_before_durable == []
+
+
+def test_with_two_lanes_batches_take_the_lanes_in_turn(make: Make, writer: MemoryWriter) -> None:
+    lane = MemoryWriter(database=writer)
+    _, client, _ = make(lane=lane)
+    for mid in range(1, 13):
+        client.deliver(mid)
+    assert client.wait_acked(12) == list(range(1, 13))
+    assert writer.writers == [writer, lane, writer, lane]
+
+
+def test_with_two_lanes_a_database_lost_under_the_second_spools_it_after_the_first_settled(
+        make: Make, writer: MemoryWriter) -> None:
+    lane = MemoryWriter(database=writer)
+    lane.up = False  # the second lane's write finds the database gone; the first's still commits
+    writer.gate = threading.Event()
+    collector, client, _ = make(lane=lane)
+    for mid in range(1, 7):
+        client.deliver(mid)
+    wait_until(lambda: lane.writing.is_set())
+    writer.gate.set()
+    assert client.wait_acked(6) == [1, 2, 3, 4, 5, 6]
+    assert client.acked_before_durable == []  # 4-6 in the spool before their acknowledgement
+    assert writer.durable() == [payload(mid) for mid in (1, 2, 3)]
+    assert collector.spool.backlog_bytes() > 0
+
+
+def test_with_two_lanes_a_failed_batch_is_not_acknowledged_and_the_next_still_is(
+        make: Make, writer: MemoryWriter) -> None:
+    lane = MemoryWriter(database=writer)
+    lane.fail_with = RuntimeError("a bug in the writer")
+    _, client, _ = make(lane=lane)
+    for mid in range(1, 10):
+        client.deliver(mid)
+    assert client.wait_acked(6) == [1, 2, 3, 7, 8, 9]  # 4-6 stay with the broker for redelivery
+    assert writer.durable() == [payload(mid) for mid in (1, 2, 3, 7, 8, 9)]
 
 
 # --- a full spool: backpressure, never loss ---------------------------------------------------------------------
