@@ -30,20 +30,25 @@ def count(db: str, sql: str) -> int:
         return int(one_row(conn.execute(sql))[0])
 
 
+def hold_before_commit(writer: ReadingWriter) -> tuple[threading.Event, threading.Event]:
+    """Make the writer's next transaction wait, with everything written, before its commit: (holding, release)."""
+    holding, release = threading.Event(), threading.Event()
+    original = writer._upsert_last_seen
+
+    def upsert_then_hold(cur: psycopg.Cursor, last_seen: dict[str, tuple[datetime, int, datetime]]) -> None:
+        original(cur, last_seen)
+        holding.set()
+        assert release.wait(WAIT_S)
+
+    writer._upsert_last_seen = upsert_then_hold  # type: ignore[method-assign]
+    return holding, release
+
+
 def test_two_lanes_write_at_once_and_share_one_auto_registration_allowance(fresh_db: str) -> None:
     first = ReadingWriter(fresh_db, collector_id="lanes", auto_register=True, auto_register_per_minute=3,
                           clock=lambda: 0.0)
     second = first.twin()
-    registering = threading.Event()
-    release = threading.Event()
-    original = first._upsert_last_seen
-
-    def hold_before_commit(cur: psycopg.Cursor, last_seen: dict[str, tuple[datetime, int, datetime]]) -> None:
-        original(cur, last_seen)
-        registering.set()  # its three devices are inserted, not yet committed
-        assert release.wait(WAIT_S)
-
-    first._upsert_last_seen = hold_before_commit  # type: ignore[method-assign]
+    registering, release = hold_before_commit(first)  # its three devices inserted, not yet committed
     results: dict[str, WriteResult] = {}
     threads = [threading.Thread(target=lambda: results.__setitem__("first", first.write(
                    [telemetry(f"new-a{i}") for i in range(3)]))),
@@ -70,16 +75,7 @@ def test_two_lanes_store_known_devices_at_once_without_waiting_for_each_other(fr
         conn.execute("INSERT INTO devices (device_id, kind) SELECT 'sw-' || i, 'sweeper' FROM generate_series(0, 5) i")
     first = ReadingWriter(fresh_db, collector_id="lanes", auto_register=True)
     second = first.twin()
-    holding = threading.Event()
-    release = threading.Event()
-    original = first._upsert_last_seen
-
-    def hold_before_commit(cur: psycopg.Cursor, last_seen: dict[str, tuple[datetime, int, datetime]]) -> None:
-        original(cur, last_seen)
-        holding.set()
-        assert release.wait(WAIT_S)
-
-    first._upsert_last_seen = hold_before_commit  # type: ignore[method-assign]
+    holding, release = hold_before_commit(first)
     thread = threading.Thread(target=lambda: first.write([telemetry(f"sw-{i}") for i in range(3)]))
     thread.start()
     assert holding.wait(WAIT_S)

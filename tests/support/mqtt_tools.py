@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import psycopg
 
 from sanitel.db import one_row
+from sanitel.ingest.buffered_client import BufferedClient
 
 
 def publish(port: int, messages: Iterable[tuple[str, bytes]], *, client_id: str = "", timeout: float = 60) -> int:
@@ -33,6 +36,24 @@ def publish(port: int, messages: Iterable[tuple[str, bytes]], *, client_id: str 
         client.disconnect()
         client.loop_stop()
     return len(infos)
+
+
+@contextlib.contextmanager
+def socketpair_client(client_id: str) -> Iterator[tuple[BufferedClient, socket.socket, list[mqtt.MQTTMessage]]]:
+    """The collector's MQTT client on one end of a socket pair (as if connected; the test is the broker at the
+    other end), and the messages it delivers. No broker: for tests of what it makes of the bytes it reads."""
+    client = BufferedClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
+                            manual_ack=True)
+    ours, broker = socket.socketpair()
+    ours.setblocking(False)
+    client._sock = ours
+    received: list[mqtt.MQTTMessage] = []
+    client.on_message = lambda _client, _userdata, message: received.append(message)
+    try:
+        yield client, broker, received
+    finally:
+        ours.close()
+        broker.close()
 
 
 class TopicRecorder:

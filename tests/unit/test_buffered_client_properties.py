@@ -6,16 +6,14 @@ redelivers); what was before it in the stream is delivered, once, in order."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import struct
-from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sanitel.ingest.buffered_client import BufferedClient, _publish, _variable_byte_integer
+from sanitel.ingest.buffered_client import _publish, _variable_byte_integer
+from tests.support.mqtt_tools import socketpair_client
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # PUBLISH at QoS 0 and 1 with every dup/retain flag: the commands the fast path parses
@@ -83,22 +81,6 @@ def test_the_variable_byte_integer_reader_never_raises(data: bytes, pos: int) ->
         assert 0 <= value < 128 ** 4 and pos < after <= min(len(data), pos + 4)
 
 
-@contextlib.contextmanager
-def wired() -> Iterator[tuple[BufferedClient, socket.socket, list[mqtt.MQTTMessage]]]:
-    """A BufferedClient on one end of a socket pair (as if connected); the test is the broker at the other."""
-    client = BufferedClient(mqtt.CallbackAPIVersion.VERSION2, client_id="prop", protocol=mqtt.MQTTv5, manual_ack=True)
-    ours, broker = socket.socketpair()
-    ours.setblocking(False)
-    client._sock = ours
-    received: list[mqtt.MQTTMessage] = []
-    client.on_message = lambda _client, _userdata, message: received.append(message)
-    try:
-        yield client, broker, received
-    finally:
-        ours.close()
-        broker.close()
-
-
 def well_formed(topic: bytes, mid: int, payload: bytes, command: int) -> bytes:
     body = struct.pack("!H", len(topic)) + topic + (struct.pack("!H", mid) if command & 0x06 else b"") + b"\x00"
     body += payload
@@ -122,7 +104,7 @@ def test_a_stream_of_publishes_good_and_malformed_split_anywhere_never_raises(
     stream = b"".join(well_formed(topic, mid, payload, command) if kind == "good"
                       else bytes((command,)) + remaining_length(len(payload)) + payload
                       for kind, command, topic, mid, payload in packets)
-    with wired() as (client, broker, received):
+    with socketpair_client("prop") as (client, broker, received):
         refused = False
         for cut in range(0, len(stream), chunk):
             broker.sendall(stream[cut:cut + chunk])

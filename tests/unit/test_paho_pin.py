@@ -15,6 +15,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from sanitel.ingest.buffered_client import BufferedClient
+from tests.support.mqtt_tools import socketpair_client
 
 REVISIT = ("ingest/buffered_client.py relies on it (its docstring lists every paho internal it uses): revisit that "
            "file before moving the paho-mqtt pin in pyproject.toml")
@@ -86,16 +87,8 @@ def publish_packet(topic: str, mid: int, payload: bytes, properties: bytes = b""
 
 @pytest.fixture
 def wired() -> Iterator[tuple[BufferedClient, socket.socket, list[mqtt.MQTTMessage]]]:
-    """A BufferedClient whose socket is one end of a pair (as if connected); the test is the broker at the other."""
-    client = BufferedClient(mqtt.CallbackAPIVersion.VERSION2, client_id="pin", protocol=mqtt.MQTTv5, manual_ack=True)
-    ours, broker = socket.socketpair()
-    ours.setblocking(False)
-    client._sock = ours
-    received: list[mqtt.MQTTMessage] = []
-    client.on_message = lambda _client, _userdata, message: received.append(message)
-    yield client, broker, received
-    ours.close()
-    broker.close()
+    with socketpair_client("pin") as wired:
+        yield wired
 
 
 def test_paho_reads_through_sock_recv_and_hands_publish_to_handle_publish(
