@@ -49,7 +49,7 @@ CITY = "shenzhen"
 # Choose a new seed each time the rule packs (alerts/rules/*.yaml) change, so they are judged on a day nobody tuned
 # them for; the earlier seeds live on in bench/alert_truth.py's five seeds (docs/benchmarks.md).
 SCENARIO, SCALE = "district", 0.1
-SEED = 29
+SEED = 37
 # The simulated day: a whole local (Shanghai) day at a fixed date, in the past for any clock that runs the suite.
 DAY_START = datetime(2026, 3, 9, tzinfo=ZoneInfo("Asia/Shanghai")).astimezone(UTC)
 DAY_END = DAY_START + timedelta(days=1)
