@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sanitel.schemas.timestamps import (
+    _FLOAT_EXACT_MS,
     RFC3339_PATTERN,
     TimestampError,
     _canonical_utc,
@@ -193,3 +194,18 @@ def test_the_fast_path_accepts_nothing_the_grammar_refuses_and_reads_the_same_in
 @given(_CANONICAL_VALID)
 def test_the_canonical_spelling_takes_the_fast_path(text: str) -> None:
     assert _canonical_utc(text) is not None, text
+
+
+# --- the float fast path for epoch milliseconds (issue 16) --------------------------------------------------------
+
+@given(st.integers(min_value=0, max_value=_FLOAT_EXACT_MS - 1)
+       | st.sampled_from([0, 999, _FLOAT_EXACT_MS - 1, 946_684_800_000, 4_102_444_800_000]))
+def test_epoch_milliseconds_on_the_fast_path_read_the_exact_instant(ms: int) -> None:
+    got = parse_timestamp(ms)
+    assert got == EPOCH + timedelta(0, ms // 1000, 0, ms % 1000)  # integer arithmetic only
+    assert got.tzinfo is UTC and got.microsecond % 1000 == 0
+
+
+def test_epoch_milliseconds_past_the_fast_paths_range_are_read_exactly() -> None:
+    for ms in (_FLOAT_EXACT_MS, 253_402_300_799_999, -1, -62_135_596_800_000):
+        assert parse_timestamp(ms) == EPOCH + timedelta(0, ms // 1000, 0, ms % 1000)
