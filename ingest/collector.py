@@ -1,8 +1,8 @@
 """The MQTT collector: QoS 1, persistent session, acknowledgement only once a message is durable.
 
-Threads: the MQTT client's network thread receives and appends messages to a bounded list (``Batcher``: a plain
-lock per message, no queue operation — issue 16; the MQTT 5 Receive Maximum and the bound limit memory: when full,
-the broker holds the rest); the writer thread takes them off a whole batch at a time and decodes them; a commit
+Threads: the MQTT client's network thread receives and appends messages to a bounded list (``Batcher``: what one
+network read brought, under one plain lock — issue 16; the MQTT 5 Receive Maximum and the bound limit memory: when
+full, the broker holds the rest); the writer thread takes them off a whole batch at a time and decodes them; a commit
 thread per batch writes them (``processors.writer``, on one of two commit lanes: a batch is COPYed while the one
 before it still commits) — or, while the database is unreachable, fsyncs them to the spool (``processors.spool``)
 — and only then acknowledges them, in order. Redelivery after a crash is
@@ -47,7 +47,7 @@ from paho.mqtt.properties import Properties
 from prometheus_client import start_http_server
 
 from sanitel.heartbeats import record_pass
-from sanitel.ingest.buffered_client import BufferedClient
+from sanitel.ingest.buffered_client import BufferedClient, OnPublishes, Publish
 from sanitel.ingest.decode import DecodeLimits, decode_message
 from sanitel.ingest.metrics import CollectorMetrics
 from sanitel.mqtt_wire import BrokerTarget, paho_client
@@ -61,6 +61,7 @@ from sanitel.settings import Settings
 log = logging.getLogger("sanitel.collector")
 _TOPIC_KINDS = frozenset((*DEVICE_KINDS, "gateway", *SYSTEM_FAMILIES))  # metric label values: known families only
 _IDLE_WAKE_S = 1.0  # the writer wakes at least this often: the spool must replay even when no traffic arrives
+_TOPIC_NAMES_KEPT = 1 << 16  # topics whose text the network thread remembers (a city's devices send on ~30,000)
 # The shared-subscription group of ``sanitel collector --workers N`` when settings name none (ingest/workers.py).
 WORKERS_SHARE_GROUP = "sanitel-collectors"
 
@@ -88,13 +89,14 @@ class MqttClient(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ClientHandlers:
-    """The collector's handlers for the client's events (paho's callback API version 2), called from its network
-    thread. The first argument is the client itself; the collector does not use it."""
+    """The collector's handlers for the client's events (paho's callback API version 2, and ``BufferedClient``'s
+    ``on_publishes``), called from its network thread. The first argument is the client itself; the collector does
+    not use it."""
 
     on_connect: Callable[[object, object, mqtt.ConnectFlags, mqtt.ReasonCode, Properties | None], None]
     on_subscribe: Callable[[object, object, int, list[mqtt.ReasonCode], Properties | None], None]
     on_disconnect: Callable[[object, object, mqtt.DisconnectFlags, mqtt.ReasonCode, Properties | None], None]
-    on_message: Callable[[object, object, mqtt.MQTTMessage], None]
+    on_publishes: OnPublishes  # every QoS 0/1 PUBLISH, in the order received, several at once where they came so
 
 
 ClientFactory = Callable[[Settings, ClientHandlers], MqttClient]
@@ -190,19 +192,24 @@ def paho_collector_client(settings: Settings, handlers: ClientHandlers) -> Buffe
     client.on_connect = on_connect
     client.on_subscribe = handlers.on_subscribe
     client.on_disconnect = handlers.on_disconnect
-    client.on_message = handlers.on_message
+    client.on_publishes = handlers.on_publishes
+
+    def on_message(c: object, userdata: object, message: mqtt.MQTTMessage) -> None:  # what paho handles itself
+        handlers.on_publishes(c, userdata, [(message._topic, bytes(message.payload), message.mid, message.qos)])
+
+    client.on_message = on_message
     return client
 
 
 class Batcher(Generic[T]):
     """The bounded hand-off between the network thread and the writer thread, taken off in batches.
 
-    Per message the network thread only appends to a list under a plain lock (issue 16: a ``queue.Queue`` put — a
-    lock, a condition and a notify per message — was ~15 % of a draining collector's samples); it wakes the writer
-    only when the list goes from empty to one item, or reaches a full batch. The writer takes a whole batch at once
-    (the list itself, when it holds no more than a batch).
+    The network thread appends what one read brought to a list under a plain lock (issue 16: a ``queue.Queue`` put
+    per message — a lock, a condition and a notify each — was ~15 % of a draining collector's samples); it wakes the
+    writer only when the list goes from empty to holding items, or reaches a full batch. The writer takes a whole
+    batch at once (the list itself, when it holds no more than a batch).
 
-    ``put`` blocks while ``maxsize`` items wait: backpressure to the broker instead of unbounded memory. ``take``
+    ``put_many`` blocks while ``maxsize`` items wait: backpressure to the broker instead of unbounded memory. ``take``
     returns up to ``batch_size`` items; a partial batch is cut once ``flush_s`` has passed since the writer saw its
     first item (``cut_by_deadline`` then says so). ``close`` makes ``take`` return what is queued, and say so.
     """
@@ -220,14 +227,19 @@ class Batcher(Generic[T]):
         self._closed = False
         self.cut_by_deadline = False  # the last batch taken was partial, cut by the flush interval
 
-    def put(self, item: T) -> None:
+    def put_many(self, items: list[T]) -> None:
+        """Append these in order, as many at a time as there is room for."""
+        done = 0
         with self._lock:
-            while len(self._items) >= self.maxsize:
-                self._room.wait()
-            self._items.append(item)
-            n = len(self._items)
-            if n == 1 or n == self.batch_size:
-                self._ready.notify()
+            while done < len(items):
+                while len(self._items) >= self.maxsize:
+                    self._room.wait()
+                before = len(self._items)
+                take = items[done:done + self.maxsize - before]
+                self._items += take
+                done += len(take)
+                if before == 0 or before < self.batch_size <= len(self._items):
+                    self._ready.notify()
 
     def close(self) -> None:
         with self._lock:
@@ -392,8 +404,9 @@ class Collector:
         self._serve_metrics = serve_metrics and settings.collector_metrics_port > 0
         self._db_down_since: float | None = None
         self._broker = BrokerTarget.parse(settings.mqtt_url_for("collector"))  # for log lines
+        self._topic_names: dict[bytes, str] = {}
         self.client = client_factory(settings, ClientHandlers(self._on_connect, self._on_subscribe,
-                                                              self._on_disconnect, self._on_message))
+                                                              self._on_disconnect, self._on_publishes))
 
     # --- MQTT events (the client's network thread) ------------------------------------------
     def _on_connect(self, client: object, userdata: object, flags: mqtt.ConnectFlags, reason: mqtt.ReasonCode,
@@ -423,16 +436,30 @@ class Collector:
         if not self._stopped.is_set():
             log.warning("disconnected from the broker (%s); reconnecting", reason)
 
-    def _on_message(self, client: object, userdata: object, msg: mqtt.MQTTMessage) -> None:
+    def _on_publishes(self, client: object, userdata: object, publishes: list[Publish]) -> None:
+        """Messages as the client read them: all of one network read at once, which is also their receive time."""
         if not self._accepting.is_set():
-            return  # stopping: not acknowledged, so the broker keeps it for the next run
+            return  # stopping: not acknowledged, so the broker keeps them for the next run
+        at = self._now()
+        names = self._topic_names
+        received = []
+        for raw_topic, payload, mid, qos in publishes:
+            topic = names.get(raw_topic)
+            if topic is None:
+                topic = self._topic_name(raw_topic)
+            received.append(_Received(topic, payload, at, mid, qos))
+        # blocks while full: backpressure to the broker instead of unbounded memory
+        self._batcher.put_many(received)
+
+    def _topic_name(self, raw: bytes) -> str:
+        """The topic as text (a device sends on the same few all its life: remembered, up to a bound)."""
         try:
-            topic = msg.topic
+            topic = raw.decode("utf-8")
         except UnicodeDecodeError:  # brokers should refuse such topics; if one comes, dead-letter it
-            topic = msg._topic.decode("utf-8", "replace")
-        payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)  # BufferedClient: bytes
-        # blocks when full: backpressure to the broker instead of unbounded memory
-        self._batcher.put(_Received(topic, payload, self._now(), msg.mid, msg.qos))
+            return raw.decode("utf-8", "replace")
+        if len(self._topic_names) < _TOPIC_NAMES_KEPT:
+            self._topic_names[raw] = topic
+        return topic
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self, wait_connected: float = 10.0) -> None:

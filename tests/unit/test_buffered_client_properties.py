@@ -12,7 +12,7 @@ import paho.mqtt.client as mqtt
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sanitel.ingest.buffered_client import _publish, _variable_byte_integer
+from sanitel.ingest.buffered_client import Publish, _Incoming, _publish, _variable_byte_integer
 from tests.support.mqtt_tools import socketpair_client
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -57,19 +57,25 @@ def parse_reference(command: int, body: bytes) -> tuple[bytes, int, bytes] | Non
 # bodies near the grammar: a plausible topic length, then arbitrary identifier, property length and payload bytes
 NEAR_PUBLISH = st.builds(lambda topic, tail: struct.pack("!H", len(topic)) + topic + tail,
                          st.binary(max_size=20), st.binary(max_size=40))
+# ... and with a packet identifier and a small properties length (0-3, or a two-byte one), as brokers send them
+WITH_PROPERTIES = st.builds(lambda topic, mid, length, tail: struct.pack("!H", len(topic)) + topic
+                            + struct.pack("!H", mid) + length + tail, st.binary(max_size=20), st.integers(0, 65535),
+                            st.sampled_from([b"\x00", b"\x01", b"\x02", b"\x03", b"\x81\x00", b"\x80\x01"]),
+                            st.binary(max_size=40))
 
 
 @SETTINGS
-@given(command=PUBLISH_COMMANDS, data=st.one_of(st.binary(max_size=600), NEAR_PUBLISH), start=st.integers(0, 40),
+@given(command=PUBLISH_COMMANDS, data=st.one_of(st.binary(max_size=600), NEAR_PUBLISH, WITH_PROPERTIES),
+       start=st.integers(0, 40),
        cut=st.integers(0, 40))
 def test_the_publish_body_parser_never_raises_and_reads_only_its_slice(command: int, data: bytes, start: int,
                                                                        cut: int) -> None:
     end = max(start, len(data) - cut)
-    message = _publish(command, data, start, end)  # the bytes around the slice are the stream's other packets
-    got = None if message is None else (message._topic, message.mid, message.payload)
+    publish = _publish(command, data, start, end)  # the bytes around the slice are the stream's other packets
+    got = None if publish is None else (publish[0], publish[2], publish[1])  # (topic, mid, payload)
     assert got == parse_reference(command, data[start:end])
-    if message is not None:
-        assert message.qos == (command & 0x06) >> 1
+    if publish is not None:
+        assert publish[3] == (command & 0x06) >> 1
 
 
 @SETTINGS
@@ -98,13 +104,22 @@ PACKETS = st.lists(st.one_of(
 
 
 @SETTINGS
-@given(packets=PACKETS, chunk=st.integers(1, 700))
+@given(packets=PACKETS, chunk=st.integers(1, 700), batched=st.booleans())
 def test_a_stream_of_publishes_good_and_malformed_split_anywhere_never_raises(
-        packets: list[tuple[str, int, bytes, int, bytes]], chunk: int) -> None:
+        packets: list[tuple[str, int, bytes, int, bytes]], chunk: int, batched: bool) -> None:
+    """Delivered one by one to ``on_message``, or (``batched``, as the collector takes them) to ``on_publishes``."""
     stream = b"".join(well_formed(topic, mid, payload, command) if kind == "good"
                       else bytes((command,)) + remaining_length(len(payload)) + payload
                       for kind, command, topic, mid, payload in packets)
     with socketpair_client("prop") as (client, broker, received):
+        if batched:
+            calls: list[int] = []
+
+            def on_publishes(_client: object, _userdata: object, publishes: list[Publish]) -> None:
+                calls.append(len(publishes))
+                received.extend(_Incoming(*publish) for publish in publishes)
+
+            client.on_publishes = on_publishes
         refused = False
         for cut in range(0, len(stream), chunk):
             broker.sendall(stream[cut:cut + chunk])
@@ -121,3 +136,5 @@ def test_a_stream_of_publishes_good_and_malformed_split_anywhere_never_raises(
     assert got[:len(expected)] == expected[:len(got)]
     if len(expected) == len(packets):  # all well-formed: every one delivered, once
         assert not refused and got == expected
+    if batched:
+        assert all(calls) and sum(calls) == len(received)

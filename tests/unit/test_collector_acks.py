@@ -140,11 +140,10 @@ class FakeClient:
 
     # --- what the test calls ------------------------------------------------------------------
     def deliver(self, mid: int, qos: int = 1, topic: str = TOPIC, body: bytes | None = None) -> None:
-        """A PUBLISH arriving on the network thread (this call blocks as long as the collector's on_message does)."""
-        message = mqtt.MQTTMessage(mid=mid, topic=topic.encode())
-        message.payload, message.qos = body if body is not None else payload(mid), qos
-        self._payloads[mid] = message.payload
-        self.handlers.on_message(self, None, message)
+        """A PUBLISH arriving on the network thread (this call blocks as long as the collector's on_publishes does)."""
+        body = body if body is not None else payload(mid)
+        self._payloads[mid] = body
+        self.handlers.on_publishes(self, None, [(topic.encode(), body, mid, qos)])
 
     def acked(self) -> list[int]:
         with self._changed:
@@ -479,7 +478,7 @@ def test_damaged_spool_records_are_quarantined_and_replay_goes_on(
 def test_a_batch_is_cut_at_the_batch_size() -> None:
     batcher: Batcher[int] = Batcher(maxsize=100, batch_size=3, flush_s=60, monotonic=Clock())
     for n in range(7):
-        batcher.put(n)
+        batcher.put_many([n])
     batcher.close()
     assert batcher.take(idle_s=0) == ([0, 1, 2], False)
     assert batcher.take(idle_s=0) == ([3, 4, 5], False)
@@ -489,8 +488,8 @@ def test_a_batch_is_cut_at_the_batch_size() -> None:
 def test_a_partial_batch_is_written_once_the_flush_interval_has_passed() -> None:
     clock = Clock(tick=0.3)  # every reading of the clock moves it 0.3 s: past the 0.2 s interval at once
     batcher: Batcher[int] = Batcher(maxsize=100, batch_size=1000, flush_s=0.2, monotonic=clock)
-    batcher.put(1)
-    batcher.put(2)
+    batcher.put_many([1])
+    batcher.put_many([2])
     assert batcher.take(idle_s=0) == ([1, 2], False)  # no waiting for the other 998
 
 
@@ -590,4 +589,4 @@ def test_the_real_factory_builds_a_persistent_session_with_manual_acks(tmp_path:
     assert client._clean_start is False  # the broker keeps the session (and our messages) while we are away
     props = client._connect_properties
     assert props is not None and props.json() == {"SessionExpiryInterval": 3600, "ReceiveMaximum": 500}
-    assert client.on_message is handlers.on_message and client.on_subscribe is handlers.on_subscribe
+    assert client.on_publishes is handlers.on_publishes and client.on_subscribe is handlers.on_subscribe

@@ -40,7 +40,7 @@ def test_a_full_batch_wakes_the_writer_before_the_flush_interval() -> None:
     writer = threading.Thread(target=lambda: taken.append(batcher.take(idle_s=WAIT_S)))
     writer.start()
     for n in range(5):
-        batcher.put(n)
+        batcher.put_many([n])
     writer.join(WAIT_S)
     assert taken == [([0, 1, 2, 3, 4], False)]  # cut by size, long before the hour-long flush interval
     assert not batcher.cut_by_deadline
@@ -48,7 +48,7 @@ def test_a_full_batch_wakes_the_writer_before_the_flush_interval() -> None:
 
 def test_a_batch_cut_by_the_flush_interval_says_so() -> None:
     batcher: Batcher[int] = Batcher(maxsize=100, batch_size=5, flush_s=0.2, monotonic=Clock(tick=0.3))
-    batcher.put(1)
+    batcher.put_many([1])
     assert batcher.take(idle_s=0) == ([1], False)
     assert batcher.cut_by_deadline
 
@@ -56,7 +56,7 @@ def test_a_batch_cut_by_the_flush_interval_says_so() -> None:
 def test_the_writer_takes_at_most_a_batch_and_leaves_the_rest_in_order() -> None:
     batcher: Batcher[int] = Batcher(maxsize=100, batch_size=4, flush_s=0, monotonic=Clock())
     for n in range(10):
-        batcher.put(n)
+        batcher.put_many([n])
     assert batcher.take(idle_s=0) == ([0, 1, 2, 3], False)
     assert batcher.qsize() == 6
     assert batcher.take(idle_s=0) == ([4, 5, 6, 7], False)
@@ -65,7 +65,7 @@ def test_the_writer_takes_at_most_a_batch_and_leaves_the_rest_in_order() -> None
 
 def test_close_wakes_a_waiting_writer_with_what_is_queued() -> None:
     batcher: Batcher[int] = Batcher(maxsize=100, batch_size=5, flush_s=3600, monotonic=Clock())
-    batcher.put(1)
+    batcher.put_many([1])
     taken: list[tuple[list[int], bool]] = []
     writer = threading.Thread(target=lambda: taken.append(batcher.take(idle_s=WAIT_S)))
     writer.start()
@@ -77,11 +77,11 @@ def test_close_wakes_a_waiting_writer_with_what_is_queued() -> None:
 def test_a_network_thread_blocked_at_maxsize_resumes_once_the_writer_takes_a_batch() -> None:
     batcher: Batcher[int] = Batcher(maxsize=3, batch_size=2, flush_s=0, monotonic=Clock())
     for n in range(3):
-        batcher.put(n)
+        batcher.put_many([n])
     returned = threading.Event()
 
     def network_thread() -> None:
-        batcher.put(3)
+        batcher.put_many([3])
         returned.set()
 
     threading.Thread(target=network_thread, daemon=True).start()
@@ -89,6 +89,33 @@ def test_a_network_thread_blocked_at_maxsize_resumes_once_the_writer_takes_a_bat
     assert batcher.take(idle_s=0) == ([0, 1], False)
     assert returned.wait(WAIT_S)
     assert batcher.take(idle_s=0) == ([2, 3], False)
+
+
+def test_one_read_larger_than_the_room_goes_in_as_room_is_made_in_order() -> None:
+    batcher: Batcher[int] = Batcher(maxsize=4, batch_size=3, flush_s=0, monotonic=Clock())
+    batcher.put_many([0])
+    network = threading.Thread(target=lambda: batcher.put_many(list(range(1, 10))), daemon=True)
+    network.start()
+    taken: list[int] = []
+    while len(taken) < 10:
+        batch, _ = batcher.take(idle_s=WAIT_S)
+        assert batch, "the network thread's read never went in"
+        assert len(batch) <= 3 and batcher.qsize() <= 4
+        taken += batch
+    network.join(WAIT_S)
+    assert taken == list(range(10))
+
+
+def test_a_read_that_completes_a_batch_wakes_the_writer_before_the_flush_interval() -> None:
+    batcher: Batcher[int] = Batcher(maxsize=100, batch_size=5, flush_s=3600, monotonic=Clock())
+    batcher.put_many([0, 1])
+    taken: list[tuple[list[int], bool]] = []
+    writer = threading.Thread(target=lambda: taken.append(batcher.take(idle_s=WAIT_S)))
+    writer.start()
+    batcher.put_many([2, 3, 4, 5])  # from 2 to 6 queued: past the batch size in one call
+    writer.join(WAIT_S)
+    assert taken == [([0, 1, 2, 3, 4], False)]
+    assert not batcher.cut_by_deadline
 
 
 # --- the in-flight window watch --------------------------------------------------------------------------------
@@ -170,10 +197,7 @@ class WindowBroker:
     def _send(self, n: int) -> None:
         with self._lock:
             mids, self.pending = self.pending[:n], self.pending[n:]
-        for mid in mids:
-            message = mqtt.MQTTMessage(mid=mid, topic=TOPIC.encode())
-            message.payload, message.qos = b'{"mid": %d}' % mid, 1
-            self.handlers.on_message(self, None, message)
+        self.handlers.on_publishes(self, None, [(TOPIC.encode(), b'{"mid": %d}' % mid, mid, 1) for mid in mids])
 
     def disconnect(self) -> None:
         pass
