@@ -101,6 +101,7 @@ class WriteResult:
 
 
 _COLUMNS = {t.table: table_columns(t) for t in READING_TYPES}
+_KIND_OF_TABLE = {t.table: t.kind for t in READING_TYPES}
 _DEAD_LETTER_COLUMNS = ("received_at", "topic", "reason_code", "reason", "reading_index", "kind", "device_id",
                         "collector_id", "message_key", "payload_sha256")
 _INSERT_DEAD_LETTERS = (f"INSERT INTO dead_letters ({', '.join(_DEAD_LETTER_COLUMNS)}) "
@@ -343,15 +344,15 @@ class ReadingWriter:
         """Write a batch durably: readings and dead letters. Raises DatabaseUnavailable (nothing of the failed
         attempt is left) and nothing else for the batch's content."""
         items = [_Item(i, row) for i, message in enumerate(messages) for row in message.decoded.rows]
-        dead = [list(message.decoded.rejections) for message in messages]
-        try:
-            return self._attempt(messages, items, dead).result  # the common case: one transaction
+        try:  # the common case: one transaction (which only reads the messages' rejection lists)
+            return self._attempt(messages, items, [message.decoded.rejections for message in messages]).result
         except AttemptFailed as exc:
             failed = exc
             log.warning("batch of %d messages refused (%s); isolating the readings that cause it",
                         len(messages), _describe(exc.cause))
 
         result = WriteResult()
+        dead = [list(message.decoded.rejections) for message in messages]  # the isolation adds to these
 
         def attempt(part: list[_Item]) -> None:
             done = self._attempt(messages, part, None)
@@ -393,28 +394,33 @@ class ReadingWriter:
             rows: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
             problems: list[tuple[int, Rejection]] = []
             last_seen: dict[str, tuple[datetime, int, datetime]] = {}
+            entries = devices.entries
             for position, item in enumerate(items):
                 progress.position = position
                 row = item.row
-                problem = self._registry_problem(row, devices.entries.get(row.device_id), devices.limited)
-                if problem is not None:
-                    problems.append((item.message, problem))
-                    continue
+                entry = entries.get(row.device_id)
+                # the common reading — on its device's own topic, registered as its kind — needs no more checking
+                if entry is None or entry.kind != row.kind or row.gateway_id is not None or row.via_hj212:
+                    problem = self._registry_problem(row, entry, devices.limited)
+                    if problem is not None:
+                        problems.append((item.message, problem))
+                        continue
                 derive = DERIVATIONS.get(row.table)
                 rows[row.table].append(derive(row.values) if derive else row.values)
                 copied[row.table].append(position)
-                result.accepted[row.kind] += 1
                 seen = last_seen.get(row.device_id)
                 if seen is None or row.ts >= seen[0]:
                     last_seen[row.device_id] = (row.ts, row.values[2], messages[item.message].received_at)
             progress.position = None
+            for table, table_rows in rows.items():  # a table holds readings of one kind
+                result.accepted[_KIND_OF_TABLE[table]] += len(table_rows)
             with conn.cursor() as cur:
                 for table, table_rows in rows.items():
                     inserted = self._store(cur, table, table_rows, copied[table], progress)
                     result.inserted[table] += inserted
                     result.duplicates[table] += len(table_rows) - inserted
                 if dead is not None:
-                    letters = [list(d) for d in dead]
+                    letters = [list(d) for d in dead] if problems else dead  # ``dead`` itself is never changed
                     for index, problem in problems:
                         letters[index].append(problem)
                     problems = []

@@ -165,3 +165,13 @@ def test_dead_letter_text_is_always_storable() -> None:
         if isinstance(value, str):
             assert "\x00" not in value
             value.encode("utf-8")
+
+
+def test_each_reading_table_holds_readings_of_one_kind() -> None:
+    """The writer counts accepted readings by kind per table (issue 16: not per reading), which needs this."""
+    from sanitel.schemas.readings import READING_TYPES
+
+    kinds: dict[str, set[str]] = {}
+    for reading_type in READING_TYPES:
+        kinds.setdefault(reading_type.table, set()).add(reading_type.kind)
+    assert all(len(k) == 1 for k in kinds.values()), kinds
