@@ -817,6 +817,7 @@ class Collector:
         return [BadSpan(records[0].offset, records[0].length, "replay_error", f"{error.__class__.__name__}: {error}")]
 
 
+@functools.lru_cache(maxsize=_TOPIC_NAMES_KEPT)  # a device sends on the same few topics all its life
 def _topic_kind(topic: str) -> str:
     parts = topic.split("/", 3)
     # only known kinds become label values: a bad topic must not create a new time series
