@@ -123,13 +123,7 @@ class BufferedClient(mqtt.Client):
             for topic, payload, mid, qos in batch:
                 self._handle_on_message(_Incoming(topic, payload, mid, qos))
             return
-        with self._in_callback_mutex:
-            try:
-                on_publishes(self, self._userdata, batch)
-            except Exception as err:
-                self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_publishes: %s", err)
-                if not self.suppress_exceptions:
-                    raise
+        self._call("on_publishes", on_publishes, batch)
 
     def ack_many(self, mids: list[int]) -> mqtt.MQTTErrorCode:
         """PUBACK every QoS 1 message id, in order, as one write."""
@@ -143,13 +137,17 @@ class BufferedClient(mqtt.Client):
 
     def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:
         on_message = self.on_message
-        if on_message is None:
-            return
+        if on_message is not None:
+            self._call("on_message", on_message, message)
+
+    def _call(self, name: str, callback: Callable[..., None], argument: object) -> None:
+        """A user callback as paho calls one: under its callback mutex; an exception is logged, and raised unless
+        paho is told to suppress them."""
         with self._in_callback_mutex:
             try:
-                on_message(self, self._userdata, message)
+                callback(self, self._userdata, argument)
             except Exception as err:
-                self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
+                self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in %s: %s", name, err)
                 if not self.suppress_exceptions:
                     raise
 
