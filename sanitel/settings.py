@@ -54,7 +54,9 @@ class Settings(BaseSettings):
     collector_client_id: str = Field("sanitel-collector-1", description="fixed MQTT client id (session)")
     collector_share_group: str | None = Field(None, description="MQTT 5 shared-subscription group")
     collector_batch_size: int = Field(5000, ge=1, le=100_000, description="readings per write transaction, at most")
-    collector_flush_ms: int = Field(200, ge=1, le=60_000, description="a partial batch is written after this")
+    # 50 ms, not 200: publish→commit p50 60 ms instead of 173 at 2,500 readings/s (issue 16, docs/benchmarks.md);
+    # a backlog is drained in full batches either way
+    collector_flush_ms: int = Field(50, ge=1, le=60_000, description="a partial batch is written after this")
     collector_queue_max: int = Field(20_000, ge=100, description="messages buffered before backpressure")
     collector_commit_lanes: int = Field(2, ge=1, le=2, description="batches written to the database at once, each on a "
                                         "connection of its own; acknowledged in order either way")
