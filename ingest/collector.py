@@ -3,7 +3,7 @@
 Threads: the MQTT client's network thread receives and appends messages to a bounded list (``Batcher``: what one
 network read brought, under one plain lock — issue 16; the MQTT 5 Receive Maximum and the bound limit memory: when
 full, the broker holds the rest); the writer thread takes them off a whole batch at a time and decodes them; a commit
-thread per batch writes them (``processors.writer``, on one of two commit lanes: a batch is COPYed while the one
+thread per batch writes them (``processors.writer``; with two commit lanes a batch is COPYed while the one
 before it still commits) — or, while the database is unreachable, fsyncs them to the spool (``processors.spool``)
 — and only then acknowledges them, in order. Redelivery after a crash is
 harmless because writes are idempotent. ``stop()`` stops taking messages, flushes, acks, and disconnects;

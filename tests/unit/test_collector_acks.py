@@ -275,6 +275,20 @@ def test_a_database_lost_mid_write_spools_the_batch_before_acking(make: Make, wr
 # --- two commit lanes: a batch is written while the one before still commits; acknowledgements stay in order ---
 
 
+def test_by_default_the_collector_writes_one_batch_at_a_time(tmp_path: Path) -> None:
+    """Two lanes may commit a batch before the one ahead of it; the alert evaluator's data clock then runs ahead of
+    the readings still in the other lane (false device_offline alerts, tests/integration/test_truck_ground_truth.py).
+    So one lane unless asked for two. (No connection is opened: the writers connect on first use.)"""
+    def collector(**overrides: object) -> Collector:
+        settings = load_settings(data_dir=tmp_path, database_url="postgresql://nobody@127.0.0.1:1/none",
+                                 collector_metrics_port=0, **overrides)
+        return Collector(settings, serve_metrics=False,
+                         client_factory=lambda s, h: FakeClient(s, h, MemoryWriter(), tmp_path))
+
+    assert len(collector()._lanes) == 1
+    assert len(collector(collector_commit_lanes=2)._lanes) == 2
+
+
 def test_with_two_lanes_a_batch_commits_beside_the_one_before_and_waits_for_its_ack(
         make: Make, writer: MemoryWriter) -> None:
     lane = MemoryWriter(database=writer)
