@@ -46,6 +46,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from prometheus_client import start_http_server
 
+from sanitel.errors import SanitelError
 from sanitel.heartbeats import record_pass
 from sanitel.ingest.buffered_client import BufferedClient, OnPublishes, Publish
 from sanitel.ingest.decode import DecodeLimits, decode_message
@@ -465,7 +466,13 @@ class Collector:
     def start(self, wait_connected: float = 10.0) -> None:
         self._started_at = self._now()
         if self._serve_metrics:
-            start_http_server(self.settings.collector_metrics_port, addr="127.0.0.1", registry=self.metrics.registry)
+            port = self.settings.collector_metrics_port
+            try:
+                start_http_server(port, addr="127.0.0.1", registry=self.metrics.registry)
+            except OSError as exc:
+                raise SanitelError(f"cannot serve the collector's metrics on 127.0.0.1:{port}: {exc.strerror or exc}; "
+                                   "set SANITEL_COLLECTOR_METRICS_PORT to a free port (with --workers N, the other "
+                                   "workers take the ports above it), or 0 for none") from None
         if self.registry is not None:
             self.registry.start()
         if not self.writer.ping():

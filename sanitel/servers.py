@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -48,11 +49,32 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     return False
 
 
+_LOWEST_CHOSEN_PORT = 20000  # above the well-known and registered ports local services listen on
+_handed_out: set[int] = set()
+_PORT_CHOICE = random.Random()  # seeded from the OS: parallel test workers choose apart
+
+
+def _ephemeral_ports_start() -> int:
+    """Where the kernel's ephemeral range begins: the local ports it gives outgoing connections and ``bind(0)``."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default; other systems start higher (49152)
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A port nothing listens on, for a server about to start.
+
+    Chosen at random below the ephemeral range, not by ``bind(0)``: a port the kernel hands out is also the local
+    port of the next outgoing connection (a test's database or metrics poll), which then holds it when the server
+    binds — and a server that restarts on its port (the fault tests) would find it taken. Never the same port twice
+    in one process, so two servers started one after the other do not get one port."""
+    top = max(_LOWEST_CHOSEN_PORT + 1000, _ephemeral_ports_start() - 1)  # - 1: callers may take port + 1 too
+    while True:
+        port = _PORT_CHOICE.randrange(_LOWEST_CHOSEN_PORT, top)
+        if port not in _handed_out and not port_in_use(port):
+            _handed_out.add(port)
+            return port
 
 
 def _wait_for_port(port: int, timeout: float, alive: Callable[[], bool] | None = None) -> bool:

@@ -119,7 +119,8 @@ def test_a_worker_restarted_while_the_database_is_down_starts_and_spools(
     parent = start_supervisor(pg.url, mq, data_dir, port)
     try:
         assert wait_for(lambda: metric(port, "sanitel_broker_connected") == metric(port + 1,
-                                                                                     "sanitel_broker_connected") == 1.0, 60)
+                                                                                     "sanitel_broker_connected") == 1.0,
+                        60), (data_dir / "supervisor.log").read_text()[-3000:]
         pg.stop()
         old = workers_of(parent)["wk-w2"]
         os.kill(old, signal.SIGKILL)

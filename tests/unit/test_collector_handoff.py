@@ -6,6 +6,7 @@ generous timeout that is never the thing under test."""
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
+from sanitel.errors import SanitelError
 from sanitel.ingest.collector import (
     WORKERS_SHARE_GROUP,
     Batcher,
@@ -262,6 +264,18 @@ def test_our_own_receive_maximum_below_a_batch_is_reported_as_ours(tmp_path: Pat
         pass
     [warning] = window_warnings(caplog)
     assert warning.startswith("our own receive maximum caps batches at 100") and "SANITEL_COLLECTOR_QUEUE_MAX" in warning
+
+
+def test_a_metrics_port_in_use_is_one_clear_error_naming_the_setting(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        settings = load_settings(data_dir=tmp_path, city="testcity", collector_client_id="unit",
+                                 collector_metrics_port=taken)
+        collector = Collector(settings, client_factory=lambda s, h: WindowBroker(h, 1, 0), writer=MemoryWriter())
+        with pytest.raises(SanitelError, match=rf"127\.0\.0\.1:{taken}.*SANITEL_COLLECTOR_METRICS_PORT"):
+            collector.start(wait_connected=WAIT_S)
 
 
 # --- a session's subscription from the other mode ---------------------------------------------------------------

@@ -18,6 +18,21 @@ def test_unwritable_data_dir_is_a_clear_error(tmp_path: Path) -> None:
         MosquittoServer(blocker / "sub", free_port()).start()
 
 
+def test_free_ports_lie_below_the_ephemeral_range_and_are_never_handed_out_twice() -> None:
+    """A port the kernel gives outgoing connections may be held by one when a test's server binds it (the suspected
+    cause of one CI failure: a collector worker never served its metrics port)."""
+    import socket
+
+    from sanitel.servers import _ephemeral_ports_start
+
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+    assert all(1024 < p < _ephemeral_ports_start() - 1 for p in ports)
+    with socket.socket() as kernel_chosen:  # what an outgoing connection's local port is drawn from
+        kernel_chosen.bind(("127.0.0.1", 0))
+        assert kernel_chosen.getsockname()[1] >= _ephemeral_ports_start()
+
+
 def test_readme_configuration_table_is_current() -> None:
     from sanitel.settings import markdown_table
 
