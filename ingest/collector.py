@@ -54,7 +54,7 @@ from sanitel.ingest.metrics import CollectorMetrics
 from sanitel.mqtt_wire import BrokerTarget, paho_client
 from sanitel.processors.registry import DeviceRegistry, RegistryUnavailable
 from sanitel.processors.spool import BadSpan, Spool, SpooledMessage, SpoolFull, SpoolRecord
-from sanitel.processors.writer import DatabaseUnavailable, Message, ReadingWriter, WriteResult
+from sanitel.processors.writer import DatabaseUnavailable, Message, OutOfTurn, ReadingWriter, Turn, WriteResult
 from sanitel.schemas.hj212_settings import DEFAULT_BASIS, Hj212Basis
 from sanitel.schemas.topics import DEVICE_KINDS, SYSTEM_FAMILIES, Hj212Topic, TopicError, parse_topic, subscription
 from sanitel.settings import Settings
@@ -108,8 +108,11 @@ class ReadingStore(Protocol):
 
     def ping(self) -> bool: ...
 
-    def write(self, messages: list[Message]) -> WriteResult:
-        """Commit the batch in one transaction (readings and dead letters); DatabaseUnavailable leaves nothing."""
+    session_pid: int | None  # the database session it commits on, while it has one (see ``Turn``)
+
+    def write(self, messages: list[Message], turn: Turn | None = None) -> WriteResult:
+        """Commit the batch in one transaction (readings and dead letters), after ``turn``'s commit when given;
+        DatabaseUnavailable and OutOfTurn leave nothing."""
 
     def close(self) -> None: ...
 
@@ -329,14 +332,23 @@ class _Commit:
     writer thread decodes the next batch meanwhile. A thread per batch (a few a second at most) keeps the hand-off
     trivially correct: ``settle`` is a join."""
 
-    def __init__(self, thread: threading.Thread) -> None:
+    def __init__(self, thread: threading.Thread, writer: ReadingStore) -> None:
         self._thread = thread
+        self.writer = writer  # its commit lane
 
     @classmethod
-    def start(cls, flush: Callable[[], None]) -> _Commit:
+    def start(cls, flush: Callable[[], None], writer: ReadingStore) -> _Commit:
         thread = threading.Thread(target=flush, name="sanitel-commit", daemon=True)
         thread.start()
-        return cls(thread)
+        return cls(thread, writer)
+
+    def turn(self) -> Turn:
+        """What a write that must commit after this one waits for."""
+        def settled(timeout: float) -> bool:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+
+        return Turn(settled, lambda: self.writer.session_pid)
 
     @staticmethod
     def settle(commit: _Commit | None) -> None:
@@ -559,7 +571,7 @@ class Collector:
                 continue
             writer, previous = self._lanes[lane], in_flight[-1] if in_flight else None
             lane = (lane + 1) % len(self._lanes)
-            in_flight.append(_Commit.start(functools.partial(self._flush, batch, decoded, writer, previous)))
+            in_flight.append(_Commit.start(functools.partial(self._flush, batch, decoded, writer, previous), writer))
         _Commit.settle_all(in_flight)
 
     def _may_overlap(self, decoded: list[Message] | None) -> bool:
@@ -616,10 +628,11 @@ class Collector:
         the full spool refused is held for another try (unless stopping: then the broker keeps it). ``decoded``:
         the batch already decoded (``_predecode``), used when it goes straight to the database; ``writer``: its
         commit lane (default the first); ``previous``: the commit before it, still in flight on the other lane —
-        this batch's write overlaps it, and nothing else of this batch happens before it has settled."""
+        this batch's write overlaps it but commits after it (``Turn``), and nothing else of this batch happens
+        before it has settled."""
         writer = writer or self.writer
         if previous is not None:
-            written = self._write_overlapping(batch, decoded, writer)
+            written = self._write_overlapping(batch, decoded, writer, previous.turn())
             _Commit.settle(previous)
             if written is None:
                 return  # a failure that is not the database's: left unacknowledged, as below
@@ -642,14 +655,19 @@ class Collector:
             return
         self._acknowledge(batch)
 
-    def _write_overlapping(self, batch: list[_Received], decoded: list[Message] | None,
-                           writer: ReadingStore) -> bool | None:
-        """Write the batch while the commit before it may still run: True when stored; False when the database is
-        unavailable (the caller takes the spool's way once that commit has settled); None after anything else,
-        logged (the batch stays unacknowledged)."""
+    def _write_overlapping(self, batch: list[_Received], decoded: list[Message] | None, writer: ReadingStore,
+                           turn: Turn) -> bool | None:
+        """Write the batch while the commit before it may still run, committing after it: True when stored; False
+        when the database is unavailable or the two batches' writes met (the caller writes it again, or takes the
+        spool's way, once that commit has settled); None after anything else, logged (the batch stays
+        unacknowledged)."""
         try:
-            self._write([(r.topic, r.payload, r.received_at) for r in batch], decoded, writer)
+            self._write([(r.topic, r.payload, r.received_at) for r in batch], decoded, writer, turn)
             return True
+        except OutOfTurn as exc:
+            log.info("%s: writing the batch again after it", exc)
+            self.metrics.out_of_turn.inc()
+            return False
         except DatabaseUnavailable:  # (the writer has closed its connection)
             return False
         except Exception:
@@ -685,10 +703,10 @@ class Collector:
                 for topic, payload, at in raw]
 
     def _write(self, raw: list[SpooledMessage], decoded: list[Message] | None = None,
-               writer: ReadingStore | None = None) -> WriteResult:
+               writer: ReadingStore | None = None, turn: Turn | None = None) -> WriteResult:
         messages = decoded if decoded is not None else self._decode(raw)
         started = self._monotonic()
-        result = (writer or self.writer).write(messages)
+        result = (writer or self.writer).write(messages, turn)
         self.metrics.write_latency.observe(self._monotonic() - started)
         self.metrics.batch_size.observe(len(messages))
         self.metrics.database_up.set(1)

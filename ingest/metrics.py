@@ -30,6 +30,9 @@ class CollectorMetrics:
                                   ["table"], registry=r)
         self.rejected = Counter("sanitel_readings_rejected", "readings or messages dead-lettered",
                                 ["kind", "reason"], registry=r)
+        self.out_of_turn = Counter("sanitel_batches_rewritten_out_of_turn",
+                                   "batches of the second commit lane rolled back and written again after the batch "
+                                   "ahead, which was waiting for the same readings (a redelivery)", registry=r)
         self.batch_size = Histogram("sanitel_batch_size", "messages per written batch",
                                     buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 20000), registry=r)
         self.write_latency = Histogram("sanitel_write_latency_seconds", "time to write and commit one batch",

@@ -34,7 +34,14 @@ class, so it cannot stall the collector either. Nothing of a failed attempt surv
 transaction, rolled back on failure (staged rows, registrations and dead letters with it), and the device
 cache is only updated after a commit.
 
-``DatabaseUnavailable`` is the only error ``write`` raises for a batch, and it never depends on the batch:
+A write may follow another writer's commit (``Turn``: the collector's other commit lane): it reads its devices and
+COPYs its readings while that commit runs, but registers no device, upserts no last-seen row, writes no dead letter
+and does not commit before that commit has settled, so batches commit in the order they came. Should the commit
+ahead wait for this write's rows (the same reading in both batches: a redelivery), this write rolls back and raises
+``OutOfTurn``, to be written again after it.
+
+``DatabaseUnavailable`` is the only error ``write`` raises for a batch (besides ``OutOfTurn``, which says nothing
+of the batch either), and it never depends on the batch:
 the connection is lost, or the server cannot take writes now (out of disk or memory, shutting down,
 read-only, a lock conflict or deadlock to retry, a missing table or privilege). The caller spools the batch
 and replays it later; the writes are idempotent. (Should even the fallback dead letter of a message fail to
@@ -79,6 +86,23 @@ class DatabaseUnavailable(Exception):
     """The database cannot be reached now; the batch was not written."""
 
 
+class OutOfTurn(Exception):
+    """The write was rolled back: the commit it follows (``Turn``) was waiting for rows this write had COPYed, so
+    neither could go on. Nothing of it is left; write it again once that commit has settled."""
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """The commit a write follows: the one before it, on the collector's other commit lane. The write takes no row
+    lock that commit may need and does not commit before it has settled, so batches commit in the order they came
+    and the alert evaluator's data clock (the newest reading stored) never runs ahead of a batch still in flight
+    (with commits in any order it did: false ``device_offline`` alerts in tests/integration/
+    test_truck_ground_truth.py)."""
+
+    settled: Callable[[float], bool]  # waits up to that many seconds; True once it has committed or failed
+    session_pid: Callable[[], int | None]  # its database session's backend pid, while it has one
+
+
 @dataclass(slots=True)
 class Message:
     """A received message and what decoding made of it."""
@@ -118,6 +142,7 @@ _LAG_SAMPLES_PER_BATCH = 200
 _TEXT_OID, _BPCHAR_OID = 25, 1042
 _MERGE_AFTER_CONFLICT = 8  # batches of a table that take the staging merge at once after a conflict
 _COPY_LINE = re.compile(r"COPY stage_(\w+), line (\d+)(?:, column (\w+))?")
+_TURN_CHECK_S = 0.1  # how long a write waits for its turn before it asks whether the commit ahead waits for it
 
 # SQLSTATEs that say the server cannot take writes now, whatever the batch holds: connection exceptions (08),
 # insufficient resources (53), shutdown (57P), system errors (58), serialization failures and deadlocks (40),
@@ -284,8 +309,10 @@ class ReadingWriter:
         self._registrations = self._allowance.bucket
         self._holds_allowance = False
         self._conn: psycopg.Connection | None = None
+        self.session_pid: int | None = None  # the connection's backend, for a write that follows this one's commit
         self._copy_types: dict[str, list[int]] = {}
         self._merge_only: Counter[str] = Counter()  # table → batches left that take the merge at once
+        self._turn: Turn | None = None  # the commit the write under way follows, until it has settled
 
     # --- connection ------------------------------------------------------------------------
     def _connection(self) -> psycopg.Connection:
@@ -311,6 +338,7 @@ class ReadingWriter:
                 conn.close()
             raise DatabaseUnavailable(_describe(exc)) from None
         self._conn = conn
+        self.session_pid = conn.info.backend_pid
         return conn
 
     def twin(self) -> ReadingWriter:
@@ -318,6 +346,8 @@ class ReadingWriter:
         collector's second commit lane): the same settings, device cache and auto-registration allowance."""
         twin = copy.copy(self)
         twin._conn = None
+        twin.session_pid = None
+        twin._turn = None
         twin._copy_types = {}
         twin._merge_only = Counter()
         twin._holds_allowance = False
@@ -334,15 +364,40 @@ class ReadingWriter:
             return False
 
     def close(self) -> None:
+        self.session_pid = None
         if self._conn is not None:
             with contextlib.suppress(psycopg.Error):
                 self._conn.close()
             self._conn = None
 
     # --- writing ---------------------------------------------------------------------------
-    def write(self, messages: list[Message]) -> WriteResult:
-        """Write a batch durably: readings and dead letters. Raises DatabaseUnavailable (nothing of the failed
-        attempt is left) and nothing else for the batch's content."""
+    def _wait_turn(self, conn: psycopg.Connection | None) -> None:
+        """Wait until the commit this write follows (``Turn``) has settled. ``conn``: this write's transaction,
+        holding rows it COPYed — should that commit's session be waiting for them, raise OutOfTurn (the caller
+        rolls back): the two would otherwise wait for each other for ever."""
+        turn = self._turn
+        if turn is None:
+            return
+        while not turn.settled(_TURN_CHECK_S):
+            ahead = turn.session_pid()
+            if conn is None or ahead is None or self.session_pid is None:
+                continue
+            row = conn.execute("SELECT %s = ANY(pg_blocking_pids(%s))", (self.session_pid, ahead)).fetchone()
+            if row is not None and row[0]:
+                raise OutOfTurn(f"the commit ahead (session {ahead}) waits for rows this write holds")
+        self._turn = None
+
+    def write(self, messages: list[Message], turn: Turn | None = None) -> WriteResult:
+        """Write a batch durably: readings and dead letters; after ``turn``'s commit, when given. Raises
+        DatabaseUnavailable or OutOfTurn (nothing of the failed attempt is left) and nothing for the batch's
+        content."""
+        self._turn = turn
+        try:
+            return self._write(messages)
+        finally:
+            self._turn = None
+
+    def _write(self, messages: list[Message]) -> WriteResult:
         items = [_Item(i, row) for i, message in enumerate(messages) for row in message.decoded.rows]
         try:  # the common case: one transaction (which only reads the messages' rejection lists)
             return self._attempt(messages, items, [message.decoded.rejections for message in messages]).result
@@ -350,6 +405,7 @@ class ReadingWriter:
             failed = exc
             log.warning("batch of %d messages refused (%s); isolating the readings that cause it",
                         len(messages), _describe(exc.cause))
+        self._wait_turn(None)  # the isolation's many transactions come after it: rare, and nothing is held now
 
         result = WriteResult()
         dead = [list(message.decoded.rejections) for message in messages]  # the isolation adds to these
@@ -419,6 +475,7 @@ class ReadingWriter:
                     inserted = self._store(cur, table, table_rows, copied[table], progress)
                     result.inserted[table] += inserted
                     result.duplicates[table] += len(table_rows) - inserted
+                self._wait_turn(conn)  # what follows takes row locks the commit ahead may need, then commits
                 if dead is not None:
                     letters = [list(d) for d in dead] if problems else dead  # ``dead`` itself is never changed
                     for index, problem in problems:
@@ -431,6 +488,9 @@ class ReadingWriter:
             conn.commit()
         except DatabaseUnavailable:
             self.close()
+            raise
+        except OutOfTurn as exc:
+            self._recover(exc)  # rolled back (DatabaseUnavailable if even that failed)
             raise
         except Exception as exc:
             self._recover(exc)  # raises DatabaseUnavailable when that is what it was
@@ -531,6 +591,7 @@ class ReadingWriter:
         unknown = [d for d in missing if d not in read and d in candidates]
         if not (unknown and self.auto_register):
             return _Devices(cached | read, read, token, registered, limited)
+        self._wait_turn(conn)  # the commit ahead may register the same devices, or wait for the allowance
         # held until the attempt ends (``_attempt``): the other commit lane counts what is left after this spends it
         self._allowance.lock.acquire()
         self._holds_allowance = True

@@ -58,12 +58,12 @@ class Settings(BaseSettings):
     # a backlog is drained in full batches either way
     collector_flush_ms: int = Field(50, ge=1, le=60_000, description="a partial batch is written after this")
     collector_queue_max: int = Field(20_000, ge=100, description="messages buffered before backpressure")
-    # 1 by default: with 2, a batch may commit before the one ahead of it, and the alert evaluator's data clock (the
-    # newest device time stored) then runs ahead of readings still in the other lane, so their devices look silent
-    # (false device_offline alerts in tests/integration/test_truck_ground_truth.py, 2026-11-30)
-    collector_commit_lanes: int = Field(1, ge=1, le=2, description="batches written to the database at once, each on a "
-                                        "connection of its own; acknowledged in order either way, but with 2 they may "
-                                        "become visible out of order, which can make the alert evaluator judge too early")
+    # 2: a batch is COPYed while the one before it commits, and commits after it (processors.writer.Turn), so
+    # readings become visible in arrival order and the alert evaluator's data clock never runs ahead of a batch still
+    # in the other lane; +18-27 % backlog drain against 1 (docs/benchmarks.md, 2026-11-30)
+    collector_commit_lanes: int = Field(2, ge=1, le=2, description="batches written to the database at once, each on a "
+                                        "connection of its own; committed and acknowledged in the order they came "
+                                        "either way")
     collector_metrics_port: int = Field(9108, ge=0, le=65535, description="0 = no metrics endpoint")
     session_expiry_s: int = Field(7 * 24 * 3600, ge=0, description="broker keeps messages while the collector is away")
     auto_register_devices: bool = Field(True, description="unknown device ids are registered on first sight "

@@ -24,7 +24,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from sanitel.ingest.buffered_client import BufferedClient
 from sanitel.ingest.collector import Batcher, ClientHandlers, Collector, paho_collector_client
 from sanitel.processors.spool import STATUS_FILE, Spool, read_quarantine
-from sanitel.processors.writer import DatabaseUnavailable, Message, WriteResult
+from sanitel.processors.writer import DatabaseUnavailable, Message, OutOfTurn, Turn, WriteResult
 from sanitel.schemas.topics import subscription
 from sanitel.settings import Settings, load_settings
 
@@ -62,6 +62,9 @@ class MemoryWriter:
         self.poison: bytes | None = None  # a batch holding this payload fails, every time: a content error
         self.gate: threading.Event | None = None  # when set up, write waits for it
         self.writing = threading.Event()  # a write has begun
+        self.session_pid: int | None = None
+        self.out_of_turn = False  # the next write that follows a commit meets it (a redelivery in both batches)
+        self.waiting_turn = threading.Event()  # a write has begun waiting for the commit it follows
         self._lock: threading.Lock = threading.Lock() if database is None else database._lock
         # which writer wrote each batch (by its first payload); shared with the writers of the same database
         self.batches_by: dict[bytes, MemoryWriter] = {} if database is None else database.batches_by
@@ -69,7 +72,7 @@ class MemoryWriter:
     def ping(self) -> bool:
         return self.up
 
-    def write(self, messages: list[Message]) -> WriteResult:
+    def write(self, messages: list[Message], turn: Turn | None = None) -> WriteResult:
         self.writing.set()
         if messages:
             self.batches_by[messages[0].payload] = self
@@ -82,6 +85,12 @@ class MemoryWriter:
             raise error
         if self.poison is not None and any(m.payload == self.poison for m in messages):
             raise ValueError("a value the database refuses")
+        if turn is not None:  # "COPYed"; committed only after the commit ahead
+            if self.out_of_turn:
+                self.out_of_turn = False
+                raise OutOfTurn("the commit ahead waits for rows this write holds")
+            self.waiting_turn.set()
+            assert turn.settled(WAIT_S), "the commit ahead never settled"
         with self._lock:
             self.committed += [m.payload for m in messages]  # readings and dead letters alike
         return WriteResult()
@@ -275,32 +284,50 @@ def test_a_database_lost_mid_write_spools_the_batch_before_acking(make: Make, wr
 # --- two commit lanes: a batch is written while the one before still commits; acknowledgements stay in order ---
 
 
-def test_by_default_the_collector_writes_one_batch_at_a_time(tmp_path: Path) -> None:
-    """Two lanes may commit a batch before the one ahead of it; the alert evaluator's data clock then runs ahead of
-    the readings still in the other lane (false device_offline alerts, tests/integration/test_truck_ground_truth.py).
-    So one lane unless asked for two. (No connection is opened: the writers connect on first use.)"""
+def test_by_default_the_collector_writes_on_two_lanes(tmp_path: Path) -> None:
+    """Two lanes are safe by default since a batch commits only after the one ahead of it (the next tests). (No
+    connection is opened: the writers connect on first use.)"""
     def collector(**overrides: object) -> Collector:
         settings = load_settings(data_dir=tmp_path, database_url="postgresql://nobody@127.0.0.1:1/none",
                                  collector_metrics_port=0, **overrides)
         return Collector(settings, serve_metrics=False,
                          client_factory=lambda s, h: FakeClient(s, h, MemoryWriter(), tmp_path))
 
-    assert len(collector()._lanes) == 1
-    assert len(collector(collector_commit_lanes=2)._lanes) == 2
+    assert len(collector()._lanes) == 2
+    assert len(collector(collector_commit_lanes=1)._lanes) == 1
 
 
-def test_with_two_lanes_a_batch_commits_beside_the_one_before_and_waits_for_its_ack(
+def test_with_two_lanes_a_batch_is_written_beside_the_one_before_but_commits_after_it(
         make: Make, writer: MemoryWriter) -> None:
+    """Commits in arrival order: the alert evaluator's data clock (the newest reading stored) must not run ahead of
+    a batch still in the other lane (false device_offline alerts, tests/integration/test_truck_ground_truth.py)."""
     lane = MemoryWriter(database=writer)
     writer.gate = threading.Event()  # the first lane's commit takes its time
     _, client, _ = make(lane=lane)
     for mid in range(1, 7):
         client.deliver(mid)
-    wait_until(lambda: writer.durable() == [payload(mid) for mid in (4, 5, 6)])  # the second lane did not wait
-    assert client.acked() == []  # 4-6 are durable, but 1-3 are not acknowledged yet: nor are they
+    wait_until(lane.waiting_turn.is_set)  # the second lane's write is under way, its commit waits for the first's
+    assert writer.durable() == [] and client.acked() == []
     writer.gate.set()
     assert client.wait_acked(6) == [1, 2, 3, 4, 5, 6]
+    assert writer.durable() == [payload(mid) for mid in range(1, 7)]
     assert client.acks == [[1, 2, 3], [4, 5, 6]] and client.acked_before_durable == []
+
+
+def test_with_two_lanes_a_write_that_met_the_one_ahead_is_written_again_after_it(
+        make: Make, writer: MemoryWriter) -> None:
+    lane = MemoryWriter(database=writer)
+    lane.out_of_turn = True
+    writer.gate = threading.Event()
+    collector, client, _ = make(lane=lane)
+    for mid in range(1, 7):
+        client.deliver(mid)
+    wait_until(lane.writing.is_set)
+    writer.gate.set()
+    assert client.wait_acked(6) == [1, 2, 3, 4, 5, 6]
+    assert writer.durable() == [payload(mid) for mid in range(1, 7)] and client.acked_before_durable == []
+    assert collector.metrics.registry.get_sample_value("sanitel_batches_rewritten_out_of_turn_total") == 1
+    assert collector.spool.backlog_bytes() == 0  # written again, not spooled
 
 
 def test_with_two_lanes_batches_take_the_lanes_in_turn(make: Make, writer: MemoryWriter) -> None:
@@ -552,11 +579,11 @@ def test_the_next_batch_is_decoded_while_one_commits_and_committed_only_after_it
     in_database, most_in_database = [0], [0]
     write = writer.write
 
-    def counting_write(messages: list[Message]) -> WriteResult:
+    def counting_write(messages: list[Message], turn: Turn | None = None) -> WriteResult:
         in_database[0] += 1
         most_in_database[0] = max(most_in_database[0], in_database[0])
         try:
-            return write(messages)
+            return write(messages, turn)
         finally:
             in_database[0] -= 1
 

@@ -28,7 +28,7 @@ from sanitel.ingest.collector import (
     paho_collector_client,
     stale_subscriptions,
 )
-from sanitel.processors.writer import Message, WriteResult
+from sanitel.processors.writer import Message, Turn, WriteResult
 from sanitel.schemas.topics import subscription
 from sanitel.settings import Settings, load_settings
 from tests.unit.test_collector_acks import TOPIC, WAIT_S, Clock
@@ -154,11 +154,12 @@ def test_the_window_is_reported_again_only_after_it_was_lifted() -> None:
 class MemoryWriter:
     def __init__(self) -> None:
         self.batches: list[int] = []
+        self.session_pid: int | None = None
 
     def ping(self) -> bool:
         return True
 
-    def write(self, messages: list[Message]) -> WriteResult:
+    def write(self, messages: list[Message], turn: Turn | None = None) -> WriteResult:
         self.batches.append(len(messages))
         return WriteResult()
 

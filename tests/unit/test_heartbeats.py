@@ -14,7 +14,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from sanitel.alerts.service import config_from_settings
 from sanitel.heartbeats import Heartbeat, judge_stages
 from sanitel.ingest.collector import ClientHandlers, Collector
-from sanitel.processors.writer import Message, WriteResult
+from sanitel.processors.writer import Message, Turn, WriteResult
 from sanitel.settings import load_settings
 
 NOW = datetime(2026, 11, 28, 8, 0, tzinfo=UTC)
@@ -98,12 +98,13 @@ class _Database:
     def __init__(self) -> None:
         self.up = False
         self.pings = 0
+        self.session_pid: int | None = None
 
     def ping(self) -> bool:
         self.pings += 1
         return self.up
 
-    def write(self, messages: list[Message]) -> WriteResult:
+    def write(self, messages: list[Message], turn: Turn | None = None) -> WriteResult:
         return WriteResult()
 
     def close(self) -> None:
