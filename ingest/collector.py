@@ -62,6 +62,7 @@ from sanitel.settings import Settings
 log = logging.getLogger("sanitel.collector")
 _TOPIC_KINDS = frozenset((*DEVICE_KINDS, "gateway", *SYSTEM_FAMILIES))  # metric label values: known families only
 _IDLE_WAKE_S = 1.0  # the writer wakes at least this often: the spool must replay even when no traffic arrives
+_ACKS_READ_TIMEOUT_S = 10.0  # at stop: how long the broker may take to read our last acknowledgements
 _TOPIC_NAMES_KEPT = 1 << 16  # topics whose text the network thread remembers (a city's devices send on ~30,000)
 # The shared-subscription group of ``sanitel collector --workers N`` when settings name none (ingest/workers.py).
 WORKERS_SHARE_GROUP = "sanitel-collectors"
@@ -82,6 +83,9 @@ class MqttClient(Protocol):
 
     def ack_many(self, mids: list[int]) -> object:
         """PUBACK these QoS 1 messages, in this order."""
+
+    def wait_acks_read(self, timeout: float) -> bool:
+        """Wait until the broker has read every acknowledgement sent so far; False if it did not say so in time."""
 
     def disconnect(self) -> object: ...
 
@@ -511,6 +515,10 @@ class Collector:
         self._batcher.close()
         self._writer_thread.join(timeout)
         self._stopped.set()
+        if self._connected.is_set() and not self.client.wait_acks_read(_ACKS_READ_TIMEOUT_S):
+            log.warning("the broker did not confirm within %.0f s that it read our last acknowledgements; it may "
+                        "deliver those messages again on the next connection (stored once all the same)",
+                        _ACKS_READ_TIMEOUT_S)
         self.client.disconnect()
         self.client.loop_stop()
         for writer in self._lanes:

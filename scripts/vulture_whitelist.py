@@ -197,6 +197,7 @@ _.on_disconnect
 _.on_subscribe
 _.on_publish
 _.on_message
+_.on_unsubscribe
 _.on_socket_open  # simulators/connections.py: one selector over many clients (paho's external-loop hooks)
 _.on_socket_close
 userdata

@@ -141,6 +141,10 @@ class FakeClient:
             self.calls.append(("ack_many", list(mids)))
             self._changed.notify_all()
 
+    def wait_acks_read(self, timeout: float) -> bool:
+        self.calls.append(("wait_acks_read", None))
+        return True
+
     def disconnect(self) -> None:
         self.calls.append(("disconnect", None))
 
@@ -604,13 +608,15 @@ def test_the_next_batch_is_decoded_while_one_commits_and_committed_only_after_it
 # --- stopping (SIGTERM/SIGINT) ----------------------------------------------------------------------------------
 
 
-def test_stop_flushes_the_partial_batch_acks_it_then_disconnects(make: Make, writer: MemoryWriter) -> None:
+def test_stop_flushes_the_partial_batch_acks_it_waits_for_the_broker_to_read_that_then_disconnects(
+        make: Make, writer: MemoryWriter) -> None:
     collector, client, _ = make(collector_batch_size=100)  # the clock stands still: no flush before stop
     for mid in (1, 2, 3):
         client.deliver(mid)
     assert client.acked() == []
     collector.stop(timeout=WAIT_S)
-    assert client.calls[-3:] == [("ack_many", [1, 2, 3]), ("disconnect", None), ("loop_stop", None)]
+    assert client.calls[-4:] == [("ack_many", [1, 2, 3]), ("wait_acks_read", None), ("disconnect", None),
+                                 ("loop_stop", None)]
     assert writer.durable() == [payload(1), payload(2), payload(3)]
     client.deliver(4)  # arrives after stop began: not taken, so not acked; the broker keeps it
     assert client.acked() == [1, 2, 3]

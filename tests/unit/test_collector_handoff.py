@@ -197,6 +197,9 @@ class WindowBroker:
                 self.done.set()
         self._send(len(mids))
 
+    def wait_acks_read(self, timeout: float) -> bool:
+        return True
+
     def _send(self, n: int) -> None:
         with self._lock:
             mids, self.pending = self.pending[:n], self.pending[n:]

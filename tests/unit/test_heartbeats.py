@@ -85,6 +85,9 @@ class _Client:
     def ack_many(self, mids: list[int]) -> None:
         pass
 
+    def wait_acks_read(self, timeout: float) -> bool:
+        return True
+
     def disconnect(self) -> None:
         pass
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 import inspect
 import socket
 import struct
+import threading
 from collections.abc import Iterator
 
 import paho.mqtt
 import paho.mqtt.client as mqtt
 import pytest
 
-from sanitel.ingest.buffered_client import BufferedClient
+from sanitel.ingest.buffered_client import ACK_BARRIER_FILTER, BufferedClient
 from tests.support.mqtt_tools import socketpair_client
 
 REVISIT = ("ingest/buffered_client.py relies on it (its docstring lists every paho internal it uses): revisit that "
@@ -115,6 +116,43 @@ def test_ack_many_goes_out_through_packet_queue_as_pubacks_in_order(
     while len(data) < len(expected):
         data += broker.recv(64)
     assert data == expected, pin_broken("_packet_queue no longer writes a raw PUBACK blob as it is")
+
+
+def recv_exactly(broker: socket.socket, n: int) -> bytes:
+    broker.settimeout(5)
+    data = b""
+    while len(data) < n:
+        data += broker.recv(n - len(data))
+    return data
+
+
+def test_wait_acks_read_returns_only_once_the_broker_answered_a_packet_sent_after_the_acks(
+        wired: tuple[BufferedClient, socket.socket, list[mqtt.MQTTMessage]]) -> None:
+    """A broker answers a client's packets in order: the UNSUBACK of a filter sent after the PUBACKs says it has
+    read them (the collector waits for it before it disconnects)."""
+    client, broker, _ = wired
+    client.ack_many([7, 8])
+    assert recv_exactly(broker, 8) == b"\x40\x02\x00\x07\x40\x02\x00\x08"
+    outcome: list[bool] = []
+    waiter = threading.Thread(target=lambda: outcome.append(client.wait_acks_read(10)))
+    waiter.start()
+    header = recv_exactly(broker, 2)
+    assert header[0] == 0xA2, pin_broken("unsubscribe() no longer sends an UNSUBSCRIBE")  # (flags 0010, §3.10.1)
+    body = recv_exactly(broker, header[1])
+    mid = struct.unpack("!H", body[:2])[0]
+    assert ACK_BARRIER_FILTER.encode() in body
+    waiter.join(0.3)
+    assert waiter.is_alive() and outcome == []  # no answer yet: still waiting
+    broker.sendall(bytes((0xB0, 4)) + struct.pack("!H", mid) + b"\x00\x11")  # UNSUBACK: no subscription existed
+    client.loop_read()
+    waiter.join(5)
+    assert outcome == [True], pin_broken("an UNSUBACK no longer reaches on_unsubscribe with its packet id")
+
+
+def test_wait_acks_read_gives_up_when_the_broker_does_not_answer(
+        wired: tuple[BufferedClient, socket.socket, list[mqtt.MQTTMessage]]) -> None:
+    client, _, _ = wired
+    assert client.wait_acks_read(0.2) is False
 
 
 # --- the fast path: PUBLISH packets taken straight out of the read buffer (issue 16) -----------------------------
