@@ -200,8 +200,9 @@ _NO_INFO = mqtt.MQTTMessageInfo(0)  # publish tracking, which an incoming messag
 
 class _Incoming(mqtt.MQTTMessage):
     """An incoming QoS 0/1 message for ``on_message``: ``MQTTMessage``'s slots, filled without its constructor's
-    per-message ``MQTTMessageInfo`` (a ``threading.Condition``) that only outgoing messages use. (The DUP and RETAIN
-    flags are not kept: the collector reads neither.)"""
+    per-message ``MQTTMessageInfo`` (a ``threading.Condition``) that only outgoing messages use. The DUP and RETAIN
+    flags read False: neither is kept on the fast path (the collector, which takes ``on_publishes``, uses neither;
+    ``on_message`` users here are benchmarks and tests)."""
 
     __slots__ = ()
 
