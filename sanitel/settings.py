@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     collector_queue_max: int = Field(20_000, ge=100, description="messages buffered before backpressure")
     # 2: a batch is COPYed while the one before it commits, and commits after it (processors.writer.Turn), so
     # readings become visible in arrival order and the alert evaluator's data clock never runs ahead of a batch still
-    # in the other lane; +18-27 % backlog drain against 1 (docs/benchmarks.md, 2026-11-30)
+    # in the other lane; +16-27 % backlog drain against 1 (docs/benchmarks.md, 2026-11-30)
     collector_commit_lanes: int = Field(2, ge=1, le=2, description="batches written to the database at once, each on a "
                                         "connection of its own; committed and acknowledged in the order they came "
                                         "either way")
