@@ -51,6 +51,17 @@ def sweeper_messages(n: int, start_seq: int = 0) -> list[tuple[str, bytes]]:
             for i in range(start_seq, start_seq + n)]
 
 
+def queue_backlog(settings: Settings, mq_port: int, n: int) -> None:
+    """Queue n sweeper messages for the collector session of ``settings`` while it is stopped: a collector made
+    from these settings subscribes once (the session keeps the subscription), stops, and the messages are
+    published."""
+    first = Collector(settings)
+    first.start()
+    assert first.wait_connected(10)
+    first.stop()
+    publish(mq_port, sweeper_messages(n))
+
+
 def rows(db_url: str) -> int:
     return count(db_url, "SELECT count(*) FROM sweeper_telemetry")
 

@@ -19,7 +19,14 @@ import pytest
 from sanitel.ingest.collector import Collector
 from sanitel.servers import MosquittoServer, PostgresServer, free_port, port_in_use
 from sanitel.settings import Settings, load_settings
-from tests.integration.test_collector_faults import distinct_rows, metric, register_fleet, rows, sweeper_messages
+from tests.integration.test_collector_faults import (
+    distinct_rows,
+    metric,
+    queue_backlog,
+    register_fleet,
+    rows,
+    sweeper_messages,
+)
 from tests.support.mqtt_tools import count, publish, wait_for
 
 
@@ -160,11 +167,7 @@ def drain(db_url: str, mq: MosquittoServer, data_dir: Path, n: int, **overrides:
     """Queue n messages for a stopped collector's session, start it again, wait until all landed."""
     settings: Settings = load_settings(database_url=db_url, mqtt_url=mq.url, data_dir=data_dir,
                                        collector_metrics_port=0, collector_client_id="window", **overrides)
-    first = Collector(settings)
-    first.start()
-    assert first.wait_connected(10)
-    first.stop()
-    publish(mq.port, sweeper_messages(n))
+    queue_backlog(settings, mq.port, n)
     second = Collector(settings)
     second.start()
     try:

@@ -100,8 +100,8 @@ def _session_properties(expiry_s: int) -> Properties:
 
 
 def session_leftovers(port: int, client_id: str, watch_s: float = LEFTOVER_WATCH_S,
-                      expiry_s: int = 7 * 24 * 3600) -> list[str]:
-    """Topics of the messages the broker still holds for a stopped collector's persistent session: reconnect
+                      expiry_s: int = 7 * 24 * 3600) -> list[tuple[str, bytes]]:
+    """Topic and payload of the messages the broker still holds for a stopped collector's persistent session: reconnect
     with its client id (clean start off, session kept), note what is redelivered, acknowledge nothing, leave.
     Anything here was never acknowledged — i.e. is stuck — unless it was published after the collector stopped.
 
@@ -109,13 +109,13 @@ def session_leftovers(port: int, client_id: str, watch_s: float = LEFTOVER_WATCH
     it reads anything more from the client, and paho hands packets to the callbacks in the order they arrived. So
     an UNSUBSCRIBE sent at CONNACK (of a filter the session does not hold: the session is unchanged) is answered
     after every redelivered message; its UNSUBACK ends the watch — exact, and no fixed sleep."""
-    got: list[str] = []
+    got: list[tuple[str, bytes]] = []
     lock = threading.Lock()
     answered = threading.Event()
 
     def on_message(client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         with lock:
-            got.append(msg.topic)
+            got.append((msg.topic, bytes(msg.payload)))
 
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
                          manual_ack=True)
@@ -367,7 +367,8 @@ class Harness:
         stuck = session_leftovers(self.broker.port, self.client_id)
         problems = []
         if stuck:
-            problems.append(f"{len(stuck)} message(s) left unacknowledged in the collector's session: {stuck[:5]}")
+            problems.append(f"{len(stuck)} message(s) left unacknowledged in the collector's session: "
+                            f"{[topic for topic, _ in stuck[:5]]}")
         self.start()
         probe_topic, probe = self.valid("probe")
         self.publish([(probe_topic, probe)])
@@ -383,7 +384,8 @@ class Harness:
             problems.append(f"restarted collector did not stop cleanly (exit {code})")
         stuck = session_leftovers(self.broker.port, self.client_id)
         if stuck:
-            problems.append(f"after the restart, {len(stuck)} message(s) still unacknowledged: {stuck[:5]}")
+            problems.append(f"after the restart, {len(stuck)} message(s) still unacknowledged: "
+                            f"{[topic for topic, _ in stuck[:5]]}")
         assert not problems, "; ".join(problems) + f"\ncollector log ends:\n{self.log_tail()}"
 
 

@@ -105,25 +105,22 @@ def test_paho_reads_through_sock_recv_and_hands_publish_to_handle_publish(
         pin_broken("a PUBLISH no longer reaches on_message through _sock_recv → _handle_publish → _handle_on_message"))
 
 
-def test_ack_many_goes_out_through_packet_queue_as_pubacks_in_order(
-        wired: tuple[BufferedClient, socket.socket, list[mqtt.MQTTMessage]]) -> None:
-    client, broker, _ = wired
-    rc = client.ack_many([5, 3, 65535])
-    assert rc == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS, pin_broken(f"_packet_queue returned {rc}")
-    expected = b"".join(bytes((0x40, 2)) + struct.pack("!H", mid) for mid in (5, 3, 65535))
-    broker.settimeout(5)
-    data = b""
-    while len(data) < len(expected):
-        data += broker.recv(64)
-    assert data == expected, pin_broken("_packet_queue no longer writes a raw PUBACK blob as it is")
-
-
 def recv_exactly(broker: socket.socket, n: int) -> bytes:
     broker.settimeout(5)
     data = b""
     while len(data) < n:
         data += broker.recv(n - len(data))
     return data
+
+
+def test_ack_many_goes_out_through_packet_queue_as_pubacks_in_order(
+        wired: tuple[BufferedClient, socket.socket, list[mqtt.MQTTMessage]]) -> None:
+    client, broker, _ = wired
+    rc = client.ack_many([5, 3, 65535])
+    assert rc == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS, pin_broken(f"_packet_queue returned {rc}")
+    expected = b"".join(bytes((0x40, 2)) + struct.pack("!H", mid) for mid in (5, 3, 65535))
+    assert recv_exactly(broker, len(expected)) == expected, pin_broken("_packet_queue no longer writes a raw PUBACK "
+                                                                         "blob as it is")
 
 
 def test_wait_acks_read_returns_only_once_the_broker_answered_a_packet_sent_after_the_acks(
