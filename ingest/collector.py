@@ -118,6 +118,9 @@ class ReadingStore(Protocol):
         """Commit the batch in one transaction (readings and dead letters), after ``turn``'s commit when given;
         DatabaseUnavailable and OutOfTurn leave nothing."""
 
+    def flush_last_seen(self) -> None:
+        """Upsert the last-seen rows a draining backlog held back (none: nothing to do); DatabaseUnavailable."""
+
     def close(self) -> None: ...
 
 
@@ -391,7 +394,8 @@ class Collector:
                 payload_keep_bytes=settings.dead_letter_payload_bytes,
                 dead_letters_per_message=settings.dead_letters_per_message, registry=self.registry,
                 auto_register_per_minute=settings.auto_register_per_minute,
-                require_hj212_password=settings.hj212_require_password, clock=monotonic)
+                require_hj212_password=settings.hj212_require_password, clock=monotonic,
+                more_waiting=lambda: self._batcher.qsize() > 0)
             if settings.collector_commit_lanes == 2:
                 lane_writer = writer.twin()
             if heartbeat is None:
@@ -561,6 +565,7 @@ class Collector:
             batch, closed = self._batcher.take(self._idle_wake_s)
             if not batch:
                 in_flight = _Commit.settle_all(in_flight)
+                self._flush_last_seen()
                 if not closed:
                     self._replay_safely()
                 continue
@@ -581,6 +586,20 @@ class Collector:
             lane = (lane + 1) % len(self._lanes)
             in_flight.append(_Commit.start(functools.partial(self._flush, batch, decoded, writer, previous), writer))
         _Commit.settle_all(in_flight)
+        self._flush_last_seen()
+
+    def _flush_last_seen(self) -> None:
+        """With nothing in flight: upsert the last-seen rows held while a backlog drained, should no batch have
+        carried them (the database down: they wait for the next batch, or are lost with the process — see
+        ``processors.last_seen``)."""
+        if self._db_down_since is not None:
+            return
+        try:
+            self.writer.flush_last_seen()
+        except DatabaseUnavailable:
+            pass  # the next batch finds out, and spools
+        except Exception:  # never let the writer thread die
+            log.exception("unexpected error upserting the held last-seen rows")
 
     def _may_overlap(self, decoded: list[Message] | None) -> bool:
         """Whether the next batch may be written while another commits: only when it goes straight to the

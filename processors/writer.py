@@ -6,8 +6,9 @@ violates the unique ``(device_id, ts, seq)`` index, or a value is refused — th
 savepoint and its rows are binary-COPYed into a per-session staging table and moved with ``INSERT … SELECT … ON
 CONFLICT DO NOTHING`` instead, so a redelivered message adds nothing (issue 16: for every batch, the merge cost
 PostgreSQL ~1.4× the CPU of the straight COPY). Unknown devices are registered, rejected readings go to the dead
-letters and ``device_last_seen`` is upserted, all in that one transaction. Only after ``write`` returns may the
-caller acknowledge the messages.
+letters and ``device_last_seen`` is upserted, all in that one transaction (while a backlog drains, the last-seen
+rows may be held for a later batch's transaction instead: ``processors.last_seen``). Only after ``write`` returns
+may the caller acknowledge the messages.
 
 Who may speak for a device (issue 12; the registry is ``processors.registry``, kept current by LISTEN/NOTIFY):
 
@@ -73,6 +74,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from sanitel.processors.derive import DERIVATIONS
+from sanitel.processors.last_seen import LAST_SEEN_HOLD_S, HeldLastSeen, Seen, merge_seen, upsert_last_seen
 from sanitel.processors.registry import DeviceEntry, DeviceRegistry, Hj212Check
 from sanitel.schemas.readings import READING_TYPES, table_columns
 from sanitel.schemas.records import Decoded, Rejection, Row
@@ -297,7 +299,7 @@ class ReadingWriter:
     def __init__(self, url: str, *, collector_id: str, auto_register: bool, payload_keep_bytes: int = 64 * 1024,
                  dead_letters_per_message: int = 100, registry: DeviceRegistry | None = None,
                  auto_register_per_minute: int = 60, require_hj212_password: bool = True,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, more_waiting: Callable[[], bool] | None = None) -> None:
         self.url = url
         self.collector_id = collector_id
         self.auto_register = auto_register
@@ -313,6 +315,10 @@ class ReadingWriter:
         self._copy_types: dict[str, list[int]] = {}
         self._merge_only: Counter[str] = Counter()  # table → batches left that take the merge at once
         self._turn: Turn | None = None  # the commit the write under way follows, until it has settled
+        # whether more messages wait behind the batch being written: its last-seen rows may then be held back
+        # (``processors.last_seen``); never, by default
+        self._more_waiting = more_waiting or (lambda: False)
+        self._held_last_seen = HeldLastSeen(LAST_SEEN_HOLD_S, clock)
 
     # --- connection ------------------------------------------------------------------------
     def _connection(self) -> psycopg.Connection:
@@ -343,7 +349,8 @@ class ReadingWriter:
 
     def twin(self) -> ReadingWriter:
         """Another writer on a connection of its own, for a batch that commits while this one's does (the
-        collector's second commit lane): the same settings, device cache and auto-registration allowance."""
+        collector's second commit lane): the same settings, device cache, auto-registration allowance and held
+        last-seen rows."""
         twin = copy.copy(self)
         twin._conn = None
         twin.session_pid = None
@@ -369,6 +376,29 @@ class ReadingWriter:
             with contextlib.suppress(psycopg.Error):
                 self._conn.close()
             self._conn = None
+
+    def flush_last_seen(self) -> None:
+        """Upsert, in a transaction of their own, the last-seen rows held back while a backlog drained (for when no
+        batch follows to carry them). Raises DatabaseUnavailable, and they stay held; rows the database refuses (a
+        device deleted meanwhile) are dropped, logged."""
+        rows = self._held_last_seen.take_unless_waiting(False)
+        if not rows:
+            return
+        try:
+            conn = self._connection()
+            with conn.cursor() as cur:
+                self._upsert_last_seen(cur, rows)
+            conn.commit()
+        except DatabaseUnavailable:
+            self._held_last_seen.hold(rows)
+            raise
+        except psycopg.Error as exc:
+            try:
+                self._recover(exc)
+            except DatabaseUnavailable:
+                self._held_last_seen.hold(rows)
+                raise
+            log.warning("dropped the held last-seen rows of %d devices, refused: %s", len(rows), _describe(exc))
 
     # --- writing ---------------------------------------------------------------------------
     def _wait_turn(self, conn: psycopg.Connection | None) -> None:
@@ -445,11 +475,13 @@ class ReadingWriter:
         result = WriteResult()
         copied: dict[str, list[int]] = defaultdict(list)  # table → positions in ``items``, in COPY order
         progress = _Progress()
+        held: dict[str, Seen] | None = None  # last-seen rows taken to upsert with this batch's own; None: held back
+        taken: dict[str, Seen] = {}
         try:
             devices = self._resolve_devices(conn, items)
             rows: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
             problems: list[tuple[int, Rejection]] = []
-            last_seen: dict[str, tuple[datetime, int, datetime]] = {}
+            last_seen: dict[str, Seen] = {}
             entries = devices.entries
             for position, item in enumerate(items):
                 progress.position = position
@@ -483,18 +515,25 @@ class ReadingWriter:
                     problems = []
                     self._stage_dead_letters(cur, messages, letters)
                     _count_rejections(result, letters)
-                if last_seen:
-                    self._upsert_last_seen(cur, last_seen)
+                held = self._held_last_seen.take_unless_waiting(self._more_waiting())
+                if held is not None:
+                    taken = held  # given back should the transaction fail
+                    self._upsert_own_and_held_last_seen(cur, last_seen, held)
             conn.commit()
         except DatabaseUnavailable:
+            self._held_last_seen.hold(taken)
             self.close()
             raise
         except OutOfTurn as exc:
+            self._held_last_seen.hold(taken)
             self._recover(exc)  # rolled back (DatabaseUnavailable if even that failed)
             raise
         except Exception as exc:
+            self._held_last_seen.hold(taken)
             self._recover(exc)  # raises DatabaseUnavailable when that is what it was
             raise AttemptFailed(exc, _culprit(exc, copied, progress)) from exc
+        if held is None:
+            self._held_last_seen.hold(last_seen)  # committed: a later batch's transaction upserts them
         # committed: only now may the cache learn what this transaction read and registered
         self.registry.remember(devices.read, devices.token)
         self._registrations.take(len(devices.registered))
@@ -555,22 +594,28 @@ class ReadingWriter:
                 copy.write_row(row)
             progress.position = None
 
+    def _upsert_own_and_held_last_seen(self, cur: psycopg.Cursor, own: dict[str, Seen], held: dict[str, Seen]) -> None:
+        """Upsert the batch's last-seen rows and those held for it. The held ones go under a savepoint: a device
+        deleted since its reading was committed refuses its row (the foreign key), and that must not refuse this
+        batch; they are dropped instead (logged), and the batch's own rows take the usual way."""
+        if held:
+            cur.execute("SAVEPOINT held_last_seen")
+            try:
+                self._upsert_last_seen(cur, merge_seen(dict(held), own))
+                cur.execute("RELEASE SAVEPOINT held_last_seen")
+                return
+            except psycopg.Error as exc:
+                conn = cur.connection
+                if database_unavailable(exc, conn.closed or conn.broken):
+                    raise
+                cur.execute("ROLLBACK TO SAVEPOINT held_last_seen")
+                log.warning("dropped the held last-seen rows of %d devices, refused: %s", len(held), _describe(exc))
+        if own:
+            self._upsert_last_seen(cur, own)
+
     @staticmethod
-    def _upsert_last_seen(cur: psycopg.Cursor, last_seen: dict[str, tuple[datetime, int, datetime]]) -> None:
-        ids = sorted(last_seen)  # a fixed order: two collectors never deadlock on these rows
-        # binary parameters: adapting these arrays as text cost the writer ~8x more (2.8 vs 0.35 ms for 500 devices)
-        cur.execute(
-            """
-            INSERT INTO device_last_seen (device_id, last_ts, last_seq, last_received)
-            SELECT * FROM unnest(%b::text[], %b::timestamptz[], %b::bigint[], %b::timestamptz[])
-            ON CONFLICT (device_id) DO UPDATE SET
-                last_seq = CASE WHEN EXCLUDED.last_ts >= device_last_seen.last_ts
-                                THEN EXCLUDED.last_seq ELSE device_last_seen.last_seq END,
-                last_ts = greatest(device_last_seen.last_ts, EXCLUDED.last_ts),
-                last_received = greatest(device_last_seen.last_received, EXCLUDED.last_received)
-            """,
-            (ids, [last_seen[i][0] for i in ids], [last_seen[i][1] for i in ids], [last_seen[i][2] for i in ids]),
-        )
+    def _upsert_last_seen(cur: psycopg.Cursor, rows: dict[str, Seen]) -> None:
+        upsert_last_seen(cur, rows)  # (a method: tests hold a transaction here, before its commit)
 
     def _resolve_devices(self, conn: psycopg.Connection, items: list[_Item]) -> _Devices:
         """The registry entry of every device of these readings, from the cache or read in the attempt's

@@ -14,10 +14,12 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 import psycopg
@@ -62,8 +64,28 @@ def queue_backlog(settings: Settings, mq_port: int, n: int) -> None:
     publish(mq_port, sweeper_messages(n))
 
 
+def queued_fleet_backlog(db_url: str, mq: MosquittoServer, scratch_dir: Path, client_id: str, n: int,
+                         **overrides: Any) -> Settings:
+    """The fleet registered and n of its messages queued for the collector session ``client_id``, whose settings
+    (with ``overrides``) are returned."""
+    register_fleet(db_url)
+    settings = load_settings(database_url=db_url, mqtt_url=mq.url, collector_metrics_port=0,
+                             data_dir=Path(tempfile.mkdtemp(prefix=f"{client_id}-", dir=scratch_dir)),
+                             collector_client_id=client_id, **overrides)
+    queue_backlog(settings, mq.port, n)
+    return settings
+
+
 def rows(db_url: str) -> int:
     return count(db_url, "SELECT count(*) FROM sweeper_telemetry")
+
+
+def stale_last_seen(db_url: str) -> list[str]:
+    """Sweepers whose device_last_seen row does not name their newest stored reading."""
+    with psycopg.connect(db_url) as conn:
+        return [d for (d,) in conn.execute(
+            "SELECT r.device_id FROM (SELECT device_id, max(ts) AS ts FROM sweeper_telemetry GROUP BY device_id) r "
+            "LEFT JOIN device_last_seen s USING (device_id) WHERE s.last_ts IS DISTINCT FROM r.ts")]
 
 
 def distinct_rows(db_url: str) -> int:

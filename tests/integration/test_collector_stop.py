@@ -2,12 +2,12 @@
 
 It acknowledges each batch once committed, and before it disconnects it waits until the broker has read those
 acknowledgements (``BufferedClient.wait_acks_read``; its own unit test shows the wait). A committed message
-delivered again would be stored once all the same, but drained twice."""
+delivered again would be stored once all the same, but drained twice. The last-seen rows it held back while
+draining (processors.last_seen) are upserted before it leaves."""
 
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,8 +15,7 @@ import psycopg
 
 from sanitel.ingest.collector import Collector
 from sanitel.servers import MosquittoServer
-from sanitel.settings import load_settings
-from tests.integration.test_collector_faults import queue_backlog, register_fleet, rows
+from tests.integration.test_collector_faults import queued_fleet_backlog, rows, stale_last_seen
 from tests.support.hostile import session_leftovers
 from tests.support.mqtt_tools import wait_for
 
@@ -31,12 +30,8 @@ def stored_seqs(db_url: str) -> set[int]:
 
 def test_a_collector_stopped_mid_backlog_leaves_the_broker_only_what_it_had_not_committed(
         fresh_db: str, make_mosquitto: Callable[..., MosquittoServer], scratch_dir: Path) -> None:
-    register_fleet(fresh_db)
     mq = make_mosquitto()
-    settings = load_settings(database_url=fresh_db, mqtt_url=mq.url, collector_metrics_port=0,
-                             data_dir=Path(tempfile.mkdtemp(prefix="stop-", dir=scratch_dir)),
-                             collector_client_id="stopped-mid-backlog")
-    queue_backlog(settings, mq.port, N)
+    settings = queued_fleet_backlog(fresh_db, mq, scratch_dir, "stopped-mid-backlog", N)
 
     collector = Collector(settings)
     collector.start()
@@ -48,3 +43,4 @@ def test_a_collector_stopped_mid_backlog_leaves_the_broker_only_what_it_had_not_
     assert len(committed) < N, "the whole backlog was drained before the stop: nothing was tested"
     assert committed.isdisjoint(again), f"{len(committed & set(again))} committed messages were delivered again"
     assert committed | set(again) == set(range(N))  # and nothing was lost
+    assert stale_last_seen(fresh_db) == []  # last-seen rows held while it drained were upserted before it left

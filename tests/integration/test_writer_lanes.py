@@ -37,8 +37,8 @@ def hold_before_commit(writer: ReadingWriter) -> tuple[threading.Event, threadin
     holding, release = threading.Event(), threading.Event()
     original = writer._upsert_last_seen
 
-    def upsert_then_hold(cur: psycopg.Cursor, last_seen: dict[str, tuple[datetime, int, datetime]]) -> None:
-        original(cur, last_seen)
+    def upsert_then_hold(cur: psycopg.Cursor, rows: dict[str, tuple[datetime, int, datetime]]) -> None:
+        original(cur, rows)
         holding.set()
         assert release.wait(WAIT_S)
 

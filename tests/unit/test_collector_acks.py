@@ -95,6 +95,9 @@ class MemoryWriter:
             self.committed += [m.payload for m in messages]  # readings and dead letters alike
         return WriteResult()
 
+    def flush_last_seen(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

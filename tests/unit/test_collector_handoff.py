@@ -163,6 +163,9 @@ class MemoryWriter:
         self.batches.append(len(messages))
         return WriteResult()
 
+    def flush_last_seen(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

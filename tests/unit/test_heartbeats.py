@@ -110,6 +110,9 @@ class _Database:
     def write(self, messages: list[Message], turn: Turn | None = None) -> WriteResult:
         return WriteResult()
 
+    def flush_last_seen(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
