@@ -52,9 +52,6 @@ class HeldLastSeen:
         self._rows: dict[str, Seen] = {}
         self._since = 0.0  # clock time of the oldest row held
 
-    def __len__(self) -> int:
-        return len(self._rows)
-
     def take_unless_waiting(self, waiting: bool) -> dict[str, Seen] | None:
         """What a batch's transaction upserts beside its own rows: everything held (often nothing) — or None, when
         more messages wait behind the batch and nothing has been held for ``hold_s``: then the batch's own rows

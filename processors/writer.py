@@ -380,25 +380,20 @@ class ReadingWriter:
     def flush_last_seen(self) -> None:
         """Upsert, in a transaction of their own, the last-seen rows held back while a backlog drained (for when no
         batch follows to carry them). Raises DatabaseUnavailable, and they stay held; rows the database refuses (a
-        device deleted meanwhile) are dropped, logged."""
+        device deleted meanwhile) are dropped, logged, as in a batch's transaction."""
         rows = self._held_last_seen.take_unless_waiting(False)
         if not rows:
             return
         try:
             conn = self._connection()
             with conn.cursor() as cur:
-                self._upsert_last_seen(cur, rows)
+                self._upsert_own_and_held_last_seen(cur, {}, rows)
             conn.commit()
-        except DatabaseUnavailable:
+        except BaseException as exc:
             self._held_last_seen.hold(rows)
+            if isinstance(exc, psycopg.Error):
+                self._recover(exc)  # raises DatabaseUnavailable when that is what it was
             raise
-        except psycopg.Error as exc:
-            try:
-                self._recover(exc)
-            except DatabaseUnavailable:
-                self._held_last_seen.hold(rows)
-                raise
-            log.warning("dropped the held last-seen rows of %d devices, refused: %s", len(rows), _describe(exc))
 
     # --- writing ---------------------------------------------------------------------------
     def _wait_turn(self, conn: psycopg.Connection | None) -> None:
@@ -476,7 +471,6 @@ class ReadingWriter:
         copied: dict[str, list[int]] = defaultdict(list)  # table → positions in ``items``, in COPY order
         progress = _Progress()
         held: dict[str, Seen] | None = None  # last-seen rows taken to upsert with this batch's own; None: held back
-        taken: dict[str, Seen] = {}
         try:
             devices = self._resolve_devices(conn, items)
             rows: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
@@ -517,19 +511,18 @@ class ReadingWriter:
                     _count_rejections(result, letters)
                 held = self._held_last_seen.take_unless_waiting(self._more_waiting())
                 if held is not None:
-                    taken = held  # given back should the transaction fail
                     self._upsert_own_and_held_last_seen(cur, last_seen, held)
             conn.commit()
         except DatabaseUnavailable:
-            self._held_last_seen.hold(taken)
+            self._held_last_seen.hold(held or {})  # given back: the transaction failed
             self.close()
             raise
         except OutOfTurn as exc:
-            self._held_last_seen.hold(taken)
+            self._held_last_seen.hold(held or {})  # given back: the transaction failed
             self._recover(exc)  # rolled back (DatabaseUnavailable if even that failed)
             raise
         except Exception as exc:
-            self._held_last_seen.hold(taken)
+            self._held_last_seen.hold(held or {})  # given back: the transaction failed
             self._recover(exc)  # raises DatabaseUnavailable when that is what it was
             raise AttemptFailed(exc, _culprit(exc, copied, progress)) from exc
         if held is None:
