@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import os
 import signal
 import threading
@@ -66,29 +65,20 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_one(settings: Settings, supervisor_pid: int | None) -> int:
     from sanitel.ingest.collector import Collector
+    from sanitel.ingest.cyclic_gc import collect_cycles_less_often
 
     collector = Collector(settings)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     collector.start()
-    _collect_cycles_less_often()
+    collect_cycles_less_often(settings)
     # a worker whose supervisor died (SIGKILL) stops too: the next supervisor's worker needs its client id
     while not done.wait(1.0):
         if supervisor_pid is not None and os.getppid() != supervisor_pid:
             break
     collector.stop()
     return 0
-
-
-def _collect_cycles_less_often() -> None:
-    """A draining collector makes some ten objects a message, nearly all freed by reference counting; at the default
-    threshold (700 allocations) the cyclic collector ran every ~70 messages and walked the batches in flight each
-    time, and its older generations everything loaded at start. Objects alive now (modules, settings, caches) are
-    moved out of its sight (``gc.freeze``) and it runs less often; cycles are still collected. Issue 16: 7 % fewer
-    instructions per decoded message (valgrind, 20,000 harness messages in batches of 5,000)."""
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
 
 
 def _run_supervisor(settings: Settings, workers: int) -> int:
