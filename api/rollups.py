@@ -18,11 +18,13 @@ of the transaction that wrote a row (migration 0011), and the processor's waterm
 every row stored up to it is in its rollup bucket (processors/rollups.py ``settled_upto``). So:
 
 - a bucket is *stale* when one of its rows was stored after the watermark. The API finds the stale buckets
-  of one device with one probe of the ``(device_id, stored_at)`` index (migration 0062) — an index range
-  that holds only what that device wrote since the last pass, whatever span of device time a request
-  covers — and computes exactly those buckets from the raw readings in the same response, marked
-  ``provisional``; the rest comes from the rollup. No per-bucket bookkeeping is written anywhere: the
-  watermark is the one "computed at" of every bucket, and a back-fill is found before any pass runs.
+  of one device through the spans of device time written since the last pass (``stored_spans``, one row per
+  batch transaction, recorded by the writer: migration 0087) — each probed for that device's rows stored
+  after the watermark, whatever span of device time a request covers — and computes exactly those buckets
+  from the raw readings in the same response, marked ``provisional``; the rest comes from the rollup. No
+  per-bucket bookkeeping is written anywhere: the watermark is the one "computed at" of every bucket, and a
+  back-fill is found before any pass runs. (Until issue 16 a ``(device_id, stored_at)`` index answered this,
+  at the cost of an index entry per reading: migration 0062.)
 - the live edge — buckets from one rollup bucket before the watermark, aligned to the request — is read
   raw as a whole (every bucket there is being written anyway), provisional too.
 - with no watermark (the processor never ran) the whole series is read raw and provisional; with the

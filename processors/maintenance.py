@@ -23,6 +23,7 @@ from sanitel.heartbeats import process_instance, record_pass
 from sanitel.processors import cems_averages, cems_judgement, clearance
 from sanitel.processors.retention import apply_retention
 from sanitel.processors.rollups import ROLLUP_SOURCES, refresh, settled_upto
+from sanitel.processors.stored_spans import forget_spans
 from sanitel.processors.watermarks import read_watermark, store_watermark
 from sanitel.settings import Settings
 
@@ -61,6 +62,7 @@ def run_pass(conn: psycopg.Connection, settings: Settings, *, now: datetime | No
             with conn.transaction():
                 result.rollup_buckets[source] = refresh(conn, source, since, until)
                 store_watermark(conn, name, until)
+                forget_spans(conn, source, until)
         result.cems_watermark = cems_averages.run_scheduled(conn, now=now)
         if result.cems_watermark is not None:
             # a day judged while it ran gets no later readings once its line stops sending: settle it now

@@ -8,7 +8,8 @@ CONFLICT DO NOTHING`` instead, so a redelivered message adds nothing (issue 16: 
 PostgreSQL ~1.4× the CPU of the straight COPY). Unknown devices are registered, rejected readings go to the dead
 letters and ``device_last_seen`` is upserted, all in that one transaction (while a backlog drains, the last-seen
 rows may be held for a later batch's transaction instead: ``processors.last_seen``). Only after ``write`` returns
-may the caller acknowledge the messages.
+may the caller acknowledge the messages. The same transaction records the spans of device time it wrote to a
+rolled-up table (``processors.stored_spans``), which tell the API what the rollups do not hold yet.
 
 Who may speak for a device (issue 12; the registry is ``processors.registry``, kept current by LISTEN/NOTIFY):
 
@@ -76,6 +77,7 @@ from psycopg.types.json import Jsonb
 from sanitel.processors.derive import DERIVATIONS
 from sanitel.processors.last_seen import LAST_SEEN_HOLD_S, HeldLastSeen, Seen, merge_seen, upsert_last_seen
 from sanitel.processors.registry import DeviceEntry, DeviceRegistry, Hj212Check
+from sanitel.processors.stored_spans import SPANNED_TABLES, record_spans
 from sanitel.schemas.readings import READING_TYPES, table_columns
 from sanitel.schemas.records import Decoded, Rejection, Row
 
@@ -127,6 +129,7 @@ class WriteResult:
 
 
 _COLUMNS = {t.table: table_columns(t) for t in READING_TYPES}
+_TS = 1  # a row's device time, in every table's COPY order (schemas/readings.py table_columns)
 _KIND_OF_TABLE = {t.table: t.kind for t in READING_TYPES}
 _DEAD_LETTER_COLUMNS = ("received_at", "topic", "reason_code", "reason", "reading_index", "kind", "device_id",
                         "collector_id", "message_key", "payload_sha256")
@@ -499,6 +502,8 @@ class ReadingWriter:
             with conn.cursor() as cur:
                 for table, table_rows in rows.items():
                     inserted = self._store(cur, table, table_rows, copied[table], progress)
+                    if table in SPANNED_TABLES:
+                        record_spans(cur, table, [r[_TS] for r in table_rows])
                     result.inserted[table] += inserted
                     result.duplicates[table] += len(table_rows) - inserted
                 self._wait_turn(conn)  # what follows takes row locks the commit ahead may need, then commits
@@ -538,7 +543,7 @@ class ReadingWriter:
                         len(devices.limited))
         committed = datetime.now(UTC)
         step = max(1, sum(len(r) for r in rows.values()) // _LAG_SAMPLES_PER_BATCH)
-        result.lags_s = [(committed - r[1]).total_seconds() for rs in rows.values() for r in rs[::step]]
+        result.lags_s = [(committed - r[_TS]).total_seconds() for rs in rows.values() for r in rs[::step]]
         return _Attempt(result, problems)
 
     def _store(self, cur: psycopg.Cursor, table: str, rows: list[tuple[Any, ...]], positions: list[int],

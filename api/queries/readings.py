@@ -140,14 +140,20 @@ async def rollup_boundary(conn: AsyncConnection, rollup: MinuteRollup, bucket: t
 async def unrolled_buckets(conn: AsyncConnection, table: str, device_id: str, watermark: datetime,
                            start: datetime, end: datetime, bucket: timedelta, timezone: str) -> list[datetime]:
     """Starts of the requested buckets in [start, end) that hold a row stored after the watermark: the
-    rollup does not have them yet. One range of the ``(device_id, stored_at)`` index (migration 0062):
-    only what the device wrote since the last pass is read, whatever the span of device time."""
+    rollup does not have them yet. The spans of device time written since the watermark (``stored_spans``,
+    one row per transaction: migration 0087), merged, are each probed for this device through the unique
+    ``(device_id, ts, seq)`` index; only the rows stored after the watermark count."""
     cur = await conn.execute(
-        sql.SQL("SELECT DISTINCT time_bucket(%(bucket)s, ts, %(tz)s) FROM {}"
-                " WHERE device_id = %(device_id)s AND stored_at > %(watermark)s AND ts >= %(start)s AND ts < %(end)s"
+        sql.SQL("SELECT DISTINCT time_bucket(%(bucket)s, t.ts, %(tz)s)"
+                " FROM (SELECT unnest(range_agg(spans)) AS span FROM stored_spans"
+                "       WHERE table_name = %(table)s AND stored_at > %(watermark)s"
+                "         AND spans && tstzrange(%(start)s, %(end)s)) AS late"
+                " CROSS JOIN LATERAL (SELECT ts FROM {} WHERE device_id = %(device_id)s AND stored_at > %(watermark)s"
+                "   AND ts >= lower(late.span) AND ts <= upper(late.span) AND ts >= %(start)s AND ts < %(end)s"
+                "   OFFSET 0) AS t"  # not pulled up: probed once per span, never a scan of the whole request
                 " ORDER BY 1").format(sql.Identifier(table)),
-        {"bucket": bucket, "tz": timezone, "device_id": device_id, "watermark": watermark, "start": start,
-         "end": end})
+        {"bucket": bucket, "tz": timezone, "table": table, "device_id": device_id, "watermark": watermark,
+         "start": start, "end": end})
     return [r[0] for r in await cur.fetchall()]
 
 

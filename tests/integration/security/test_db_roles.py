@@ -83,6 +83,12 @@ def test_ingest_role_cannot_rewrite_readings_drop_tables_or_read_keys(roles_db: 
     assert _refused(ingest, "CREATE TABLE evil (x int)")
     assert _refused(ingest, "ALTER TABLE dead_letters ADD COLUMN evil int")
     assert _refused(ingest, "DELETE FROM dead_letters")
+    # it records the spans of device time it wrote; erasing them would let a rollup hide late readings
+    with psycopg.connect(ingest, autocommit=True) as conn:
+        conn.execute("INSERT INTO stored_spans (table_name, spans) VALUES ('sweeper_telemetry',"
+                     " tstzmultirange(tstzrange(%s, %s, '[]')))", (T0, T0))
+    assert _refused(ingest, "DELETE FROM stored_spans")
+    assert _refused(ingest, "UPDATE stored_spans SET spans = '{}'")
     assert count(roles_db, "SELECT count(*) FROM sweeper_telemetry") == 3
 
 
@@ -99,6 +105,7 @@ def test_api_role_cannot_write_readings(roles_db: str) -> None:
     assert _refused(api, "INSERT INTO cems_averages (device_id, pollutant, period, standard, period_start, period_end,"
                          " status, valid) VALUES ('c', 'so2', '1h', 'gb', now(), now(), 'valid', true)")
     assert _refused(api, "DELETE FROM api_keys")  # revoked keys stay, for the audit trail
+    assert _refused(api, "DELETE FROM stored_spans")  # it reads them: which buckets a rollup lacks
     assert _refused(api, "CREATE TABLE evil (x int)")
     assert count(roles_db, "SELECT count(*) FROM sweeper_telemetry") == 1
 
