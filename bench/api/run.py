@@ -10,7 +10,8 @@ connection:
 - firing alerts                      GET /alerts?state=firing                                  (target p50 < 20 ms)
 
 then builds the 5-minute rollups (one pass of processors/maintenance.py) and measures the 24 h query again,
-now served from ``sweeper_telemetry_5m``.
+now served from ``sweeper_telemetry_5m``; then once more with the spans of device time written since the pass that
+the request probes for late rows (``SPANS_SQL``).
 
     .venv/bin/python bench/api/run.py [--devices 1500] [--readings 7000] [--requests 1000] [--keep]
 """
@@ -133,6 +134,31 @@ def build_rollups(url: str) -> None:
                  retention=False)
 
 
+# What a rollup request probes for late rows (migration 0087) one interval after a pass: the spans of the live
+# writes since its watermark (a transaction every 25 ms for 60 s: two collector lanes at the 50 ms flush timer, each a
+# 50 ms slice of device time at the watermark, outside the request) and one back-fill that another device wrote to two
+# hours of the requested day (a probe of each requested device's 240 rows there, none of them late).
+SPANS_SQL = (
+    """INSERT INTO stored_spans (table_name, stored_at, spans)
+       SELECT 'sweeper_telemetry', w.watermark + i * interval '25 ms',
+              tstzmultirange(tstzrange(w.watermark + i * interval '25 ms' - interval '50 ms',
+                                       w.watermark + i * interval '25 ms', '[]'))
+       FROM maintenance_watermarks w, generate_series(1, 2400) i WHERE w.name = 'rollup:sweeper_telemetry'""",
+    """INSERT INTO stored_spans (table_name, stored_at, spans)
+       SELECT 'sweeper_telemetry', w.watermark + interval '1 second',
+              tstzmultirange(tstzrange(%(end)s::timestamptz - interval '10 hours',
+                                       %(end)s::timestamptz - interval '8 hours', '[]'))
+       FROM maintenance_watermarks w WHERE w.name = 'rollup:sweeper_telemetry'""",
+)
+
+
+def add_spans_since_watermark(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        for statement in SPANS_SQL:
+            conn.execute(statement, {"end": END})
+        conn.execute("ANALYZE stored_spans")
+
+
 def mint_key(url: str) -> str:
     key = new_key()
     with psycopg.connect(url) as conn:
@@ -218,6 +244,10 @@ def main() -> None:
             source = http.get(history[0]()).json()["source"]
             assert source == "sweeper_telemetry_5m", source
             name = "24 h, 5-min buckets, from rollup"
+            results[name] = measure(http, history[0], args.requests)
+            queries[name] = history
+            add_spans_since_watermark(server.url)
+            name = "24 h from rollup, spans to probe"
             results[name] = measure(http, history[0], args.requests)
             queries[name] = history
         report(args, rows, load_s, results, {name: target for name, (_, target) in queries.items()})
