@@ -24,7 +24,8 @@ from sanitel.processors.rollups import ROLLUP_SOURCES
 
 # the tables whose rows a rollup holds: the only ones whose spans anyone reads
 SPANNED_TABLES = frozenset(ROLLUP_SOURCES)
-# times further apart than this start a new span (a probe reads every row of one device inside a span)
+# times further apart than this start a new span. A probe reads every row of one device inside a span, so no span
+# bridges more than an hour in which the batch wrote nothing.
 SPAN_GAP = timedelta(hours=1)
 
 
