@@ -43,7 +43,7 @@ def _at(offset_s: int) -> datetime:
 
 def test_a_batch_records_the_device_times_it_wrote_to_each_rolled_up_table_in_its_own_transaction(
         fresh_db: str, make_writer: Callable[..., ReadingWriter]) -> None:
-    # a gateway back-filling a month-old hour while its sweepers report live, in one batch; bins have no rollup
+    # sw-2 back-fills ten minutes of a month ago while sw-1 reports live, in one batch (with bins: no rollup)
     batch = [_sweeper("sw-1", 0, 1), _sweeper("sw-2", -MONTH, 1), _sweeper("sw-2", -MONTH + 600, 2),
              _sweeper("sw-1", 30, 2), *good_batch()[1:]]
     make_writer().write(batch)
