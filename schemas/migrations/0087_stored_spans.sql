@@ -3,11 +3,12 @@
 -- 0062 let the API find the buckets a rollup does not hold yet (rows stored after the processor's watermark) with a
 -- `(device_id, stored_at)` B-tree on sweeper_telemetry and station_telemetry. Its upkeep was about a third of
 -- PostgreSQL's CPU per stored reading in a backlog drain (6.3-7.9 µs a row with it, 4.5-5.2 without, alternated runs
--- in docs/benchmarks.md), and it answered one question only. 0062 named the cheaper way, done here: the writer records, in the transaction that stores a batch,
--- the spans of device time it wrote to each rolled-up table (processors/stored_spans.py; one row, whatever the batch
--- size). The API reads the spans stored after the watermark — one row per transaction since the last pass — and
--- probes only those spans of one device through the unique `(device_id, ts, seq)` index, keeping the rows stored
--- after the watermark (api/queries/readings.py unrolled_buckets). Each pass of the scheduled processor deletes the
+-- in docs/benchmarks.md), and it answered one question only. 0062 named the cheaper way, done here: the writer
+-- records, in the transaction that stores a batch, the spans of device time it wrote to each rolled-up table
+-- (processors/stored_spans.py; one row, whatever the batch size). The API reads the spans stored after the
+-- watermark — one row per transaction since the last pass — and probes only those spans of one device through the
+-- unique `(device_id, ts, seq)` index, keeping the rows stored after the watermark (api/queries/readings.py
+-- unrolled_buckets). Each pass of the scheduled processor deletes the
 -- spans its watermark has passed (processors/maintenance.py).
 --
 -- Only the collector's writer (processors/writer.py) records spans. A row written to these tables any other way (by

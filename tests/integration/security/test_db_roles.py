@@ -21,6 +21,7 @@ from sanitel.cli import main as sanitel_main
 from sanitel.db import one_row
 from sanitel.ingest.collector import Collector
 from sanitel.processors.maintenance import run_pass
+from sanitel.processors.stored_spans import record_spans
 from sanitel.servers import MosquittoServer
 from sanitel.settings import load_settings
 from tests.integration.security.as_roles import enable_logins, role_url
@@ -84,9 +85,8 @@ def test_ingest_role_cannot_rewrite_readings_drop_tables_or_read_keys(roles_db: 
     assert _refused(ingest, "ALTER TABLE dead_letters ADD COLUMN evil int")
     assert _refused(ingest, "DELETE FROM dead_letters")
     # it records the spans of device time it wrote; erasing them would let a rollup hide late readings
-    with psycopg.connect(ingest, autocommit=True) as conn:
-        conn.execute("INSERT INTO stored_spans (table_name, spans) VALUES ('sweeper_telemetry',"
-                     " tstzmultirange(tstzrange(%s, %s, '[]')))", (T0, T0))
+    with psycopg.connect(ingest, autocommit=True) as conn, conn.cursor() as cur:
+        record_spans(cur, "sweeper_telemetry", [T0])
     assert _refused(ingest, "DELETE FROM stored_spans")
     assert _refused(ingest, "UPDATE stored_spans SET spans = '{}'")
     assert count(roles_db, "SELECT count(*) FROM sweeper_telemetry") == 3
