@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
+import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
@@ -154,3 +155,15 @@ def test_every_clean_reading_the_simulators_send_takes_the_fast_path() -> None:
         assert _one_clean_reading(topic, named, received, LIMITS) == expected.rows[0], (topic, named)
         kinds[topic.split("/")[2]] += 1
     assert set(kinds) == {kind for kind, _ in BY_KIND_STREAM}
+
+
+def test_a_reading_type_whose_fields_the_fast_path_would_misread_fails_at_import(monkeypatch: Any) -> None:
+    """The fast path takes a reading's fields positionally (``msgspec.structs.astuple``): value fields, then ts, seq,
+    device_id. A type in another order must be refused when the decoders are built, not shift a column."""
+    from sanitel.ingest import decode
+    from sanitel.schemas.readings import SweeperTelemetry
+
+    assert all(decode._clean_reading(t) for t in BY_KIND_STREAM.values())  # today's types are all in that order
+    monkeypatch.setitem(decode._FIELDS, SweeperTelemetry, tuple(reversed(decode._FIELDS[SweeperTelemetry])))
+    with pytest.raises(TypeError, match="SweeperTelemetry's fields are not"):
+        decode._clean_reading(SweeperTelemetry)
