@@ -154,6 +154,10 @@ async function start() {
     try {
       await signIn(input.value.trim());
       input.value = "";
+      // The field that had the focus is hidden now. Left there, the browser's next Tab may start after the form,
+      // in the page's content past the navigation, or at the top: it varied from run to run. Put the keyboard where
+      // a fresh page load leads it, on the navigation: the current page's link.
+      document.querySelector("nav.pages a[aria-current=page]")?.focus();
     } catch (e) {
       error.textContent = e instanceof ApiError ? e.message : String(e);
       error.hidden = false;
