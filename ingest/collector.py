@@ -40,6 +40,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
+import msgspec
 import paho.mqtt.client as mqtt
 import psycopg
 from paho.mqtt.packettypes import PacketTypes
@@ -325,8 +326,7 @@ class InflightWindowWatch:
         return size
 
 
-@dataclass(slots=True)  # not frozen: one is made per message, and a frozen one costs three times as much to make
-class _Received:
+class _Received(msgspec.Struct, gc=False):  # one per message: made in C, a third of a slotted dataclass's cost
     topic: str
     payload: bytes
     received_at: datetime

@@ -3,17 +3,21 @@
 ingest decodes messages into these; processors write the rows and dead-letter the rejections. They live in the
 wire contract, below both stages, so the writer needs nothing from ingest. The reason codes are listed in
 ``docs/ingest.md``.
+
+They are msgspec Structs, not dataclasses: one of each is made per message a collector takes, and a Struct is made in
+C (issue 16: a ``Row`` 0.13 µs instead of a slotted dataclass's 0.46). ``Row`` and ``Rejection`` hold no reference
+back to anything that holds them, so the cyclic garbage collector need not track them (``gc=False``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import msgspec
 
-@dataclass(slots=True)
-class Rejection:
+
+class Rejection(msgspec.Struct, gc=False):
     reason_code: str
     reason: str
     index: int | None = None  # position of the reading in an array or gateway batch
@@ -21,8 +25,7 @@ class Rejection:
     device_id: str | None = None
 
 
-@dataclass(slots=True)
-class Row:
+class Row(msgspec.Struct, gc=False):
     table: str
     kind: str
     device_id: str
@@ -34,11 +37,10 @@ class Row:
     gateway_id: str | None = None  # from a gateway batch: the gateway that sent it (it may speak only for its devices)
 
 
-@dataclass(slots=True)
-class Decoded:
+class Decoded(msgspec.Struct):
     """Rows and rejections; both empty only for a message the collector skips by design (``ignored`` says why:
     a topic sanitel itself publishes, ``sanitation/{city}/alerts/…``), which is acknowledged and not stored."""
 
-    rows: list[Row] = field(default_factory=list)
-    rejections: list[Rejection] = field(default_factory=list)
+    rows: list[Row] = []  # (msgspec gives every instance its own empty list)
+    rejections: list[Rejection] = []
     ignored: str | None = None

@@ -4,13 +4,13 @@ payload once per message, capped, and one message cannot create more than a boun
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import psycopg
 import pytest
 
@@ -76,8 +76,8 @@ def poison(batch: list[Message], at: int, column: str, value: Any, *, device_id:
     values[table_columns(BinDeposit).index(column)] = value
     if device_id is not None:
         values[0] = device_id
-        row = dataclasses.replace(row, device_id=device_id)
-    rows[at] = dataclasses.replace(row, values=tuple(values))
+        row = msgspec.structs.replace(row, device_id=device_id)
+    rows[at] = msgspec.structs.replace(row, values=tuple(values))
     return rows[at]
 
 
@@ -173,7 +173,7 @@ def test_several_refused_readings_across_messages_are_each_dead_lettered_with_th
     for at in (7, 8, 39):  # neighbours, and the last reading of the batch
         values = list(third[at].values)
         values[table_columns(BinDeposit).index("extra")] = {"raw": "\x00"}
-        third[at] = dataclasses.replace(third[at], values=tuple(values))
+        third[at] = msgspec.structs.replace(third[at], values=tuple(values))
 
     result = writer.write(batch)
 
@@ -244,7 +244,7 @@ def test_the_same_payload_on_two_messages_is_stored_once(
     writer = make_writer()
     first = Message(f"sanitation/{CITY}/sweeper/sw-1/telemetry", b"{broken", RECEIVED,
                     Decoded(rejections=[Rejection("invalid_json", "not JSON")]))
-    second = dataclasses.replace(first, topic=f"sanitation/{CITY}/sweeper/sw-2/telemetry",
+    second = msgspec.structs.replace(first, topic=f"sanitation/{CITY}/sweeper/sw-2/telemetry",
                                  received_at=RECEIVED + timedelta(minutes=1))
     writer.write([first])
     writer.write([second])
@@ -259,7 +259,7 @@ def test_retention_drops_old_dead_letters_and_the_payloads_nothing_refers_to(
     writer = make_writer()
     old = Message(f"sanitation/{CITY}/sweeper/sw-1/telemetry", b"{old", RECEIVED,
                   Decoded(rejections=[Rejection("invalid_json", "not JSON")]))
-    recent = dataclasses.replace(old, payload=b"{recent", received_at=RECEIVED + timedelta(days=100))
+    recent = msgspec.structs.replace(old, payload=b"{recent", received_at=RECEIVED + timedelta(days=100))
     writer.write([old, recent])
     with psycopg.connect(fresh_db) as conn:
         dropped = apply_retention(conn, raw=timedelta(days=400), rollups=timedelta(days=400),
@@ -342,7 +342,7 @@ def test_a_refused_readings_registration_is_rolled_back_and_spends_no_registrati
     good = message(f"sanitation/{CITY}/sweeper/sw-1/telemetry", {"ts": ts(0), "seq": 1, "soc_pct": 80})
     bad = message(f"sanitation/{CITY}/sweeper/sw-2/telemetry", {"ts": ts(0), "seq": 2, "soc_pct": 80})
     [row] = bad.decoded.rows
-    bad.decoded.rows[0] = dataclasses.replace(row, values=(*row.values[:2], 2**70, *row.values[3:]))  # seq
+    bad.decoded.rows[0] = msgspec.structs.replace(row, values=(*row.values[:2], 2**70, *row.values[3:]))  # seq
 
     result = writer.write([good, bad])
 
