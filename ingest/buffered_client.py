@@ -50,7 +50,9 @@ Publish = tuple[bytes, bytes, int, int]
 OnPublishes = Callable[[Any, Any, list[Publish]], None]  # (client, userdata, publishes)
 
 _READ_SIZE = 256 * 1024
-_PUBACK = struct.Struct("!BBH")  # the bytes paho's own ack() sends: PUBACK, length 2, packet id
+# the bytes paho's own ack() sends — PUBACK, remaining length 2, packet id — read as one big-endian 32-bit word, so that
+# a batch's acknowledgements are packed by one struct call (tests/unit/test_buffered_client_properties.py)
+_PUBACK_HEAD = mqtt.PUBACK << 24 | 2 << 16
 # a filter no session holds: unsubscribing it changes nothing, and its UNSUBACK marks what the broker has read
 ACK_BARRIER_FILTER = "sanitel-internal/ack-barrier"
 
@@ -160,7 +162,7 @@ class BufferedClient(mqtt.Client):
         """PUBACK every QoS 1 message id, in order, as one write."""
         if not mids:
             return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
-        blob = b"".join(_PUBACK.pack(mqtt.PUBACK, 2, mid) for mid in mids)
+        blob = struct.pack(f"!{len(mids)}I", *[_PUBACK_HEAD | mid for mid in mids])
         return self._packet_queue(mqtt.PUBACK, blob, 0, 0)
 
     def message_callback_add(self, sub: str, callback: Any) -> None:

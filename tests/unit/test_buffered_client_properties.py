@@ -138,3 +138,22 @@ def test_a_stream_of_publishes_good_and_malformed_split_anywhere_never_raises(
         assert not refused and got == expected
     if batched:
         assert all(calls) and sum(calls) == len(received)
+
+
+@SETTINGS
+@given(mids=st.lists(st.integers(1, 65535), max_size=50))
+def test_a_batch_of_acknowledgements_is_the_bytes_paho_sends_for_each(mids: list[int]) -> None:
+    queued: list[bytes] = []
+
+    def capture(command: int, packet: bytes | bytearray, mid: int, qos: int, info: object = None) -> mqtt.MQTTErrorCode:
+        queued.append(bytes(packet))  # what paho would write to the socket
+        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    with socketpair_client("acks") as (client, _broker, _received):
+        client._packet_queue = capture  # type: ignore[method-assign]
+        client.ack_many(mids)
+        ours = b"".join(queued)
+        queued.clear()
+        for mid in mids:
+            mqtt.Client.ack(client, mid, 1)  # paho's own, one PUBACK per call
+    assert ours == b"".join(queued)
