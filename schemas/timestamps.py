@@ -123,11 +123,13 @@ def _canonical_utc(text: str) -> datetime | None:
     a date out of range —, which the general parse below then judges. The layout is checked here, digits and ranges
     by ``datetime.fromisoformat``; tests/unit/test_timestamps.py holds the two paths to the same answer."""
     n = len(text)
-    if not 20 <= n <= 30 or text[-1] != "Z" or text[10] != "T" or not text.isascii():
+    if not 20 <= n <= 30 or text[-1] != "Z" or not text.isascii():
         return None
-    if text[4] != "-" or text[7] != "-" or text[13] != ":" or text[16] != ":":
-        return None
-    if n > 20 and (text[19] != "." or not text[20:-1].isdigit()):  # ASCII (checked above): 0-9 only
+    # the separators sit every third character from the fifth: "--T::" then "." before a fraction, or the final Z
+    if n == 20:
+        if text[4:20:3] != "--T::Z":
+            return None
+    elif text[4:20:3] != "--T::." or not text[20:-1].isdigit():  # ASCII (checked above): 0-9 only
         return None
     try:
         return datetime.fromisoformat(text)  # "Z" gives datetime.UTC itself; digits past the sixth are truncated
