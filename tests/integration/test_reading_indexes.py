@@ -1,6 +1,7 @@
 """Every reading query of the API, the alert evaluator and the rollups still finds its rows through an index once
-migration 0082 dropped the `(device_id, ts DESC)` indexes: the unique `(device_id, ts, seq)` index serves them
-(a B-tree is scanned backwards as well as forwards).
+migration 0082 dropped the `(device_id, ts DESC)` indexes, and 0088 TimescaleDB's `(ts DESC)` index on sweeper and
+station telemetry: the unique `(device_id, ts, seq)` index serves them (a B-tree is scanned backwards as well as
+forwards), and what is selected by write time, the `stored_at` BRIN.
 
 The queries are the real functions, run on a connection whose cursors first EXPLAIN each statement they execute
 (same text, same parameters); the plans are checked on every chunk of a reading hypertable: no Seq Scan. The tables
@@ -146,7 +147,8 @@ def test_the_device_ts_indexes_are_gone_and_the_unique_and_time_indexes_remain(f
         ).fetchone()
     for table in READING_TABLES:
         assert (table, f"{table}_device_ts") not in indexes
-        assert (table, f"{table}_ts_idx") in indexes  # TimescaleDB's: the evaluator's `changes` selects by ts
+        # TimescaleDB's, dropped by 0088 on the two telemetry tables only
+        assert ((table, f"{table}_ts_idx") in indexes) is (table not in ("sweeper_telemetry", "station_telemetry"))
         assert any(i.endswith("_seq_key") for t, i in indexes if t == table)  # the unique index: idempotence
     assert ("bin_deposits", "bin_deposits_household_ts") in indexes  # other leading columns: kept
     assert chunk_indexes == (0,)
@@ -243,8 +245,8 @@ def _shape(node: dict[str, Any]) -> tuple[Any, ...]:
 def test_queries_by_stored_at_never_used_the_dropped_index_and_have_an_index_path(readings_db: str) -> None:
     """Selected by stored_at across devices, these read small chunks whole (cheaper than the BRIN at this size);
     the dropped index could not serve them: their plans are the same with it restored. With sequential scans
-    priced out — as on a large chunk — every chunk is read through an index (the stored_at BRIN, or TimescaleDB's
-    ts index, which is kept)."""
+    priced out — as on a large chunk — every chunk is read through an index: the stored_at BRIN (TimescaleDB's ts
+    index, which could serve them too, is dropped on sweeper and station telemetry by migration 0088)."""
     with psycopg.connect(readings_db, cursor_factory=ExplainingCursor) as conn:
         _by_stored_at(conn)
         conn.rollback()
