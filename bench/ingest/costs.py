@@ -12,7 +12,7 @@ divided by 8,000: the cost at the margin, start-up excluded.
 ``time-index``: a writer-only run (``ReadingWriter.write``, batches of 5,000, no MQTT) of 200,000 harness readings
 into sweeper_telemetry of its own PostgreSQL+TimescaleDB (a temp folder, fsync on), alternating runs with
 TimescaleDB's default ``(ts DESC)`` index created again and without it (migration 0088 drops it), and prints the
-database backend's CPU (from /proc) per row for each run.
+database backend's CPU (psutil) per row for each run.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psutil
 import psycopg
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,8 +76,8 @@ def decode_instructions() -> None:
 
 
 def backend_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 def time_index(rounds: int, n: int) -> None:
